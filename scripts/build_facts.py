@@ -1,0 +1,63 @@
+"""Build the project's small facts tables from the reference files beside the checkout.
+
+- shared/data/isco08_groups.csv: ISCO-08 code, level, English title, parent (titles only, no definitions).
+- shared/data/esco_occupations.csv: ESCO occupation URI -> ISCO-08 unit group, preferred and alternative titles.
+
+ESCO v1.2 (c) European Union, CC BY 4.0. ISCO-08 (c) International Labour Organization.
+Descriptions and definitions are deliberately not copied: they are loaded at run time.
+
+Usage: python scripts/build_facts.py [--source ../shared/data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_groups(structure_csv: Path, out: Path) -> int:
+    rows = []
+    with structure_csv.open(encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            code = row["ISCO 08 Code"].strip()
+            level = int(row["Level"])
+            code = code.zfill(level)  # armed forces: 0, 01, 011, 0110
+            parent = code[:-1] if level > 1 else ""
+            rows.append((code, level, " ".join(row["Title EN"].split()), parent))
+    rows.sort(key=lambda r: (r[0]))
+    with out.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["code", "level", "title", "parent"])
+        w.writerows(rows)
+    return len(rows)
+
+
+def build_occupations(occupations_csv: Path, out: Path) -> int:
+    n = 0
+    with occupations_csv.open(encoding="utf-8") as f, out.open("w", encoding="utf-8", newline="") as g:
+        w = csv.writer(g)
+        w.writerow(["uri", "isco_code", "preferred_label", "alt_labels"])
+        for row in csv.DictReader(f):
+            alts = [" ".join(a.split()) for a in row["altLabels"].split("\n") if a.strip()]
+            w.writerow([row["conceptUri"], row["iscoGroup"].strip().zfill(4), row["preferredLabel"].strip(),
+                        "|".join(alts)])
+            n += 1
+    return n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "data")
+    args = parser.parse_args()
+    data = ROOT / "shared" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    g = build_groups(args.source / "isco08" / "isco08_structure_en.csv", data / "isco08_groups.csv")
+    o = build_occupations(args.source / "esco" / "occupations_en.csv", data / "esco_occupations.csv")
+    print(f"isco08_groups.csv: {g} groups; esco_occupations.csv: {o} occupations")
+
+
+if __name__ == "__main__":
+    main()

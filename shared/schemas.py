@@ -1,0 +1,81 @@
+"""Request and result schemas: one definition used by the CLI, inference service, gateway and workers."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, model_validator
+
+MAX_TEXT_CHARS = 2000  # longer fields are truncated (and flagged): the model reads at most ~128 tokens anyway
+
+
+class JobRecord(BaseModel):
+    """One job description to code: a title and/or a duties description."""
+
+    id: str | None = Field(None, max_length=200, description="caller's identifier, echoed back")
+    job_title: str = Field("", description="job title as written", examples=["primary school teacher"])
+    duties_description: str = Field(
+        "", description="main tasks and duties", examples=["teaches reading and arithmetic to children aged 6-11"]
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> JobRecord:
+        if not self.job_title.strip() and not self.duties_description.strip():
+            raise ValueError("job_title and duties_description are both empty: at least one is required")
+        return self
+
+
+class Thresholds(BaseModel):
+    """Minimum calibrated confidence to answer at each level (4 = unit group ... 1 = major group)."""
+
+    unit: float = Field(0.5, ge=0, le=1, description="4-digit threshold; below it the answer falls back")
+    minor: float = Field(0.5, ge=0, le=1)
+    sub_major: float = Field(0.5, ge=0, le=1)
+    major: float = Field(0.5, ge=0, le=1)
+
+    def for_level(self, level: int) -> float:
+        return {4: self.unit, 3: self.minor, 2: self.sub_major, 1: self.major}[level]
+
+
+class GroupRef(BaseModel):
+    code: str
+    level: int
+    title: str
+    confidence: float
+
+
+class Alternative(BaseModel):
+    code: str
+    title: str
+    confidence: float
+
+
+class Prediction(BaseModel):
+    """The coding of one record."""
+
+    id: str | None = None
+    coded: bool = Field(description="false when no level cleared its threshold")
+    isco_code: str | None = Field(description="deepest code whose confidence clears its level's threshold")
+    level: int | None = Field(description="4 unit group, 3 minor, 2 sub-major, 1 major; null when not coded")
+    title: str | None
+    confidence: float | None
+    is_fallback: bool = Field(description="true when the answer is coarser than a 4-digit unit group")
+    unit_code: str = Field(description="most likely 4-digit unit group")
+    unit_title: str
+    unit_confidence: float
+    alternatives: list[Alternative] = Field(description="top-k unit groups, most likely first")
+    path: list[GroupRef] = Field(description="major -> sub-major -> minor -> unit of the best unit group")
+    model_version: str
+    truncated: bool = Field(False, description="input was longer than the limit and was truncated")
+
+
+class PredictOptions(BaseModel):
+    top_k: int = Field(5, ge=1, le=20)
+    thresholds: Thresholds | None = None
+
+
+class PredictRequest(PredictOptions):
+    records: list[JobRecord] = Field(min_length=1)
+
+
+class PredictResponse(BaseModel):
+    model_version: str
+    results: list[Prediction]

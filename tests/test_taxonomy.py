@@ -1,0 +1,53 @@
+import pytest
+
+from shared.taxonomy import InvalidCode, get_taxonomy
+from shared.text import clean_text, model_input
+
+
+def test_counts_per_level():
+    tax = get_taxonomy()
+    levels = [g.level for g in tax.groups.values()]
+    assert len(tax.groups) == 619
+    assert [levels.count(i) for i in (1, 2, 3, 4)] == [10, 43, 130, 436]
+    assert len(tax.unit_groups) == 436
+
+
+def test_hierarchy_and_titles():
+    tax = get_taxonomy()
+    path = tax.ancestors("2512")
+    assert [g.code for g in path] == ["2", "25", "251", "2512"]
+    assert path[-1].title == "Software Developers"
+    assert "2512" in tax.group("251").children
+    assert tax.group("0110").parent == "011"
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [(" 2512 ", "2512"), ("2512.0", "2512"), (2512, "2512"), ("110", "0110"), ("210", "0210"), ("0310", "0310")],
+)
+def test_normalise_accepts(raw, expected):
+    assert get_taxonomy().normalise(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [("", "empty"), ("abc", "not numeric"), ("9999", "not an ISCO-08 code"), ("251", "minor group"), (None, "empty")],
+)
+def test_normalise_rejects_with_reason(raw, reason):
+    with pytest.raises(InvalidCode, match=reason):
+        get_taxonomy().normalise(raw)
+
+
+def test_normalise_other_levels_when_allowed():
+    assert get_taxonomy().normalise("251", unit_only=False) == "251"
+
+
+def test_clean_text():
+    assert clean_text("  <b>Senior&nbsp;Nurse</b>\u2014ICU!!!  ") == "Senior Nurse -ICU!"
+    assert clean_text(None) == ""
+
+
+def test_model_input_combines_title_and_duties():
+    assert model_input("Nurse", "Cares for  patients") == "nurse : cares for patients"
+    assert model_input("", "Cares for patients") == "cares for patients"
+    assert model_input("Nurse", None) == "nurse"
