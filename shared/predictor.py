@@ -1,0 +1,537 @@
+"""The inference core: one `Predictor` used by the inference service, the workers, the CLI and the benchmarks.
+
+    predictor = Predictor.load(model_dir, settings)
+    predictor.predict([JobRecord(job_title="nurse")], PredictOptions(top_k=5)) -> list[Prediction]
+
+Layers, from pure to heavy:
+- `Hierarchy`, `level_probabilities`, `choose_level`, `build_predictions`: the decision logic, pure numpy over a
+  probability matrix, testable without a model.
+- `ProbabilityCache`: thread-safe LRU of model-input text -> unit-group probabilities (real files repeat titles).
+- `Predictor`: a scorer (torch fp32, torch int8 dynamic quantisation, or ONNX Runtime) + cache + decision logic.
+- `PredictorHolder`: the current Predictor of a long-running process; polls the registry for a new best model
+  and swaps it in atomically (requests in flight keep the Predictor they started with).
+
+Over-long input: each field longer than `MAX_TEXT_CHARS` is cut to that length and the result says
+`truncated=true`; the model itself reads at most `max_length` tokens (model.json) of the joined text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from shared.schemas import (
+    MAX_TEXT_CHARS,
+    Alternative,
+    GroupRef,
+    JobRecord,
+    Prediction,
+    PredictOptions,
+    Thresholds,
+)
+from shared.taxonomy import Taxonomy, get_taxonomy
+from shared.text import model_input
+
+log = logging.getLogger(__name__)
+
+LEVELS_DEEPEST_FIRST = (4, 3, 2, 1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------------------
+
+
+class PredictorConfig(BaseModel):
+    """How a Predictor runs. Services expose these as settings fields of the same names (env ISCO_<NAME>)."""
+
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    backend: Literal["torch", "onnx"] = Field("torch", description="torch, or ONNX Runtime (CPU)")
+    quantize: Literal["none", "int8"] = Field("none", description="int8 dynamic quantisation (CPU only)")
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads; default: this process's CPU share")
+    batch_size: int = Field(64, ge=1, le=4096, description="texts per forward pass")
+    cache_size: int = Field(20_000, ge=0, description="LRU entries of text -> probabilities; 0 disables")
+    thresholds: Thresholds = Field(default_factory=Thresholds, description="defaults when a request gives none")
+
+    @classmethod
+    def from_settings(cls, settings: Any | None) -> PredictorConfig:
+        """Take every field this config knows from a settings object (any object with such attributes)."""
+        if settings is None:
+            return cls()
+        if isinstance(settings, PredictorConfig):
+            return settings
+        values = {name: getattr(settings, name) for name in cls.model_fields if hasattr(settings, name)}
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pure decision logic
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """Maps the model's unit groups (label order) onto their minor, sub-major and major groups."""
+
+    unit_codes: tuple[str, ...]
+    group_codes: dict[int, tuple[str, ...]]  # level -> codes of that level, in column order
+    indicators: dict[int, np.ndarray]  # level -> (n_units, n_groups) 0/1 matrix: unit i belongs to group j
+    index: dict[int, dict[str, int]] = field(default_factory=dict)  # level -> code -> column
+
+    @classmethod
+    def from_codes(cls, unit_codes: Sequence[str], taxonomy: Taxonomy | None = None) -> Hierarchy:
+        """Build from the unit codes in label order; codes unknown to the taxonomy are rejected."""
+        taxonomy = taxonomy or get_taxonomy()
+        unit_codes = tuple(unit_codes)
+        group_codes: dict[int, tuple[str, ...]] = {4: unit_codes}
+        indicators: dict[int, np.ndarray] = {4: np.eye(len(unit_codes), dtype=np.float32)}
+        ancestors = {code: {g.level: g.code for g in taxonomy.ancestors(code)} for code in unit_codes}
+        for level in (3, 2, 1):
+            codes = tuple(sorted({ancestors[c][level] for c in unit_codes}))
+            col = {c: j for j, c in enumerate(codes)}
+            ind = np.zeros((len(unit_codes), len(codes)), dtype=np.float32)
+            for i, unit in enumerate(unit_codes):
+                ind[i, col[ancestors[unit][level]]] = 1.0
+            group_codes[level], indicators[level] = codes, ind
+        index = {level: {c: j for j, c in enumerate(codes)} for level, codes in group_codes.items()}
+        return cls(unit_codes, group_codes, indicators, index)
+
+
+def level_probabilities(unit_probs: np.ndarray, hierarchy: Hierarchy) -> dict[int, np.ndarray]:
+    """Probabilities of every group at every level: unit probabilities summed up the hierarchy.
+
+    Returns level -> array (n_records, n_groups_at_level); level 4 is `unit_probs` itself.
+    """
+    unit_probs = np.asarray(unit_probs, dtype=np.float32)
+    return {level: unit_probs if level == 4 else unit_probs @ hierarchy.indicators[level] for level in (4, 3, 2, 1)}
+
+
+@dataclass(frozen=True)
+class LevelChoice:
+    level: int
+    code: str
+    confidence: float
+
+
+def choose_level(best_per_level: dict[int, tuple[str, float]], thresholds: Thresholds) -> LevelChoice | None:
+    """The deepest level whose most likely group reaches that level's threshold (>=), or None.
+
+    `best_per_level`: level -> (most likely code at that level, its probability). The unit threshold decides
+    whether the answer falls back to the minor group, and so on up to the major group.
+    """
+    for level in LEVELS_DEEPEST_FIRST:
+        code, confidence = best_per_level[level]
+        if confidence >= thresholds.for_level(level):
+            return LevelChoice(level, code, confidence)
+    return None
+
+
+def _conf(x: float) -> float:
+    return round(float(x), 6)
+
+
+def build_predictions(
+    unit_probs: np.ndarray,
+    hierarchy: Hierarchy,
+    thresholds: Thresholds,
+    top_k: int,
+    model_version: str,
+    *,
+    ids: Sequence[str | None] | None = None,
+    truncated: Sequence[bool] | None = None,
+    taxonomy: Taxonomy | None = None,
+) -> list[Prediction]:
+    """Turn a (n_records, n_units) probability matrix into Predictions (pure: no model involved)."""
+    taxonomy = taxonomy or get_taxonomy()
+    n = unit_probs.shape[0]
+    ids = ids if ids is not None else [None] * n
+    truncated = truncated if truncated is not None else [False] * n
+    per_level = level_probabilities(unit_probs, hierarchy)
+    best_idx = {level: per_level[level].argmax(axis=1) for level in (4, 3, 2, 1)}
+    k = min(top_k, unit_probs.shape[1])
+    # argpartition then sort only the k candidates: O(n_units) per row instead of a full sort
+    top = np.argpartition(-per_level[4], k - 1, axis=1)[:, :k]
+    results = []
+    for r in range(n):
+        best = {
+            level: (hierarchy.group_codes[level][best_idx[level][r]], float(per_level[level][r, best_idx[level][r]]))
+            for level in (4, 3, 2, 1)
+        }
+        choice = choose_level(best, thresholds)
+        unit_code, unit_conf = best[4]
+        row_top = sorted(top[r], key=lambda j: -per_level[4][r, j])
+        alternatives = [
+            Alternative(code=hierarchy.unit_codes[j], title=taxonomy.title(hierarchy.unit_codes[j]),
+                        confidence=_conf(per_level[4][r, j]))
+            for j in row_top
+        ]
+        path = [
+            GroupRef(code=g.code, level=g.level, title=g.title,
+                     confidence=_conf(per_level[g.level][r, hierarchy.index[g.level][g.code]]))
+            for g in taxonomy.ancestors(unit_code)
+        ]
+        results.append(Prediction(
+            id=ids[r],
+            coded=choice is not None,
+            isco_code=choice.code if choice else None,
+            level=choice.level if choice else None,
+            title=taxonomy.title(choice.code) if choice else None,
+            confidence=_conf(choice.confidence) if choice else None,
+            is_fallback=choice is None or choice.level < 4,
+            unit_code=unit_code,
+            unit_title=taxonomy.title(unit_code),
+            unit_confidence=_conf(unit_conf),
+            alternatives=alternatives,
+            path=path,
+            model_version=model_version,
+            truncated=bool(truncated[r]),
+        ))
+    return results
+
+
+def record_text(record: JobRecord, limit: int = MAX_TEXT_CHARS) -> tuple[str, bool]:
+    """The model input for a record and whether a field had to be cut to `limit` characters."""
+    title, duties = record.job_title or "", record.duties_description or ""
+    cut = len(title) > limit or len(duties) > limit
+    return model_input(title[:limit], duties[:limit]), cut
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------------------------
+
+
+class ProbabilityCache:
+    """Thread-safe LRU: model-input text -> probability row. Rows are stored read-only (shared, never copied)."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get_many(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        found = {}
+        with self._lock:
+            for t in texts:
+                row = self._data.get(t)
+                if row is not None:
+                    self._data.move_to_end(t)
+                    found[t] = row
+            self.hits += len(found)
+            self.misses += len(texts) - len(found)
+        return found
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        if self.max_entries <= 0:
+            return
+        with self._lock:
+            for t, row in items.items():
+                row.flags.writeable = False
+                self._data[t] = row
+                self._data.move_to_end(t)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scorers (the heavy part; torch and onnxruntime are imported lazily)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Scorer(Protocol):
+    codes: list[str]
+    version: str
+
+    def unit_probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray: ...
+
+
+def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+class OnnxScorer:
+    """UnitScorer's interface on ONNX Runtime: the classifier exported once to `<model_dir>/onnx/` and reused.
+
+    With quantize="int8" the exported graph is dynamically quantised (MatMul weights to int8) by onnxruntime.
+    """
+
+    def __init__(self, model_dir: Path, *, quantize: str = "none", threads: int | None = None):
+        import onnxruntime as ort
+        import torch
+
+        from shared.modeling import cpu_share, load_model_dir
+
+        model, tokenizer, codes, meta = load_model_dir(model_dir)
+        self.codes, self.meta, self.tokenizer = codes, meta, tokenizer
+        self.version = str(meta.get("version", "unknown"))
+        self.max_length = int(meta.get("max_length", 128))
+        self.temperature = float(json.loads((model_dir / "calibration.json").read_text()).get("temperature", 1.0))
+        path = self.export(model, model_dir, quantize)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or cpu_share()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        del model, torch  # the torch weights are not needed once the graph exists
+
+    @staticmethod
+    def export(model: Any, model_dir: Path, quantize: str) -> Path:
+        """Export (once) to <model_dir>/onnx/model[.int8].onnx; a file lock-free rename keeps it atomic."""
+        import torch
+
+        out_dir = model_dir / "onnx"
+        fp32 = out_dir / "model.onnx"
+        target = out_dir / ("model.int8.onnx" if quantize == "int8" else "model.onnx")
+        if target.exists():
+            return target
+        out_dir.mkdir(exist_ok=True)
+        if not fp32.exists():
+            model.eval()
+
+            class _Logits(torch.nn.Module):
+                def __init__(self, inner: Any):
+                    super().__init__()
+                    self.inner = inner
+
+                def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+                    return self.inner(input_ids=input_ids, attention_mask=attention_mask)["logits"]
+
+            dummy = torch.ones((2, 8), dtype=torch.long)
+            tmp = out_dir / f"model.onnx.tmp{threading.get_ident()}"
+            torch.onnx.export(
+                _Logits(model), (dummy, dummy), str(tmp), input_names=["input_ids", "attention_mask"],
+                output_names=["logits"], opset_version=17, dynamo=False,
+                dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                              "logits": {0: "batch"}},
+            )
+            tmp.replace(fp32)
+        if quantize == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            tmp = out_dir / f"model.int8.onnx.tmp{threading.get_ident()}"
+            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+            tmp.replace(target)
+        return target
+
+    def unit_probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        out = np.zeros((len(texts), len(self.codes)), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="np")
+            feeds = {"input_ids": enc["input_ids"].astype(np.int64),
+                     "attention_mask": enc["attention_mask"].astype(np.int64)}
+            out[idx] = self.session.run(["logits"], feeds)[0]
+        return _softmax(out, self.temperature)
+
+
+def load_scorer(model_dir: Path, config: PredictorConfig) -> Scorer:
+    """The scorer the config asks for. ONNX and int8 are CPU paths; on CUDA the torch scorer uses autocast."""
+    if config.backend == "onnx":
+        return OnnxScorer(model_dir, quantize=config.quantize, threads=config.torch_threads)
+    from shared.modeling import UnitScorer
+
+    return UnitScorer.load(model_dir, device=config.device, quantize=config.quantize, threads=config.torch_threads)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Predictor
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Predictor:
+    """Model + label maps + ISCO metadata + cache + decision logic. Thread-safe for concurrent predict calls."""
+
+    def __init__(self, scorer: Scorer, config: PredictorConfig | None = None, model_dir: Path | None = None):
+        self.scorer = scorer
+        self.config = config or PredictorConfig()
+        self.model_dir = model_dir
+        self.taxonomy = get_taxonomy()
+        self.hierarchy = Hierarchy.from_codes(scorer.codes, self.taxonomy)
+        self.cache = ProbabilityCache(self.config.cache_size)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, settings: Any | None = None) -> Predictor:
+        """Load a model directory; `settings` is any object with PredictorConfig fields (or None for defaults)."""
+        config = PredictorConfig.from_settings(settings)
+        model_dir = Path(model_dir)
+        started = time.perf_counter()
+        scorer = load_scorer(model_dir, config)
+        predictor = cls(scorer, config, model_dir)
+        log.info("loaded model %s from %s (backend=%s quantize=%s) in %.1fs", predictor.version, model_dir,
+                 config.backend, config.quantize, time.perf_counter() - started)
+        return predictor
+
+    @property
+    def version(self) -> str:
+        return self.scorer.version
+
+    @property
+    def codes(self) -> list[str]:
+        return list(self.scorer.codes)
+
+    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
+        """Calibrated unit-group probabilities (len(texts), len(codes)); repeated texts are scored once."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, len(self.scorer.codes)), dtype=np.float32)
+        unique = list(dict.fromkeys(texts))
+        known = self.cache.get_many(unique) if self.config.cache_size > 0 else {}
+        missing = [t for t in unique if t not in known]
+        if missing:
+            probs = self.scorer.unit_probabilities(missing, batch_size=self.config.batch_size)
+            fresh = {t: probs[i] for i, t in enumerate(missing)}
+            self.cache.put_many(fresh)
+            known.update(fresh)
+        return np.stack([known[t] for t in texts])
+
+    def predict(self, records: Sequence[JobRecord], options: PredictOptions | None = None) -> list[Prediction]:
+        """Code each record: the deepest level clearing its threshold, alternatives, path, titles, version."""
+        options = options or PredictOptions()
+        if not records:
+            return []
+        texts, truncated = zip(*(record_text(r) for r in records), strict=True)
+        probs = self.probabilities(texts)
+        return build_predictions(
+            probs, self.hierarchy, options.thresholds or self.config.thresholds, options.top_k, self.version,
+            ids=[r.id for r in records], truncated=truncated, taxonomy=self.taxonomy,
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registry lookup and hot reload
+# --------------------------------------------------------------------------------------------------------------
+
+
+def model_dir_version(model_dir: Path) -> str:
+    """The version recorded in a model directory's model.json."""
+    return str(json.loads((Path(model_dir) / "model.json").read_text()).get("version", "unknown"))
+
+
+def best_model_dir(settings: Any) -> Path | None:
+    """The best model's directory from the registry (shared.registry when present, else the DB directly)."""
+    try:
+        from shared.registry import best_model_dir as registry_best_model_dir
+    except ImportError:  # the pipeline's registry module is not there yet: read the table ourselves
+        from sqlalchemy import select
+
+        from shared.db.session import session_scope
+        from shared.db.tables import ModelStatus, ModelVersion
+
+        with session_scope(settings.db_url) as session:
+            row = session.scalars(
+                select(ModelVersion).where(ModelVersion.is_best.is_(True), ModelVersion.status == ModelStatus.ready)
+                .order_by(ModelVersion.promoted_at.desc().nulls_last(), ModelVersion.id.desc())
+            ).first()
+            if row is None:
+                return None
+            path = Path(row.path)
+            return path if path.is_absolute() else settings.model_store / path
+    return registry_best_model_dir(settings)
+
+
+def resolve_model_dir(settings: Any) -> Path | None:
+    """An explicitly configured `model_dir` wins; otherwise the registry's best model."""
+    explicit = getattr(settings, "model_dir", None)
+    if explicit:
+        return Path(explicit)
+    return best_model_dir(settings)
+
+
+class PredictorHolder:
+    """The current Predictor of a long-running process, swapped atomically when the best model changes.
+
+    Callers take `holder.current` once per request/chunk and use that object throughout, so a swap never
+    changes the model under a request in flight; the old Predictor is freed when the last user drops it.
+    """
+
+    def __init__(self, settings: Any, *, loader: Callable[[Path, Any], Predictor] = Predictor.load,
+                 locate: Callable[[Any], Path | None] = resolve_model_dir):
+        self.settings = settings
+        self._loader = loader
+        self._locate = locate
+        self._current: Predictor | None = None
+        self._current_dir: Path | None = None
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+        self.listeners: list[Callable[[Predictor], None]] = []
+
+    @property
+    def current(self) -> Predictor | None:
+        return self._current
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
+    def set(self, predictor: Predictor, model_dir: Path | None = None) -> None:
+        """Swap in a Predictor (a single reference assignment: atomic for readers)."""
+        self._current, self._current_dir = predictor, model_dir or predictor.model_dir
+        for listener in self.listeners:
+            listener(predictor)
+
+    def check(self) -> bool:
+        """Load the best model if it differs from the current one. Returns True when a new model was swapped in.
+
+        Errors (registry unreachable, a broken model dir) are logged and kept in `last_error`; the current
+        model keeps serving.
+        """
+        with self._reload_lock:
+            try:
+                model_dir = self._locate(self.settings)
+                if model_dir is None:
+                    return False
+                model_dir = Path(model_dir)
+                if self._current is not None and self._current_dir is not None:
+                    same_dir = model_dir.resolve() == Path(self._current_dir).resolve()
+                    if same_dir and model_dir_version(model_dir) == self._current.version:
+                        return False
+                predictor = self._loader(model_dir, self.settings)
+            except Exception as exc:  # keep serving the old model; report on /ready and in logs
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("model reload failed")
+                return False
+            old = self._current.version if self._current else None
+            self.set(predictor, model_dir)
+            self.last_error = None
+            log.info("model switched %s -> %s", old, predictor.version)
+            return True
+
+    def start_polling(self, interval_s: float) -> None:
+        """Check the registry every `interval_s` seconds in a daemon thread (0 disables)."""
+        if interval_s <= 0 or self._thread is not None:
+            return
+
+        def _loop() -> None:
+            while not self._stop.wait(interval_s):
+                self.check()
+
+        self._thread = threading.Thread(target=_loop, name="predictor-reload", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
