@@ -4,10 +4,10 @@
     predictor.predict([JobRecord(job_title="nurse")], PredictOptions(top_k=5)) -> list[Prediction]
 
 Layers, from pure to heavy:
-- `Hierarchy`, `level_probabilities`, `choose_level`, `build_predictions`: the decision logic, pure numpy over a
-  probability matrix, testable without a model.
-- `ProbabilityCache`: thread-safe LRU of model-input text -> unit-group probabilities (real files repeat titles).
-- `Predictor`: a scorer (torch fp32, torch int8 dynamic quantisation, or ONNX Runtime) + cache + decision logic.
+- `Hierarchy`, `level_probabilities`, `choose_level`, `build_predictions`: the decision logic, pure numpy
+  over a probability matrix, testable without a model.
+- `ProbabilityCache`: thread-safe LRU of model-input text -> unit-group probabilities (files repeat titles).
+- `Predictor`: a scorer (torch fp32, torch int8 dynamic quantisation, or ONNX Runtime), cache, decision logic.
 - `PredictorHolder`: the current Predictor of a long-running process; polls the registry for a new best model
   and swaps it in atomically (requests in flight keep the Predictor they started with).
 
@@ -47,9 +47,9 @@ log = logging.getLogger(__name__)
 LEVELS_DEEPEST_FIRST = (4, 3, 2, 1)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Configuration
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 class PredictorConfig(BaseModel):
@@ -58,10 +58,14 @@ class PredictorConfig(BaseModel):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     backend: Literal["torch", "onnx"] = Field("torch", description="torch, or ONNX Runtime (CPU)")
     quantize: Literal["none", "int8"] = Field("none", description="int8 dynamic quantisation (CPU only)")
-    torch_threads: int | None = Field(None, ge=1, description="intra-op threads; default: this process's CPU share")
+    torch_threads: int | None = Field(
+        None, ge=1, description="intra-op threads; default: this process's CPU share"
+    )
     batch_size: int = Field(64, ge=1, le=4096, description="texts per forward pass")
     cache_size: int = Field(20_000, ge=0, description="LRU entries of text -> probabilities; 0 disables")
-    thresholds: Thresholds = Field(default_factory=Thresholds, description="defaults when a request gives none")
+    thresholds: Thresholds = Field(
+        default_factory=Thresholds, description="defaults when a request gives none"
+    )
 
     @classmethod
     def from_settings(cls, settings: Any | None) -> PredictorConfig:
@@ -74,9 +78,9 @@ class PredictorConfig(BaseModel):
         return cls(**{k: v for k, v in values.items() if v is not None})
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Pure decision logic
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,10 @@ def level_probabilities(unit_probs: np.ndarray, hierarchy: Hierarchy) -> dict[in
     Returns level -> array (n_records, n_groups_at_level); level 4 is `unit_probs` itself.
     """
     unit_probs = np.asarray(unit_probs, dtype=np.float32)
-    return {level: unit_probs if level == 4 else unit_probs @ hierarchy.indicators[level] for level in (4, 3, 2, 1)}
+    return {
+        level: unit_probs if level == 4 else unit_probs @ hierarchy.indicators[level]
+        for level in (4, 3, 2, 1)
+    }
 
 
 @dataclass(frozen=True)
@@ -164,38 +171,50 @@ def build_predictions(
     results = []
     for r in range(n):
         best = {
-            level: (hierarchy.group_codes[level][best_idx[level][r]], float(per_level[level][r, best_idx[level][r]]))
+            level: (
+                hierarchy.group_codes[level][best_idx[level][r]],
+                float(per_level[level][r, best_idx[level][r]]),
+            )
             for level in (4, 3, 2, 1)
         }
         choice = choose_level(best, thresholds)
         unit_code, unit_conf = best[4]
         row_top = sorted(top[r], key=lambda j: -per_level[4][r, j])
         alternatives = [
-            Alternative(code=hierarchy.unit_codes[j], title=taxonomy.title(hierarchy.unit_codes[j]),
-                        confidence=_conf(per_level[4][r, j]))
+            Alternative(
+                code=hierarchy.unit_codes[j],
+                title=taxonomy.title(hierarchy.unit_codes[j]),
+                confidence=_conf(per_level[4][r, j]),
+            )
             for j in row_top
         ]
         path = [
-            GroupRef(code=g.code, level=g.level, title=g.title,
-                     confidence=_conf(per_level[g.level][r, hierarchy.index[g.level][g.code]]))
+            GroupRef(
+                code=g.code,
+                level=g.level,
+                title=g.title,
+                confidence=_conf(per_level[g.level][r, hierarchy.index[g.level][g.code]]),
+            )
             for g in taxonomy.ancestors(unit_code)
         ]
-        results.append(Prediction(
-            id=ids[r],
-            coded=choice is not None,
-            isco_code=choice.code if choice else None,
-            level=choice.level if choice else None,
-            title=taxonomy.title(choice.code) if choice else None,
-            confidence=_conf(choice.confidence) if choice else None,
-            is_fallback=choice is None or choice.level < 4,
-            unit_code=unit_code,
-            unit_title=taxonomy.title(unit_code),
-            unit_confidence=_conf(unit_conf),
-            alternatives=alternatives,
-            path=path,
-            model_version=model_version,
-            truncated=bool(truncated[r]),
-        ))
+        results.append(
+            Prediction(
+                id=ids[r],
+                coded=choice is not None,
+                isco_code=choice.code if choice else None,
+                level=choice.level if choice else None,
+                title=taxonomy.title(choice.code) if choice else None,
+                confidence=_conf(choice.confidence) if choice else None,
+                is_fallback=choice is None or choice.level < 4,
+                unit_code=unit_code,
+                unit_title=taxonomy.title(unit_code),
+                unit_confidence=_conf(unit_conf),
+                alternatives=alternatives,
+                path=path,
+                model_version=model_version,
+                truncated=bool(truncated[r]),
+            )
+        )
     return results
 
 
@@ -206,13 +225,13 @@ def record_text(record: JobRecord, limit: int = MAX_TEXT_CHARS) -> tuple[str, bo
     return model_input(title[:limit], duties[:limit]), cut
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Cache
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 class ProbabilityCache:
-    """Thread-safe LRU: model-input text -> probability row. Rows are stored read-only (shared, never copied)."""
+    """Thread-safe LRU: model-input text -> probability row. Rows are stored read-only, shared."""
 
     def __init__(self, max_entries: int):
         self.max_entries = max_entries
@@ -248,9 +267,9 @@ class ProbabilityCache:
                 self._data.popitem(last=False)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Scorers (the heavy part; torch and onnxruntime are imported lazily)
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 class Scorer(Protocol):
@@ -283,7 +302,9 @@ class OnnxScorer:
         self.codes, self.meta, self.tokenizer = codes, meta, tokenizer
         self.version = str(meta.get("version", "unknown"))
         self.max_length = int(meta.get("max_length", 128))
-        self.temperature = float(json.loads((model_dir / "calibration.json").read_text()).get("temperature", 1.0))
+        self.temperature = float(
+            json.loads((model_dir / "calibration.json").read_text()).get("temperature", 1.0)
+        )
         path = self.export(model, model_dir, quantize)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or cpu_share()
@@ -317,10 +338,18 @@ class OnnxScorer:
             dummy = torch.ones((2, 8), dtype=torch.long)
             tmp = out_dir / f"model.onnx.tmp{threading.get_ident()}"
             torch.onnx.export(
-                _Logits(model), (dummy, dummy), str(tmp), input_names=["input_ids", "attention_mask"],
-                output_names=["logits"], opset_version=17, dynamo=False,
-                dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                              "logits": {0: "batch"}},
+                _Logits(model),
+                (dummy, dummy),
+                str(tmp),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["logits"],
+                opset_version=17,
+                dynamo=False,
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "seq"},
+                    "attention_mask": {0: "batch", 1: "seq"},
+                    "logits": {0: "batch"},
+                },
             )
             tmp.replace(fp32)
         if quantize == "int8":
@@ -336,10 +365,17 @@ class OnnxScorer:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="np")
-            feeds = {"input_ids": enc["input_ids"].astype(np.int64),
-                     "attention_mask": enc["attention_mask"].astype(np.int64)}
+            enc = self.tokenizer(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="np",
+            )
+            feeds = {
+                "input_ids": enc["input_ids"].astype(np.int64),
+                "attention_mask": enc["attention_mask"].astype(np.int64),
+            }
             out[idx] = self.session.run(["logits"], feeds)[0]
         return _softmax(out, self.temperature)
 
@@ -350,16 +386,18 @@ def load_scorer(model_dir: Path, config: PredictorConfig) -> Scorer:
         return OnnxScorer(model_dir, quantize=config.quantize, threads=config.torch_threads)
     from shared.modeling import UnitScorer
 
-    return UnitScorer.load(model_dir, device=config.device, quantize=config.quantize, threads=config.torch_threads)
+    return UnitScorer.load(
+        model_dir, device=config.device, quantize=config.quantize, threads=config.torch_threads
+    )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Predictor
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 class Predictor:
-    """Model + label maps + ISCO metadata + cache + decision logic. Thread-safe for concurrent predict calls."""
+    """Model, label maps, ISCO metadata, cache and decision logic. Thread-safe."""
 
     def __init__(self, scorer: Scorer, config: PredictorConfig | None = None, model_dir: Path | None = None):
         self.scorer = scorer
@@ -371,14 +409,20 @@ class Predictor:
 
     @classmethod
     def load(cls, model_dir: str | Path, settings: Any | None = None) -> Predictor:
-        """Load a model directory; `settings` is any object with PredictorConfig fields (or None for defaults)."""
+        """Load a model directory; `settings`: any object with PredictorConfig fields (None: defaults)."""
         config = PredictorConfig.from_settings(settings)
         model_dir = Path(model_dir)
         started = time.perf_counter()
         scorer = load_scorer(model_dir, config)
         predictor = cls(scorer, config, model_dir)
-        log.info("loaded model %s from %s (backend=%s quantize=%s) in %.1fs", predictor.version, model_dir,
-                 config.backend, config.quantize, time.perf_counter() - started)
+        log.info(
+            "loaded model %s from %s (backend=%s quantize=%s) in %.1fs",
+            predictor.version,
+            model_dir,
+            config.backend,
+            config.quantize,
+            time.perf_counter() - started,
+        )
         return predictor
 
     @property
@@ -404,7 +448,9 @@ class Predictor:
             known.update(fresh)
         return np.stack([known[t] for t in texts])
 
-    def predict(self, records: Sequence[JobRecord], options: PredictOptions | None = None) -> list[Prediction]:
+    def predict(
+        self, records: Sequence[JobRecord], options: PredictOptions | None = None
+    ) -> list[Prediction]:
         """Code each record: the deepest level clearing its threshold, alternatives, path, titles, version."""
         options = options or PredictOptions()
         if not records:
@@ -412,14 +458,20 @@ class Predictor:
         texts, truncated = zip(*(record_text(r) for r in records), strict=True)
         probs = self.probabilities(texts)
         return build_predictions(
-            probs, self.hierarchy, options.thresholds or self.config.thresholds, options.top_k, self.version,
-            ids=[r.id for r in records], truncated=truncated, taxonomy=self.taxonomy,
+            probs,
+            self.hierarchy,
+            options.thresholds or self.config.thresholds,
+            options.top_k,
+            self.version,
+            ids=[r.id for r in records],
+            truncated=truncated,
+            taxonomy=self.taxonomy,
         )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Registry lookup and hot reload
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 
 
 def model_dir_version(model_dir: Path) -> str:
@@ -439,7 +491,8 @@ def best_model_dir(settings: Any) -> Path | None:
 
         with session_scope(settings.db_url) as session:
             row = session.scalars(
-                select(ModelVersion).where(ModelVersion.is_best.is_(True), ModelVersion.status == ModelStatus.ready)
+                select(ModelVersion)
+                .where(ModelVersion.is_best.is_(True), ModelVersion.status == ModelStatus.ready)
                 .order_by(ModelVersion.promoted_at.desc().nulls_last(), ModelVersion.id.desc())
             ).first()
             if row is None:
@@ -464,8 +517,13 @@ class PredictorHolder:
     changes the model under a request in flight; the old Predictor is freed when the last user drops it.
     """
 
-    def __init__(self, settings: Any, *, loader: Callable[[Path, Any], Predictor] = Predictor.load,
-                 locate: Callable[[Any], Path | None] = resolve_model_dir):
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        loader: Callable[[Path, Any], Predictor] = Predictor.load,
+        locate: Callable[[Any], Path | None] = resolve_model_dir,
+    ):
         self.settings = settings
         self._loader = loader
         self._locate = locate
@@ -492,7 +550,7 @@ class PredictorHolder:
             listener(predictor)
 
     def check(self) -> bool:
-        """Load the best model if it differs from the current one. Returns True when a new model was swapped in.
+        """Load the best model if it differs from the current one; True when a new model was swapped in.
 
         Errors (registry unreachable, a broken model dir) are logged and kept in `last_error`; the current
         model keeps serving.
