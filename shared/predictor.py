@@ -452,21 +452,42 @@ class Predictor:
         self, records: Sequence[JobRecord], options: PredictOptions | None = None
     ) -> list[Prediction]:
         """Code each record: the deepest level clearing its threshold, alternatives, path, titles, version."""
-        options = options or PredictOptions()
-        if not records:
-            return []
-        texts, truncated = zip(*(record_text(r) for r in records), strict=True)
+        return self.predict_groups([(records, options)])[0]
+
+    def predict_groups(
+        self, groups: Sequence[tuple[Sequence[JobRecord], PredictOptions | None]]
+    ) -> list[list[Prediction]]:
+        """Several requests (each with its own options) scored in one forward pass (micro-batching)."""
+        texts: list[str] = []
+        truncated: list[bool] = []
+        for records, _ in groups:
+            for record in records:
+                text, cut = record_text(record)
+                texts.append(text)
+                truncated.append(cut)
         probs = self.probabilities(texts)
-        return build_predictions(
-            probs,
-            self.hierarchy,
-            options.thresholds or self.config.thresholds,
-            options.top_k,
-            self.version,
-            ids=[r.id for r in records],
-            truncated=truncated,
-            taxonomy=self.taxonomy,
-        )
+        results: list[list[Prediction]] = []
+        start = 0
+        for records, options in groups:
+            options = options or PredictOptions()
+            end = start + len(records)
+            thresholds = options.thresholds or self.config.thresholds
+            results.append(
+                build_predictions(
+                    probs[start:end],
+                    self.hierarchy,
+                    thresholds,
+                    options.top_k,
+                    self.version,
+                    ids=[r.id for r in records],
+                    truncated=truncated[start:end],
+                    taxonomy=self.taxonomy,
+                )
+                if records
+                else []
+            )
+            start = end
+        return results
 
 
 # ----------------------------------------------------------------------------------------------------
