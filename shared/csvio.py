@@ -1,0 +1,419 @@
+"""CSV in and out for coding jobs: streaming reads with clear errors, result rows, formula neutralisation.
+
+Used by the gateway (upload checks), the workers (job input and results) and `isco predict`. Nothing here
+holds a whole file in memory, and nothing here imports the gateway or the model stack.
+
+Input: UTF-8 with or without a BOM; comma, semicolon or tab delimited (sniffed from the header line); a header
+with `job_title` and/or `duties_description`, matched case- and space-insensitively ("Job Title" works);
+extra columns pass through to the result. Problems raise `CsvFormatError` with a `code` a client can act on
+and a message a person can read.
+
+Output: the input columns, then `RESULT_COLUMNS` (the predict CSV contract), then `row_error` for job results.
+Cells that a spreadsheet would evaluate as a formula are prefixed with an apostrophe.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from shared.schemas import Prediction
+
+TITLE = "job_title"
+DUTIES = "duties_description"
+TEXT_COLUMNS = (TITLE, DUTIES)
+RESULT_COLUMNS = [
+    "isco_code",
+    "level",
+    "title",
+    "confidence",
+    "is_fallback",
+    "unit_code",
+    "unit_confidence",
+    "top_codes",
+    "top_confidences",
+]
+ROW_ERROR = "row_error"
+JOB_RESULT_COLUMNS = [*RESULT_COLUMNS, ROW_ERROR]
+DELIMITERS = (",", ";", "\t")
+SNIFF_BYTES = 64 * 1024
+MAX_REPORTED_ROWS = 20  # ragged rows listed in one error; the count says how many there are in all
+
+# Python's csv module refuses fields over 128 KiB by default; a duties text can be long, a whole file cannot.
+csv.field_size_limit(16 * 1024 * 1024)
+
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)
+_HEADER_SEP = re.compile(r"[\s_\-.]+")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class CsvFormatError(ValueError):
+    """A file that cannot be read as a job CSV. `code` is machine-readable, str(self) is for people.
+
+    Codes: encoding, empty, no_rows, missing_columns, duplicate_columns, ragged_rows, too_many_rows.
+    """
+
+    def __init__(self, code: str, message: str, **details: Any):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **self.details}
+
+
+def normalise_header(name: str) -> str:
+    """'  Job Title ' -> 'job_title': case, surrounding space and space/dash/dot runs do not matter."""
+    return _HEADER_SEP.sub("_", name.replace("\ufeff", "").strip().lower()).strip("_")
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """What the header says about a file: encoding, delimiter, columns and where the text columns are."""
+
+    encoding: str  # "utf-8-sig" (BOM) or "utf-8"
+    delimiter: str
+    header: list[str]  # as written in the file
+    title_index: int | None
+    duties_index: int | None
+
+    @property
+    def width(self) -> int:
+        return len(self.header)
+
+    def texts(self, cells: Sequence[str]) -> tuple[str, str]:
+        """The job title and duties of a data row (empty where the column is absent)."""
+        title = cells[self.title_index] if self.title_index is not None else ""
+        duties = cells[self.duties_index] if self.duties_index is not None else ""
+        return title, duties
+
+
+@dataclass
+class CsvRow:
+    """One data row. `number` counts data rows from 1; `line` is the file line where the row starts."""
+
+    number: int
+    line: int
+    cells: list[str]
+    error: str | None = None
+    width: int = 0  # cells as written (differs from the header's width in a ragged row)
+
+
+@dataclass
+class ScanReport:
+    """The result of checking a whole file: row count and the first ragged rows, if any."""
+
+    rows: int = 0
+    ragged: int = 0
+    ragged_examples: list[dict[str, int]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------------
+
+
+def _encoding_error(data: bytes, exc: UnicodeDecodeError, offset: int, lines_before: int) -> CsvFormatError:
+    position = offset + exc.start
+    line = lines_before + data[: exc.start].count(b"\n") + 1
+    bad = data[exc.start : exc.start + 4]
+    guess = None
+    try:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(data[max(0, exc.start - 2000) : exc.start + 2000]).best()
+        guess = best.encoding if best is not None else None
+    except Exception:  # the guess only decorates the message
+        guess = None
+    where = f"line {line} (byte offset {position})"
+    hint = f" It looks like {guess}." if guess and guess not in ("utf_8", "ascii") else ""
+    return CsvFormatError(
+        "encoding",
+        f"The file is not valid UTF-8: byte 0x{bad[:1].hex()} at {where} cannot be decoded.{hint} "
+        "Save the file as UTF-8 (\"CSV UTF-8\" in Excel) and upload it again.",
+        line=line,
+        byte_offset=position,
+        bad_bytes=bad.hex(),
+        guessed_encoding=guess,
+    )
+
+
+def decode_head(sample: bytes, *, complete: bool) -> tuple[str, str]:
+    """Decode the first bytes of a file: (text, encoding). Raises CsvFormatError naming the problem.
+
+    `complete` says the sample is the whole file; otherwise a multi-byte character cut at the end is fine.
+    """
+    for bom in _UTF16_BOMS:
+        if sample.startswith(bom):
+            kind = "UTF-32" if len(bom) == 4 else "UTF-16"
+            return_msg = (
+                f"The file is {kind} (it starts with a {kind} byte order mark); only UTF-8 is accepted. "
+                "Save the file as UTF-8 (\"CSV UTF-8\" in Excel) and upload it again."
+            )
+            raise CsvFormatError("encoding", return_msg, detected_encoding=kind.lower())
+    encoding = "utf-8-sig" if sample.startswith(codecs.BOM_UTF8) else "utf-8"
+    body = sample[3:] if encoding == "utf-8-sig" else sample
+    if b"\x00" in body[:4096]:
+        raise CsvFormatError(
+            "encoding",
+            "The file contains NUL bytes: it is binary or UTF-16 without a byte order mark, not UTF-8 text. "
+            "Save the file as UTF-8 CSV.",
+        )
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    try:
+        text = decoder.decode(body, final=complete)
+    except UnicodeDecodeError as exc:
+        raise _encoding_error(body, exc, 0, 0) from None
+    return text, encoding
+
+
+def _first_record(text: str, delimiter: str) -> list[str]:
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    for row in reader:
+        if any(cell.strip() for cell in row):
+            return row
+    return []
+
+
+def sniff_layout(sample: bytes, *, complete: bool = False) -> CsvLayout:
+    """Read encoding, delimiter and header from the first bytes of a file (`SNIFF_BYTES` is plenty).
+
+    The delimiter is the one of comma, semicolon and tab under which the header names a text column; among
+    several, the one giving more columns. Raises CsvFormatError (encoding, empty, missing_columns,
+    duplicate_columns).
+    """
+    text, encoding = decode_head(sample, complete=complete)
+    if not text.strip():
+        raise CsvFormatError("empty", "The file is empty: expected a header line with job_title and/or "
+                             "duties_description, then one row per job.")
+    first_line = text.split("\n", 1)[0]
+    candidates = []
+    for delimiter in DELIMITERS:
+        header = _first_record(text if '"' in first_line else first_line, delimiter)
+        names = [normalise_header(h) for h in header]
+        found = sum(1 for c in TEXT_COLUMNS if c in names)
+        candidates.append((found, len(header), delimiter, header, names))
+    found, _, delimiter, header, names = max(candidates, key=lambda c: (c[0], c[1]))
+    if not found:
+        shown = [h.strip() for h in header][:30]
+        raise CsvFormatError(
+            "missing_columns",
+            "The header has neither job_title nor duties_description; at least one is required "
+            f"(names are matched ignoring case and spaces). Columns found: {', '.join(shown) or '(none)'}.",
+            missing=list(TEXT_COLUMNS),
+            required_any_of=list(TEXT_COLUMNS),
+            found=shown,
+        )
+    for column in TEXT_COLUMNS:
+        if names.count(column) > 1:
+            raise CsvFormatError(
+                "duplicate_columns",
+                f"The header names {column} {names.count(column)} times; it must appear once.",
+                duplicates=[column],
+            )
+    return CsvLayout(
+        encoding=encoding,
+        delimiter=delimiter,
+        header=header,
+        title_index=names.index(TITLE) if TITLE in names else None,
+        duties_index=names.index(DUTIES) if DUTIES in names else None,
+    )
+
+
+def read_layout(path: Path) -> CsvLayout:
+    """`sniff_layout` of a file on disk."""
+    with open(path, "rb") as f:
+        sample = f.read(SNIFF_BYTES + 1)
+    return sniff_layout(sample[:SNIFF_BYTES], complete=len(sample) <= SNIFF_BYTES)
+
+
+_LINE_END = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")
+
+
+class _CheckedLines:
+    """Text lines of a UTF-8 byte stream, decoded strictly in blocks; a decoding error names line and offset.
+
+    Lines end at LF, CRLF or CR only (str.splitlines would also split at U+2028 and other characters
+    that are legitimate inside a field).
+    """
+
+    def __init__(self, raw: IO[bytes], encoding: str, block: int = 1 << 20):
+        self._raw = raw
+        self._decoder = codecs.getincrementaldecoder(encoding)("strict")
+        self._block = block
+        self._offset = 0
+        self._lines = 0
+
+    def __iter__(self) -> Iterator[str]:
+        pending = ""
+        while True:
+            data = self._raw.read(self._block)
+            final = not data
+            try:
+                text = self._decoder.decode(data, final=final)
+            except UnicodeDecodeError as exc:
+                raise _encoding_error(data, exc, self._offset, self._lines) from None
+            self._offset += len(data)
+            self._lines += data.count(b"\n")
+            if text:
+                lines = [part for part in _LINE_END.split(pending + text) if part]
+                # a last line without its newline may continue in the next block
+                pending = "" if lines[-1].endswith(("\n", "\r")) else lines.pop()
+                # "\r" at a block edge may be the first half of "\r\n": hold it back
+                if lines and lines[-1].endswith("\r") and not final:
+                    pending = lines.pop() + pending
+                yield from lines
+            if final:
+                if pending:
+                    yield pending
+                return
+
+
+def iter_rows(path: Path, layout: CsvLayout | None = None) -> Iterator[CsvRow]:
+    """Stream the data rows of a job CSV (header skipped, blank lines skipped).
+
+    A row with more or fewer cells than the header is yielded with `error` set and its cells padded or cut
+    to the header's width, so that callers can report it per row. Raises CsvFormatError on bad encoding.
+    """
+    layout = layout or read_layout(path)
+    with open(path, "rb") as raw:
+        reader = csv.reader(_CheckedLines(raw, layout.encoding), delimiter=layout.delimiter)
+        header_seen = False
+        number = 0
+        consumed = 0
+        for cells in reader:
+            start_line, consumed = consumed + 1, reader.line_num
+            if not any(cell.strip() for cell in cells):
+                continue
+            if not header_seen:
+                header_seen = True
+                continue
+            number += 1
+            error = None
+            width = len(cells)
+            if width != layout.width:
+                error = f"row has {width} fields, the header has {layout.width}"
+                cells = (cells + [""] * layout.width)[: layout.width]
+            yield CsvRow(number, start_line, cells, error, width)
+
+
+def scan(path: Path, layout: CsvLayout | None = None, *, max_rows: int | None = None) -> ScanReport:
+    """Check a whole file as an upload: count rows; raise CsvFormatError for bad encoding anywhere,
+    ragged rows (the first `MAX_REPORTED_ROWS` listed with line numbers), no data rows, or more than
+    `max_rows` rows."""
+    layout = layout or read_layout(path)
+    report = ScanReport()
+    for row in iter_rows(path, layout):
+        report.rows += 1
+        if max_rows is not None and report.rows > max_rows:
+            raise CsvFormatError(
+                "too_many_rows",
+                f"The file has more than {max_rows:,} rows, the limit for one upload; split it into smaller files.",
+                max_rows=max_rows,
+            )
+        if row.error:
+            report.ragged += 1
+            if len(report.ragged_examples) < MAX_REPORTED_ROWS:
+                report.ragged_examples.append({"row": row.number, "line": row.line, "fields": row.width})
+    if report.ragged:
+        lines = ", ".join(f"line {r['line']} ({r['fields']} fields)" for r in report.ragged_examples)
+        more = f" and {report.ragged - len(report.ragged_examples)} more" if report.ragged > MAX_REPORTED_ROWS else ""
+        raise CsvFormatError(
+            "ragged_rows",
+            f"{report.ragged} row(s) do not have the header's {layout.width} fields: {lines}{more}. "
+            "Check for unquoted delimiters or line breaks inside fields.",
+            expected_fields=layout.width,
+            rows=report.ragged_examples,
+            count=report.ragged,
+        )
+    if report.rows == 0:
+        raise CsvFormatError("no_rows", "The file has a header but no data rows.")
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------------
+
+
+def neutralise(cell: object) -> str:
+    """A cell that a spreadsheet would evaluate (= + - @, or a leading tab/CR) gets a leading apostrophe.
+
+    OWASP's advice for CSV injection; the apostrophe is what spreadsheets themselves use to mark text.
+    """
+    text = "" if cell is None else str(cell)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def result_header(input_header: Sequence[str], *, job: bool = True) -> list[str]:
+    """Input columns (as written; a name that clashes with an output column gets an `input_` prefix),
+    then the result columns (and `row_error` for job results)."""
+    outputs = JOB_RESULT_COLUMNS if job else RESULT_COLUMNS
+    taken = set(outputs)
+    header = []
+    for name in input_header:
+        clean = name.replace("\ufeff", "").strip()
+        header.append(f"input_{clean}" if normalise_header(clean) in taken else clean)
+    return header + list(outputs)
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def prediction_cells(prediction: Prediction) -> list[str]:
+    """The values of `RESULT_COLUMNS` for one prediction (top-5 codes and confidences joined by |)."""
+    top = prediction.alternatives[:5]
+    return [
+        prediction.isco_code or "",
+        "" if prediction.level is None else str(prediction.level),
+        prediction.title or "",
+        _fmt(prediction.confidence),
+        "true" if prediction.is_fallback else "false",
+        prediction.unit_code,
+        _fmt(prediction.unit_confidence),
+        "|".join(a.code for a in top),
+        "|".join(_fmt(a.confidence) for a in top),
+    ]
+
+
+EMPTY_RESULT = [""] * len(RESULT_COLUMNS)
+
+
+def result_row(cells: Sequence[str], outcome: Prediction | str, *, job: bool = True) -> list[str]:
+    """One output row: input cells, result cells (empty on error), and the row error for job results.
+    Every cell is neutralised."""
+    if isinstance(outcome, str):
+        values = [*cells, *EMPTY_RESULT] + ([outcome] if job else [])
+    else:
+        values = [*cells, *prediction_cells(outcome)] + ([""] if job else [])
+    return [neutralise(v) for v in values]
+
+
+def writer(stream: IO[str], delimiter: str = ",") -> Any:
+    """A csv writer with the settings every result file uses (minimal quoting, CRLF as RFC 4180 says)."""
+    return csv.writer(stream, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
+
+
+def write_rows(stream: IO[str], rows: Iterable[Sequence[str]], delimiter: str = ",") -> int:
+    """Write already neutralised rows; returns how many."""
+    w = writer(stream, delimiter)
+    n = 0
+    for row in rows:
+        w.writerow(row)
+        n += 1
+    return n
+
+
+def header_line(header: Sequence[str], delimiter: str = ",") -> str:
+    """The header as one CSV line (neutralised like every other cell)."""
+    buf = io.StringIO()
+    writer(buf, delimiter).writerow([neutralise(h) for h in header])
+    return buf.getvalue()
