@@ -137,7 +137,7 @@ def _encoding_error(data: bytes, exc: UnicodeDecodeError, offset: int, lines_bef
     return CsvFormatError(
         "encoding",
         f"The file is not valid UTF-8: byte 0x{bad[:1].hex()} at {where} cannot be decoded.{hint} "
-        "Save the file as UTF-8 (\"CSV UTF-8\" in Excel) and upload it again.",
+        'Save the file as UTF-8 ("CSV UTF-8" in Excel) and upload it again.',
         line=line,
         byte_offset=position,
         bad_bytes=bad.hex(),
@@ -155,7 +155,7 @@ def decode_head(sample: bytes, *, complete: bool) -> tuple[str, str]:
             kind = "UTF-32" if len(bom) == 4 else "UTF-16"
             return_msg = (
                 f"The file is {kind} (it starts with a {kind} byte order mark); only UTF-8 is accepted. "
-                "Save the file as UTF-8 (\"CSV UTF-8\" in Excel) and upload it again."
+                'Save the file as UTF-8 ("CSV UTF-8" in Excel) and upload it again.'
             )
             raise CsvFormatError("encoding", return_msg, detected_encoding=kind.lower())
     encoding = "utf-8-sig" if sample.startswith(codecs.BOM_UTF8) else "utf-8"
@@ -191,8 +191,11 @@ def sniff_layout(sample: bytes, *, complete: bool = False) -> CsvLayout:
     """
     text, encoding = decode_head(sample, complete=complete)
     if not text.strip():
-        raise CsvFormatError("empty", "The file is empty: expected a header line with job_title and/or "
-                             "duties_description, then one row per job.")
+        raise CsvFormatError(
+            "empty",
+            "The file is empty: expected a header line with job_title and/or "
+            "duties_description, then one row per job.",
+        )
     first_line = text.split("\n", 1)[0]
     candidates = []
     for delimiter in DELIMITERS:
@@ -315,7 +318,8 @@ def scan(path: Path, layout: CsvLayout | None = None, *, max_rows: int | None = 
         if max_rows is not None and report.rows > max_rows:
             raise CsvFormatError(
                 "too_many_rows",
-                f"The file has more than {max_rows:,} rows, the limit for one upload; split it into smaller files.",
+                f"The file has more than {max_rows:,} rows, the limit for one upload; "
+                "split it into smaller files.",
                 max_rows=max_rows,
             )
         if row.error:
@@ -324,7 +328,11 @@ def scan(path: Path, layout: CsvLayout | None = None, *, max_rows: int | None = 
                 report.ragged_examples.append({"row": row.number, "line": row.line, "fields": row.width})
     if report.ragged:
         lines = ", ".join(f"line {r['line']} ({r['fields']} fields)" for r in report.ragged_examples)
-        more = f" and {report.ragged - len(report.ragged_examples)} more" if report.ragged > MAX_REPORTED_ROWS else ""
+        more = (
+            f" and {report.ragged - len(report.ragged_examples)} more"
+            if report.ragged > MAX_REPORTED_ROWS
+            else ""
+        )
         raise CsvFormatError(
             "ragged_rows",
             f"{report.ragged} row(s) do not have the header's {layout.width} fields: {lines}{more}. "
