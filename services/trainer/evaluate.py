@@ -1,0 +1,381 @@
+"""Evaluation metrics from a probability matrix over unit groups and gold codes.
+
+Definitions (each checked on hand-computed examples in tests/test_evaluate.py):
+- accuracy (4-digit): the most probable unit group is an accepted code (the gold code or an alternative).
+- 3/2/1-digit accuracy: probabilities are summed up the hierarchy (as the predictor does for its fallback) and
+  the most probable group at that level is the prefix of an accepted code.
+- top-3 / top-5: an accepted code is among the k most probable unit groups.
+- macro-F1: per unit group F1 of the top-1 prediction, averaged over the groups that occur in the gold codes
+  or the predictions; a prediction that matches an alternative accepted code counts as that code being gold.
+- error rate per major group: 1 - 4-digit accuracy among records whose gold code is in that major group.
+- ECE: expected calibration error of the top-1 confidence, equal-width bins.
+- coverage at precision p: the largest share of records that can be auto-coded at 4 digits with precision
+  >= p by a threshold on the top-1 confidence; "with fallback": one threshold t, a record is coded at 4 digits
+  when its unit confidence >= t, else at 3 digits when its minor-group confidence >= t, else left to a human.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.taxonomy import InvalidCode, get_taxonomy
+
+PRECISION_TARGETS = (0.90, 0.95, 0.99)
+MAX_THRESHOLDS = 4000  # candidate thresholds scanned for coverage curves (quantiles beyond this)
+
+
+class EvalDataError(ValueError):
+    """An evaluation file that cannot be used; the message names the file, row, field and reason."""
+
+
+@dataclass
+class EvalSet:
+    """Records to evaluate on: model inputs, gold codes and the accepted codes of each record."""
+
+    name: str
+    job_titles: list[str]
+    duties: list[str]
+    gold: list[str]
+    accept: list[set[str]]
+    skipped: list[tuple[int, str]]
+
+    def __len__(self) -> int:
+        return len(self.gold)
+
+    def texts(self) -> list[str]:
+        from shared.text import model_input
+
+        return [model_input(t, d) for t, d in zip(self.job_titles, self.duties, strict=True)]
+
+
+def _group_probabilities(
+    probs: np.ndarray, codes: Sequence[str], digits: int
+) -> tuple[list[str], np.ndarray]:
+    """Sum unit-group probabilities into groups of `digits` digits (code prefixes)."""
+    prefixes = [c[:digits] for c in codes]
+    groups = sorted(set(prefixes))
+    index = {g: i for i, g in enumerate(groups)}
+    member = np.zeros((len(codes), len(groups)), dtype=np.float64)
+    for row, prefix in enumerate(prefixes):
+        member[row, index[prefix]] = 1.0
+    return groups, probs @ member
+
+
+def _coverage_at_precision(conf: np.ndarray, correct: np.ndarray, target: float) -> dict[str, float | None]:
+    """Largest share of records whose confidence clears one threshold with precision >= target."""
+    n = len(conf)
+    if n == 0:
+        return {"coverage": 0.0, "threshold": None, "precision": None}
+    order = np.argsort(-conf, kind="stable")
+    sorted_conf = conf[order]
+    hits = np.cumsum(correct[order])
+    counts = np.arange(1, n + 1)
+    # A threshold can only cut between distinct confidences: keep the last position of each tied run.
+    last_of_run = np.append(sorted_conf[1:] != sorted_conf[:-1], True)
+    precision = hits / counts
+    ok = np.flatnonzero(last_of_run & (precision >= target - 1e-12))
+    if len(ok) == 0:
+        return {"coverage": 0.0, "threshold": None, "precision": None}
+    k = ok[-1]
+    return {
+        "coverage": float((k + 1) / n),
+        "threshold": float(sorted_conf[k]),
+        "precision": float(precision[k]),
+    }
+
+
+def _coverage_with_fallback(
+    conf4: np.ndarray, correct4: np.ndarray, conf3: np.ndarray, correct3: np.ndarray, target: float
+) -> dict[str, float | None]:
+    """Best coverage for one threshold t: 4 digits if conf4 >= t, else 3 digits if conf3 >= t."""
+    n = len(conf4)
+    empty: dict[str, float | None] = {
+        "coverage": 0.0,
+        "coverage_unit": 0.0,
+        "coverage_minor": 0.0,
+        "threshold": None,
+        "precision": None,
+    }
+    if n == 0:
+        return empty
+    candidates = np.unique(np.concatenate([conf4, conf3]))
+    if len(candidates) > MAX_THRESHOLDS:
+        candidates = np.unique(np.quantile(candidates, np.linspace(0, 1, MAX_THRESHOLDS)))
+    best = empty
+    best_cov = -1.0
+    # Chunks of thresholds keep the (thresholds x records) matrices small.
+    for start in range(0, len(candidates), 256):
+        t = candidates[start : start + 256, None]
+        at4 = conf4[None, :] >= t
+        at3 = ~at4 & (conf3[None, :] >= t)
+        answered = (at4 | at3).sum(1)
+        right = (at4 & correct4[None, :]).sum(1) + (at3 & correct3[None, :]).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.where(answered > 0, right / np.maximum(answered, 1), 0.0)
+        ok = np.flatnonzero((answered > 0) & (precision >= target - 1e-12))
+        for j in ok:
+            cov = answered[j] / n
+            if cov > best_cov:
+                best_cov = cov
+                best = {
+                    "coverage": float(cov),
+                    "coverage_unit": float(at4[j].sum() / n),
+                    "coverage_minor": float(at3[j].sum() / n),
+                    "threshold": float(t[j, 0]),
+                    "precision": float(precision[j]),
+                }
+    return best
+
+
+def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    """ECE over equal-width confidence bins (0, 1/n], ..., ((n-1)/n, 1]."""
+    if len(conf) == 0:
+        return 0.0
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
+    return float(ece)
+
+
+def _macro_f1(pred: list[str], gold: list[str]) -> float:
+    labels = sorted(set(pred) | set(gold))
+    if not labels:
+        return 0.0
+    f1s = []
+    for label in labels:
+        tp = sum(1 for p, g in zip(pred, gold, strict=True) if p == label and g == label)
+        fp = sum(1 for p, g in zip(pred, gold, strict=True) if p == label and g != label)
+        fn = sum(1 for p, g in zip(pred, gold, strict=True) if p != label and g == label)
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return float(np.mean(f1s))
+
+
+def compute_metrics(
+    probs: np.ndarray,
+    codes: Sequence[str],
+    gold: Sequence[str],
+    accept: Sequence[set[str]] | None = None,
+    *,
+    precision_targets: Sequence[float] = PRECISION_TARGETS,
+    n_bins: int = 15,
+) -> dict[str, Any]:
+    """All evaluation metrics for `probs` (n records x len(codes) unit groups) against gold unit codes.
+
+    `accept[i]` holds alternative correct codes of record i (the gold code is always accepted).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    n = len(gold)
+    if probs.shape != (n, len(codes)):
+        raise ValueError(f"probabilities have shape {probs.shape}, expected ({n}, {len(codes)})")
+    accepted = [{g} | set(accept[i] if accept else ()) for i, g in enumerate(gold)]
+    codes = list(codes)
+    metrics: dict[str, Any] = {"n": n}
+    if n == 0:
+        return metrics
+
+    ranking = np.argsort(-probs, axis=1, kind="stable")
+    top1 = [codes[j] for j in ranking[:, 0]]
+    conf4 = probs[np.arange(n), ranking[:, 0]]
+    correct4 = np.array([top1[i] in accepted[i] for i in range(n)])
+    metrics["accuracy"] = float(correct4.mean())
+
+    level_conf: dict[int, np.ndarray] = {}
+    level_correct: dict[int, np.ndarray] = {}
+    for digits in (3, 2, 1):
+        groups, gprobs = _group_probabilities(probs, codes, digits)
+        best = gprobs.argmax(1)
+        level_conf[digits] = gprobs[np.arange(n), best]
+        level_correct[digits] = np.array(
+            [any(a.startswith(groups[best[i]]) for a in accepted[i]) for i in range(n)]
+        )
+        metrics[f"accuracy_{digits}digit"] = float(level_correct[digits].mean())
+
+    for k in (3, 5):
+        topk = ranking[:, :k]
+        metrics[f"top{k}"] = float(np.mean([any(codes[j] in accepted[i] for j in topk[i]) for i in range(n)]))
+
+    # A hit on an alternative accepted code counts as that code being the gold one.
+    effective_gold = [top1[i] if correct4[i] else gold[i] for i in range(n)]
+    metrics["macro_f1"] = _macro_f1(top1, effective_gold)
+
+    per_major: dict[str, dict[str, float | int]] = {}
+    majors = np.array([g[0] for g in gold])
+    for major in sorted(set(majors)):
+        mask = majors == major
+        per_major[major] = {"n": int(mask.sum()), "error_rate": float(1.0 - correct4[mask].mean())}
+    metrics["error_rate_per_major"] = per_major
+
+    metrics["mean_confidence"] = float(conf4.mean())
+    metrics["ece"] = expected_calibration_error(conf4, correct4, n_bins)
+    metrics["coverage"] = {
+        f"{p:.2f}": {
+            "unit_only": _coverage_at_precision(conf4, correct4, p),
+            "with_fallback": _coverage_with_fallback(conf4, correct4, level_conf[3], level_correct[3], p),
+        }
+        for p in precision_targets
+    }
+    return metrics
+
+
+def _parse_accept(raw: str | None) -> set[str]:
+    if not raw:
+        return set()
+    return {
+        part.strip()
+        for part in raw.replace(";", "|").replace(",", "|").replace(" ", "|").split("|")
+        if part.strip()
+    }
+
+
+def load_eval_csv(path: Path, *, skip_invalid: bool = False) -> EvalSet:
+    """Read a coded CSV (job_title, duties_description, isco_code[, accept]) for evaluation.
+
+    Codes are normalised with the taxonomy. A bad row raises EvalDataError naming the row and field, unless
+    `skip_invalid`, which skips it and lists it in `EvalSet.skipped`.
+    """
+    taxonomy = get_taxonomy()
+    path = Path(path)
+    if not path.is_file():
+        raise EvalDataError(f"{path}: file not found")
+    titles: list[str] = []
+    duties: list[str] = []
+    gold: list[str] = []
+    accept: list[set[str]] = []
+    skipped: list[tuple[int, str]] = []
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        missing = [c for c in ("isco_code",) if c not in header]
+        if not ({"job_title", "duties_description"} & set(header)):
+            missing = ["job_title or duties_description", *missing]
+        if missing:
+            raise EvalDataError(
+                f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(header)})"
+            )
+        for line, row in enumerate(reader, start=2):
+            title, duty = (row.get("job_title") or "").strip(), (row.get("duties_description") or "").strip()
+            problem = None
+            if not title and not duty:
+                problem = "job_title and duties_description are both empty"
+            else:
+                try:
+                    code = taxonomy.normalise(row.get("isco_code"))
+                    alternatives = {taxonomy.normalise(a) for a in _parse_accept(row.get("accept"))}
+                except InvalidCode as exc:
+                    problem = f"isco_code/accept: {exc}"
+            if problem:
+                if not skip_invalid:
+                    raise EvalDataError(f"{path}, line {line}: {problem}")
+                skipped.append((line, problem))
+                continue
+            titles.append(title)
+            duties.append(duty)
+            gold.append(code)
+            accept.append(alternatives)
+    return EvalSet(path.stem, titles, duties, gold, accept, skipped)
+
+
+def data_hash_of(texts: Sequence[str], gold: Sequence[str]) -> str:
+    """A stable hash of evaluation data (texts and codes, order-independent)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for text, code in sorted(zip(texts, gold, strict=True)):
+        h.update(f"{text}\t{code}\n".encode())
+    return h.hexdigest()
+
+
+def format_table(results: dict[str, dict[str, Any]], title: str = "Evaluation") -> Any:
+    """A rich Table with one column per evaluated set."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    names = list(results)
+    for name in names:
+        table.add_column(name, justify="right")
+
+    def cell(m: dict[str, Any], key: str) -> str:
+        value = m.get(key)
+        return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+
+    rows = [
+        ("records", "n"),
+        ("accuracy (4-digit)", "accuracy"),
+        ("accuracy 3-digit", "accuracy_3digit"),
+        ("accuracy 2-digit", "accuracy_2digit"),
+        ("accuracy 1-digit", "accuracy_1digit"),
+        ("top-3", "top3"),
+        ("top-5", "top5"),
+        ("macro-F1", "macro_f1"),
+        ("mean confidence", "mean_confidence"),
+        ("ECE", "ece"),
+    ]
+    for label, key in rows:
+        table.add_row(label, *(cell(results[n], key) for n in names))
+    for p in PRECISION_TARGETS:
+        key = f"{p:.2f}"
+        table.add_row(
+            f"coverage @{p:.0%} precision, 4-digit", *(_fmt_cov(results[n], key, "unit_only") for n in names)
+        )
+        table.add_row(
+            f"coverage @{p:.0%} precision, +3-digit fallback",
+            *(_fmt_cov(results[n], key, "with_fallback") for n in names),
+        )
+    majors = sorted({m for n in names for m in results[n].get("error_rate_per_major", {})})
+    for major in majors:
+        table.add_row(
+            f"error rate, major group {major}",
+            *(
+                f"{results[n]['error_rate_per_major'][major]['error_rate']:.3f} "
+                f"(n={results[n]['error_rate_per_major'][major]['n']})"
+                if major in results[n].get("error_rate_per_major", {})
+                else "-"
+                for n in names
+            ),
+        )
+    return table
+
+
+def _fmt_cov(m: dict[str, Any], key: str, kind: str) -> str:
+    entry = m.get("coverage", {}).get(key, {}).get(kind)
+    if not entry:
+        return "-"
+    if kind == "with_fallback" and entry.get("threshold") is not None:
+        return f"{entry['coverage']:.3f} ({entry['coverage_unit']:.3f} at 4 digits)"
+    return f"{entry['coverage']:.3f}"
+
+
+def print_report(results: dict[str, dict[str, Any]], title: str = "Evaluation") -> None:
+    """Print the metrics table for one or more evaluated sets."""
+    from rich.console import Console
+
+    Console().print(format_table(results, title))
+
+
+def write_report(results: dict[str, Any], path: Path) -> Path:
+    """Write metrics as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, sort_keys=True))
+    return path
+
+
+def evaluate_set(predictor: Any, eval_set: EvalSet) -> dict[str, Any]:
+    """Score an EvalSet with a loaded predictor (anything with `.probabilities(texts)` and `.codes`)."""
+    probs = predictor.probabilities(eval_set.texts())
+    metrics = compute_metrics(probs, predictor.codes, eval_set.gold, eval_set.accept)
+    metrics["data_hash"] = data_hash_of(eval_set.texts(), eval_set.gold)
+    if eval_set.skipped:
+        metrics["skipped_rows"] = len(eval_set.skipped)
+    return metrics
