@@ -11,6 +11,12 @@ Model directory layout (written by `save_model_dir`, read by `UnitScorer.load`):
     labels.json         codes in label order, plus label2id / id2label maps
     model.json          version, base model, max_length, pooling, head type, scale
     calibration.json    temperature fitted on the validation split
+    knn.safetensors     optional: normalised embeddings of training texts and their labels (kNN signal)
+
+Two signals, combined inside `UnitScorer` so every consumer gets the same probabilities: the cosine head
+(temperature-scaled softmax) and a k-nearest-neighbour vote over the stored training-text embeddings, mixed
+as (1 - w) * p_head + w * p_knn with k, the vote temperature and w chosen on the validation split
+(model.json "knn"). The kNN vote helps most on unseen titles that are close variants of known titles.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
@@ -60,7 +67,11 @@ class IscoClassifier(nn.Module):
         return self.scale * emb @ F.normalize(self.head, dim=-1).T
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None, **_: Any
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        **_: Any,
     ) -> dict[str, torch.Tensor]:
         logits = self.logits_from_embeddings(self.embed(input_ids, attention_mask))
         out = {"logits": logits}
@@ -80,21 +91,159 @@ def save_model_dir(
     *,
     meta: dict[str, Any],
     temperature: float = 1.0,
+    knn_index: KnnIndex | None = None,
 ) -> None:
     """Write the model directory (see module docstring)."""
+    model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     model.encoder.save_pretrained(model_dir / "encoder")
     tokenizer.save_pretrained(model_dir / "encoder")
-    save_file({"head": model.head.detach().cpu().contiguous(), "scale": model.scale.detach().cpu().reshape(1)},
-              model_dir / "head.safetensors")
-    labels = {"codes": codes, "label2id": {c: i for i, c in enumerate(codes)},
-              "id2label": {str(i): c for i, c in enumerate(codes)}}
+    save_file(
+        {"head": model.head.detach().cpu().contiguous(), "scale": model.scale.detach().cpu().reshape(1)},
+        model_dir / "head.safetensors",
+    )
+    labels = {
+        "codes": codes,
+        "label2id": {c: i for i, c in enumerate(codes)},
+        "id2label": {str(i): c for i, c in enumerate(codes)},
+    }
     (model_dir / "labels.json").write_text(json.dumps(labels, indent=1))
     (model_dir / "model.json").write_text(json.dumps({"pooling": "mean", "head": "cosine", **meta}, indent=1))
     (model_dir / "calibration.json").write_text(json.dumps({"temperature": temperature}))
+    if knn_index is not None:
+        save_file(
+            {
+                "embeddings": torch.from_numpy(knn_index.embeddings.astype(np.float16)),
+                "labels": torch.from_numpy(knn_index.labels.astype(np.int32)),
+            },
+            model_dir / "knn.safetensors",
+        )
 
 
-def load_model_dir(model_dir: Path) -> tuple[IscoClassifier, PreTrainedTokenizerBase, list[str], dict[str, Any]]:
+class KnnConfig(BaseModel):
+    """How the kNN vote is computed and mixed with the head (stored in model.json "knn")."""
+
+    k: int = 10
+    tau: float = 0.05
+    weight: float = 0.0
+    val_accuracy: float | None = None
+
+
+class KnnIndex:
+    """Normalised training-text embeddings (float32 in memory) and their label ids."""
+
+    def __init__(self, embeddings: np.ndarray, labels: np.ndarray):
+        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    @classmethod
+    def load(cls, path: Path) -> KnnIndex:
+        tensors = load_file(path)
+        return cls(tensors["embeddings"].float().numpy(), tensors["labels"].long().numpy())
+
+
+@torch.inference_mode()
+def encode_texts(
+    model: IscoClassifier,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    *,
+    device: str = "cpu",
+    max_length: int = 128,
+    batch_size: int = 128,
+) -> np.ndarray:
+    """Normalised mean-pooled embeddings (len(texts), hidden), batches sorted by length."""
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    hidden = model.encoder.config.hidden_size
+    out = np.zeros((len(texts), hidden), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tokenizer(
+            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        emb = model.embed(enc["input_ids"].to(device), enc["attention_mask"].to(device))
+        out[idx] = emb.float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def build_knn_index(
+    model: IscoClassifier,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    labels: list[int],
+    *,
+    device: str = "cpu",
+    max_length: int = 128,
+    max_items: int = 60000,
+    seed: int = 0,
+) -> KnnIndex:
+    """Embed training texts (a seeded sample of at most max_items) into a kNN index."""
+    idx = np.arange(len(texts))
+    if len(idx) > max_items:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_items, replace=False))
+    emb = encode_texts(model, tokenizer, [texts[i] for i in idx], device=device, max_length=max_length)
+    return KnnIndex(emb, np.asarray(labels)[idx])
+
+
+def knn_probabilities(
+    query: np.ndarray, index: KnnIndex, config: KnnConfig, num_labels: int, chunk: int = 512
+) -> np.ndarray:
+    """Similarity-weighted vote of the k nearest training texts, as a distribution over labels."""
+    out = np.zeros((len(query), num_labels), dtype=np.float32)
+    k = max(1, min(config.k, len(index.labels)))
+    for start in range(0, len(query), chunk):
+        sims = query[start : start + chunk] @ index.embeddings.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        top_sims = np.take_along_axis(sims, top, axis=1)
+        weights = np.exp((top_sims - top_sims.max(axis=1, keepdims=True)) / config.tau)
+        rows = np.repeat(np.arange(len(top)), k)
+        np.add.at(out[start : start + chunk], (rows, index.labels[top].ravel()), weights.ravel())
+    out /= np.clip(out.sum(axis=1, keepdims=True), 1e-12, None)
+    return out
+
+
+def combine_signals(head_probs: np.ndarray, knn_probs: np.ndarray | None, weight: float) -> np.ndarray:
+    """(1 - w) * head + w * kNN; the head alone when there is no index."""
+    if knn_probs is None or weight <= 0:
+        return head_probs
+    return (1.0 - weight) * head_probs + weight * knn_probs
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def fit_knn_weight(
+    scaled_logits: np.ndarray,
+    knn_probs_by_tau: np.ndarray | dict[float, np.ndarray],
+    labels: np.ndarray,
+    config: KnnConfig,
+) -> KnnConfig:
+    """Choose the mixing weight (and vote temperature) maximising validation accuracy, ties to lower NLL."""
+    head = _softmax(scaled_logits)
+    candidates = knn_probs_by_tau if isinstance(knn_probs_by_tau, dict) else {config.tau: knn_probs_by_tau}
+    best: tuple[float, float, float, float] | None = None  # (accuracy, -nll, weight, tau)
+    for tau, knn in candidates.items():
+        for weight in np.linspace(0.0, 0.9, 10):
+            p = combine_signals(head, knn, float(weight))
+            acc = float((p.argmax(1) == labels).mean())
+            nll = float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None)).mean())
+            key = (round(acc, 4), -nll, float(weight), float(tau))
+            if best is None or key[:2] > best[:2]:
+                best = key
+    assert best is not None
+    return KnnConfig(k=config.k, tau=best[3], weight=round(best[2], 3), val_accuracy=best[0])
+
+
+def load_model_dir(
+    model_dir: Path,
+) -> tuple[IscoClassifier, PreTrainedTokenizerBase, list[str], dict[str, Any]]:
     """Load classifier, tokenizer, codes (label order) and model.json metadata."""
     model_dir = Path(model_dir)
     encoder = AutoModel.from_pretrained(model_dir / "encoder")
@@ -124,9 +273,21 @@ class UnitScorer:
     `quantize="int8"` applies dynamic int8 quantisation of the linear layers (CPU only).
     """
 
-    def __init__(self, model: IscoClassifier, tokenizer: PreTrainedTokenizerBase, codes: list[str],
-                 meta: dict[str, Any], temperature: float, device: str, max_length: int):
+    def __init__(
+        self,
+        model: IscoClassifier,
+        tokenizer: PreTrainedTokenizerBase,
+        codes: list[str],
+        meta: dict[str, Any],
+        temperature: float,
+        device: str,
+        max_length: int,
+        knn_index: KnnIndex | None = None,
+    ):
         self.model = model
+        self.knn_index = knn_index
+        knn = meta.get("knn") or {}
+        self.knn_config = KnnConfig(**knn) if knn_index is not None and knn else None
         self.tokenizer = tokenizer
         self.codes = codes
         self.meta = meta
@@ -136,8 +297,14 @@ class UnitScorer:
         self.version = str(meta.get("version", "unknown"))
 
     @classmethod
-    def load(cls, model_dir: str | Path, *, device: str = "auto", quantize: str = "none",
-             threads: int | None = None) -> UnitScorer:
+    def load(
+        cls,
+        model_dir: str | Path,
+        *,
+        device: str = "auto",
+        quantize: str = "none",
+        threads: int | None = None,
+    ) -> UnitScorer:
         model_dir = Path(model_dir)
         torch.set_num_threads(threads or cpu_share())
         if device == "auto":
@@ -148,28 +315,49 @@ class UnitScorer:
             model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
         model.to(device)
         temperature = float(json.loads((model_dir / "calibration.json").read_text()).get("temperature", 1.0))
-        return cls(model, tokenizer, codes, meta, temperature, device, int(meta.get("max_length", 128)))
+        knn_path = model_dir / "knn.safetensors"
+        knn_index = KnnIndex.load(knn_path) if knn_path.exists() else None
+        return cls(
+            model, tokenizer, codes, meta, temperature, device, int(meta.get("max_length", 128)), knn_index
+        )
 
     @torch.inference_mode()
     def unit_logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Uncalibrated logits, shape (len(texts), len(codes))."""
+        """Uncalibrated head logits, shape (len(texts), len(codes))."""
+        return self._forward(texts, batch_size)[0]
+
+    @torch.inference_mode()
+    def _forward(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Head logits and normalised embeddings in one pass."""
+        hidden = self.model.encoder.config.hidden_size
         out = np.zeros((len(texts), len(self.codes)), dtype=np.float32)
+        embeddings = np.zeros((len(texts), hidden), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         use_amp = self.device.type == "cuda"
         amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
+            enc = self.tokenizer(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             enc = {k: v.to(self.device, non_blocking=True) for k, v in enc.items() if k != "token_type_ids"}
             with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = self.model(**enc)["logits"]
+                emb = self.model.embed(enc["input_ids"], enc["attention_mask"]).float()
+                logits = self.model.logits_from_embeddings(emb)
             out[idx] = logits.float().cpu().numpy()
-        return out
+            embeddings[idx] = emb.cpu().numpy()
+        return out, embeddings
 
     def unit_probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Calibrated probabilities (temperature-scaled softmax), shape (len(texts), len(codes))."""
-        logits = self.unit_logits(texts, batch_size) / self.temperature
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(axis=1, keepdims=True)
+        """Calibrated probabilities, shape (len(texts), len(codes)): temperature-scaled head softmax, mixed
+        with the kNN vote when the model directory has an index (see module docstring)."""
+        logits, embeddings = self._forward(texts, batch_size)
+        head = _softmax(logits / self.temperature)
+        if self.knn_index is None or self.knn_config is None or self.knn_config.weight <= 0 or not len(texts):
+            return head
+        knn = knn_probabilities(embeddings, self.knn_index, self.knn_config, len(self.codes))
+        return combine_signals(head, knn, self.knn_config.weight)

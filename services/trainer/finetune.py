@@ -1,0 +1,450 @@
+"""The training recipe: fine-tune the mean-pooled cosine classifier with the Hugging Face `Trainer`.
+
+Recipe (why, see ARCHITECTURE.md "Models"): the encoder keeps the mean pooling it was pre-trained with; the
+cosine head starts from class prototypes (mean embedding of each unit group's training texts, the official
+title for groups without any), so step 0 is already a working nearest-prototype classifier; the head learns
+faster than the encoder (separate learning rate); early stopping on validation accuracy keeps the best epoch;
+a temperature fitted on validation makes confidences calibrated. After training, an index of training-text
+embeddings is stored with the model (kNN signal) and the blend weight is chosen on the validation split;
+`shared.modeling.UnitScorer` combines both for every consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from shared.modeling import (
+    IscoClassifier,
+    KnnConfig,
+    build_knn_index,
+    cpu_share,
+    default_base_model,
+    encode_texts,
+    fit_knn_weight,
+    knn_probabilities,
+    load_model_dir,
+    save_model_dir,
+)
+from shared.taxonomy import get_taxonomy
+
+log = logging.getLogger(__name__)
+
+
+class FinetuneConfig(BaseModel):
+    """Hyper-parameters of one fine-tuning run (profiles in services/trainer/profiles/*.yaml set these)."""
+
+    base_model: str = Field(default_factory=default_base_model, description="HF id or local directory")
+    max_length: int = 128
+    epochs: float = 3.0
+    learning_rate: float = 5e-5
+    head_learning_rate: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    label_smoothing: float = 0.0
+    scale: float = 30.0
+    batch_size: int | None = Field(
+        None, description="per-device batch; None = chosen from data size and device"
+    )
+    gradient_accumulation: int | None = Field(None, description="None = chosen to reach the effective batch")
+    effective_batch_size: int | None = Field(None, description="None = from data size")
+    gradient_checkpointing: bool = False
+    early_stopping_patience: int = 2
+    prototype_init: bool = True
+    prototype_max_per_class: int = 40
+    max_train_seconds: float | None = Field(None, description="stop training (keeping the best) after this")
+    knn: bool = True
+    knn_k: int = 10
+    knn_max_index: int = 60000
+    seed: int = 42
+    device: str = "auto"
+    disable_tqdm: bool = False
+
+
+def choose_device(requested: str = "auto") -> str:
+    """cuda, then mps, then cpu (unless a device is requested)."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def choose_batching(n_train: int, device: str, config: FinetuneConfig) -> tuple[int, int]:
+    """(per-device batch, gradient accumulation) from dataset size and device.
+
+    The effective batch grows with the data (small sets need more update steps); the per-device batch is
+    what the device handles comfortably for short texts, and accumulation makes up the rest.
+    """
+    effective = config.effective_batch_size or (8 if n_train < 500 else 16 if n_train < 5000 else 32)
+    per_device = config.batch_size or {"cuda": 128, "mps": 32}.get(device, 32)
+    per_device = max(1, min(per_device, effective))
+    accumulation = config.gradient_accumulation or max(1, math.ceil(effective / per_device))
+    return per_device, accumulation
+
+
+class _Encoded(torch.utils.data.Dataset):
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, texts: list[str], labels: list[int], max_length: int
+    ):
+        if not texts:
+            self.items: list[dict[str, Any]] = []
+            return
+        enc = tokenizer(texts, truncation=True, max_length=max_length)
+        self.items = [
+            {
+                "input_ids": enc["input_ids"][i],
+                "attention_mask": enc["attention_mask"][i],
+                "labels": labels[i],
+            }
+            for i in range(len(texts))
+        ]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.items[i]
+
+
+class _CodeTrainer(Trainer):
+    """Trainer with a separate (higher) learning rate for the cosine head and its scale."""
+
+    head_learning_rate: float = 2e-3
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        if self.optimizer is None:
+            model = self.model
+            decay, no_decay, head = [], [], []
+            for name, p in model.named_parameters():
+                if not p.requires_grad:
+                    continue
+                if name in ("head", "scale"):
+                    head.append(p)
+                elif p.ndim < 2 or "LayerNorm" in name or name.endswith("bias"):
+                    no_decay.append(p)
+                else:
+                    decay.append(p)
+            groups = [
+                {"params": decay, "weight_decay": self.args.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+                {"params": head, "weight_decay": 0.0, "lr": self.head_learning_rate},
+            ]
+            self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate)
+        return self.optimizer
+
+
+class _EpochLog(TrainerCallback):
+    """Collect per-epoch metrics and stop at the time budget (after an evaluation, keeping the best)."""
+
+    def __init__(self, max_seconds: float | None):
+        self.max_seconds = max_seconds
+        self.start = time.monotonic()
+        self.epochs: list[dict[str, float]] = []
+        self.train_loss: list[float] = []
+        self.stopped_by_budget = False
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **_: Any
+    ) -> None:
+        if logs and "loss" in logs:
+            self.train_loss.append(float(logs["loss"]))
+        if logs and "eval_accuracy" in logs:
+            row = {
+                "epoch": round(float(state.epoch or 0), 3),
+                "train_loss": self.train_loss[-1] if self.train_loss else float("nan"),
+                "val_loss": float(logs.get("eval_loss", float("nan"))),
+                "val_accuracy": float(logs["eval_accuracy"]),
+                "seconds": round(time.monotonic() - self.start, 1),
+            }
+            self.epochs.append(row)
+            log.info("epoch %.2f: %s", row["epoch"], row)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if self.max_seconds and time.monotonic() - self.start > self.max_seconds:
+            self.stopped_by_budget = True
+            control.should_training_stop = True
+            control.should_evaluate = True
+            control.should_save = True
+
+
+def _accuracy(eval_pred: Any) -> dict[str, float]:
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())}
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature T minimising the validation NLL of softmax(logits / T)."""
+    if len(labels) == 0:
+        return 1.0
+    z = torch.tensor(logits, dtype=torch.float64)
+    y = torch.tensor(labels, dtype=torch.long)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    t = float(log_t.exp().item())
+    return t if math.isfinite(t) and t > 0 else 1.0
+
+
+def _prototypes(
+    model: IscoClassifier,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    labels: list[int],
+    codes: list[str],
+    config: FinetuneConfig,
+    device: str,
+) -> torch.Tensor:
+    """Mean normalised embedding per class (at most `prototype_max_per_class` texts each)."""
+    rng = np.random.default_rng(config.seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    chosen: list[int] = []
+    for idx in by_class.values():
+        if len(idx) > config.prototype_max_per_class:
+            idx = sorted(rng.choice(idx, config.prototype_max_per_class, replace=False).tolist())
+        chosen += idx
+    taxonomy = get_taxonomy()
+    missing = [c for c in range(len(codes)) if c not in by_class]
+    sample_texts = [texts[i] for i in chosen] + [taxonomy.title(codes[c]).lower() for c in missing]
+    sample_labels = [labels[i] for i in chosen] + missing
+    emb = encode_texts(model, tokenizer, sample_texts, device=device, max_length=config.max_length)
+    proto = torch.zeros(len(codes), emb.shape[1])
+    proto.index_add_(0, torch.tensor(sample_labels), torch.from_numpy(emb))
+    return F.normalize(proto, dim=-1)
+
+
+def finetune(
+    train_texts: list[str],
+    train_codes: list[str],
+    val_texts: list[str],
+    val_codes: list[str],
+    *,
+    codes: list[str],
+    config: FinetuneConfig,
+    output_dir: Path,
+    version: str,
+    init_model_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Fine-tune, calibrate and write the model directory `output_dir`; return metrics and timings.
+
+    `codes` is the label order (all 436 unit groups for default models). `init_model_dir` starts from an
+    existing model directory (corrections fine-tuning) instead of the base model.
+    """
+    started = time.monotonic()
+    output_dir = Path(output_dir)
+    set_seed(config.seed)
+    device = choose_device(config.device)
+    if device == "cpu":
+        torch.set_num_threads(cpu_share())
+    label_of = {c: i for i, c in enumerate(codes)}
+    unknown = sorted({c for c in [*train_codes, *val_codes] if c not in label_of})
+    if unknown:
+        raise ValueError(f"codes outside the label map: {unknown[:10]}")
+    y_train = [label_of[c] for c in train_codes]
+    y_val = [label_of[c] for c in val_codes]
+
+    if init_model_dir is not None:
+        model, tokenizer, init_codes, _ = load_model_dir(Path(init_model_dir))
+        head = model.head.detach().clone()
+        scale = float(model.scale.detach())
+        base_model = str(init_model_dir)
+        model = IscoClassifier(model.encoder, len(codes), scale=scale)
+        init_pos = {c: i for i, c in enumerate(init_codes)}
+        protos = None
+        if any(c not in init_pos for c in codes):
+            protos = _prototypes(model, tokenizer, train_texts, y_train, codes, config, device)
+        with torch.no_grad():
+            for i, c in enumerate(codes):
+                model.head[i] = head[init_pos[c]] if c in init_pos else protos[i]  # type: ignore[index]
+    else:
+        base_model = config.base_model
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+        encoder = AutoModel.from_pretrained(base_model, add_pooling_layer=False)
+        model = IscoClassifier(encoder, len(codes), scale=config.scale)
+        if config.prototype_init:
+            protos = _prototypes(model, tokenizer, train_texts, y_train, codes, config, device)
+            with torch.no_grad():
+                model.head.copy_(protos)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+
+    per_device, accumulation = choose_batching(len(train_texts), device, config)
+    use_cuda = device == "cuda"
+    bf16 = use_cuda and torch.cuda.is_bf16_supported()
+    fp16 = (use_cuda and not bf16) or device == "mps"
+    train_ds = _Encoded(tokenizer, train_texts, y_train, config.max_length)
+    # Sorting validation by length keeps padding (and evaluation time) small; order does not matter there.
+    val_order = sorted(range(len(val_texts)), key=lambda i: len(val_texts[i]))
+    val_ds = _Encoded(
+        tokenizer, [val_texts[i] for i in val_order], [y_val[i] for i in val_order], config.max_length
+    )
+    has_val = len(val_ds) > 0
+
+    work = Path(
+        tempfile.mkdtemp(prefix=".ckpt-", dir=output_dir.parent if output_dir.parent.exists() else None)
+    )
+    epoch_log = _EpochLog(config.max_train_seconds)
+    args = TrainingArguments(
+        output_dir=str(work),
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=max(per_device, 64),
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type="linear",
+        label_smoothing_factor=0.0,
+        eval_strategy="epoch" if has_val else "no",
+        save_strategy="epoch" if has_val else "no",
+        save_total_limit=2,
+        save_only_model=True,
+        load_best_model_at_end=has_val,
+        metric_for_best_model="accuracy",
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=50,
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=bf16,
+        fp16=fp16,
+        use_cpu=device == "cpu",
+        train_sampling_strategy="group_by_length",
+        dataloader_num_workers=0,
+        disable_tqdm=config.disable_tqdm,
+        remove_unused_columns=False,
+    )
+    callbacks: list[TrainerCallback] = [epoch_log]
+    if has_val and config.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    trainer = _CodeTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds if has_val else None,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=_accuracy,
+        callbacks=callbacks,
+    )
+    trainer.head_learning_rate = config.head_learning_rate
+    if config.label_smoothing:
+        trainer.compute_loss_func = _smoothed_loss(config.label_smoothing)
+    trainer.train()
+    train_seconds = time.monotonic() - started
+    model = trainer.model.to("cpu").eval()  # type: ignore[union-attr]
+
+    temperature, val_accuracy = 1.0, float("nan")
+    knn_meta: dict[str, Any] = {}
+    val_logits = np.zeros((0, len(codes)), dtype=np.float32)
+    if has_val:
+        pred = trainer.predict(val_ds)
+        val_logits = np.asarray(
+            pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        )
+        val_labels = np.asarray(pred.label_ids)
+        val_accuracy = float((val_logits.argmax(-1) == val_labels).mean())
+        temperature = fit_temperature(val_logits, val_labels)
+
+    knn_index = None
+    if config.knn and len(train_texts):
+        knn_index = build_knn_index(
+            model,
+            tokenizer,
+            train_texts,
+            y_train,
+            device=device,
+            max_length=config.max_length,
+            max_items=config.knn_max_index,
+            seed=config.seed,
+        )
+        knn_cfg = KnnConfig(k=config.knn_k, weight=0.0)
+        if has_val:
+            val_emb = encode_texts(
+                model,
+                tokenizer,
+                [val_texts[i] for i in val_order],
+                device=device,
+                max_length=config.max_length,
+            )
+            knn_by_tau = {
+                tau: knn_probabilities(val_emb, knn_index, KnnConfig(k=config.knn_k, tau=tau), len(codes))
+                for tau in (0.02, 0.05, 0.1)
+            }
+            knn_cfg = fit_knn_weight(val_logits / temperature, knn_by_tau, np.asarray(val_labels), knn_cfg)
+        else:
+            knn_cfg.weight = 0.3
+        knn_meta = knn_cfg.model_dump()
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "version": version,
+        "base_model": base_model,
+        "max_length": config.max_length,
+        "scale": float(model.scale.detach()),
+        "config": config.model_dump(),
+        "knn": knn_meta or None,
+    }
+    save_model_dir(
+        model, tokenizer, codes, output_dir, meta=meta, temperature=temperature, knn_index=knn_index
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "epochs": epoch_log.epochs,
+        "val_accuracy": val_accuracy,
+        "val_accuracy_combined": knn_meta.get("val_accuracy", val_accuracy) if knn_meta else val_accuracy,
+        "temperature": temperature,
+        "knn": knn_meta or None,
+        "seconds": round(time.monotonic() - started, 1),
+        "train_seconds": round(train_seconds, 1),
+        "stopped_by_budget": epoch_log.stopped_by_budget,
+        "train_size": len(train_texts),
+        "val_size": len(val_texts),
+        "batch_size": per_device,
+        "gradient_accumulation": accumulation,
+        "device": device,
+        "mixed_precision": "bf16" if bf16 else "fp16" if fp16 else "no",
+    }
+    log.info("finetune done: %s", {k: v for k, v in result.items() if k != "epochs"})
+    return result
+
+
+def _smoothed_loss(epsilon: float) -> Any:
+    def loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor, num_items_in_batch: Any = None) -> Any:
+        return F.cross_entropy(outputs["logits"], labels, label_smoothing=epsilon)
+
+    return loss

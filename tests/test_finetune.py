@@ -1,0 +1,97 @@
+import json
+
+import numpy as np
+
+from services.trainer.finetune import FinetuneConfig, choose_batching, finetune, fit_temperature
+from shared.corpus import label_codes
+from shared.modeling import UnitScorer
+from tests.tiny_model import build_tiny_model_dir
+
+TITLES = {
+    "2221": ["nurse", "staff nurse", "registered nurse", "ward nurse", "theatre nurse"],
+    "5120": ["cook", "line cook", "kitchen cook", "restaurant cook", "grill cook"],
+    "2512": ["software developer", "programmer", "web developer", "app developer", "backend developer"],
+    "8322": ["taxi driver", "car driver", "chauffeur", "delivery car driver", "cab driver"],
+    "7411": [
+        "electrician",
+        "building electrician",
+        "house electrician",
+        "wiring electrician",
+        "site electrician",
+    ],
+}
+
+
+def _records():
+    texts, codes = [], []
+    for code, titles in TITLES.items():
+        for t in titles:
+            texts += [t, f"{t} : works as a {t} every day"]
+            codes += [code, code]
+    return texts, codes
+
+
+def test_tiny_finetune_writes_loadable_model(tmp_path):
+    base = build_tiny_model_dir(tmp_path / "tiny")
+    texts, codes = _records()
+    val_texts, val_codes = texts[::5], codes[::5]
+    config = FinetuneConfig(
+        base_model=str(base / "encoder"),
+        epochs=1,
+        max_length=32,
+        device="cpu",
+        prototype_max_per_class=5,
+        disable_tqdm=True,
+        knn_k=3,
+    )
+    result = finetune(
+        texts,
+        codes,
+        val_texts,
+        val_codes,
+        codes=label_codes(),
+        config=config,
+        output_dir=tmp_path / "model",
+        version="t-1",
+    )
+    assert result["temperature"] > 0
+    assert len(result["epochs"]) == 1 and 0.0 <= result["val_accuracy"] <= 1.0
+    assert result["seconds"] > 0
+    scorer = UnitScorer.load(tmp_path / "model", device="cpu")
+    assert scorer.version == "t-1" and len(scorer.codes) == 436
+    p = scorer.unit_probabilities(["nurse", "cook : prepares meals"])
+    assert p.shape == (2, 436)
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-4)
+    # int8 still works with the kNN signal.
+    q = UnitScorer.load(tmp_path / "model", device="cpu", quantize="int8").unit_probabilities(["nurse"])
+    assert q.shape == (1, 436)
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["knn"]["k"] == 3
+
+    # Corrections: start from the model just written.
+    again = finetune(
+        texts[:10],
+        codes[:10],
+        [],
+        [],
+        codes=label_codes(),
+        config=config,
+        output_dir=tmp_path / "model2",
+        version="t-2",
+        init_model_dir=tmp_path / "model",
+    )
+    assert again["temperature"] == 1.0
+    assert UnitScorer.load(tmp_path / "model2", device="cpu").version == "t-2"
+
+
+def test_choose_batching_and_temperature():
+    config = FinetuneConfig(base_model="x")
+    assert choose_batching(100, "cpu", config) == (8, 1)
+    assert choose_batching(50000, "cpu", config) == (32, 1)
+    assert choose_batching(50000, "cuda", config)[0] == 32
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 400)
+    logits = rng.normal(size=(400, 5))
+    logits[np.arange(400), labels] += 2.0
+    t = fit_temperature(logits * 4, labels)  # over-confident logits need T > 1
+    assert t > 2.0
