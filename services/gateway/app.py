@@ -1,0 +1,315 @@
+"""The public HTTP API. `uvicorn services.gateway.app:create_app --factory --port 8000`.
+
+Never imports torch, transformers or the inference core (tests/test_gateway.py proves it): the model lives in
+the inference service, reached over pooled HTTP.
+
+Routers: predict (this package's routes_predict), plus the job machinery's `services.gateway.jobs.router` and
+`services.gateway.uploads.router` when those modules exist. If `services.gateway.jobs` defines
+`submit_batch_job(request, body: PredictRequest, principal) -> Response`, it answers batches above
+`sync_batch_limit` (202 + job URL); until then they get 413 with the limit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.orm import sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.gateway.auth import KeyCache
+from services.gateway.client import InferenceClient, InferenceError
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.routes_predict import reject_large_batch
+from services.gateway.routes_predict import router as predict_router
+from services.gateway.settings import GatewaySettings
+from shared.db.session import get_engine
+from shared.logs import REQUEST_ID_HEADER, configure_logging, request_id_var
+
+log = logging.getLogger("services.gateway")
+
+OPTIONAL_ROUTERS = ("services.gateway.jobs", "services.gateway.uploads")
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ASGI middleware (plain ASGI: BaseHTTPMiddleware costs too much on a path whose budget is milliseconds)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class RequestContextMiddleware:
+    """Request id (incoming X-Request-ID or a new one) in logs, responses and calls to inference; metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status_code = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], route, str(status_code)).inc()
+            self.metrics.latency.labels(route).observe(elapsed)
+            level = logging.DEBUG if route in ("/health", "/metrics") else logging.INFO
+            log.log(
+                level,
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "route": route,
+                    "status": status_code,
+                    "ms": round(elapsed * 1000, 2),
+                },
+            )
+            request_id_var.reset(token)
+
+
+class BodyGuardMiddleware:
+    """JSON bodies: 413 above `max_bytes` (checked while reading, not trusting Content-Length) and 422 when
+    not UTF-8. Multipart uploads pass through untouched: the upload route streams and limits them itself."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        content_type = (_header(scope, b"content-type") or "").lower()
+        if content_type.startswith("multipart/"):
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            error = {
+                "field": "body",
+                "reason": f"request body is not valid UTF-8 (byte {exc.start})",
+                "type": "unicode_decode",
+            }
+            await JSONResponse({"detail": [error]}, status_code=422)(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = {"reason": f"request body is larger than {self.max_bytes} bytes", "limit": self.max_bytes}
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Error handlers: every client error is JSON with a reason; a validation error names the field
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:] if len(parts) > 1 else parts
+    return ".".join(parts)
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # the input is never echoed back: it may be huge, or not encodable
+    errors = [
+        {"field": _field(e.get("loc", ())), "reason": e.get("msg", "invalid"), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # the framework's "error parsing the body": a client input problem
+        return JSONResponse(
+            {"detail": [{"field": "body", "reason": str(exc.detail), "type": "body_parse"}]}, status_code=422
+        )
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def inference_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InferenceError)
+    log.warning("inference call failed", extra={"status": exc.status_code, "reason": exc.detail})
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# App factory
+# ---------------------------------------------------------------------------------------------------------
+
+
+def create_app(settings: GatewaySettings | None = None, *, inference_transport: Any = None) -> FastAPI:
+    """Build the gateway. Tests pass their own settings (and optionally an httpx transport for inference)."""
+    settings = settings or GatewaySettings()
+    configure_logging("gateway", settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.ensure_dirs()
+        app.state.session_factory = sessionmaker(get_engine(settings.db_url), expire_on_commit=False)
+        app.state.inference = InferenceClient(settings, inference_transport)
+        log.info(
+            "gateway started",
+            extra={
+                "inference_url": settings.inference_url,
+                "auth": "disabled" if settings.auth_disabled else "api keys",
+            },
+        )
+        try:
+            yield
+        finally:
+            await app.state.inference.aclose()
+
+    app = FastAPI(
+        title="ISCO-08 occupation coding API",
+        version="1.0",
+        description="Codes job titles and duties descriptions to ISCO-08 with calibrated confidence, "
+        "falling back to coarser groups when unsure. Authenticate with `Authorization: Bearer <key>` or "
+        "`X-API-Key: <key>` (keys: `isco keys create NAME`).",
+        lifespan=lifespan,
+    )
+    metrics = GatewayMetrics()
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.key_cache = KeyCache(settings.api_key_cache_s)
+    app.state.large_batch_handler = reject_large_batch
+
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(InferenceError, inference_error_handler)
+
+    app.include_router(predict_router)
+    _include_job_routers(app)
+    _add_ops_routes(app)
+
+    app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: sees every response
+    return app
+
+
+def _include_job_routers(app: FastAPI) -> None:
+    """The queue helper's routers, when present (the app works without them)."""
+    for module_name in OPTIONAL_ROUTERS:
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        module = importlib.import_module(module_name)
+        router = getattr(module, "router", None)
+        if router is not None:
+            app.include_router(router)
+        handler = getattr(module, "submit_batch_job", None)
+        if handler is not None:
+            app.state.large_batch_handler = handler
+
+
+def _add_ops_routes(app: FastAPI) -> None:
+    @app.get("/health", tags=["ops"], summary="process is up")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/ready",
+        tags=["ops"],
+        summary="DB and inference service reachable, model loaded",
+        responses={503: {"description": "not ready"}},
+    )
+    async def ready(request: Request) -> JSONResponse:
+        checks: dict[str, Any] = {}
+        ok = True
+        try:
+            from starlette.concurrency import run_in_threadpool
+
+            await run_in_threadpool(_ping_db, request.app.state.session_factory)
+            checks["database"] = "ok"
+        except Exception as exc:  # report, do not raise: /ready answers 503 with the reason
+            ok, checks["database"] = False, f"{type(exc).__name__}: {exc}"[:300]
+        try:
+            inference = await request.app.state.inference.ready()
+            checks["inference"] = "ok"
+            checks["model_version"] = inference.get("model_version")
+            if checks["model_version"]:
+                request.app.state.metrics.saw_model_version(checks["model_version"])
+        except InferenceError as exc:
+            ok, checks["inference"] = False, exc.detail
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", **checks}, status_code=200 if ok else 503
+        )
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _ping_db(factory: sessionmaker) -> None:  # type: ignore[type-arg]
+    with factory() as session:
+        session.execute(text("SELECT 1"))
+
+
+__all__ = ["create_app", "REQUEST_ID_HEADER"]

@@ -1,0 +1,132 @@
+"""API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`; only a salted SHA-256 hash is stored.
+
+The salt is the deployment's `secret_key` (a server-side pepper): a per-key random salt would make the
+indexed lookup by hash impossible, and keys are 256-bit random tokens, so a dictionary attack has nothing to
+work on. Keys are shown once, at creation. Revoked keys stop working within `api_key_cache_s` seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from fastapi import HTTPException, Request, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.db.tables import ApiKey, utcnow
+
+KEY_PREFIX = "isco_"
+DISPLAY_PREFIX_LEN = 12  # "isco_" + 7 characters: enough to tell keys apart in `isco keys list`
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an API key (id, name), or the dev-mode anonymous caller (key_id None)."""
+
+    key_id: int | None
+    name: str
+
+
+DEV_PRINCIPAL = Principal(key_id=None, name="dev (auth disabled)")
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str, secret: str) -> str:
+    return hmac.new(secret.encode(), key.encode(), hashlib.sha256).hexdigest()
+
+
+def create_api_key(session: Session, name: str, secret: str) -> tuple[str, ApiKey]:
+    """A new key (plaintext, returned only here) and its row (flushed, not committed)."""
+    key = generate_key()
+    row = ApiKey(name=name, prefix=key[:DISPLAY_PREFIX_LEN], key_hash=hash_key(key, secret))
+    session.add(row)
+    session.flush()
+    return key, row
+
+
+def list_api_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def revoke_api_key(session: Session, ident: str) -> ApiKey | None:
+    """Revoke by numeric id or by the displayed prefix; None when no such key."""
+    query = (
+        select(ApiKey).where(ApiKey.id == int(ident))
+        if ident.isdigit()
+        else select(ApiKey).where(ApiKey.prefix == ident)
+    )
+    row = session.scalars(query).first()
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
+    return row
+
+
+def lookup_api_key(session: Session, key: str, secret: str) -> ApiKey | None:
+    """The active (not revoked) key row for a presented key."""
+    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key, secret))).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    return row
+
+
+def presented_key(request: Request) -> str | None:
+    """The key from `Authorization: Bearer` or `X-API-Key`, if any."""
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    value = request.headers.get("x-api-key")
+    return value.strip() if value and value.strip() else None
+
+
+class KeyCache:
+    """Validated keys for a few seconds, so the hot path does not hit the DB on every request."""
+
+    def __init__(self, ttl_s: float):
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> Principal | None:
+        if self.ttl_s <= 0:
+            return None
+        with self._lock:
+            entry = self._entries.get(key_hash)
+            if entry is None or entry[0] < time.monotonic():
+                self._entries.pop(key_hash, None)
+                return None
+            return entry[1]
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        if self.ttl_s > 0:
+            with self._lock:
+                if len(self._entries) > 10_000:  # bounded: a flood of distinct keys cannot grow it forever
+                    self._entries.clear()
+                self._entries[key_hash] = (time.monotonic() + self.ttl_s, principal)
+
+
+UNAUTHORIZED = HTTPException(
+    status_code=status.HTTP_401_UNAUTHORIZED,
+    detail="a valid API key is required (Authorization: Bearer <key> or X-API-Key: <key>)",
+    headers={"WWW-Authenticate": "Bearer"},
+)
+
+
+def authenticate(session: Session, key: str, secret: str) -> Principal | None:
+    """Validate a key against the DB and record its use (flush; the caller commits)."""
+    row = lookup_api_key(session, key, secret)
+    if row is None:
+        return None
+    row.last_used_at = utcnow()
+    session.flush()
+    return Principal(key_id=row.id, name=row.name)

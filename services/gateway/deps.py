@@ -1,0 +1,81 @@
+"""Typed dependency aliases for the gateway's routes (and the job/upload routers that the app includes).
+
+async def route(settings: SettingsDep, principal: ApiKeyDep, inference: InferenceClientDep): ...
+def route(session: SessionDep): ...   # commits when the request succeeds, rolls back otherwise
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from services.gateway.auth import (
+    DEV_PRINCIPAL,
+    UNAUTHORIZED,
+    Principal,
+    authenticate,
+    hash_key,
+    presented_key,
+)
+from services.gateway.client import InferenceClient
+from services.gateway.settings import GatewaySettings
+
+
+def get_settings(request: Request) -> GatewaySettings:
+    return request.app.state.settings
+
+
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    return request.app.state.session_factory
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request, committed at the request boundary (helpers only flush)."""
+    with get_session_factory(request)() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def get_inference_client(request: Request) -> InferenceClient:
+    return request.app.state.inference
+
+
+async def require_api_key(request: Request) -> Principal:
+    """The caller's Principal; 401 without a valid key unless auth is disabled (dev mode, explicitly set)."""
+    settings: GatewaySettings = request.app.state.settings
+    if settings.auth_disabled:
+        return DEV_PRINCIPAL
+    key = presented_key(request)
+    if key is None:
+        raise UNAUTHORIZED
+    cache = request.app.state.key_cache
+    key_hash = hash_key(key, settings.secret_key)
+    principal = cache.get(key_hash)
+    if principal is None:
+        principal = await run_in_threadpool(_authenticate_in_session, request, key, settings.secret_key)
+        if principal is None:
+            raise UNAUTHORIZED
+        cache.put(key_hash, principal)
+    request.state.principal = principal
+    return principal
+
+
+def _authenticate_in_session(request: Request, key: str, secret: str) -> Principal | None:
+    with get_session_factory(request)() as session:
+        principal = authenticate(session, key, secret)
+        session.commit()
+        return principal
+
+
+SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+ApiKeyDep = Annotated[Principal, Depends(require_api_key)]
+InferenceClientDep = Annotated[InferenceClient, Depends(get_inference_client)]

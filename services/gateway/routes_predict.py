@@ -1,0 +1,183 @@
+"""Synchronous coding: POST /predict/job (one record) and POST /predict/batch (a list, same order).
+
+Over-long text is truncated, not refused: a field longer than MAX_TEXT_CHARS characters is cut to that
+length and the result says `truncated: true` (the model reads at most ~128 tokens anyway). The request body
+as a whole is bounded by `max_body_bytes` (413).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+
+from services.gateway.auth import Principal
+from services.gateway.deps import ApiKeyDep, InferenceClientDep, SettingsDep
+from shared.schemas import MAX_TEXT_CHARS, JobRecord, Prediction, PredictRequest, PredictResponse, Thresholds
+
+router = APIRouter(tags=["predict"])
+
+
+class JobPredictRequest(JobRecord):
+    """One record plus per-request options."""
+
+    top_k: int = Field(5, ge=1, le=20, description="number of alternatives")
+    thresholds: Thresholds | None = Field(
+        None, description="per-level confidence thresholds (default 0.5 each)"
+    )
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="where the problem is, e.g. records.3.job_title")
+    reason: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list[FieldError] | dict[str, Any]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "missing or invalid API key"},
+    413: {"model": ErrorResponse, "description": "request body or batch too large"},
+    422: {"model": ErrorResponse, "description": "invalid input: each error names the field and the reason"},
+    502: {"model": ErrorResponse, "description": "inference service failed"},
+    503: {"model": ErrorResponse, "description": "inference service unavailable or no model loaded"},
+    504: {"model": ErrorResponse, "description": "inference service timed out"},
+}
+
+JOB_EXAMPLES = {
+    "teacher": {
+        "summary": "title and duties",
+        "value": {
+            "id": "row-17",
+            "job_title": "primary school teacher",
+            "duties_description": "teaches reading, writing and arithmetic to children aged 6 to 11",
+        },
+    },
+    "title_only": {
+        "summary": "title only, stricter unit threshold",
+        "value": {"job_title": "welder", "top_k": 3, "thresholds": {"unit": 0.7}},
+    },
+}
+
+BATCH_EXAMPLES = {
+    "two": {
+        "summary": "two records",
+        "value": {
+            "records": [
+                {
+                    "id": "1",
+                    "job_title": "registered nurse",
+                    "duties_description": "cares for patients on a ward",
+                },
+                {"id": "2", "job_title": "truck driver", "duties_description": "drives heavy goods vehicles"},
+            ],
+            "top_k": 3,
+        },
+    }
+}
+
+
+def ensure_encodable(records: Sequence[JobRecord], prefix: str) -> None:
+    """422 for strings that cannot be written as UTF-8 (lone surrogates from JSON "\\ud800" escapes)."""
+    errors = []
+    for i, record in enumerate(records):
+        for name in ("id", "job_title", "duties_description"):
+            value = getattr(record, name)
+            if value is None:
+                continue
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                loc = ("body", name) if prefix == "" else ("body", prefix, i, name)
+                errors.append(
+                    {
+                        "type": "string_unicode",
+                        "loc": loc,
+                        "msg": "text is not valid Unicode (lone surrogate escape)",
+                        "input": None,
+                    }
+                )
+    if errors:
+        raise RequestValidationError(errors)
+
+
+LargeBatchHandler = Callable[[Request, PredictRequest, Principal], Awaitable[Response]]
+
+
+async def reject_large_batch(request: Request, body: PredictRequest, principal: Principal) -> Response:
+    """Above the synchronous limit: 413. The job machinery replaces this (app.state.large_batch_handler)."""
+    limit = request.app.state.settings.sync_batch_limit
+    raise HTTPException(
+        413,
+        detail={
+            "reason": f"{len(body.records)} records is above the synchronous batch limit; send at most "
+            f"{limit} per request or upload a CSV to /predict/csv",
+            "limit": limit,
+            "records": len(body.records),
+        },
+    )
+
+
+async def _infer(request: Request, inference: InferenceClientDep, payload: dict[str, Any]) -> bytes:
+    started = time.perf_counter()
+    try:
+        return await inference.predict_raw(payload)
+    finally:
+        request.app.state.metrics.inference_latency.observe(time.perf_counter() - started)
+
+
+@router.post(
+    "/predict/job",
+    response_model=Prediction,
+    responses=ERROR_RESPONSES,
+    summary="Code one job description",
+    description=f"Fields longer than {MAX_TEXT_CHARS} characters are truncated and the result says so.",
+)
+async def predict_job(
+    body: Annotated[JobPredictRequest, Body(openapi_examples=JOB_EXAMPLES)],
+    request: Request,
+    principal: ApiKeyDep,
+    inference: InferenceClientDep,
+) -> Response:
+    ensure_encodable([body], "")
+    payload = {
+        "records": [body.model_dump(mode="json", include={"id", "job_title", "duties_description"})],
+        "top_k": body.top_k,
+        "thresholds": body.thresholds.model_dump() if body.thresholds else None,
+    }
+    answer = json.loads(await _infer(request, inference, payload))
+    request.app.state.metrics.records.labels(endpoint="job").inc()
+    request.app.state.metrics.saw_model_version(answer["model_version"])
+    return Response(json.dumps(answer["results"][0]), media_type="application/json")
+
+
+@router.post(
+    "/predict/batch",
+    response_model=PredictResponse,
+    responses={**ERROR_RESPONSES, 202: {"description": "large batch accepted as a job (see Location)"}},
+    summary="Code a list of job descriptions (results in the same order)",
+    description="Up to `sync_batch_limit` records (default 256) are answered synchronously. "
+    f"Fields longer than {MAX_TEXT_CHARS} characters are truncated and flagged.",
+)
+async def predict_batch(
+    body: Annotated[PredictRequest, Body(openapi_examples=BATCH_EXAMPLES)],
+    request: Request,
+    principal: ApiKeyDep,
+    inference: InferenceClientDep,
+    settings: SettingsDep,
+) -> Response:
+    ensure_encodable(body.records, "records")
+    if len(body.records) > settings.sync_batch_limit:
+        handler: LargeBatchHandler = request.app.state.large_batch_handler
+        return await handler(request, body, principal)
+    raw = await _infer(request, inference, body.model_dump(mode="json"))
+    request.app.state.metrics.records.labels(endpoint="batch").inc(len(body.records))
+    # passed through unchanged: inference already answers in PredictResponse's schema
+    return Response(raw, media_type="application/json")
