@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -287,81 +288,98 @@ def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
 
 
 class OnnxScorer:
-    """UnitScorer's interface on ONNX Runtime: the classifier exported once to `<model_dir>/onnx/` and reused.
+    """UnitScorer's interface on ONNX Runtime (CPU).
 
-    With quantize="int8" the exported graph is dynamically quantised (MatMul weights to int8) by onnxruntime.
+    The encoder with mean pooling is exported once to `<model_dir>/onnx/` (a temporary directory when the
+    model store is read-only); the cosine head, temperature and the optional kNN vote run in numpy as in
+    `UnitScorer`, so both paths give the same probabilities up to float error. With quantize="int8" the graph
+    is dynamically quantised by onnxruntime (weights int8, activations quantised per batch).
     """
 
     def __init__(self, model_dir: Path, *, quantize: str = "none", threads: int | None = None):
         import onnxruntime as ort
-        import torch
+        import torch.nn.functional as F
 
-        from shared.modeling import cpu_share, load_model_dir
+        from shared.modeling import KnnConfig, KnnIndex, cpu_share, load_model_dir
 
         model, tokenizer, codes, meta = load_model_dir(model_dir)
         self.codes, self.meta, self.tokenizer = codes, meta, tokenizer
         self.version = str(meta.get("version", "unknown"))
         self.max_length = int(meta.get("max_length", 128))
-        self.temperature = float(
-            json.loads((model_dir / "calibration.json").read_text()).get("temperature", 1.0)
-        )
+        calibration = json.loads((model_dir / "calibration.json").read_text())
+        self.temperature = float(calibration.get("temperature", 1.0))
+        self.head = F.normalize(model.head.detach(), dim=-1).numpy().T.copy()  # (hidden, n_codes)
+        self.scale = float(model.scale.detach())
+        knn_path = model_dir / "knn.safetensors"
+        self.knn_index = KnnIndex.load(knn_path) if knn_path.exists() else None
+        knn = meta.get("knn") or {}
+        self.knn_config = KnnConfig(**knn) if self.knn_index is not None and knn else None
         path = self.export(model, model_dir, quantize)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or cpu_share()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        del model, torch  # the torch weights are not needed once the graph exists
 
     @staticmethod
     def export(model: Any, model_dir: Path, quantize: str) -> Path:
-        """Export (once) to <model_dir>/onnx/model[.int8].onnx; a file lock-free rename keeps it atomic."""
+        """Export once to <model_dir>/onnx/embed[.int8].onnx; written under a temporary name, then renamed."""
+        import tempfile
+
         import torch
 
         out_dir = model_dir / "onnx"
-        fp32 = out_dir / "model.onnx"
-        target = out_dir / ("model.int8.onnx" if quantize == "int8" else "model.onnx")
+        try:
+            out_dir.mkdir(exist_ok=True)
+            (out_dir / ".writable").touch()
+        except OSError:  # read-only model store: export per process
+            out_dir = Path(tempfile.mkdtemp(prefix="isco-onnx-"))
+        fp32 = out_dir / "embed.onnx"
+        target = out_dir / ("embed.int8.onnx" if quantize == "int8" else "embed.onnx")
         if target.exists():
             return target
-        out_dir.mkdir(exist_ok=True)
         if not fp32.exists():
             model.eval()
 
-            class _Logits(torch.nn.Module):
+            class _Embed(torch.nn.Module):
                 def __init__(self, inner: Any):
                     super().__init__()
                     self.inner = inner
 
                 def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-                    return self.inner(input_ids=input_ids, attention_mask=attention_mask)["logits"]
+                    return self.inner.embed(input_ids, attention_mask)
 
-            dummy = torch.ones((2, 8), dtype=torch.long)
-            tmp = out_dir / f"model.onnx.tmp{threading.get_ident()}"
-            torch.onnx.export(
-                _Logits(model),
-                (dummy, dummy),
-                str(tmp),
-                input_names=["input_ids", "attention_mask"],
-                output_names=["logits"],
-                opset_version=17,
-                dynamo=False,
-                dynamic_axes={
-                    "input_ids": {0: "batch", 1: "seq"},
-                    "attention_mask": {0: "batch", 1: "seq"},
-                    "logits": {0: "batch"},
-                },
-            )
+            # padded dummy batch: the traced graph must handle padding and any batch/sequence size
+            ids = torch.tensor([[101, 2000, 2001, 2002, 2003, 102], [101, 2000, 102, 0, 0, 0]])
+            mask = (ids != 0).long()
+            tmp = out_dir / f"embed.onnx.tmp{os.getpid()}"
+            with torch.no_grad():
+                torch.onnx.export(
+                    _Embed(model),
+                    (ids, mask),
+                    str(tmp),
+                    input_names=["input_ids", "attention_mask"],
+                    output_names=["embedding"],
+                    opset_version=17,
+                    dynamo=False,
+                    dynamic_axes={
+                        "input_ids": {0: "batch", 1: "seq"},
+                        "attention_mask": {0: "batch", 1: "seq"},
+                        "embedding": {0: "batch"},
+                    },
+                )
             tmp.replace(fp32)
         if quantize == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            tmp = out_dir / f"model.int8.onnx.tmp{threading.get_ident()}"
+            tmp = out_dir / f"embed.int8.onnx.tmp{os.getpid()}"
             quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
             tmp.replace(target)
         return target
 
-    def unit_probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        out = np.zeros((len(texts), len(self.codes)), dtype=np.float32)
+    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Normalised mean-pooled embeddings, batches sorted by length with dynamic padding."""
+        out = np.zeros((len(texts), self.head.shape[0]), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
@@ -376,8 +394,18 @@ class OnnxScorer:
                 "input_ids": enc["input_ids"].astype(np.int64),
                 "attention_mask": enc["attention_mask"].astype(np.int64),
             }
-            out[idx] = self.session.run(["logits"], feeds)[0]
-        return _softmax(out, self.temperature)
+            out[idx] = self.session.run(["embedding"], feeds)[0]
+        return out
+
+    def unit_probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        from shared.modeling import combine_signals, knn_probabilities
+
+        embeddings = self.embed(texts, batch_size)
+        head = _softmax(self.scale * embeddings @ self.head, self.temperature)
+        if self.knn_index is None or self.knn_config is None or self.knn_config.weight <= 0 or not len(texts):
+            return head
+        knn = knn_probabilities(embeddings, self.knn_index, self.knn_config, len(self.codes))
+        return combine_signals(head, knn, self.knn_config.weight)
 
 
 def load_scorer(model_dir: Path, config: PredictorConfig) -> Scorer:
@@ -500,34 +528,13 @@ def model_dir_version(model_dir: Path) -> str:
     return str(json.loads((Path(model_dir) / "model.json").read_text()).get("version", "unknown"))
 
 
-def best_model_dir(settings: Any) -> Path | None:
-    """The best model's directory from the registry (shared.registry when present, else the DB directly)."""
-    try:
-        from shared.registry import best_model_dir as registry_best_model_dir
-    except ImportError:  # the pipeline's registry module is not there yet: read the table ourselves
-        from sqlalchemy import select
-
-        from shared.db.session import session_scope
-        from shared.db.tables import ModelStatus, ModelVersion
-
-        with session_scope(settings.db_url) as session:
-            row = session.scalars(
-                select(ModelVersion)
-                .where(ModelVersion.is_best.is_(True), ModelVersion.status == ModelStatus.ready)
-                .order_by(ModelVersion.promoted_at.desc().nulls_last(), ModelVersion.id.desc())
-            ).first()
-            if row is None:
-                return None
-            path = Path(row.path)
-            return path if path.is_absolute() else settings.model_store / path
-    return registry_best_model_dir(settings)
-
-
 def resolve_model_dir(settings: Any) -> Path | None:
     """An explicitly configured `model_dir` wins; otherwise the registry's best model."""
     explicit = getattr(settings, "model_dir", None)
     if explicit:
         return Path(explicit)
+    from shared.registry import best_model_dir
+
     return best_model_dir(settings)
 
 
