@@ -29,7 +29,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from shared.db.session import session_scope
+from shared.db.tables import ApiKey
 from shared.settings import REPO_ROOT, CommonSettings
 
 PROCFILE = REPO_ROOT / "Procfile"
@@ -302,25 +306,12 @@ def choose_redis(console: Console, supervisor: Supervisor, settings: CommonSetti
     return url
 
 
-def registered_model(settings: CommonSettings) -> str | None:
+def registered_model(settings: CommonSettings) -> Path | None:
     """The best registered model's directory, or None when there is none (or it has gone from disk)."""
-    try:
-        from shared.registry import best_model_dir
-    except ImportError:  # the registry module has not landed: read the table directly
-        best_model_dir = None
-    if best_model_dir is not None:
-        path = best_model_dir(settings)
-        return str(path) if path is not None and Path(path).exists() else None
-    from sqlalchemy import select
+    from shared.registry import best_model_dir
 
-    from shared.db.session import session_scope
-    from shared.db.tables import ModelStatus, ModelVersion
-
-    with session_scope(settings.db_url) as session:
-        row = session.scalars(
-            select(ModelVersion).where(ModelVersion.is_best, ModelVersion.status == ModelStatus.ready)
-        ).first()
-        return row.path if row is not None and Path(row.path).exists() else None
+    path = best_model_dir(settings)
+    return path if path is not None and Path(path).exists() else None
 
 
 def training_estimate_minutes() -> float:
@@ -351,27 +342,45 @@ def train_quick_model(console: Console, env: dict[str, str], stop: threading.Eve
     console.say(f"model trained in {(time.monotonic() - started) / 60:.1f} minutes")
 
 
-def ensure_api_keys(settings: CommonSettings, console: Console) -> str:
-    """Register ISCO_API_KEY when set; otherwise reuse or create the dev key kept in var/dev-api-key."""
+def register_key(session: Session, key: str, secret: str, name: str) -> bool:
+    """Make `key` a valid API key (create its row, or lift a revocation); True when something changed."""
     from services.gateway import auth
-    from shared.db.session import session_scope
+
+    key_hash = auth.hash_key(key, secret)
+    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == key_hash)).first()
+    if row is None:
+        session.add(ApiKey(name=name, prefix=key[: auth.DISPLAY_PREFIX_LEN], key_hash=key_hash))
+        session.flush()
+        return True
+    if row.revoked_at is not None:
+        row.revoked_at = None
+        session.flush()
+        return True
+    return False
+
+
+def ensure_api_key(settings: CommonSettings, console: Console) -> tuple[str, str]:
+    """The key to print, and where it came from: ISCO_API_KEY when set (registered as valid), otherwise the
+    dev key kept in var/dev-api-key (reused while it is valid, else a new one)."""
+    from services.gateway import auth
 
     given = os.environ.get("ISCO_API_KEY", "").strip()
     key_file = settings.data_dir / DEV_KEY_FILE_NAME
     with session_scope(settings.db_url) as session:
         if given:
-            auth.register_api_key(session, given, name="ISCO_API_KEY", secret_key=settings.secret_key)
-            console.say("API key: registered ISCO_API_KEY")
-            return given
+            if register_key(session, given, settings.secret_key, name="ISCO_API_KEY"):
+                console.say("API key: registered ISCO_API_KEY")
+            return given, "ISCO_API_KEY"
         if key_file.exists():
             stored = key_file.read_text().strip()
-            if stored and auth.verify_api_key(session, stored, secret_key=settings.secret_key) is not None:
-                return stored
-        plaintext = auth.create_api_key(session, name="make-run dev key", secret_key=settings.secret_key)[1]
+            if stored and auth.lookup_api_key(session, stored, settings.secret_key) is not None:
+                return stored, str(key_file)
+        plaintext, _row = auth.create_api_key(session, "make-run dev key", settings.secret_key)
+    # Written only after the row is committed, so the file never holds a key the DB does not know.
     key_file.write_text(plaintext + "\n")
     key_file.chmod(0o600)
     console.say(f"API key: created a dev key (kept in {key_file})")
-    return plaintext
+    return plaintext, str(key_file)
 
 
 def child_env(
@@ -412,7 +421,7 @@ def pick_ports(console: Console) -> tuple[int, int]:
     return gateway_port, inference_port
 
 
-def banner(console: Console, base_url: str, api_key: str, model_version: str | None, key_file: Path) -> None:
+def banner(console: Console, base_url: str, api_key: str, model_version: str | None, key_source: str) -> None:
     example = (
         f"curl -s {base_url}/predict/job -H 'Authorization: Bearer {api_key}' "
         "-H 'Content-Type: application/json' "
@@ -423,7 +432,7 @@ def banner(console: Console, base_url: str, api_key: str, model_version: str | N
         "ISCO-08 coder is running",
         f"  URL:      {base_url}",
         f"  Docs:     {base_url}/docs",
-        f"  API key:  {api_key}   (dev key, also in {key_file})",
+        f"  API key:  {api_key}   (from {key_source})",
         f"  Model:    {model_version or 'unknown'}",
         f"  Try:      {example}",
         "  Ctrl-C stops everything.",
@@ -478,7 +487,7 @@ def run(args: argparse.Namespace) -> int:
                 raise StartupError("training finished but no best model is registered")
         console.say(f"model: {model_dir}")
 
-        api_key = ensure_api_keys(settings, console)
+        api_key, key_source = ensure_api_key(settings, console)
 
         procfile = read_procfile()
         missing = {"inference", "gateway", "worker"} - set(procfile)
@@ -497,7 +506,7 @@ def run(args: argparse.Namespace) -> int:
         ready = http_ready(f"{inference_url}/ready") or {}
         version = ready.get("model_version") or ready.get("version")
         console.say(f"up in {time.monotonic() - started:.1f} s")
-        banner(console, base_url, api_key, version, settings.data_dir / DEV_KEY_FILE_NAME)
+        banner(console, base_url, api_key, version, key_source)
 
         while not stop.wait(0.5):
             dead = supervisor.dead_child()
