@@ -420,8 +420,13 @@ def write_rows(stream: IO[str], rows: Iterable[Sequence[str]], delimiter: str = 
     return n
 
 
+def format_row(cells: Sequence[str], delimiter: str = ",") -> str:
+    """One CSV line (cells as given: neutralise them first, e.g. with `result_row`)."""
+    buf = io.StringIO()
+    writer(buf, delimiter).writerow(cells)
+    return buf.getvalue()
+
+
 def header_line(header: Sequence[str], delimiter: str = ",") -> str:
     """The header as one CSV line (neutralised like every other cell)."""
-    buf = io.StringIO()
-    writer(buf, delimiter).writerow([neutralise(h) for h in header])
-    return buf.getvalue()
+    return format_row([neutralise(h) for h in header], delimiter)

@@ -1,0 +1,436 @@
+"""Jobs: CSV uploads and over-size batches become queued jobs that Celery workers process.
+
+    POST   /predict/csv            multipart field `file` -> 202 {job_id, status_url, result_url}
+    GET    /jobs                   the caller's jobs, newest first
+    GET    /jobs/{id}              status, rows_total, rows_done, rows_failed, model_version, error, ...
+    GET    /jobs/{id}/result       the result CSV (streamed); batch jobs: JSON, or CSV with Accept: text/csv
+    DELETE /jobs/{id}              cancel
+
+A key sees only its own jobs: any other id answers 404, like one that does not exist. The job row is committed
+before the task is sent (by name, through a thin Celery client: the gateway never imports the worker code or
+torch), so a worker never looks for a row that is not there yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from services.gateway.auth import Principal
+from services.gateway.deps import ApiKeyDep, SessionDep
+from services.gateway.uploads import csv_error, receive_csv, upload_error
+from services.worker.constants import TASK_PROCESS_JOB
+from shared import csvio, jobs
+from shared.db.tables import Job, JobStatus
+from shared.jobs import JobAccepted, JobSettings, JobView
+from shared.schemas import Prediction, PredictRequest, Thresholds
+from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["jobs"])
+
+SWEEP_EVERY_S = 600.0
+NOT_FOUND = HTTPException(404, detail={"error": "not_found", "message": "no such job"})
+
+JOB_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or invalid API key"},
+    404: {"description": "no such job for this key"},
+}
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or invalid API key"},
+    413: {"description": "file larger than the upload limit, or more rows than the row limit"},
+    415: {"description": "not a multipart/form-data upload"},
+    422: {
+        "description": "the file cannot be coded: `error` is encoding, empty, no_rows, missing_columns, "
+        "duplicate_columns, ragged_rows or missing_file; `message` says what to fix"
+    },
+    503: {"description": "the job queue is unavailable"},
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Settings, queue client
+# ----------------------------------------------------------------------------------------------------
+
+
+def job_settings(request: Request) -> JobSettings:
+    """The job limits: the gateway's settings when they include them, else the same values plus ISCO_JOB_*."""
+    state = request.app.state
+    cached = getattr(state, "job_settings", None)
+    if cached is None:
+        base = state.settings
+        if isinstance(base, JobSettings):
+            cached = base
+        else:
+            cached = JobSettings(**{name: getattr(base, name) for name in CommonSettings.model_fields})
+        state.job_settings = cached
+    return cached
+
+
+@lru_cache(maxsize=4)
+def celery_client(broker_url: str) -> Any:
+    """A Celery app used only to send tasks by name (no task code, no worker imports)."""
+    from celery import Celery
+
+    return Celery("isco-gateway", broker=broker_url, set_as_current=False)
+
+
+def send_job(settings: JobSettings, job_id: str) -> None:
+    """Enqueue the job's task; the caller has committed the row."""
+    celery_client(settings.redis_url).send_task(
+        TASK_PROCESS_JOB,
+        args=[job_id],
+        queue=settings.job_queue,
+        retry=True,
+        retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0},
+    )
+
+
+def _enqueue_committed(request: Request, settings: JobSettings, job: Job) -> None:
+    """Commit the row, then send the task; if the queue is down, the job is marked failed and we say 503."""
+    try:
+        send_job(settings, job.id)
+    except Exception as exc:
+        log.error("could not enqueue job %s: %s", job.id, exc)
+        with request.app.state.session_factory() as session:
+            jobs.transition(
+                session, job.id, JobStatus.failed, only_from=jobs.ACTIVE, error=f"could not be queued: {exc}"
+            )
+            session.commit()
+        raise HTTPException(
+            503,
+            detail={"error": "queue_unavailable", "message": "the job queue is unavailable; try again later"},
+        ) from None
+
+
+def _urls(request: Request, job_id: str) -> tuple[str, str]:
+    return (
+        str(request.url_for("get_job", job_id=job_id)),
+        str(request.url_for("get_job_result", job_id=job_id)),
+    )
+
+
+def _accepted(request: Request, job: Job, settings: JobSettings) -> JSONResponse:
+    status_url, result_url = _urls(request, job.id)
+    body = JobAccepted(
+        job_id=job.id,
+        status=job.status,
+        rows_total=job.rows_total,
+        status_url=status_url,
+        result_url=result_url,
+    )
+    return JSONResponse(
+        body.model_dump(),
+        status_code=202,
+        headers={"Location": status_url},
+        background=BackgroundTask(_maybe_sweep, request, settings),
+    )
+
+
+def _maybe_sweep(request: Request, settings: JobSettings) -> None:
+    """Delete expired uploads and results, at most every SWEEP_EVERY_S per process (workers sweep too)."""
+    state = request.app.state
+    now = time.monotonic()
+    if now - getattr(state, "jobs_last_sweep", 0.0) < SWEEP_EVERY_S:
+        return
+    state.jobs_last_sweep = now
+    try:
+        with state.session_factory() as session:
+            jobs.sweep_expired(session, settings)
+            session.commit()
+    except Exception:  # housekeeping never fails a request
+        log.exception("sweeping expired jobs failed")
+
+
+def _options(top_k: int, thresholds: Thresholds | None) -> dict[str, Any]:
+    return {"top_k": top_k, "thresholds": thresholds.model_dump() if thresholds else None}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Submitting
+# ----------------------------------------------------------------------------------------------------
+
+MULTIPART_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "UTF-8 CSV (comma, semicolon or tab) with job_title and/or "
+                            "duties_description; other columns are kept in the result",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/predict/csv",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=UPLOAD_ERRORS,
+    openapi_extra=MULTIPART_BODY,
+    summary="Code a CSV file as a job",
+)
+async def predict_csv(
+    request: Request,
+    principal: ApiKeyDep,
+    top_k: Annotated[
+        int, Query(ge=1, le=20, description="alternatives per row (top_codes has at most 5)")
+    ] = 5,
+    unit_threshold: Annotated[float | None, Query(ge=0, le=1, description="4-digit threshold")] = None,
+    minor_threshold: Annotated[float | None, Query(ge=0, le=1)] = None,
+    sub_major_threshold: Annotated[float | None, Query(ge=0, le=1)] = None,
+    major_threshold: Annotated[float | None, Query(ge=0, le=1)] = None,
+) -> Response:
+    """Upload a CSV (multipart field `file`); it is checked as it streams in and queued as a job.
+
+    The result has the input columns, then isco_code, level, title, confidence, is_fallback, unit_code,
+    unit_confidence, top_codes, top_confidences and row_error.
+    """
+    settings = job_settings(request)
+    given = {
+        "unit": unit_threshold,
+        "minor": minor_threshold,
+        "sub_major": sub_major_threshold,
+        "major": major_threshold,
+    }
+    thresholds = (
+        Thresholds(**{k: v for k, v in given.items() if v is not None})
+        if any(v is not None for v in given.values())
+        else None
+    )
+    job_id = jobs.new_job_id()
+    final = jobs.input_path(settings, job_id, "csv")
+    partial = final.with_name(final.name + ".uploading")
+    received = await receive_csv(request, partial, max_bytes=settings.job_max_upload_bytes)
+    try:
+        report = await run_in_threadpool(csvio.scan, partial, received.layout, max_rows=settings.job_max_rows)
+    except csvio.CsvFormatError as exc:
+        partial.unlink(missing_ok=True)
+        raise csv_error(exc) from None
+    partial.replace(final)
+    options = _options(top_k, thresholds) | {"filename": received.filename, "bytes": received.size}
+    job = await run_in_threadpool(
+        _create, request, settings, job_id, "csv", principal, final, report.rows, options
+    )
+    await run_in_threadpool(_enqueue_committed, request, settings, job)
+    log.info("csv job %s queued: %d rows, %d bytes", job_id, report.rows, received.size)
+    return _accepted(request, job, settings)
+
+
+def _create(
+    request: Request,
+    settings: JobSettings,
+    job_id: str,
+    kind: jobs.JobKind,
+    principal: Principal,
+    input_file: Path,
+    rows: int,
+    options: dict[str, Any],
+) -> Job:
+    with request.app.state.session_factory() as session:
+        job = jobs.create_job(
+            session,
+            job_id=job_id,
+            kind=kind,
+            owner_key_id=principal.key_id,
+            input_file=input_file,
+            rows_total=rows,
+            options=options,
+            settings=settings,
+        )
+        session.commit()  # before the task is sent: the worker must find the row
+        return job
+
+
+async def submit_batch_job(request: Request, body: PredictRequest, principal: Principal) -> Response:
+    """A /predict/batch above the synchronous limit: the records become a job (202 + job URL).
+
+    The result (GET /jobs/{id}/result) is {"job_id", "model_version", "results": [...]} in input order, or the
+    CSV form with Accept: text/csv.
+    """
+    settings = job_settings(request)
+    if len(body.records) > settings.job_max_rows:
+        raise upload_error(
+            413,
+            "too_many_rows",
+            f"{len(body.records):,} records is more than the job limit of {settings.job_max_rows:,}.",
+            max_rows=settings.job_max_rows,
+        )
+    job_id = jobs.new_job_id()
+    path = jobs.input_path(settings, job_id, "batch")
+    await run_in_threadpool(_write_records, path, body)
+    options = _options(body.top_k, body.thresholds)
+    job = await run_in_threadpool(
+        _create, request, settings, job_id, "batch", principal, path, len(body.records), options
+    )
+    await run_in_threadpool(_enqueue_committed, request, settings, job)
+    log.info("batch job %s queued: %d records", job_id, len(body.records))
+    return _accepted(request, job, settings)
+
+
+def _write_records(path: Path, body: PredictRequest) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in body.records:
+            f.write(record.model_dump_json())
+            f.write("\n")
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading, cancelling
+# ----------------------------------------------------------------------------------------------------
+
+
+def _owned(session: Any, job_id: str, principal: Principal) -> Job:
+    job = jobs.owned_job(session, job_id, principal.key_id)
+    if job is None:
+        raise NOT_FOUND
+    return job
+
+
+def _view(request: Request, job: Job) -> JobView:
+    status_url, result_url = _urls(request, job.id)
+    return JobView.of(job, status_url, result_url)
+
+
+@router.get("/jobs", response_model=list[JobView], responses=JOB_ERRORS, summary="The caller's jobs")
+def list_jobs(
+    request: Request,
+    session: SessionDep,
+    principal: ApiKeyDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
+) -> list[JobView]:
+    return [_view(request, job) for job in jobs.list_jobs(session, principal.key_id, limit, status)]
+
+
+@router.get("/jobs/{job_id}", response_model=JobView, responses=JOB_ERRORS, summary="Job status and progress")
+def get_job(request: Request, job_id: str, session: SessionDep, principal: ApiKeyDep) -> JobView:
+    return _view(request, _owned(session, job_id, principal))
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=JobView,
+    responses={**JOB_ERRORS, 409: {"description": "the job had already ended"}},
+    summary="Cancel a job",
+)
+def cancel_job(request: Request, job_id: str, session: SessionDep, principal: ApiKeyDep) -> JobView:
+    """Cancel a queued or running job: the worker stops before its next chunk and deletes the files.
+    Cancelling a cancelled job is fine; a job that succeeded or failed answers 409."""
+    job = _owned(session, job_id, principal)
+    if not jobs.cancel(session, job, job_settings(request)) and job.status != JobStatus.cancelled:
+        raise HTTPException(
+            409,
+            detail={
+                "error": "already_ended",
+                "message": f"the job has already {job.status}",
+                "status": job.status,
+            },
+        )
+    return _view(request, job)
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    responses={
+        **JOB_ERRORS,
+        200: {
+            "description": "CSV for CSV jobs; JSON (or CSV with Accept: text/csv) for batch jobs",
+            "content": {"text/csv": {}, "application/json": {}},
+        },
+        409: {"description": "the job has not succeeded (yet): see `status`"},
+        410: {"description": "the result has expired and was deleted"},
+    },
+    summary="Download a job's result",
+)
+def get_job_result(request: Request, job_id: str, session: SessionDep, principal: ApiKeyDep) -> Response:
+    job = _owned(session, job_id, principal)
+    if (job.options or {}).get("expired"):
+        raise HTTPException(
+            410, detail={"error": "expired", "message": "the result has expired and was deleted"}
+        )
+    if job.status != JobStatus.succeeded:
+        status_url, _ = _urls(request, job.id)
+        message = f"the job is {job.status}" + (f": {job.error}" if job.error else "")
+        raise HTTPException(
+            409,
+            detail={"error": "not_ready", "message": message, "status": job.status, "status_url": status_url},
+        )
+    path = Path(job.result_path or "")
+    if not path.is_file():
+        raise HTTPException(410, detail={"error": "expired", "message": "the result file is gone"})
+    if job.kind == "csv":
+        return FileResponse(
+            path,
+            media_type="text/csv; charset=utf-8",
+            filename=f"isco-{job.id}.csv",
+            content_disposition_type="attachment",
+        )
+    if "text/csv" in request.headers.get("accept", ""):
+        return StreamingResponse(
+            _batch_csv(Path(job.input_path), path),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="isco-{job.id}.csv"'},
+        )
+    return StreamingResponse(_batch_json(job, path), media_type="application/json")
+
+
+def _batch_json(job: Job, result: Path) -> Iterator[bytes]:
+    """{"job_id", "model_version", "results": [...]} streamed from the JSON lines result."""
+    yield json.dumps({"job_id": job.id, "model_version": job.model_version})[:-1].encode() + b', "results": ['
+    with open(result, "rb") as f:
+        first = True
+        for line in f:
+            line = line.strip()
+            if line:
+                yield (b"" if first else b",") + line
+                first = False
+    yield b"]}"
+
+
+BATCH_CSV_INPUT = ["id", csvio.TITLE, csvio.DUTIES]
+
+
+def _batch_csv(records: Path, result: Path) -> Iterator[bytes]:
+    """The CSV form of a batch result: id, job_title, duties_description, the result columns, row_error."""
+    yield csvio.header_line(csvio.result_header(BATCH_CSV_INPUT)).encode()
+    with open(records, encoding="utf-8") as inputs, open(result, encoding="utf-8") as outputs:
+        buffer: list[str] = []
+        for record_line, result_line in zip(inputs, outputs, strict=False):
+            record = json.loads(record_line)
+            cells = [record.get("id") or "", record.get(csvio.TITLE) or "", record.get(csvio.DUTIES) or ""]
+            outcome = json.loads(result_line)
+            value: Prediction | str = (
+                outcome["error"] if "error" in outcome else Prediction.model_validate(outcome)
+            )
+            buffer.append(csvio.format_row(csvio.result_row(cells, value)))
+            if len(buffer) >= 500:
+                yield "".join(buffer).encode()
+                buffer = []
+        if buffer:
+            yield "".join(buffer).encode()

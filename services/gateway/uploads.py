@@ -1,0 +1,203 @@
+"""Streaming multipart upload of a CSV file to the shared volume, checked as it arrives.
+
+FastAPI's `UploadFile` would spool the whole body to a temporary file before the route runs, so neither the
+size limit nor the header check could answer early. Here the body is parsed as it streams in: the declared
+length is checked before reading anything, the running size on every block, and the encoding, delimiter and
+header as soon as the first 64 KiB (or the whole file, if smaller) have arrived. Nothing is held in memory
+beyond one block and the header sample.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+from fastapi import HTTPException, Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from shared import csvio
+
+FIELD = "file"
+MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around the file itself, for the Content-Length check
+FLUSH_BYTES = 1 << 20
+
+
+def upload_error(status: int, error: str, message: str, **details: Any) -> HTTPException:
+    return HTTPException(status, detail={"error": error, "message": message, **details})
+
+
+def csv_error(exc: csvio.CsvFormatError) -> HTTPException:
+    """422 for a file that cannot be coded (413 when it has too many rows); the detail names the problem."""
+    return HTTPException(413 if exc.code == "too_many_rows" else 422, detail=exc.as_dict())
+
+
+def too_large(max_bytes: int) -> HTTPException:
+    return upload_error(
+        413,
+        "too_large",
+        f"The upload is larger than the limit of {max_bytes:,} bytes; split the file into smaller ones.",
+        max_bytes=max_bytes,
+    )
+
+
+@dataclass
+class ReceivedFile:
+    path: Path
+    size: int
+    filename: str | None
+    layout: csvio.CsvLayout
+
+
+@dataclass
+class _Part:
+    headers: dict[str, str] = field(default_factory=dict)
+    name: str | None = None
+    filename: str | None = None
+
+
+class _Receiver:
+    """python-multipart callbacks: route the `file` part's bytes to a file, everything else nowhere."""
+
+    def __init__(self, out: IO[bytes], max_bytes: int):
+        self.out = out
+        self.max_bytes = max_bytes
+        self.part = _Part()
+        self._field = b""
+        self._value = b""
+        self.in_file = False
+        self.seen_file = False
+        self.file_done = False
+        self.size = 0
+        self.head = bytearray()  # first SNIFF_BYTES of the file, for the header check
+        self.pending = bytearray()  # bytes not yet written
+        self.filename: str | None = None
+        self.over_limit = False
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+        }
+
+    def on_part_begin(self) -> None:
+        self.part = _Part()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.part.headers[self._field.decode("latin-1").lower()] = self._value.decode("utf-8", "replace")
+        self._field = self._value = b""
+
+    def on_headers_finished(self) -> None:
+        _, params = parse_options_header(self.part.headers.get("content-disposition", ""))
+        name = params.get(b"name")
+        self.part.name = name.decode("utf-8", "replace") if name else None
+        filename = params.get(b"filename")
+        self.part.filename = filename.decode("utf-8", "replace") if filename else None
+        # the first `file` part is the upload; a second one is ignored
+        self.in_file = self.part.name == FIELD and not self.seen_file
+        if self.in_file:
+            self.seen_file = True
+            self.filename = self.part.filename
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if not self.in_file or self.over_limit:
+            return
+        chunk = data[start:end]
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            self.over_limit = True
+            return
+        if len(self.head) < csvio.SNIFF_BYTES:
+            self.head += chunk[: csvio.SNIFF_BYTES - len(self.head)]
+        self.pending += chunk
+
+    def on_part_end(self) -> None:
+        if self.in_file:
+            self.in_file = False
+            self.file_done = True
+
+    def flush(self) -> None:
+        if self.pending:
+            self.out.write(self.pending)
+            self.pending = bytearray()
+
+
+async def receive_csv(request: Request, dest: Path, *, max_bytes: int) -> ReceivedFile:
+    """Stream the multipart field `file` of `request` to `dest`; raise HTTPException with a clear detail for
+    a body that is not multipart (415), has no `file` field (422), is over `max_bytes` (413), or whose
+    encoding or header is wrong (422, as soon as the first block shows it). `dest` is removed on failure."""
+    content_type = request.headers.get("content-type", "")
+    ctype, params = parse_options_header(content_type)
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise upload_error(
+            415,
+            "not_multipart",
+            "Send the CSV as multipart/form-data with the file in the field `file` "
+            "(curl -F file=@jobs.csv ...).",
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD:
+        raise too_large(max_bytes)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    out = await anyio.to_thread.run_sync(open, dest, "wb")
+    receiver = _Receiver(out, max_bytes)
+    parser = MultipartParser(params[b"boundary"], receiver.callbacks())
+    layout: csvio.CsvLayout | None = None
+    ok = False
+    try:
+        async for block in request.stream():
+            parser.write(block)
+            if receiver.over_limit:
+                raise too_large(max_bytes)
+            if layout is None and (len(receiver.head) >= csvio.SNIFF_BYTES or receiver.file_done):
+                layout = _check_head(receiver)
+            if len(receiver.pending) >= FLUSH_BYTES:
+                await anyio.to_thread.run_sync(receiver.flush)
+        parser.finalize()
+        if not receiver.seen_file:
+            raise upload_error(
+                422, "missing_file", "The form has no field `file`: send the CSV as -F file=@jobs.csv."
+            )
+        if not receiver.file_done:
+            raise upload_error(400, "incomplete_upload", "The upload ended before the file was complete.")
+        if layout is None:
+            layout = _check_head(receiver)
+        await anyio.to_thread.run_sync(_finish, receiver, out)
+        ok = True
+    except csvio.CsvFormatError as exc:
+        raise csv_error(exc) from None
+    except ValueError as exc:  # python-multipart's parse errors are ValueErrors
+        raise upload_error(400, "bad_multipart", f"The multipart body could not be parsed: {exc}") from None
+    finally:
+        if not out.closed:
+            out.close()
+        if not ok:
+            dest.unlink(missing_ok=True)
+    return ReceivedFile(dest, receiver.size, receiver.filename, layout)
+
+
+def _check_head(receiver: _Receiver) -> csvio.CsvLayout:
+    return csvio.sniff_layout(
+        bytes(receiver.head), complete=receiver.file_done and receiver.size <= csvio.SNIFF_BYTES
+    )
+
+
+def _finish(receiver: _Receiver, out: IO[bytes]) -> None:
+    receiver.flush()
+    out.flush()
+    os.fsync(out.fileno())
+    out.close()

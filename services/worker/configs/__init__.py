@@ -1,0 +1,1 @@
+"""Celery configuration: `base` plus one module per worker type (cpu, gpu, training)."""

@@ -1,0 +1,151 @@
+"""Celery tasks. Each takes a job id only; the job row holds everything else and records the outcome.
+
+Retries: transient errors (DB or Redis unreachable, a timeout) are retried with capped, jittered exponential
+backoff; any other exception is a bug or bad data that would fail the same way again, so the job is marked
+failed at once with the error. A task that finds the job held by another live worker, or that reaches its soft
+time limit, sends a fresh task for the same job and ends; the fresh task resumes from the last chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import timedelta
+from typing import Any
+
+import redis.exceptions
+import sqlalchemy.exc
+from celery.exceptions import SoftTimeLimitExceeded
+
+from services.worker.celery_app import app
+from services.worker.constants import TASK_PROCESS_JOB, TASK_SWEEP_EXPIRED, TASK_TRAIN
+from services.worker.processing import JobProcessor, LeaseHeld
+from services.worker.settings import WorkerSettings
+from shared import jobs
+from shared.db.session import session_scope
+from shared.db.tables import Job, JobStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+_processor: JobProcessor | None = None
+
+
+def processor() -> JobProcessor:
+    """This worker process's JobProcessor (and so its model), created on first use."""
+    global _processor
+    if _processor is None:
+        _processor = JobProcessor(WorkerSettings())
+    return _processor
+
+
+def backoff_s(retries: int, cap_s: float) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, 2 ** retries)] seconds, at least 1."""
+    return max(1.0, random.uniform(0, min(cap_s, 2.0**retries)))
+
+
+def mark_failed(settings: WorkerSettings, job_id: str, error: str) -> None:
+    """Record a terminal failure on the row (best effort: the DB itself may be what failed)."""
+    try:
+        with session_scope(settings.db_url) as session:
+            now = utcnow()
+            jobs.transition(
+                session,
+                job_id,
+                JobStatus.failed,
+                only_from=jobs.ACTIVE,
+                error=error[:10_000],
+                finished_at=now,
+                expires_at=now + timedelta(hours=settings.job_ttl_hours),
+            )
+    except Exception:
+        log.exception("job %s: could not record the failure %r", job_id, error)
+
+
+@app.task(name=TASK_PROCESS_JOB, bind=True, acks_late=True, ignore_result=True, max_retries=None)
+def process_job(self: Any, job_id: str) -> None:
+    """Code every row of a job (CSV upload or batch); resumes where an earlier run stopped."""
+    proc = processor()
+    settings = proc.settings
+    try:
+        result = proc.run(job_id)
+        log.info("job %s: %s after %d chunk(s) in this run", job_id, result.status, result.chunks_run)
+    except LeaseHeld:
+        # Another worker is on it. Check back once its lease could have lapsed, in case that worker dies.
+        countdown = settings.job_lock_ttl_s * random.uniform(1.0, 1.2)
+        self.apply_async(args=[job_id], countdown=countdown)
+    except SoftTimeLimitExceeded:
+        log.info("job %s: time slice used up; handing over (resumes from the last chunk)", job_id)
+        self.apply_async(args=[job_id])
+    except TRANSIENT_ERRORS as exc:
+        if self.request.retries >= settings.retry_max:
+            mark_failed(
+                settings, job_id, f"gave up after {self.request.retries} retries: {type(exc).__name__}: {exc}"
+            )
+            return
+        log.warning("job %s: transient error, retrying: %s", job_id, exc)
+        raise self.retry(
+            exc=exc, countdown=backoff_s(self.request.retries, settings.retry_backoff_max_s)
+        ) from exc
+    except Exception as exc:  # a bug or bad data: the same error would come back on every retry
+        log.exception("job %s failed", job_id)
+        mark_failed(settings, job_id, f"internal error: {type(exc).__name__}: {exc}")
+    finally:
+        _sweep_quietly(settings)
+
+
+def _sweep_quietly(settings: WorkerSettings) -> None:
+    try:
+        with session_scope(settings.db_url) as session:
+            jobs.sweep_expired(session, settings)
+    except Exception:  # housekeeping must never fail a job
+        log.exception("sweeping expired jobs failed")
+
+
+@app.task(name=TASK_SWEEP_EXPIRED, ignore_result=True)
+def sweep_expired() -> None:
+    """Delete the files of jobs past their expiry (also done after every job; beat may schedule it)."""
+    _sweep_quietly(processor().settings)
+
+
+@app.task(name=TASK_TRAIN, bind=True, acks_late=True, ignore_result=True, max_retries=0)
+def train_model(self: Any, job_id: str) -> None:
+    """A training run on the `training` queue: the job row's options are the pipeline's training options."""
+    settings = WorkerSettings()
+    with session_scope(settings.db_url) as session:
+        job = session.get(Job, job_id)
+        if job is None or JobStatus(job.status).finished:
+            return
+        options = dict(job.options or {})
+        jobs.transition(session, job_id, JobStatus.running, only_from=jobs.ACTIVE, started_at=utcnow())
+    try:
+        from services.trainer.pipeline import run_training  # the trainer's own module (heavy imports)
+
+        outcome = run_training(**options)
+    except Exception as exc:
+        log.exception("training job %s failed", job_id)
+        mark_failed(settings, job_id, f"{type(exc).__name__}: {exc}")
+        return
+    version = getattr(outcome, "version", None) or (
+        outcome.get("version") if isinstance(outcome, dict) else None
+    )
+    with session_scope(settings.db_url) as session:
+        now = utcnow()
+        jobs.transition(
+            session,
+            job_id,
+            JobStatus.succeeded,
+            only_from=(JobStatus.running,),
+            model_version=version,
+            finished_at=now,
+            expires_at=now + timedelta(hours=settings.job_ttl_hours),
+        )
