@@ -48,7 +48,12 @@ MAX_REPORTED_ROWS = 20  # ragged rows listed in one error; the count says how ma
 # Python's csv module refuses fields over 128 KiB by default; a duties text can be long, a whole file cannot.
 csv.field_size_limit(16 * 1024 * 1024)
 
-_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)
+_UTF16_BOMS = (
+    codecs.BOM_UTF32_LE,
+    codecs.BOM_UTF32_BE,
+    codecs.BOM_UTF16_LE,
+    codecs.BOM_UTF16_BE,
+)  # longest first
 _HEADER_SEP = re.compile(r"[\s_\-.]+")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 

@@ -1,0 +1,174 @@
+"""shared/csvio.py: reading job CSVs (encodings, delimiters, headers, ragged rows), writing results safely."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from pathlib import Path
+
+import pytest
+
+from shared import csvio
+from shared.schemas import Alternative, Prediction
+
+
+def write(tmp_path: Path, data: bytes, name: str = "in.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def error_of(path: Path, **kwargs: object) -> csvio.CsvFormatError:
+    with pytest.raises(csvio.CsvFormatError) as info:
+        csvio.scan(path, **kwargs)  # type: ignore[arg-type]
+    return info.value
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t"])
+@pytest.mark.parametrize("bom", [b"", codecs.BOM_UTF8])
+def test_delimiters_bom_and_loose_header_names(tmp_path: Path, delimiter: str, bom: bytes) -> None:
+    header = delimiter.join(["  Job Title ", "DUTIES-description", "ref"])
+    body = "\r\n".join(
+        [
+            header,
+            delimiter.join(["nurse", "cares, for; patients", "1"]).replace(
+                "cares, for; patients", '"cares, for; patients"'
+            ),
+            delimiter.join(["Müller", "", "2"]),
+        ]
+    )
+    path = write(tmp_path, bom + body.encode())
+    layout = csvio.read_layout(path)
+    assert layout.delimiter == delimiter
+    assert layout.encoding == ("utf-8-sig" if bom else "utf-8")
+    assert (layout.title_index, layout.duties_index) == (0, 1)
+    rows = list(csvio.iter_rows(path))
+    assert [r.cells for r in rows] == [["nurse", "cares, for; patients", "1"], ["Müller", "", "2"]]
+    assert csvio.scan(path).rows == 2
+
+
+def test_one_text_column_is_enough(tmp_path: Path) -> None:
+    path = write(tmp_path, b"duties_description\nwelds pipes\n")
+    layout = csvio.read_layout(path)
+    assert layout.title_index is None and layout.duties_index == 0
+    assert layout.texts(["welds pipes"]) == ("", "welds pipes")
+
+
+def test_quoted_newlines_unicode_separators_and_line_numbers(tmp_path: Path) -> None:
+    # U+2028 is legal inside a field: it must not split the row (str.splitlines would)
+    path = write(tmp_path, 'job_title,ref\n"night\nnurse",1\n\nchef\u2028cook,2\r\nlast,3'.encode())
+    rows = list(csvio.iter_rows(path))
+    assert [r.cells for r in rows] == [["night\nnurse", "1"], ["chef\u2028cook", "2"], ["last", "3"]]
+    assert [r.line for r in rows] == [2, 5, 6]
+
+
+def test_rows_across_read_blocks(tmp_path: Path) -> None:
+    lines = ["job_title,ref"] + [f"title {i} é,{i}" for i in range(20_000)]
+    path = write(tmp_path, "\r\n".join(lines).encode())
+    rows = list(csvio.iter_rows(path))
+    assert len(rows) == 20_000 and rows[-1].cells == ["title 19999 é", "19999"]
+    assert all(r.error is None for r in rows)
+
+
+def test_latin1_file_is_refused_naming_the_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, "job_title,ref\nCafé owner,1\n".encode("latin-1"))
+    err = error_of(path)
+    assert err.code == "encoding"
+    assert "not valid UTF-8" in err.message and "line 2" in err.message and "0xe9" in err.message
+    assert "Save the file as UTF-8" in err.message
+
+
+def test_bad_byte_deep_in_a_large_file_is_found(tmp_path: Path) -> None:
+    good = "".join(f"title {i},{i}\n" for i in range(100_000)).encode()
+    path = write(tmp_path, b"job_title,ref\n" + good + b"caf\xe9,x\n")
+    err = error_of(path)
+    assert err.code == "encoding" and err.details["line"] == 100_002
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_utf16_and_utf32_are_named(tmp_path: Path, encoding: str) -> None:
+    path = write(tmp_path, "job_title\nnurse\n".encode(encoding))
+    err = error_of(path)
+    assert err.code == "encoding" and encoding.upper() in err.message
+
+
+def test_missing_columns_listed(tmp_path: Path) -> None:
+    err = error_of(write(tmp_path, b"title;description;code\na;b;c\n"))
+    assert err.code == "missing_columns"
+    assert err.details["missing"] == ["job_title", "duties_description"]
+    assert err.details["found"] == ["title", "description", "code"]
+    assert "job_title" in err.message and "title, description, code" in err.message
+
+
+@pytest.mark.parametrize("data", [b"", b"\xef\xbb\xbf", b"  \r\n\n"])
+def test_empty_file(tmp_path: Path, data: bytes) -> None:
+    assert error_of(write(tmp_path, data)).code == "empty"
+
+
+def test_header_only(tmp_path: Path) -> None:
+    assert error_of(write(tmp_path, b"job_title,duties_description\n")).code == "no_rows"
+
+
+def test_ragged_rows_reported_per_row(tmp_path: Path) -> None:
+    data = b"job_title,duties_description,ref\nnurse,cares,1\nwelder,welds\nbaker,bakes,3,extra\nok,ok,4\n"
+    err = error_of(write(tmp_path, data))
+    assert err.code == "ragged_rows" and err.details["count"] == 2
+    assert err.details["rows"] == [{"row": 2, "line": 3, "fields": 2}, {"row": 3, "line": 4, "fields": 4}]
+    assert "line 3 (2 fields)" in err.message
+    # reading (not scanning) keeps going and marks the rows
+    rows = list(csvio.iter_rows(write(tmp_path, data, "again.csv")))
+    assert [r.error is not None for r in rows] == [False, True, True, False]
+    assert rows[1].cells == ["welder", "welds", ""]
+
+
+def test_row_limit(tmp_path: Path) -> None:
+    path = write(tmp_path, b"job_title\n" + b"x\n" * 11)
+    assert csvio.scan(path, max_rows=11).rows == 11
+    assert error_of(path, max_rows=10).code == "too_many_rows"
+
+
+def test_duplicate_text_column(tmp_path: Path) -> None:
+    assert error_of(write(tmp_path, b"job_title,Job Title\na,b\n")).code == "duplicate_columns"
+
+
+@pytest.mark.parametrize(
+    ("cell", "expected"),
+    [
+        ('=HYPERLINK("http://x")', '\'=HYPERLINK("http://x")'),
+        ("+1+1", "'+1+1"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("nurse", "nurse"),
+        ("a=b", "a=b"),
+        ("", ""),
+    ],
+)
+def test_formula_neutralisation(cell: str, expected: str) -> None:
+    assert csvio.neutralise(cell) == expected
+
+
+def _prediction() -> Prediction:
+    return Prediction(
+        coded=True, isco_code="2221", level=4, title="Nursing professionals", confidence=0.91234,
+        is_fallback=False, unit_code="2221", unit_title="Nursing professionals", unit_confidence=0.91234,
+        alternatives=[Alternative(code=c, title="t", confidence=0.1) for c in ["2221", "3221", "5321", "2222",
+                                                                             "3222", "2269"]],
+        path=[], model_version="v1",
+    )  # fmt: skip
+
+
+def test_result_rows_follow_the_contract() -> None:
+    header = csvio.result_header(["job_title", "ISCO code", "=evil"])
+    assert header[:3] == ["job_title", "input_ISCO code", "=evil"]
+    assert header[3:] == csvio.RESULT_COLUMNS + ["row_error"]
+    ok = csvio.result_row(["nurse", "x", "=1+2"], _prediction())
+    assert ok[2] == "'=1+2"
+    assert ok[3:] == ["2221", "4", "Nursing professionals", "0.9123", "false", "2221", "0.9123",
+                      "2221|3221|5321|2222|3222", "0.1000|0.1000|0.1000|0.1000|0.1000", ""]  # fmt: skip
+    failed = csvio.result_row(["", "", ""], "job_title and duties_description are both empty")
+    assert failed[3:-1] == [""] * len(csvio.RESULT_COLUMNS) and failed[-1].startswith("job_title")
+    line = csvio.header_line(header, ";")
+    assert next(csv.reader(io.StringIO(line), delimiter=";"))[2] == "'=evil"

@@ -1,0 +1,205 @@
+"""services/worker/processing.py driven in-process (no Celery): chunking, deduplication, resume after a crash,
+cancellation, pinned model versions, batch jobs. A real tiny model, real Redis (lease), SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from services.worker.processing import JobProcessor, LeaseHeld, PredictorCache
+from services.worker.settings import WorkerSettings
+from shared import jobs
+from shared.db.session import session_scope
+from shared.db.tables import Job, JobStatus
+from tests.jobs_support import register_best, test_redis_url, tiny_model_dir  # noqa: F401
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Crash(BaseException):
+    """Stands in for the process dying: not an Exception, so nothing in the processor catches it."""
+
+
+class CountingPredictors(PredictorCache):
+    """The real predictor cache, counting what reaches the model and able to crash or act after N chunks."""
+
+    def __init__(self, settings: WorkerSettings, after_calls: int | None = None, action: Any = None):
+        super().__init__(settings)
+        self.records_seen: list[tuple[str, str]] = []
+        self.calls = 0
+        self.after_calls = after_calls
+        self.action = action
+
+    def _load(self, model_dir: Path) -> Any:
+        real = super()._load(model_dir)
+        outer = self
+
+        class Wrapped:
+            version = real.version
+
+            def predict(self, records: Any, options: Any) -> Any:
+                outer.calls += 1
+                if outer.after_calls is not None and outer.calls > outer.after_calls:
+                    outer.action()
+                outer.records_seen.extend((r.job_title, r.duties_description) for r in records)
+                return real.predict(records, options)
+
+        return Wrapped()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str, test_redis_url: str, tiny_model_dir: Path) -> WorkerSettings:  # noqa: F811
+    s = WorkerSettings(
+        env="test",
+        data_dir=tmp_path / "data",
+        database_url=db_url,
+        redis_url=test_redis_url,
+        job_chunk_rows=10,
+        torch_threads=1,
+        job_lock_ttl_s=30,
+    )
+    s.ensure_dirs()
+    register_best(db_url, tiny_model_dir, "tiny-jobs-1")
+    return s
+
+
+def make_csv_job(settings: WorkerSettings, job_id: str, lines: list[str], **options: Any) -> Path:
+    path = jobs.input_path(settings, job_id, "csv")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with session_scope(settings.db_url) as session:
+        jobs.create_job(
+            session, job_id=job_id, kind="csv", owner_key_id=None, input_file=path, rows_total=len(lines) - 1,
+            options={"top_k": 5, **options}, settings=settings,
+        )  # fmt: skip
+    return path
+
+
+def job_row(settings: WorkerSettings, job_id: str) -> Job:
+    with session_scope(settings.db_url) as session:
+        return session.get(Job, job_id)  # type: ignore[return-value]
+
+
+def result_rows(settings: WorkerSettings, job_id: str) -> list[dict[str, str]]:
+    job = job_row(settings, job_id)
+    assert job.result_path
+    return list(csv.DictReader(io.StringIO(Path(job.result_path).read_text(encoding="utf-8"))))
+
+
+def unique_lines(n: int) -> list[str]:
+    return ["job_title,duties_description,ref"] + [f"title {i},duty {i},{i}" for i in range(n)]
+
+
+def test_rows_in_order_duplicates_scored_once_and_row_errors(settings: WorkerSettings) -> None:
+    lines = ["Job Title;duties_description;ref"]
+    for i in range(45):
+        lines.append(f"nurse {i % 4};cares for patients;{i}")
+    lines += [";;empty", "=cmd|' /C calc'!A0;x;-1"]
+    make_csv_job(settings, "dup", lines)
+    predictors = CountingPredictors(settings)
+    result = JobProcessor(settings, predictors).run("dup")
+    assert result.status == JobStatus.succeeded
+    job = job_row(settings, "dup")
+    assert (job.rows_done, job.rows_failed, job.chunks_done) == (47, 1, 5)
+    assert job.model_version == "tiny-jobs-1" and job.finished_at and job.expires_at
+    # 4 distinct nurse texts and the formula row reach the model once each, though they repeat across chunks
+    assert sorted(predictors.records_seen) == sorted({(f"nurse {i}", "cares for patients") for i in range(4)}
+                                                     | {("=cmd|' /C calc'!A0", "x")})  # fmt: skip
+    text = Path(job.result_path).read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(text), delimiter=";"))
+    assert [r["ref"] for r in rows] == [str(i) for i in range(45)] + ["empty", "'-1"]
+    assert rows[45]["row_error"] == "job_title and duties_description are both empty"
+    assert rows[45]["isco_code"] == "" and rows[0]["unit_code"]
+    assert rows[46]["Job Title"] == "'=cmd|' /C calc'!A0"
+    assert all(len(r["top_codes"].split("|")) == 5 for r in rows[:45])
+    assert not jobs.parts_dir(settings, "dup").exists()  # parts are removed once the result is whole
+
+
+def test_resume_after_crash_gives_every_row_exactly_once(settings: WorkerSettings) -> None:
+    make_csv_job(settings, "crash", unique_lines(95))
+    r = redis.Redis.from_url(settings.redis_url)
+
+    def die() -> None:
+        raise Crash
+
+    with pytest.raises(Crash):
+        JobProcessor(settings, CountingPredictors(settings, after_calls=4, action=die)).run("crash")
+    job = job_row(settings, "crash")
+    assert job.status == JobStatus.running and job.chunks_done == 4 and job.rows_done == 40
+    # the dead worker's lease is still there: a redelivered task must wait rather than run alongside
+    lease_key = "isco:job-lease:crash"
+    r.set(lease_key, "someone-else", px=30_000)
+    with pytest.raises(LeaseHeld):
+        JobProcessor(settings).run("crash")
+    r.delete(lease_key)
+    # a part written after the last recorded chunk (crash between rename and commit) is simply rewritten
+    jobs.part_path(settings, "crash", 4).write_text("garbage\n")
+    predictors = CountingPredictors(settings)
+    assert JobProcessor(settings, predictors).run("crash").status == JobStatus.succeeded
+    assert len(predictors.records_seen) == 55  # only the chunks after the last finished one
+    rows = result_rows(settings, "crash")
+    assert [r["ref"] for r in rows] == [str(i) for i in range(95)]
+    assert job_row(settings, "crash").rows_done == 95
+
+
+def test_cancel_stops_before_the_next_chunk(settings: WorkerSettings) -> None:
+    make_csv_job(settings, "cancel", unique_lines(100))
+
+    def cancel() -> None:
+        with session_scope(settings.db_url) as session:
+            jobs.cancel(session, session.get(Job, "cancel"), settings)  # type: ignore[arg-type]
+
+    result = JobProcessor(settings, CountingPredictors(settings, after_calls=3, action=cancel)).run("cancel")
+    assert result.status == JobStatus.cancelled
+    job = job_row(settings, "cancel")
+    assert job.status == JobStatus.cancelled and job.rows_done < 100 and job.result_path is None
+    assert not Path(job.input_path).exists() and not jobs.job_dir(settings, "cancel").exists()
+    # a redelivered task for a cancelled job does nothing
+    assert JobProcessor(settings).run("cancel").status == JobStatus.cancelled
+
+
+def test_resumed_job_keeps_its_model_or_restarts_when_it_is_gone(settings: WorkerSettings) -> None:
+    make_csv_job(settings, "pinned", unique_lines(30))
+    with session_scope(settings.db_url) as session:
+        job = session.get(Job, "pinned")
+        assert job is not None
+        job.status, job.model_version, job.chunks_done, job.rows_done = JobStatus.running, "deleted-v0", 2, 20
+        job.options = {**job.options, "chunk_rows": 10}
+    jobs.parts_dir(settings, "pinned").mkdir(parents=True)
+    for n in range(2):
+        jobs.part_path(settings, "pinned", n).write_text("from the old model\n")
+    assert JobProcessor(settings).run("pinned").status == JobStatus.succeeded
+    rows = result_rows(settings, "pinned")
+    assert [r["ref"] for r in rows] == [str(i) for i in range(30)]  # all rows coded again, by one model
+    job = job_row(settings, "pinned")
+    assert job.model_version == "tiny-jobs-1" and job.rows_done == 30
+
+
+def test_batch_job_writes_json_lines_in_order(settings: WorkerSettings) -> None:
+    path = jobs.input_path(settings, "batch", "batch")
+    records = [{"id": f"r{i}", "job_title": f"clerk {i % 3}", "duties_description": ""} for i in range(25)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with session_scope(settings.db_url) as session:
+        jobs.create_job(
+            session, job_id="batch", kind="batch", owner_key_id=None, input_file=path, rows_total=25,
+            options={"top_k": 3, "thresholds": {"unit": 0.0}}, settings=settings,
+        )  # fmt: skip
+    assert JobProcessor(settings).run("batch").status == JobStatus.succeeded
+    job = job_row(settings, "batch")
+    lines = [json.loads(x) for x in Path(job.result_path).read_text().splitlines()]
+    assert [x["id"] for x in lines] == [f"r{i}" for i in range(25)]
+    assert all(len(x["alternatives"]) == 3 and x["level"] == 4 for x in lines)  # options reached the model
+
+
+def test_missing_input_fails_the_job_with_the_reason(settings: WorkerSettings) -> None:
+    path = make_csv_job(settings, "gone", unique_lines(3))
+    path.unlink()
+    assert JobProcessor(settings).run("gone").status == JobStatus.failed
+    job = job_row(settings, "gone")
+    assert job.status == JobStatus.failed and "input file is missing" in (job.error or "")
