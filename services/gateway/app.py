@@ -179,10 +179,26 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # the input is never echoed back: it may be huge, or not encodable
-    errors = [
-        {"field": _field(e.get("loc", ())), "reason": e.get("msg", "invalid"), "type": e.get("type", "")}
-        for e in exc.errors()
-    ]
+    errors = []
+    for e in exc.errors():
+        if e.get("type") == "json_invalid":  # loc is ("body", <char position>)
+            position = e.get("loc", ("body", "?"))[-1]
+            problem = (e.get("ctx") or {}).get("error", "invalid JSON")
+            errors.append(
+                {
+                    "field": "body",
+                    "reason": f"invalid JSON at position {position}: {problem}",
+                    "type": "json_invalid",
+                }
+            )
+        else:
+            errors.append(
+                {
+                    "field": _field(e.get("loc", ())),
+                    "reason": e.get("msg", "invalid"),
+                    "type": e.get("type", ""),
+                }
+            )
     return JSONResponse({"detail": errors}, status_code=422)
 
 
