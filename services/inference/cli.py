@@ -1,0 +1,135 @@
+"""`isco predict --input IN.csv --output OUT.csv [--model VERSION]`: code a CSV file locally.
+
+Input: a header with job_title and/or duties_description (case and spaces ignored; comma, semicolon or tab);
+extra columns are kept. Output: the input columns (a name that clashes with an output column gets an
+`input_` prefix), then isco_code, level, title, confidence, is_fallback, unit_code, unit_confidence,
+top_codes, top_confidences (the predict CSV contract, `shared.csvio`), then row_error: a row that cannot be
+coded (both texts empty, wrong number of fields) keeps its place with empty results and the reason.
+The file is streamed in chunks; memory does not grow with its size.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(no_args_is_help=True)
+err = Console(stderr=True)
+
+CHUNK_ROWS = 512
+BAD_INPUT = 2
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(BAD_INPUT)
+
+
+@app.command()
+def predict(
+    input: Path = typer.Option(..., "--input", "-i", help="CSV with job_title and/or duties_description"),
+    output: Path = typer.Option(..., "--output", "-o", help="result CSV (written atomically)"),
+    model: str = typer.Option(None, "--model", help="model version or directory (default: the best model)"),
+    unit_threshold: float = typer.Option(
+        None, "--unit-threshold", min=0.0, max=1.0, help="4-digit confidence below which the code falls back"
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+) -> None:
+    """Code every row of a CSV file with the best (or the given) model."""
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from services.inference.settings import InferenceSettings
+    from shared import csvio
+    from shared.registry import RegistryError, model_dir_for
+    from shared.schemas import JobRecord, PredictOptions
+
+    if not input.is_file():
+        raise _fail(f"--input: {input} does not exist")
+    if output.resolve() == input.resolve():
+        raise _fail("--output: must not be the input file")
+    settings = InferenceSettings()
+    try:
+        layout = csvio.read_layout(input)
+        total = sum(1 for _ in csvio.iter_rows(input, layout))
+    except csvio.CsvFormatError as exc:
+        raise _fail(f"{input}: {exc}") from None
+    try:
+        model_dir = model_dir_for(
+            settings, model or (str(settings.model_dir) if settings.model_dir else None)
+        )
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+
+    from shared.predictor import Predictor
+
+    predictor = Predictor.load(model_dir, settings)
+    thresholds = settings.thresholds.model_copy(
+        update={"unit": unit_threshold} if unit_threshold is not None else {}
+    )
+    options = PredictOptions(top_k=5, thresholds=thresholds)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    coded = failed = 0
+    try:
+        with (
+            os.fdopen(fd, "w", encoding="utf-8", newline="") as out,
+            Progress(
+                TextColumn("coding"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                disable=not progress,
+                transient=False,
+            ) as bar,
+        ):
+            task = bar.add_task("rows", total=total)
+            out.write(csvio.header_line(csvio.result_header(layout.header, job=True), layout.delimiter))
+            chunk: list[tuple[list[str], JobRecord | str]] = []
+
+            def flush() -> None:
+                nonlocal coded, failed
+                records = [r for _, r in chunk if isinstance(r, JobRecord)]
+                predictions = iter(predictor.predict(records, options)) if records else iter(())
+                rows = []
+                for cells, record in chunk:
+                    if isinstance(record, JobRecord):
+                        rows.append(csvio.result_row(cells, next(predictions), job=True))
+                        coded += 1
+                    else:
+                        rows.append(csvio.result_row(cells, record, job=True))
+                        failed += 1
+                csvio.write_rows(out, rows, layout.delimiter)
+                bar.advance(task, len(chunk))
+                chunk.clear()
+
+            for row in csvio.iter_rows(input, layout):
+                if row.error:
+                    chunk.append((row.cells, f"line {row.line}: {row.error}"))
+                else:
+                    title, duties = layout.texts(row.cells)
+                    try:
+                        chunk.append((row.cells, JobRecord(job_title=title, duties_description=duties)))
+                    except ValidationError as exc:
+                        reason = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                        chunk.append((row.cells, reason))
+                if len(chunk) >= CHUNK_ROWS:
+                    flush()
+            if chunk:
+                flush()
+        os.replace(tmp_name, output)
+    except csvio.CsvFormatError as exc:
+        raise _fail(f"{input}: {exc}") from None
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    err.print(
+        f"{coded:,} rows coded, {failed:,} rows with errors (see row_error) -> {output} "
+        f"(model {predictor.version})",
+        highlight=False,
+    )

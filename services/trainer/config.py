@@ -1,0 +1,142 @@
+"""Trainer settings: one typed object from defaults < profile YAML < environment < explicit arguments.
+
+    settings = TrainerSettings(profile="quick")         # services/trainer/profiles/quick.yaml
+    settings = TrainerSettings(profile="/path/x.yaml")  # any YAML file
+    ISCO_PROFILE=quick ISCO_FINETUNE__EPOCHS=1 isco train
+
+A profile YAML holds trainer fields at the top level (`preprocess:`, `replay_size:`, ...) and the model recipe
+under `finetune:` (fields of `services.trainer.finetune.FinetuneConfig`). Top-level keys that are not trainer
+fields are taken as finetune fields too, so a flat recipe file also works. Nested values come from the
+environment with `__`: `ISCO_PREPROCESS__TEST_FRACTION=0.05`, `ISCO_FINETUNE__EPOCHS=1`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from services.trainer.preprocess import PreprocessConfig
+from shared.settings import REPO_ROOT, CommonSettings
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+PROFILES = ("quick", "full")
+DEFAULT_PROFILE = "full"
+DEVSETS_DIR = REPO_ROOT.parent / "shared" / "data" / "devsets"
+
+
+class ProfileError(ValueError):
+    """A profile that does not exist or cannot be read."""
+
+
+def profile_path(profile: str) -> Path:
+    """The YAML file of a named profile (quick, full) or a path to a YAML file."""
+    candidate = Path(profile)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ProfileError(f"profile file {candidate} not found")
+        return candidate
+    path = PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")) or list(PROFILES)
+        raise ProfileError(
+            f"unknown profile {profile!r}: choose one of {', '.join(known)} or give a .yaml path"
+        )
+    return path
+
+
+def load_profile(profile: str, trainer_fields: set[str]) -> dict[str, Any]:
+    """Profile YAML as settings values: trainer fields as they are, everything else under `finetune`."""
+    path = profile_path(profile)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"profile {path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"profile {path}: expected a mapping at the top level")
+    values: dict[str, Any] = {}
+    finetune: dict[str, Any] = dict(data.pop("finetune", None) or {})
+    for key, value in data.items():
+        if key in trainer_fields:
+            values[key] = value
+        else:
+            finetune[key] = value
+    values["finetune"] = finetune
+    return values
+
+
+class _ProfileSource(PydanticBaseSettingsSource):
+    """Settings values from the profile YAML named by the `profile` argument or ISCO_PROFILE."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], init_kwargs: dict[str, Any], env_profile: str | None
+    ):
+        super().__init__(settings_cls)
+        self.profile = init_kwargs.get("profile") or env_profile or DEFAULT_PROFILE
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self.profile == DEFAULT_PROFILE and not (PROFILES_DIR / f"{DEFAULT_PROFILE}.yaml").is_file():
+            return {"profile": self.profile}  # no profile files installed: defaults and environment only
+        values = load_profile(str(self.profile), set(self.settings_cls.model_fields))
+        values["profile"] = str(self.profile)
+        return values
+
+
+class TrainerSettings(CommonSettings):
+    """Everything `isco train` needs besides the data paths given on the command line."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ISCO_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    profile: str = Field(DEFAULT_PROFILE, description="quick | full | path to a profile YAML")
+    use_default_corpus: bool = Field(
+        True, description="train on the default ESCO/ISCO corpus (plus user data)"
+    )
+    corpus_sources: list[str] | None = Field(None, description="corpus record kinds; None = all")
+    max_train_examples: int | None = Field(
+        None, ge=1, description="cap on training examples (a stratified sample), for quick runs"
+    )
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    devsets_dir: Path = Field(DEVSETS_DIR, description="extra evaluation sets (*.csv); never trained on")
+    replay_size: int = Field(
+        5000, ge=0, description="original training examples mixed into a corrections run"
+    )
+    correction_repeats: int = Field(3, ge=1, description="times each correction appears in a corrections run")
+    promotion_min_delta: float = Field(0.0, ge=0, description="margin a candidate must beat the best by")
+    finetune: dict[str, Any] = Field(default_factory=dict, description="FinetuneConfig fields")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        init_kwargs = getattr(init_settings, "init_kwargs", {})
+        env_profile = env_settings().get("profile") or dotenv_settings().get("profile")
+        profile = _ProfileSource(settings_cls, init_kwargs, env_profile)
+        return init_settings, env_settings, dotenv_settings, profile, file_secret_settings
+
+    def finetune_config(self, **overrides: Any) -> Any:
+        """The model recipe as a `FinetuneConfig` (unknown fields are an error, not silently ignored)."""
+        from services.trainer.finetune import FinetuneConfig
+
+        values = {**self.finetune, **{k: v for k, v in overrides.items() if v is not None}}
+        if hasattr(FinetuneConfig, "model_validate"):
+            return FinetuneConfig.model_validate(values)
+        return FinetuneConfig(**values)
+
+    @property
+    def runs_dir(self) -> Path:
+        """Per-run reports (invalid rows, outliers, metrics) live here, also for failed runs."""
+        return self.data_dir / "runs"

@@ -1,0 +1,376 @@
+"""Training pipeline: coded records -> preprocess -> fine-tune -> evaluate -> register -> promote if better.
+
+    result = run_training(TrainerSettings(profile="quick"), data_csv=None)   # isco train
+    result = run_training(settings, corrections=Path("corrections/"))        # isco train --corrections
+
+Order of effects (MLflow-like): a `pending` registry row first, then the model directory, then the
+evaluation files inside it, then the row is marked `ready`, and only then is promotion considered. A failure
+at any point marks the row `failed` with the error. Reports of every run (invalid rows, conflicts, outliers,
+metrics) are kept under `settings.runs_dir/<version>/`, also for failed runs.
+
+Evaluation: the test split decides promotion (the registry compares models only on the same evaluation data:
+when the current best was evaluated on other data, it is re-scored on the candidate's test split first). The
+development sets in `settings.devsets_dir` are scored as extra metrics and are never read for training.
+
+Corrections: the current best (or `--base-model VERSION`) is fine-tuned on the corrected records, repeated
+`correction_repeats` times, mixed with a replay sample of the original training split. Corrections only ever
+go to the training split; the original validation and test splits stay as they were (minus records whose
+text a correction re-codes), so the candidate is compared with its parent on the same records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.trainer.config import TrainerSettings
+from services.trainer.evaluate import EvalSet, evaluate_set, load_eval_csv
+from services.trainer.preprocess import (
+    CORRECTION_SOURCE,
+    DataError,
+    Example,
+    PreparedData,
+    RawRow,
+    prepare,
+    read_coded_csv,
+    read_corrections,
+    rows_from_corpus,
+)
+from shared import registry
+from shared.db.session import session_scope
+from shared.registry import PromotionDecision
+
+log = logging.getLogger(__name__)
+
+Reporter = Callable[[str], None]
+
+
+@dataclass
+class TrainingResult:
+    """What a training run produced."""
+
+    version: str
+    model_dir: Path
+    report_dir: Path
+    metrics: dict[str, Any]
+    promotion: PromotionDecision
+    seconds: float
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return self.promotion.promote
+
+
+def _within(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _refuse_devsets(settings: TrainerSettings, *paths: Path | None) -> None:
+    # The dev sets measure generalisation; training on them would make every dev-set number meaningless.
+    for path in paths:
+        if path is not None and settings.devsets_dir.exists() and _within(Path(path), settings.devsets_dir):
+            raise DataError(f"{path}: refusing to train on a development set ({settings.devsets_dir})")
+
+
+def eval_set_from_examples(name: str, examples: Sequence[Example]) -> EvalSet:
+    """An EvalSet over preprocessed examples (the test split)."""
+    return EvalSet(
+        name=name,
+        job_titles=[e.job_title for e in examples],
+        duties=[e.duties_description for e in examples],
+        gold=[e.code for e in examples],
+        accept=[set() for _ in examples],
+        skipped=[],
+    )
+
+
+def cap_examples(examples: Sequence[Example], cap: int | None, seed: int) -> list[Example]:
+    """A stratified sample of at most about `cap` examples that keeps at least one example per unit group."""
+    if cap is None or len(examples) <= cap:
+        return list(examples)
+    rng = random.Random(seed)
+    by_code: dict[str, list[Example]] = defaultdict(list)
+    for e in examples:
+        by_code[e.code].append(e)
+    ratio = cap / len(examples)
+    out: list[Example] = []
+    for code in sorted(by_code):
+        group = by_code[code]
+        k = max(1, round(len(group) * ratio))
+        out.extend(rng.sample(group, min(k, len(group))))
+    rng.shuffle(out)
+    return out
+
+
+def _training_set(
+    settings: TrainerSettings, prepared: PreparedData, corrections: bool
+) -> tuple[list[Example], dict[str, int]]:
+    """The examples fine-tuning sees, and how they were composed."""
+    seed = settings.preprocess.seed
+    if not corrections:
+        train = cap_examples(prepared.train, settings.max_train_examples, seed)
+        return train, {"train_examples": len(train)}
+    fixes = [e for e in prepared.train if e.source == CORRECTION_SOURCE]
+    original = [e for e in prepared.train if e.source != CORRECTION_SOURCE]
+    if not fixes:
+        raise DataError("no usable corrections (see invalid_rows.csv in the run's report directory)")
+    replay = random.Random(seed).sample(original, min(settings.replay_size, len(original)))
+    train = fixes * settings.correction_repeats + replay
+    random.Random(seed + 1).shuffle(train)
+    return train, {
+        "train_examples": len(train),
+        "corrections": len(fixes),
+        "replay": len(replay),
+        "correction_repeats": settings.correction_repeats,
+    }
+
+
+def _load_rows(
+    settings: TrainerSettings,
+    data_csv: Path | None,
+    corrections: Path | None,
+    parent_training: dict[str, Any] | None,
+    say: Reporter,
+) -> tuple[list[RawRow], dict[str, Any]]:
+    rows: list[RawRow] = []
+    sources: dict[str, Any] = {}
+    use_corpus = settings.use_default_corpus
+    if parent_training is not None and corrections is not None:
+        # Replay the parent's own data: its corpus setting and user CSV, unless given explicitly now.
+        use_corpus = bool(parent_training.get("use_default_corpus", use_corpus))
+        if data_csv is None and parent_training.get("data_csv"):
+            candidate = Path(parent_training["data_csv"])
+            if candidate.is_file():
+                data_csv = candidate
+            else:
+                say(f"[yellow]the parent's training CSV {candidate} is gone; replaying without it[/yellow]")
+    if use_corpus:
+        from shared.corpus import build_default_corpus
+
+        started = time.monotonic()
+        corpus = build_default_corpus(settings, sources=settings.corpus_sources)
+        rows += rows_from_corpus(corpus)
+        sources["default_corpus"] = len(corpus)
+        say(f"default corpus: {len(corpus):,} records ({time.monotonic() - started:.0f}s)")
+    if data_csv is not None:
+        user_rows = read_coded_csv(Path(data_csv))
+        rows += user_rows
+        sources["data_csv"] = str(Path(data_csv).resolve())
+        say(f"{data_csv}: {len(user_rows):,} rows")
+    if corrections is not None:
+        fix_rows = read_corrections(Path(corrections))
+        rows += fix_rows
+        sources["corrections"] = str(Path(corrections).resolve())
+        say(f"{corrections}: {len(fix_rows):,} corrections")
+    if not rows:
+        raise DataError("nothing to train on: give --data CSV or enable the default corpus")
+    return rows, sources
+
+
+def _evaluate_model(
+    model_dir: Path, settings: TrainerSettings, test_set: EvalSet, train_texts: set[str], say: Reporter
+) -> dict[str, Any]:
+    from shared.predictor import Predictor
+
+    predictor = Predictor.load(model_dir)
+    started = time.monotonic()
+    metrics: dict[str, Any] = {"test": evaluate_set(predictor, test_set), "devsets": {}}
+    for path in sorted(settings.devsets_dir.glob("*.csv")) if settings.devsets_dir.is_dir() else []:
+        dev = load_eval_csv(path, skip_invalid=True)
+        dev_metrics = evaluate_set(predictor, dev)
+        # Not a leak (dev sets are never read for training) but worth knowing: texts the model has seen.
+        dev_metrics["texts_also_in_training"] = sum(1 for t in dev.texts() if t in train_texts)
+        metrics["devsets"][dev.name] = dev_metrics
+    say(f"evaluated in {time.monotonic() - started:.0f}s")
+    return metrics
+
+
+def _rescore_best(
+    settings: TrainerSettings, best: Any, test_set: EvalSet, candidate_hash: str, say: Reporter
+) -> float | None:
+    """The current best's 4-digit accuracy on the candidate's test split (None when it cannot be loaded)."""
+    if best is None or best.eval_data_hash == candidate_hash:
+        return None
+    from shared.predictor import Predictor
+
+    try:
+        predictor = Predictor.load(registry.resolve_model_dir(settings, best))
+    except Exception as exc:  # a missing or broken directory must not fail the new model's run
+        say(f"[yellow]could not load the current best {best.version} to re-score it: {exc}[/yellow]")
+        return None
+    score = float(evaluate_set(predictor, test_set)["accuracy"])
+    say(f"current best {best.version} re-scored on this run's test split: {score:.4f}")
+    return score
+
+
+def run_training(
+    settings: TrainerSettings,
+    *,
+    data_csv: Path | None = None,
+    corrections: Path | None = None,
+    base_model: str | None = None,
+    reporter: Reporter | None = None,
+) -> TrainingResult:
+    """Train, evaluate, register and (if better) promote one model; see the module docstring.
+
+    `base_model`: a Hugging Face id or directory for a normal run; with `corrections`, a registered version to
+    start from instead of the current best.
+    """
+    from services.trainer.finetune import finetune
+    from shared.db.migrate import upgrade
+    from shared.taxonomy import get_taxonomy
+
+    say: Reporter = reporter or (lambda message: log.info("%s", message))
+    started = time.monotonic()
+    _refuse_devsets(settings, data_csv, corrections)
+    settings.ensure_dirs()
+    upgrade(settings.db_url)
+
+    parent_version: str | None = None
+    parent_dir: Path | None = None
+    parent_training: dict[str, Any] | None = None
+    if corrections is not None:
+        with session_scope(settings.db_url) as session:
+            parent = (
+                registry.require_version(session, base_model) if base_model else registry.best_model(session)
+            )
+            if parent is None:
+                raise registry.RegistryError(
+                    "corrections fine-tune the best model, but there is none: run "
+                    "`isco train` first or name one with --base-model VERSION"
+                )
+            if parent.status != "ready":
+                raise registry.RegistryError(f"model version {parent.version} is {parent.status}, not ready")
+            parent_version = parent.version
+            parent_dir = registry.resolve_model_dir(settings, parent)
+            parent_training = dict((parent.metrics or {}).get("training", {}))
+        say(f"fine-tuning corrections into {parent_version} ({parent_dir})")
+
+    rows, sources = _load_rows(settings, data_csv, corrections, parent_training, say)
+    version = registry.new_version_name()
+    report_dir = settings.runs_dir / version
+    model_dir = settings.model_store / version
+
+    t0 = time.monotonic()
+    prepared = prepare(rows, settings.preprocess)
+    prepared.write_reports(report_dir)
+    stats = dict(prepared.stats)
+    say(
+        f"preprocessed in {time.monotonic() - t0:.0f}s: {stats['examples']:,} examples "
+        f"(train {stats['train']:,} / val {stats['val']:,} / test {stats['test']:,}); "
+        f"{stats['invalid_rows']:,} invalid rows, {stats['duplicates_removed']:,} duplicates, "
+        f"{stats['conflicting_labels_dropped']:,} conflicting labels, outliers {stats['outliers_found']} "
+        f"-> reports in {report_dir}"
+    )
+    train, composition = _training_set(settings, prepared, corrections is not None)
+    if not train:
+        raise DataError(f"no usable training examples (see {report_dir / 'invalid_rows.csv'})")
+    if not prepared.test:
+        raise DataError("the test split is empty: too little data per unit group to evaluate a model")
+
+    config = settings.finetune_config(base_model=None if corrections is not None else base_model)
+    base_name = str(parent_dir) if parent_dir is not None else str(config.base_model)
+    training_info: dict[str, Any] = {
+        "profile": settings.profile,
+        "use_default_corpus": "default_corpus" in sources,
+        "data_csv": sources.get("data_csv"),
+        "corrections": sources.get("corrections"),
+        "parent_version": parent_version,
+        "sources": sources,
+        "composition": composition,
+        "preprocess": stats,
+        "data_hash": prepared.data_hash,
+        "eval_data_hash": prepared.eval_data_hash,
+        "finetune_config": config.model_dump(mode="json"),
+    }
+    with session_scope(settings.db_url) as session:
+        registry.create_pending(
+            session,
+            version=version,
+            path=model_dir,
+            base_model=base_name,
+            data_hash=prepared.data_hash,
+            parent_version=parent_version,
+            metrics={"training": training_info},
+        )
+    say(f"registered {version} (pending); training on {len(train):,} examples, base {base_name}")
+
+    try:
+        codes = list(get_taxonomy().unit_groups)
+        finetune_result = finetune(
+            [e.text for e in train],
+            [e.code for e in train],
+            [e.text for e in prepared.val],
+            [e.code for e in prepared.val],
+            codes=codes,
+            config=config,
+            output_dir=model_dir,
+            version=version,
+            init_model_dir=parent_dir,
+        )
+        training_info["finetune"] = finetune_result
+        test_set = eval_set_from_examples("test", prepared.test)
+        metrics = _evaluate_model(model_dir, settings, test_set, {e.text for e in train}, say)
+        if corrections is not None:
+            fixes = [e for e in prepared.train if e.source == CORRECTION_SOURCE]
+            from shared.predictor import Predictor
+
+            fit = evaluate_set(Predictor.load(model_dir), eval_set_from_examples("corrections", fixes))
+            metrics["corrections_fit"] = {"n": fit["n"], "accuracy": fit["accuracy"]}
+        metrics["training"] = training_info
+        # Artifacts first: the evaluation and the run's record go into the model directory ...
+        (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True, default=str))
+        (model_dir / "training.json").write_text(
+            json.dumps(training_info, indent=1, sort_keys=True, default=str)
+        )
+        shutil.copy(report_dir / "preprocess.json", model_dir / "preprocess.json")
+        (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True, default=str))
+        eval_score = float(metrics["test"]["accuracy"])
+        # ... then the row becomes ready.
+        with session_scope(settings.db_url) as session:
+            registry.mark_ready(
+                session,
+                version,
+                metrics=metrics,
+                eval_score=eval_score,
+                eval_data_hash=prepared.eval_data_hash,
+            )
+    except BaseException as exc:
+        with session_scope(settings.db_url) as session:
+            registry.mark_failed(session, version, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        raise
+
+    with session_scope(settings.db_url) as session:
+        best = registry.best_model(session)
+        best_info = (best.version, best.eval_data_hash, best.path) if best else None
+    rescored = None
+    if best_info is not None and best_info[1] != prepared.eval_data_hash:
+        with session_scope(settings.db_url) as session:
+            best = registry.best_model(session)
+        rescored = _rescore_best(settings, best, test_set, prepared.eval_data_hash, say)
+    with session_scope(settings.db_url) as session:
+        decision = registry.promote(
+            session, version, best_score_on_candidate_data=rescored, min_delta=settings.promotion_min_delta
+        )
+        mv = registry.require_version(session, version)
+        mv.metrics = {**metrics, "promotion": decision.as_dict()}
+    metrics["promotion"] = decision.as_dict()
+    (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True, default=str))
+    say(("[green]promoted[/green] " if decision.promote else "not promoted: ") + decision.reason)
+    return TrainingResult(
+        version, model_dir, report_dir, metrics, decision, time.monotonic() - started, stats
+    )
