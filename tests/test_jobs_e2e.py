@@ -1,5 +1,5 @@
-"""CSV and batch jobs end to end: the real gateway app, a real Redis, real Celery worker processes, a tiny model
-registered as best, on SQLite and PostgreSQL.
+"""CSV and batch jobs end to end: the real gateway app, a real Redis, real Celery worker processes, a tiny
+model registered as best, on SQLite and PostgreSQL.
 
 Covers: upload -> result with every row exactly once in input order; bad files refused with clear errors;
 a worker SIGKILLed mid-job and replaced, with no missing and no duplicated rows; cancellation; another key's
@@ -259,7 +259,8 @@ def test_upload_over_the_size_limit(stack: Stack) -> None:
     boundary = uuid.uuid4().hex
 
     def chunked() -> Iterator[bytes]:
-        yield f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.csv"\r\n\r\n'.encode()
+        disposition = 'Content-Disposition: form-data; name="file"; filename="big.csv"'
+        yield f"--{boundary}\r\n{disposition}\r\n\r\n".encode()
         for start in range(0, len(big), 1 << 20):
             yield big[start : start + (1 << 20)]
         yield f"\r\n--{boundary}--\r\n".encode()
@@ -278,8 +279,12 @@ def test_not_multipart_or_no_file_field(stack: Stack) -> None:
         "/predict/csv", content=b"job_title\nx\n", headers={**stack.headers(), "Content-Type": "text/csv"}
     )
     assert response.status_code == 415 and "multipart/form-data" in response.json()["detail"]["message"]
-    response = stack.client.post("/predict/csv", data={"other": "x"}, files={"upload": ("a.csv", b"job_title\nx\n")},
-                                 headers=stack.headers())  # fmt: skip
+    response = stack.client.post(
+        "/predict/csv",
+        data={"other": "x"},
+        files={"upload": ("a.csv", b"job_title\nx\n")},
+        headers=stack.headers(),
+    )
     assert response.status_code == 422 and response.json()["detail"]["error"] == "missing_file"
     assert stack.client.post("/predict/csv", files={"file": ("a.csv", b"job_title\nx\n")}).status_code == 401
 
