@@ -203,3 +203,45 @@ def test_missing_input_fails_the_job_with_the_reason(settings: WorkerSettings) -
     assert JobProcessor(settings).run("gone").status == JobStatus.failed
     job = job_row(settings, "gone")
     assert job.status == JobStatus.failed and "input file is missing" in (job.error or "")
+
+
+def test_training_task_is_a_thin_call_to_run_training(
+    settings: WorkerSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The training task passes the row's options to the pipeline and records the outcome (the pipeline
+    itself is replaced here: its own tests train real models)."""
+    from services.trainer import pipeline
+    from services.worker import tasks
+
+    seen: dict[str, Any] = {}
+
+    class Outcome:
+        version = "v-trained"
+
+        class promotion:  # noqa: N801
+            @staticmethod
+            def as_dict() -> dict[str, Any]:
+                return {"promoted": True, "reason": "better"}
+
+    def fake_run_training(trainer_settings: Any, **kwargs: Any) -> Outcome:
+        seen.update(kwargs, use_default_corpus=trainer_settings.use_default_corpus)
+        return Outcome()
+
+    monkeypatch.setattr(pipeline, "run_training", fake_run_training)
+    for name, value in {"ISCO_DATA_DIR": settings.data_dir, "ISCO_DATABASE_URL": settings.db_url}.items():
+        monkeypatch.setenv(name, str(value))
+    with session_scope(settings.db_url) as session:
+        options = {"settings": {"use_default_corpus": False}, "data_csv": "/data/coded.csv"}
+        session.add(
+            Job(id="train-1", kind="training", status=JobStatus.queued, input_path="", options=options)
+        )
+    tasks.train_model.run("train-1")
+    job = job_row(settings, "train-1")
+    assert job.status == JobStatus.succeeded and job.model_version == "v-trained"
+    assert job.options["outcome"] == {"version": "v-trained", "promoted": True, "reason": "better"}
+    assert seen["use_default_corpus"] is False and str(seen["data_csv"]) == "/data/coded.csv"
+    # redelivered after its worker died mid-run: failed, not run again
+    with session_scope(settings.db_url) as session:
+        session.add(Job(id="train-2", kind="training", status=JobStatus.running, input_path="", options={}))
+    tasks.train_model.run("train-2")
+    assert job_row(settings, "train-2").status == JobStatus.failed and not seen.get("again")

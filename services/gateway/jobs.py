@@ -17,7 +17,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from services.gateway.auth import Principal
 from services.gateway.deps import ApiKeyDep, SessionDep
 from services.gateway.uploads import csv_error, receive_csv, upload_error
-from services.worker.constants import TASK_PROCESS_JOB
+from services.worker.client import send_job
 from shared import csvio, jobs
 from shared.db.tables import Job, JobStatus
 from shared.jobs import JobAccepted, JobSettings, JobView
@@ -76,25 +75,6 @@ def job_settings(request: Request) -> JobSettings:
             cached = JobSettings(**{name: getattr(base, name) for name in CommonSettings.model_fields})
         state.job_settings = cached
     return cached
-
-
-@lru_cache(maxsize=4)
-def celery_client(broker_url: str) -> Any:
-    """A Celery app used only to send tasks by name (no task code, no worker imports)."""
-    from celery import Celery
-
-    return Celery("isco-gateway", broker=broker_url, set_as_current=False)
-
-
-def send_job(settings: JobSettings, job_id: str) -> None:
-    """Enqueue the job's task; the caller has committed the row."""
-    celery_client(settings.redis_url).send_task(
-        TASK_PROCESS_JOB,
-        args=[job_id],
-        queue=settings.job_queue,
-        retry=True,
-        retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0},
-    )
 
 
 def _enqueue_committed(request: Request, settings: JobSettings, job: Job) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import redis.exceptions
@@ -119,25 +120,52 @@ def sweep_expired() -> None:
 
 @app.task(name=TASK_TRAIN, bind=True, acks_late=True, ignore_result=True, max_retries=0)
 def train_model(self: Any, job_id: str) -> None:
-    """A training run on the `training` queue: the job row's options are the pipeline's training options."""
+    """A training run on the `training` queue (thin: the trainer's `run_training` does the work).
+
+    The job row's options (services/worker/client.py `enqueue_training`) hold TrainerSettings overrides
+    and the data paths; the outcome (version, promotion decision) is recorded on the row. A run is not
+    resumable: a task redelivered after its worker died (status already running) fails the job instead of
+    starting a run that may kill the next worker the same way.
+    """
     settings = WorkerSettings()
     with session_scope(settings.db_url) as session:
         job = session.get(Job, job_id)
         if job is None or JobStatus(job.status).finished:
             return
+        if job.status == JobStatus.running:
+            lost = "the worker running this training job was lost (killed or out of memory); submit it again"
+            jobs.transition(
+                session,
+                job_id,
+                JobStatus.failed,
+                only_from=(JobStatus.running,),
+                error=lost,
+                finished_at=utcnow(),
+            )
+            return
         options = dict(job.options or {})
-        jobs.transition(session, job_id, JobStatus.running, only_from=jobs.ACTIVE, started_at=utcnow())
+        jobs.transition(
+            session, job_id, JobStatus.running, only_from=(JobStatus.queued,), started_at=utcnow()
+        )
     try:
-        from services.trainer.pipeline import run_training  # the trainer's own module (heavy imports)
+        # the trainer's own modules (heavy imports) load only on a training worker
+        from services.trainer.config import TrainerSettings
+        from services.trainer.pipeline import run_training
 
-        outcome = run_training(**options)
-    except Exception as exc:
+        def path(name: str) -> Path | None:
+            return Path(options[name]) if options.get(name) else None
+
+        outcome = run_training(
+            TrainerSettings(**(options.get("settings") or {})),
+            data_csv=path("data_csv"),
+            corrections=path("corrections"),
+            base_model=options.get("base_model"),
+            reporter=lambda message: log.info("training job %s: %s", job_id, message),
+        )
+    except Exception as exc:  # a failed run is recorded, not retried: it would fail the same way
         log.exception("training job %s failed", job_id)
         mark_failed(settings, job_id, f"{type(exc).__name__}: {exc}")
         return
-    version = getattr(outcome, "version", None) or (
-        outcome.get("version") if isinstance(outcome, dict) else None
-    )
     with session_scope(settings.db_url) as session:
         now = utcnow()
         jobs.transition(
@@ -145,7 +173,8 @@ def train_model(self: Any, job_id: str) -> None:
             job_id,
             JobStatus.succeeded,
             only_from=(JobStatus.running,),
-            model_version=version,
+            model_version=outcome.version,
+            options={**options, "outcome": {"version": outcome.version, **outcome.promotion.as_dict()}},
             finished_at=now,
             expires_at=now + timedelta(hours=settings.job_ttl_hours),
         )

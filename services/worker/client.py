@@ -1,0 +1,60 @@
+"""The thin Celery client: send tasks by name to the workers' queues, without importing any task code.
+
+Used by the gateway (prediction jobs) and by anything that queues a training run. Importing this module
+imports Celery and the shared job rules only (no torch, no worker code). The job row must be committed before
+a task naming it is sent.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from services.worker.constants import QUEUE_TRAINING, TASK_PROCESS_JOB, TASK_TRAIN
+from shared import jobs
+from shared.db.session import session_scope
+from shared.db.tables import Job, JobStatus
+
+# A broker that is down should fail the request quickly, not hang it.
+PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
+
+
+@lru_cache(maxsize=4)
+def celery_client(broker_url: str) -> Any:
+    """A Celery app used only to send tasks by name."""
+    from celery import Celery
+
+    return Celery("isco-client", broker=broker_url, set_as_current=False)
+
+
+def send_job(settings: jobs.JobSettings, job_id: str) -> None:
+    """Queue the processing of a committed job on the prediction queue (`job_queue`: cpu or gpu)."""
+    celery_client(settings.redis_url).send_task(
+        TASK_PROCESS_JOB, args=[job_id], queue=settings.job_queue, retry=True, retry_policy=PUBLISH_RETRY
+    )
+
+
+def enqueue_training(
+    settings: jobs.JobSettings, options: dict[str, Any], owner_key_id: int | None = None
+) -> str:
+    """Record a training job and queue it on the `training` queue; returns the job id.
+
+    `options`: {"settings": TrainerSettings overrides (e.g. {"profile": "quick"}), "data_csv": path,
+    "corrections": path, "base_model": name} (all optional). Paths must be on the shared volume.
+    """
+    job_id = jobs.new_job_id()
+    with session_scope(settings.db_url) as session:
+        session.add(
+            Job(
+                id=job_id,
+                owner_key_id=owner_key_id,
+                kind="training",
+                status=JobStatus.queued,
+                input_path=str(options.get("data_csv") or ""),
+                options=options,
+            )
+        )
+    celery_client(settings.redis_url).send_task(
+        TASK_TRAIN, args=[job_id], queue=QUEUE_TRAINING, retry=True, retry_policy=PUBLISH_RETRY
+    )
+    return job_id
