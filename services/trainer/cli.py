@@ -190,7 +190,8 @@ def data_info(
 
 def _versions_table(rows: list[Any]) -> Table:
     table = Table(title="Model versions (newest first)")
-    for column in ("version", "status", "best", "test accuracy", "dev sets (accuracy)", "parent", "created"):
+    table.add_column("version", no_wrap=True)
+    for column in ("status", "best", "test accuracy", "dev sets (accuracy)", "parent", "created"):
         table.add_column(column)
     for mv in rows:
         devsets = (mv.metrics or {}).get("devsets", {})

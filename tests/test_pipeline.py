@@ -1,0 +1,202 @@
+"""A real `isco train` of a tiny model on a small sample, through the same pipeline as the full run.
+
+The test builds a tiny encoder (2 layers, 32 hidden) as a Hugging Face directory and names it as the base
+model in a test profile YAML; everything else (preprocessing, Trainer fine-tuning, calibration, evaluation,
+dev sets, registry, promotion, corrections) is the production code path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from services.cli import build_app
+from shared import registry
+from shared.db.session import session_scope
+from tests.tiny_model import build_tiny_model_dir
+
+TITLES = {
+    "2221": ["nurse", "staff nurse", "registered nurse", "ward nurse", "theatre nurse", "night nurse"],
+    "5120": ["cook", "line cook", "kitchen cook", "restaurant cook", "grill cook", "prep cook"],
+    "2512": [
+        "software developer",
+        "programmer",
+        "web developer",
+        "app developer",
+        "backend developer",
+        "game developer",
+    ],
+    "8322": [
+        "taxi driver",
+        "car driver",
+        "chauffeur",
+        "delivery car driver",
+        "cab driver",
+        "limousine driver",
+    ],
+    "7411": [
+        "electrician",
+        "building electrician",
+        "house electrician",
+        "wiring electrician",
+        "site electrician",
+        "maintenance electrician",
+    ],
+}
+DUTIES = {
+    "2221": "cares for patients on the ward",
+    "5120": "prepares and cooks meals",
+    "2512": "writes and tests code",
+    "8322": "drives passengers to their destination",
+    "7411": "installs and repairs wiring",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "m") / "encoder"
+
+
+@pytest.fixture
+def env(tmp_path: Path, sqlite_url: str, tiny_base: Path) -> dict[str, str]:
+    profile = tmp_path / "test_profile.yaml"
+    profile.write_text(
+        yaml.safe_dump(
+            {
+                "preprocess": {
+                    "val_fraction": 0.2,
+                    "test_fraction": 0.2,
+                    "outliers": {"min_group_examples": 5},
+                },
+                "replay_size": 20,
+                "correction_repeats": 2,
+                "finetune": {
+                    "base_model": str(tiny_base),
+                    "epochs": 1,
+                    "max_length": 32,
+                    "device": "cpu",
+                    "prototype_max_per_class": 5,
+                    "disable_tqdm": True,
+                    "knn_k": 3,
+                    "seed": 1,
+                },
+            }
+        )
+    )
+    devsets = tmp_path / "devsets"
+    devsets.mkdir()
+    (devsets / "tiny_dev.csv").write_text(
+        "job_title,duties_description,isco_code,accept\n"
+        "head nurse,,2221,2221|3221\npastry cook,,5120,\nuber driver,drives people,8322,\n"
+    )
+    data = tmp_path / "coded.csv"
+    lines = ["job_title,duties_description,isco_code,note"]
+    for code, titles in TITLES.items():
+        for title in titles:
+            lines.append(f"{title},,{code},x")
+            lines.append(f"{title},{DUTIES[code]},{code},y")
+    lines += ["broken row,,99999,z", ",,2221,empty"]
+    data.write_text("\n".join(lines) + "\n")
+    return {
+        "ISCO_ENV": "test",
+        "ISCO_DATA_DIR": str(tmp_path / "var"),
+        "ISCO_DATABASE_URL": sqlite_url,
+        "ISCO_PROFILE": str(profile),
+        "ISCO_DEVSETS_DIR": str(devsets),
+        "ISCO_USE_DEFAULT_CORPUS": "false",
+        "DATA_CSV": str(data),
+        "COLUMNS": "200",
+    }
+
+
+def _run(env: dict[str, str], *args: str):  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(build_app(), list(args), env=env, catch_exceptions=False)
+    return result
+
+
+def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str], tmp_path: Path) -> None:
+    result = _run(env, "train", "--data", env["DATA_CSV"])
+    assert result.exit_code == 0, result.output
+    assert "promoted to best" in result.output and "no current best model" in result.output
+
+    with session_scope(env["ISCO_DATABASE_URL"]) as s:
+        best = registry.best_model(s)
+        assert best is not None and best.status == "ready"
+        first, first_hash, model_dir = best.version, best.eval_data_hash, Path(best.path)
+        metrics = best.metrics
+    assert set(metrics) >= {"test", "devsets", "training", "promotion"}
+    assert metrics["test"]["n"] == 10  # 2 of 12 rows per group, 5 groups
+    dev = metrics["devsets"]["tiny_dev"]
+    assert dev["n"] == 3 and 0 <= dev["accuracy"] <= 1 and "coverage" in dev
+    assert metrics["training"]["preprocess"]["invalid_rows"] == 2
+    assert metrics["training"]["finetune"]["train_size"] == 40
+    for name in ("model.json", "labels.json", "metrics.json", "training.json", "preprocess.json"):
+        assert (model_dir / name).is_file(), name
+    report = Path(env["ISCO_DATA_DIR"]) / "runs" / first / "invalid_rows.csv"
+    assert "'99999' is not an ISCO-08 code" in report.read_text()
+
+    # The same data and recipe again: same evaluation data, an equal score does not replace the best.
+    again = _run(env, "train", "--data", env["DATA_CSV"])
+    assert again.exit_code == 0, again.output
+    with session_scope(env["ISCO_DATABASE_URL"]) as s:
+        versions = registry.list_versions(s)
+        assert len(versions) == 2 and versions[0].eval_data_hash == first_hash
+        assert registry.best_model(s).version == first  # type: ignore[union-attr]
+        assert "same evaluation data" in versions[0].metrics["promotion"]["reason"]
+
+    # Corrections fine-tune the best; the test split is the parent's, so the comparison is like for like.
+    fixes = tmp_path / "fixes"
+    fixes.mkdir()
+    (fixes / "batch1.csv").write_text(
+        "text,corrected_isco_code\nchef de partie,5120\nsous chef,5120\nbad code,12\n"
+    )
+    corrected = _run(env, "train", "--corrections", str(fixes))
+    assert corrected.exit_code == 0, corrected.output
+    with session_scope(env["ISCO_DATABASE_URL"]) as s:
+        newest = registry.list_versions(s)[0]
+        assert newest.status == "ready" and newest.parent_version == first
+        assert newest.eval_data_hash == first_hash
+        assert newest.metrics["corrections_fit"]["n"] == 2
+        composition = newest.metrics["training"]["composition"]
+        assert composition == {
+            "train_examples": 2 * 2 + 20,
+            "corrections": 2,
+            "replay": 20,
+            "correction_repeats": 2,
+        }
+
+    listed = _run(env, "models", "list")
+    assert listed.exit_code == 0 and first in listed.output
+    shown = _run(env, "models", "show", first)
+    assert shown.exit_code == 0 and json.loads(shown.output)["is_best"] is True
+
+    evaluated = _run(
+        env,
+        "evaluate",
+        "--data",
+        str(Path(env["ISCO_DEVSETS_DIR"]) / "tiny_dev.csv"),
+        "--output",
+        str(tmp_path / "eval.json"),
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads((tmp_path / "eval.json").read_text())["model_version"] == first
+
+
+def test_train_refuses_bad_input(env: dict[str, str], tmp_path: Path) -> None:
+    missing = _run(env, "train", "--data", str(tmp_path / "nope.csv"))
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("job_title,code\nnurse,2221\n")
+    result = _run(env, "train", "--data", str(bad))
+    assert result.exit_code == 2 and "missing column isco_code" in result.output
+    devset = Path(env["ISCO_DEVSETS_DIR"]) / "tiny_dev.csv"
+    result = _run(env, "train", "--data", str(devset))
+    assert result.exit_code == 2 and "refusing to train on a development set" in result.output
+    result = _run(env, "train", "--profile", "no-such-profile")
+    assert result.exit_code == 2 and "unknown profile" in result.output
+    result = _run(env, "train", "--corrections", str(tmp_path))
+    assert result.exit_code == 2 and "there is none" in result.output

@@ -1,0 +1,118 @@
+"""`isco predict`: the predict CSV contract (columns, extra columns kept, error cells, order)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from services.cli import build_app
+from shared import registry
+from shared.csvio import RESULT_COLUMNS
+from shared.db.session import session_scope
+from tests.tiny_model import build_tiny_model_dir
+
+CONTRACT = [
+    "isco_code",
+    "level",
+    "title",
+    "confidence",
+    "is_fallback",
+    "unit_code",
+    "unit_confidence",
+    "top_codes",
+    "top_confidences",
+]
+
+
+@pytest.fixture
+def env(tmp_path: Path, sqlite_url: str) -> dict[str, str]:
+    data_dir = tmp_path / "var"
+    model_dir = build_tiny_model_dir(data_dir / "models" / "tiny-1", version="tiny-1")
+    (model_dir / "metrics.json").write_text("{}")
+    with session_scope(sqlite_url) as s:
+        registry.create_pending(s, version="tiny-1", path=model_dir, base_model="tiny")
+        registry.mark_ready(s, "tiny-1", metrics={}, eval_score=0.1, eval_data_hash="h")
+        registry.promote(s, "tiny-1")
+    return {
+        "ISCO_ENV": "test",
+        "ISCO_DATA_DIR": str(data_dir),
+        "ISCO_DATABASE_URL": sqlite_url,
+        "ISCO_QUANTIZE": "none",
+        "COLUMNS": "200",
+    }
+
+
+def _predict(env: dict[str, str], *args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(build_app(), ["predict", *args], env=env, catch_exceptions=False)
+
+
+def _read(path: Path) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+
+
+def test_predict_csv_contract(env: dict[str, str], tmp_path: Path) -> None:
+    assert RESULT_COLUMNS == CONTRACT  # the contract outside checks rely on
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "id,Job Title,duties_description,isco_code\n"
+        "1,nurse,cares for patients,2221\n"
+        "2,,writes software,\n"
+        "3,,,\n"
+        "4,taxi driver,,8322\n"
+        "5,too,many,cells,here\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out.csv"
+    result = _predict(env, "--input", str(source), "--output", str(out), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "3 rows coded, 2 rows with errors" in result.output
+    rows = _read(out)
+    # Input columns as written (a clash with an output column gets input_), then the contract, then row_error.
+    assert rows[0] == ["id", "Job Title", "duties_description", "input_isco_code", *CONTRACT, "row_error"]
+    assert [r[0] for r in rows[1:]] == ["1", "2", "3", "4", "5"]  # every row, in order
+    col = {name: i for i, name in enumerate(rows[0])}
+    for row in (rows[1], rows[2], rows[4]):
+        assert row[col["row_error"]] == ""
+        assert len(row[col["unit_code"]]) == 4
+        assert row[col["level"]] in {"", "1", "2", "3", "4"}
+        assert row[col["is_fallback"]] in {"true", "false"}
+        top = row[col["top_codes"]].split("|")
+        confidences = [float(x) for x in row[col["top_confidences"]].split("|")]
+        assert len(top) == 5 and top[0] == row[col["unit_code"]]
+        assert confidences == sorted(confidences, reverse=True)
+        assert float(row[col["unit_confidence"]]) == pytest.approx(confidences[0], abs=1e-4)
+    assert rows[1][col["input_isco_code"]] == "2221"  # extra input columns are kept
+    empty = rows[3]
+    assert "job_title and duties_description are both empty" in empty[col["row_error"]]
+    assert all(empty[col[c]] == "" for c in CONTRACT)
+    assert "row has 5 fields" in rows[5][col["row_error"]]
+
+
+def test_predict_with_named_model_and_bad_input(env: dict[str, str], tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("job_title\nwelder\n")
+    out = tmp_path / "out.csv"
+    ok = _predict(env, "--input", str(source), "--output", str(out), "--model", "tiny-1", "--no-progress")
+    assert ok.exit_code == 0, ok.output
+    assert len(_read(out)) == 2
+
+    unknown = _predict(env, "--input", str(source), "--output", str(out), "--model", "v-nope")
+    assert unknown.exit_code == 2 and "no model version 'v-nope'" in unknown.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,code\nwelder,7212\n")
+    result = _predict(env, "--input", str(bad), "--output", str(out))
+    assert result.exit_code == 2 and "neither job_title nor duties_description" in result.output
+    missing = _predict(env, "--input", str(tmp_path / "nope.csv"), "--output", str(out))
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_predict_without_a_model(tmp_path: Path, sqlite_url: str) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("job_title\nwelder\n")
+    env = {"ISCO_ENV": "test", "ISCO_DATA_DIR": str(tmp_path / "var"), "ISCO_DATABASE_URL": sqlite_url}
+    result = _predict(env, "--input", str(source), "--output", str(tmp_path / "out.csv"))
+    assert result.exit_code == 2 and "isco train" in result.output

@@ -1,0 +1,176 @@
+"""Preprocessing: reading, validation with reasons, de-duplication and conflicts, DBSCAN checks, the split."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from services.trainer.preprocess import (
+    DataError,
+    Example,
+    OutlierConfig,
+    PreprocessConfig,
+    RawRow,
+    deduplicate,
+    detect_outliers,
+    prepare,
+    read_coded_csv,
+    read_corrections,
+    split,
+    validate,
+)
+
+
+def _row(title: str, code: str, source: str = "user", duties: str = "") -> RawRow:
+    return RawRow(title, duties, code, source, f"test:{title}")
+
+
+def _example(text: str, code: str, source: str = "user") -> Example:
+    return Example(text, code, source, text, "", f"test:{text}")
+
+
+def test_read_coded_csv_and_validation(tmp_path: Path) -> None:
+    path = tmp_path / "coded.csv"
+    path.write_text(
+        "Job Title;Duties Description;ISCO code\n"  # header names are matched ignoring case and spaces
+        "Staff  <b>Nurse</b>;Cares for patients;2221\n"
+        "soldier;;110\n"
+        "spreadsheet;;2512.0\n"
+        "unknown;;9999\n"
+        "minor group;;222\n"
+        ";;2221\n"
+        "words;;abc\n",
+        encoding="utf-8-sig",
+    )
+    rows = read_coded_csv(path)
+    assert [r.origin for r in rows][:2] == ["coded.csv:2", "coded.csv:3"]
+    valid, invalid = validate(rows)
+    assert [(e.text, e.code) for e in valid] == [
+        ("staff nurse : cares for patients", "2221"),
+        ("soldier", "0110"),
+        ("spreadsheet", "2512"),
+    ]
+    reasons = {r.origin: r.reason for r in invalid}
+    assert reasons == {
+        "coded.csv:5": "isco_code: '9999' is not an ISCO-08 code",
+        "coded.csv:6": "isco_code: '222' is a minor group; a 4-digit unit group is required",
+        "coded.csv:7": "job_title and duties_description are both empty",
+        "coded.csv:8": "isco_code: 'abc' is not numeric",
+    }
+
+
+def test_read_errors_name_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("job_title,code\nnurse,2221\n")
+    with pytest.raises(DataError, match="bad.csv: missing column isco_code"):
+        read_coded_csv(path)
+    path.write_text("name,isco_code\nnurse,2221\n")
+    with pytest.raises(DataError, match="job_title and/or duties_description"):
+        read_coded_csv(path)
+    path.write_bytes("job_title,isco_code\ncaf\xe9,2221\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8.*line 2"):
+        read_coded_csv(path)
+    with pytest.raises(DataError, match="file not found"):
+        read_coded_csv(tmp_path / "missing.csv")
+
+
+def test_read_corrections_both_layouts(tmp_path: Path) -> None:
+    folder = tmp_path / "fixes"
+    folder.mkdir()
+    (folder / "a.csv").write_text("job_title,duties_description,corrected_isco_code\nnurse,,2221\n")
+    (folder / "b.csv").write_text("text,corrected_isco_code\nwelder : joins metal,7212\n")
+    rows = read_corrections(folder)
+    assert [(r.job_title, r.isco_code, r.source, r.origin) for r in rows] == [
+        ("nurse", "2221", "correction", "a.csv:2"),
+        ("welder : joins metal", "7212", "correction", "b.csv:2"),
+    ]
+    (folder / "c.csv").write_text("text,isco_code\nx,1111\n")
+    with pytest.raises(DataError, match="c.csv: missing column corrected_isco_code"):
+        read_corrections(folder)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no .csv files"):
+        read_corrections(tmp_path / "empty")
+    with pytest.raises(DataError, match="file not found"):
+        read_corrections(tmp_path / "missing.csv")
+
+
+def test_deduplicate_resolves_conflicts_by_source_then_majority() -> None:
+    examples = [
+        _example("nurse", "2221", "esco_title"),
+        _example("nurse", "2221", "esco_title"),  # exact duplicate
+        _example("nurse", "3221", "esco_title"),
+        _example("cook", "5120", "esco_title"),
+        _example("cook", "9411", "esco_title"),
+        _example("cook", "9411", "user"),  # a user's record beats the corpus
+        _example("chef", "3434", "user"),
+        _example("chef", "5120", "correction"),  # a correction beats everything
+    ]
+    kept, duplicates, conflicts = deduplicate(examples)
+    assert {(e.text, e.code) for e in kept} == {("nurse", "2221"), ("cook", "9411"), ("chef", "5120")}
+    assert duplicates == 2  # the second nurse/2221 and the second cook/9411
+    assert {(c["text"], c["dropped_code"]) for c in conflicts} == {
+        ("nurse", "3221"),
+        ("cook", "5120"),
+        ("chef", "3434"),
+    }
+    kept_all, _, conflicts_none = deduplicate(examples, resolve_conflicts=False)
+    assert len(kept_all) == 6 and conflicts_none == []
+
+
+def test_dbscan_flags_inconsistent_labels_and_outliers() -> None:
+    examples = [_example(f"registered nurse ward {i}", "2221") for i in range(5)]
+    examples.append(_example("registered nurse ward 5", "7212"))  # same cluster, another label
+    examples += [_example(f"software developer web {i}", "2512") for i in range(5)]
+    examples.append(_example("deep sea fishing boat", "2512"))  # nothing like the rest of its group
+    config = OutlierConfig(duplicate_eps=0.5, class_eps=0.8, min_samples=3, min_group_examples=5)
+    findings = detect_outliers(examples, config)
+    kinds = {(f["kind"], examples[f["index"]].text) for f in findings}
+    assert ("inconsistent_label", "registered nurse ward 5") in kinds
+    assert ("class_outlier", "deep sea fishing boat") in kinds
+    assert not any(examples[f["index"]].text.startswith("software developer") for f in findings)
+    assert detect_outliers(examples, OutlierConfig(enabled=False)) == []
+
+
+def test_split_is_stratified_stable_and_keeps_singletons_in_train() -> None:
+    config = PreprocessConfig(val_fraction=0.2, test_fraction=0.2)
+    examples = [_example(f"nurse {i}", "2221") for i in range(20)]
+    examples += [_example(f"cook {i}", "5120") for i in range(10)]
+    examples += [_example("lone astronomer", "2111"), _example("pair a", "2113"), _example("pair b", "2113")]
+    examples += [_example("fixed nurse", "2221", "correction")]
+    train, val, test = split(examples, config)
+    by_split = {
+        name: [e.code for e in part] for name, part in (("train", train), ("val", val), ("test", test))
+    }
+    assert by_split["test"].count("2221") == 4 and by_split["val"].count("2221") == 4
+    assert by_split["test"].count("5120") == 2 and by_split["val"].count("5120") == 2
+    assert "2111" not in by_split["test"] + by_split["val"]  # singleton -> train
+    assert by_split["train"].count("2113") == 2  # too small to split
+    assert any(e.source == "correction" for e in train)
+    # Adding records elsewhere does not move existing records between splits.
+    more = examples + [_example(f"welder {i}", "7212") for i in range(10)]
+    train2, val2, test2 = split(more, config)
+    assert {e.text for e in test} <= {e.text for e in test2}
+    assert {e.text for e in val} <= {e.text for e in val2}
+
+
+def test_prepare_reports_everything(tmp_path: Path) -> None:
+    rows = [_row(f"nurse {i}", "2221") for i in range(10)] + [_row(f"cook {i}", "5120") for i in range(10)]
+    rows += [_row("nurse 1", "5120"), _row("", "2221"), _row("x", "12345")]
+    prepared = prepare(rows, PreprocessConfig(outliers=OutlierConfig(min_group_examples=5)))
+    assert prepared.stats["invalid_rows"] == 2
+    assert prepared.stats["conflicting_labels_dropped"] == 1
+    assert len(prepared.train) + len(prepared.val) + len(prepared.test) == 20
+    assert len(prepared.data_hash) == 64 and prepared.eval_data_hash != prepared.data_hash
+    paths = prepared.write_reports(tmp_path / "reports")
+    with paths["invalid_rows"].open() as f:
+        invalid = list(csv.DictReader(f))
+    assert [r["reason"] for r in invalid] == [
+        "job_title and duties_description are both empty",
+        "isco_code: '12345' is not an ISCO-08 code",
+    ]
+    assert paths["summary"].is_file() and paths["conflicts"].is_file() and paths["outliers"].is_file()
+    # Same input, same hashes (the split is deterministic).
+    again = prepare(rows, PreprocessConfig(outliers=OutlierConfig(min_group_examples=5)))
+    assert again.eval_data_hash == prepared.eval_data_hash
