@@ -65,7 +65,7 @@ class PredictorConfig(BaseModel):
     batch_size: int = Field(64, ge=1, le=4096, description="texts per forward pass")
     cache_size: int = Field(20_000, ge=0, description="LRU entries of text -> probabilities; 0 disables")
     thresholds: Thresholds = Field(
-        default_factory=Thresholds, description="defaults when a request gives none"
+        default_factory=lambda: Thresholds(), description="defaults when a request gives none"
     )
 
     @classmethod

@@ -85,8 +85,8 @@ def presented_key(request: Request) -> str | None:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    value = request.headers.get("x-api-key")
-    return value.strip() if value and value.strip() else None
+    header = request.headers.get("x-api-key")
+    return header.strip() if header and header.strip() else None
 
 
 class KeyCache:

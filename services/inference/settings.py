@@ -1,4 +1,4 @@
-"""Inference service settings (env prefix ISCO_). The predictor fields match shared.predictor.PredictorConfig."""
+"""Inference service settings (env prefix ISCO_); the predictor fields match PredictorConfig."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ from shared.settings import CommonSettings
 class InferenceSettings(CommonSettings):
     """The model service: which model, how to run it, how to batch."""
 
-    model_dir: Path | None = Field(None, description="serve this model directory; default: the registry's best")
-    reload_interval_s: float = Field(30.0, ge=0, description="poll the registry for a new best model (0: never)")
+    model_dir: Path | None = Field(
+        None, description="serve this model directory; default: the registry's best"
+    )
+    reload_interval_s: float = Field(
+        30.0, ge=0, description="poll the registry for a new best model (0: never)"
+    )
     # shared.predictor.PredictorConfig
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     backend: Literal["torch", "onnx"] = Field("torch", description="torch, or ONNX Runtime on CPU")
@@ -23,7 +27,9 @@ class InferenceSettings(CommonSettings):
     torch_threads: int | None = Field(None, ge=1, description="default: the CPUs this process may use")
     batch_size: int = Field(64, ge=1, description="texts per forward pass")
     cache_size: int = Field(20_000, ge=0, description="LRU entries of text -> probabilities")
-    thresholds: Thresholds = Field(default_factory=Thresholds, description="default per-level thresholds")
+    thresholds: Thresholds = Field(
+        default_factory=lambda: Thresholds(), description="default per-level thresholds"
+    )
     # micro-batching
     batch_wait_ms: float = Field(2.0, ge=0, description="longest wait for more concurrent requests")
     max_batch_records: int = Field(512, ge=1, description="records gathered into one model call at most")
