@@ -323,7 +323,7 @@ class OnnxScorer:
 
     @staticmethod
     def export(model: Any, model_dir: Path, quantize: str) -> Path:
-        """Export once to <model_dir>/onnx/embed[.int8].onnx; written under a temporary name, then renamed."""
+        """Export once to <model_dir>/onnx/ (written under a temporary name, then renamed)."""
         import tempfile
 
         import torch
@@ -335,7 +335,7 @@ class OnnxScorer:
         except OSError:  # read-only model store: export per process
             out_dir = Path(tempfile.mkdtemp(prefix="isco-onnx-"))
         fp32 = out_dir / "embed.onnx"
-        target = out_dir / ("embed.int8.onnx" if quantize == "int8" else "embed.onnx")
+        target = out_dir / ("embed.int8-per-channel.onnx" if quantize == "int8" else "embed.onnx")
         if target.exists():
             return target
         if not fp32.exists():
@@ -373,7 +373,7 @@ class OnnxScorer:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             tmp = out_dir / f"embed.int8.onnx.tmp{os.getpid()}"
-            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
             tmp.replace(target)
         return target
 
@@ -409,14 +409,24 @@ class OnnxScorer:
 
 
 def load_scorer(model_dir: Path, config: PredictorConfig) -> Scorer:
-    """The scorer the config asks for. ONNX and int8 are CPU paths; on CUDA the torch scorer uses autocast."""
+    """The scorer the config asks for. ONNX and int8 are CPU paths; on CUDA the torch scorer uses autocast.
+
+    int8 on torch: dynamic quantisation of the encoder's linear layers with per-output-channel weight scales
+    (per-tensor scales lose more accuracy on MiniLM for the same speed); the cosine head stays fp32.
+    """
     if config.backend == "onnx":
         return OnnxScorer(model_dir, quantize=config.quantize, threads=config.torch_threads)
     from shared.modeling import UnitScorer
 
-    return UnitScorer.load(
-        model_dir, device=config.device, quantize=config.quantize, threads=config.torch_threads
-    )
+    scorer = UnitScorer.load(model_dir, device=config.device, quantize="none", threads=config.torch_threads)
+    if config.quantize == "int8" and scorer.device.type == "cpu":
+        import torch
+        from torch.ao.quantization import per_channel_dynamic_qconfig
+
+        scorer.model = torch.ao.quantization.quantize_dynamic(
+            scorer.model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
+        )
+    return scorer
 
 
 # ----------------------------------------------------------------------------------------------------
