@@ -318,6 +318,18 @@ def test_make_run_serves_and_stops_cleanly(
         rows = result.text.strip().splitlines()
         assert len(rows) == 3 and "isco_code" in rows[0] and rows[1].count(",") >= 3
 
+    # The transcript script that README and the deployment notes use works against the same system.
+    smoke = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "smoke.sh"), base_url, key],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "SMOKE_TIMEOUT_S": "120"},
+    )
+    assert smoke.returncode == 0, smoke.stdout[-3000:] + smoke.stderr[-3000:]
+    assert "job_title,duties_description,ref,isco_code" in smoke.stdout
+    assert key not in smoke.stdout, "the transcript must not print the API key"
+
     assert run.stop() == 0
     assert "stopped" in run.output.splitlines()[-1]
     pids = run.child_pids()
