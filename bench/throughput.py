@@ -239,7 +239,7 @@ def _free_port() -> int:
 
 @contextmanager
 def running_services(model_dir: Path, config: dict[str, str], threads: int) -> Any:
-    """Inference service and gateway as uvicorn processes; yields (gateway URL, API key)."""
+    """Inference service and gateway as uvicorn processes; yields (gateway URL, inference URL, API key)."""
     import httpx
 
     from services.gateway.auth import create_api_key
@@ -306,7 +306,7 @@ def running_services(model_dir: Path, config: dict[str, str], threads: int) -> A
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError("services did not become ready")
             time.sleep(0.3)
-        yield gateway, key
+        yield gateway, f"http://127.0.0.1:{inf_port}", key
     finally:
         for p in procs:
             p.terminate()
@@ -329,15 +329,23 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 
 async def _load(
-    gateway: str, key: str, records: list[JobRecord], clients: int, per_client: int
+    base_url: str, key: str, records: list[JobRecord], clients: int, per_client: int, direct: bool = False
 ) -> dict[str, Any]:
+    """`clients` concurrent clients, each sending `per_client` single-record requests one after another.
+    direct: POST /v1/predict on the inference service instead of /predict/job on the gateway."""
     import httpx
+
+    path = "/v1/predict" if direct else "/predict/job"
+
+    def body(record: JobRecord) -> dict[str, Any]:
+        fields = record.model_dump(exclude_none=True)
+        return {"records": [fields]} if direct else fields
 
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(
-        base_url=gateway, headers={"X-API-Key": key}, limits=limits, timeout=60
+        base_url=base_url, headers={"X-API-Key": key}, limits=limits, timeout=60
     ) as client:
 
         async def worker(index: int) -> None:
@@ -345,12 +353,12 @@ async def _load(
             for i in range(per_client):
                 record = records[(index * per_client + i) % len(records)]
                 started = time.perf_counter()
-                r = await client.post("/predict/job", json=record.model_dump(exclude_none=True))
+                r = await client.post(path, json=body(record))
                 latencies.append(time.perf_counter() - started)
                 errors += r.status_code != 200
 
         for i in range(min(10, len(records))):  # warm-up: connections, first forward passes
-            await client.post("/predict/job", json=records[i].model_dump(exclude_none=True))
+            await client.post(path, json=body(records[i]))
         started = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(clients)))
         elapsed = time.perf_counter() - started
@@ -365,10 +373,16 @@ async def _load(
 def gateway_latency(
     model_dir: Path, config: dict[str, str], threads: int, records: list[JobRecord], requests: int
 ) -> dict[str, Any]:
-    with running_services(model_dir, config, threads) as (gateway, key):
+    with running_services(model_dir, config, threads) as (gateway, inference, key):
+        direct = asyncio.run(_load(inference, key, records, 1, requests, direct=True))
         single = asyncio.run(_load(gateway, key, records, 1, requests))
         concurrent = asyncio.run(_load(gateway, key, records, 16, max(1, requests * 2 // 16)))
-    return {"1 client": single, "16 clients": concurrent, "inference_config": config}
+    return {
+        "1 client": single,
+        "16 clients": concurrent,
+        "inference direct, 1 client": direct,
+        "inference_config": config,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -508,10 +522,10 @@ def print_table(results: dict[str, Any]) -> None:
     lat = results.get("gateway_latency")
     if lat:
         print(f"\nPOST /predict/job through the gateway ({lat['inference_config']}):")
-        for name in ("1 client", "16 clients"):
+        for name in ("1 client", "16 clients", "inference direct, 1 client"):
             r = lat[name]
             print(
-                f"  {name:<11} p50 {r['p50_ms']:6.1f} ms   p99 {r['p99_ms']:6.1f} ms   "
+                f"  {name:<28} p50 {r['p50_ms']:6.1f} ms   p99 {r['p99_ms']:6.1f} ms   "
                 f"{r['records_per_s']:6.1f} req/s   errors {r['errors']}"
             )
 
