@@ -6,8 +6,9 @@ DB; train the quick model if none is registered (once: later runs reuse it); use
 the gateway and one Celery worker from the Procfile and supervise them; print the URL, the docs URL and a dev
 API key. Ctrl-C or SIGTERM stops everything; if any process dies, the rest are stopped too.
 
-Environment: PORT (gateway port, default 8000), HOST (gateway bind address, default 127.0.0.1), ISCO_API_KEY
-(registered as a valid key at start-up), ISCO_TRAIN_PROFILE (default quick), and every ISCO_* setting.
+Environment: PORT (gateway port, default 8000), ISCO_GATEWAY_HOST (its bind address, default 127.0.0.1),
+ISCO_API_KEY (registered as a valid key at start-up), ISCO_TRAIN_PROFILE (default quick), and every ISCO_*
+setting.
 """
 
 from __future__ import annotations
@@ -534,7 +535,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"), help="gateway bind address")
+    parser.add_argument(
+        "--host", default=os.environ.get("ISCO_GATEWAY_HOST", "127.0.0.1"), help="gateway bind address"
+    )
     parser.add_argument(
         "--train-profile", default=os.environ.get("ISCO_TRAIN_PROFILE", "quick"), help="profile when training"
     )
