@@ -328,7 +328,13 @@ def training_estimate_minutes() -> float:
     return QUICK_TRAIN_MINUTES_2_CORES * 2 / max(1, min(cores, 8))
 
 
-def train_quick_model(console: Console, env: dict[str, str], stop: threading.Event, profile: str) -> None:
+def train_quick_model(
+    console: Console,
+    env: dict[str, str],
+    stop: threading.Event,
+    profile: str,
+    command: list[str] | None = None,
+) -> None:
     """`isco train --profile quick` in the foreground; its own progress bars go straight to the terminal."""
     minutes = training_estimate_minutes()
     console.say(
@@ -336,16 +342,27 @@ def train_quick_model(console: Console, env: dict[str, str], stop: threading.Eve
         f"{minutes:.0f} minutes on this machine and happens once; later runs reuse the model."
     )
     started = time.monotonic()
-    proc = subprocess.Popen([venv_tool("isco"), "train", "--profile", profile], cwd=REPO_ROOT, env=env)
-    while proc.poll() is None:
-        if stop.wait(0.5):
-            console.say("stopping training")
-            proc.terminate()
+    # Its own process group, so that stopping reaches the trainer's helper processes too.
+    proc = subprocess.Popen(
+        command or [venv_tool("isco"), "train", "--profile", profile],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        while proc.poll() is None:
+            if stop.wait(0.5):
+                console.say("stopping training")
+                raise KeyboardInterrupt
+    finally:
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
             try:
                 proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                proc.kill()
-            raise KeyboardInterrupt
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(timeout=5)
     if proc.returncode != 0:
         raise StartupError(f"training failed (exit code {proc.returncode}); see the output above")
     console.say(f"model trained in {(time.monotonic() - started) / 60:.1f} minutes")

@@ -31,6 +31,7 @@ from services.run import (
     read_procfile,
     redis_answers,
     redis_server_binary,
+    train_quick_model,
 )
 from shared.settings import REPO_ROOT, CommonSettings
 from tests.conftest import REDIS_URL
@@ -174,6 +175,34 @@ def test_a_dead_child_fails_startup_waits(console: Console) -> None:
     with pytest.raises(StartupError, match="crasher exited with code 3"):
         supervisor.wait_until("never", lambda: False, timeout=10)
     supervisor.stop_all(timeout=1)
+
+
+def test_training_step_reports_and_fails_clearly(console: Console) -> None:
+    stop = threading.Event()
+    ok = [sys.executable, "-c", "print('epoch 1/1')"]
+    train_quick_model(console, dict(os.environ), stop, "quick", command=ok)
+    said = console.stream.getvalue()  # type: ignore[attr-defined]
+    assert (
+        "training one with the `quick` profile" in said and "minutes" in said and "model trained in" in said
+    )
+    with pytest.raises(StartupError, match="training failed \\(exit code 4\\)"):
+        train_quick_model(console, dict(os.environ), stop, "quick", command=[sys.executable, "-c", "exit(4)"])
+
+
+def test_stopping_during_training_ends_the_trainer(console: Console, tmp_path: Path) -> None:
+    stop = threading.Event()
+    pid_file = tmp_path / "pid"
+    trainer = [
+        sys.executable,
+        "-c",
+        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)",
+    ]
+    threading.Timer(1.0, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        train_quick_model(console, dict(os.environ), stop, "quick", command=trainer)
+    assert time.monotonic() - started < 15
+    assert not _alive(int(pid_file.read_text()))
 
 
 # ------------------------------------------------------------------------------------------------ end to end
