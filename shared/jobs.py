@@ -16,10 +16,10 @@ import secrets
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.tables import Job, JobStatus, utcnow
@@ -150,11 +150,14 @@ def transition(
 ) -> bool:
     """Move a job to `to` only if it is in one of `only_from` (one conditional UPDATE, so a cancel and a
     worker finishing at the same moment cannot overwrite each other). True when the row changed."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_([str(s) for s in only_from]))
-        .values(status=str(to), **values)
-        .execution_options(synchronize_session=False)
+    result = cast(
+        CursorResult[Any],
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_([str(s) for s in only_from]))
+            .values(status=str(to), **values)
+            .execution_options(synchronize_session=False)
+        ),
     )
     session.flush()
     return bool(result.rowcount)

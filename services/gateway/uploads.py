@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import anyio
 from fastapi import HTTPException, Request
@@ -155,7 +155,7 @@ async def receive_csv(request: Request, dest: Path, *, max_bytes: int) -> Receiv
     dest.parent.mkdir(parents=True, exist_ok=True)
     out = await anyio.to_thread.run_sync(open, dest, "wb")
     receiver = _Receiver(out, max_bytes)
-    parser = MultipartParser(params[b"boundary"], receiver.callbacks())
+    parser = MultipartParser(params[b"boundary"], cast(Any, receiver.callbacks()))
     layout: csvio.CsvLayout | None = None
     ok = False
     try:

@@ -15,6 +15,7 @@ chunk) keeps a redelivered task from running a job whose first worker is still a
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -26,10 +27,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import update
+from sqlalchemy import CursorResult, update
 from sqlalchemy.orm import Session
 
 from services.worker.settings import WorkerSettings
@@ -171,12 +172,12 @@ class JobFormat:
 
     def render(self, rows: Sequence[InputRow], outcomes: Sequence[Prediction | str]) -> str:
         if self.layout is not None:
-            out = _StringSink()
+            out = io.StringIO()
             w = csvio.writer(out, self.layout.delimiter)
             for row, outcome in zip(rows, outcomes, strict=True):
                 assert row.cells is not None
                 w.writerow(csvio.result_row(row.cells, outcome))
-            return out.text()
+            return out.getvalue()
         lines = []
         for row, outcome in zip(rows, outcomes, strict=True):
             if isinstance(outcome, str):
@@ -184,18 +185,6 @@ class JobFormat:
             else:
                 lines.append(outcome.model_copy(update={"id": row.record.get("id")}).model_dump_json())
         return "\n".join(lines) + "\n" if lines else ""
-
-
-class _StringSink:
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-
-    def write(self, s: str) -> int:
-        self.parts.append(s)
-        return len(s)
-
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 def chunks(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
@@ -395,15 +384,18 @@ class JobProcessor:
             outcomes = code_rows(chunk, predictor, options, memo)
             write_atomically(jobs.part_path(self.settings, job.id, index), fmt.render(chunk, outcomes))
             failed = sum(1 for o in outcomes if isinstance(o, str))
-            advanced = session.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.status == JobStatus.running, Job.chunks_done == index)
-                .values(
-                    chunks_done=index + 1,
-                    rows_done=Job.rows_done + len(chunk),
-                    rows_failed=Job.rows_failed + failed,
-                )
-                .execution_options(synchronize_session=False)
+            advanced = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job.id, Job.status == JobStatus.running, Job.chunks_done == index)
+                    .values(
+                        chunks_done=index + 1,
+                        rows_done=Job.rows_done + len(chunk),
+                        rows_failed=Job.rows_failed + failed,
+                    )
+                    .execution_options(synchronize_session=False)
+                ),
             ).rowcount
             session.commit()
             ran += 1

@@ -35,9 +35,9 @@ class WorkerSettings(JobSettings):
     )
     batch_size: int = Field(64, ge=1, le=4096)
     cache_size: int = Field(20_000, ge=0)
-    thresholds: Thresholds = Field(default_factory=Thresholds)
+    thresholds: Thresholds = Field(default_factory=lambda: Thresholds())
     job_memo_entries: int = Field(
-        100_000, ge=0, description="results remembered per job for repeated (title, duties) pairs"
+        20_000, ge=0, description="results remembered per job for repeated (title, duties) pairs"
     )
     retry_max: int = Field(
         5, ge=0, description="retries of a job task after a transient error (DB, Redis, disk)"

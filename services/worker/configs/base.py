@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from kombu import Queue
 
-from services.worker.constants import QUEUE_CPU, QUEUE_GPU, QUEUE_TRAINING, TASK_PROCESS_JOB, TASK_TRAIN
+from services.worker.constants import (
+    QUEUE_CPU,
+    QUEUE_GPU,
+    QUEUE_TRAINING,
+    TASK_PROCESS_JOB,
+    TASK_SWEEP_EXPIRED,
+    TASK_TRAIN,
+)
 from services.worker.settings import WorkerSettings
 
 _settings = WorkerSettings()
@@ -37,9 +44,15 @@ task_create_missing_queues = True
 
 # A job task hands over after the soft limit (it re-queues itself and resumes from its last chunk);
 # the hard limit ends a task that ignores the soft one.
-task_soft_time_limit = _settings.celery_task_soft_time_limit_s
+task_soft_time_limit: float | None = _settings.celery_task_soft_time_limit_s
 task_time_limit = _settings.celery_task_soft_time_limit_s + 120
 
 worker_concurrency = _settings.worker_concurrency
 worker_hijack_root_logger = False
 worker_send_task_events = False
+
+# Workers also sweep after every job; with `celery -A services.worker.celery_app beat` expired files go hourly
+# even when no jobs run.
+beat_schedule = {
+    "sweep-expired-jobs": {"task": TASK_SWEEP_EXPIRED, "schedule": 3600.0, "options": {"queue": QUEUE_CPU}}
+}
