@@ -211,9 +211,13 @@ async def predict_csv(
         raise csv_error(exc) from None
     partial.replace(final)
     options = _options(top_k, thresholds) | {"filename": received.filename, "bytes": received.size}
-    job = await run_in_threadpool(
-        _create, request, settings, job_id, "csv", principal, final, report.rows, options
-    )
+    try:
+        job = await run_in_threadpool(
+            _create, request, settings, job_id, "csv", principal, final, report.rows, options
+        )
+    except Exception:
+        final.unlink(missing_ok=True)  # no row points at it: nothing would ever delete it
+        raise
     await run_in_threadpool(_enqueue_committed, request, settings, job)
     log.info("csv job %s queued: %d rows, %d bytes", job_id, report.rows, received.size)
     return _accepted(request, job, settings)
