@@ -311,6 +311,31 @@ def test_inference_down_is_503_not_500(sqlite_url: str, tmp_path: Path) -> None:
         assert ready.status_code == 503 and ready.json()["database"] == "ok"
 
 
+def test_connection_errors_are_retried(sqlite_url: str, tmp_path: Path) -> None:
+    """The inference service comes up while the gateway is retrying: the request succeeds."""
+    import threading
+
+    model_dir = build_tiny_model_dir(tmp_path / "model", "tiny-late")
+    port = free_port()
+    inference_settings = InferenceSettings(
+        env="test", data_dir=tmp_path / "inf", model_dir=model_dir, quantize="none", reload_interval_s=0
+    )
+    late = ServerThread(create_inference_app(inference_settings), port=port)
+    starter = threading.Timer(0.3, late.__enter__)
+    settings = gateway_settings(
+        sqlite_url, tmp_path, f"http://127.0.0.1:{port}", auth_disabled=True, inference_retries=5
+    )
+    with TestClient(create_app(settings)) as c:
+        starter.start()
+        try:
+            r = c.post("/predict/job", json={"job_title": "nurse"})
+            assert r.status_code == 200, r.text
+            assert r.json()["model_version"] == "tiny-late"
+        finally:
+            starter.join()
+            late.__exit__(None, None, None)
+
+
 def test_ready_and_metrics(client: TestClient) -> None:
     ready = client.get("/ready")
     assert ready.status_code == 200 and ready.json()["model_version"] == "tiny-gw"
