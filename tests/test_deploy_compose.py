@@ -26,7 +26,7 @@ ENV_EXAMPLE = REPO_ROOT / ".env.example"
 DOCKER_DIR = REPO_ROOT / "infra" / "docker"
 NGINX_TEMPLATE = REPO_ROOT / "infra" / "nginx" / "templates" / "default.conf.template"
 REQUIRED_SERVICES = set(
-    "redis postgres migrate inference gateway worker worker-gpu trainer nginx flower".split()
+    "redis postgres migrate inference gateway worker beat worker-gpu trainer nginx flower".split()
 )
 # ARCHITECTURE.md: "Shared volume: model store, uploads, results" for every service that touches them.
 SHARED_VOLUME_SERVICES = {"inference", "gateway", "worker", "worker-gpu", "trainer"}
