@@ -81,14 +81,27 @@ def test_coverage_unit_only(metrics: dict) -> None:
 
 
 def test_coverage_with_fallback(metrics: dict) -> None:
-    # t=.62: r0, r4 at 4 digits (right), r3 at 3 digits (111, right) -> 3/5 at precision 1;
-    # t=.5 adds r1 (111 right) and r2 (111 wrong) -> 4/5 = .8 precision, below every target.
+    # 3-digit (best minor group) confidences .90 .50 .50 .66 .72, right T T F T T.
+    # t4=.62 codes r0, r4 at 4 digits (right); of the rest (.66 T, .50 T, .50 F) the prefix .66 keeps
+    # precision 1 and the tied .50 pair drops it to 4/5: 3 of 5 coded. No t4 does better (t4=.72 and no
+    # 4-digit answers at all also reach 3/5, with fewer 4-digit answers).
     cov = metrics["coverage"]["0.90"]["with_fallback"]
     assert cov["coverage"] == pytest.approx(0.6)
     assert cov["coverage_unit"] == pytest.approx(0.4)
     assert cov["coverage_minor"] == pytest.approx(0.2)
-    assert cov["threshold"] == pytest.approx(0.62)
+    assert cov["threshold_unit"] == pytest.approx(0.62)
+    assert cov["threshold_minor"] == pytest.approx(0.66)
     assert cov["precision"] == pytest.approx(1.0)
+
+
+def test_fallback_never_covers_less_than_unit_only() -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(4, 0.3), size=200)
+    gold = [CODES[i] for i in rng.integers(0, 4, size=200)]
+    m = compute_metrics(probs, CODES, gold)
+    for target in ("0.90", "0.95", "0.99"):
+        entry = m["coverage"][target]
+        assert entry["with_fallback"]["coverage"] >= entry["unit_only"]["coverage"]
 
 
 def test_coverage_respects_ties() -> None:

@@ -10,8 +10,9 @@ Definitions (each checked on hand-computed examples in tests/test_evaluate.py):
 - error rate per major group: 1 - 4-digit accuracy among records whose gold code is in that major group.
 - ECE: expected calibration error of the top-1 confidence, equal-width bins.
 - coverage at precision p: the largest share of records that can be auto-coded at 4 digits with precision
-  >= p by a threshold on the top-1 confidence; "with fallback": one threshold t, a record is coded at 4 digits
-  when its unit confidence >= t, else at 3 digits when its minor-group confidence >= t, else left to a human.
+  >= p by a threshold on the top-1 confidence; "with fallback": thresholds t4, t3 (as the predictor's unit and
+  minor thresholds): a record is coded at 4 digits when its unit confidence >= t4, else at 3 digits when its
+  best minor group's confidence >= t3, else left to a human; the best pair is reported with its thresholds.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from shared.taxonomy import InvalidCode, get_taxonomy
 
 PRECISION_TARGETS = (0.90, 0.95, 0.99)
-MAX_THRESHOLDS = 4000  # candidate thresholds scanned for coverage curves (quantiles beyond this)
+MAX_FALLBACK_THRESHOLDS = 512  # 4-digit thresholds scanned for the fallback policy (quantiles beyond this)
 
 
 class EvalDataError(ValueError):
@@ -94,43 +95,54 @@ def _coverage_at_precision(conf: np.ndarray, correct: np.ndarray, target: float)
 def _coverage_with_fallback(
     conf4: np.ndarray, correct4: np.ndarray, conf3: np.ndarray, correct3: np.ndarray, target: float
 ) -> dict[str, float | None]:
-    """Best coverage for one threshold t: 4 digits if conf4 >= t, else 3 digits if conf3 >= t."""
+    """Best coverage for a threshold pair: 4 digits if conf4 >= t4, else 3 digits if conf3 >= t3.
+
+    For each candidate t4 the 3-digit answers are the remaining records in order of minor-group confidence,
+    and the longest prefix that keeps precision >= target is taken. Coverage ties go to more 4-digit answers.
+    """
     n = len(conf4)
-    empty: dict[str, float | None] = {
+    best: dict[str, float | None] = {
         "coverage": 0.0,
         "coverage_unit": 0.0,
         "coverage_minor": 0.0,
-        "threshold": None,
+        "threshold_unit": None,
+        "threshold_minor": None,
         "precision": None,
     }
     if n == 0:
-        return empty
-    candidates = np.unique(np.concatenate([conf4, conf3]))
-    if len(candidates) > MAX_THRESHOLDS:
-        candidates = np.unique(np.quantile(candidates, np.linspace(0, 1, MAX_THRESHOLDS)))
-    best = empty
-    best_cov = -1.0
-    # Chunks of thresholds keep the (thresholds x records) matrices small.
-    for start in range(0, len(candidates), 256):
-        t = candidates[start : start + 256, None]
-        at4 = conf4[None, :] >= t
-        at3 = ~at4 & (conf3[None, :] >= t)
-        answered = (at4 | at3).sum(1)
-        right = (at4 & correct4[None, :]).sum(1) + (at3 & correct3[None, :]).sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            precision = np.where(answered > 0, right / np.maximum(answered, 1), 0.0)
-        ok = np.flatnonzero((answered > 0) & (precision >= target - 1e-12))
-        for j in ok:
-            cov = answered[j] / n
-            if cov > best_cov:
-                best_cov = cov
-                best = {
-                    "coverage": float(cov),
-                    "coverage_unit": float(at4[j].sum() / n),
-                    "coverage_minor": float(at3[j].sum() / n),
-                    "threshold": float(t[j, 0]),
-                    "precision": float(precision[j]),
-                }
+        return best
+    candidates = np.unique(conf4)
+    if len(candidates) > MAX_FALLBACK_THRESHOLDS:
+        candidates = np.unique(np.quantile(conf4, np.linspace(0, 1, MAX_FALLBACK_THRESHOLDS)))
+    best_key = (-1, -1)
+    for t4 in [np.inf, *candidates]:
+        at4 = conf4 >= t4
+        n4, h4 = int(at4.sum()), int(correct4[at4].sum())
+        rest = np.flatnonzero(~at4)
+        order = rest[np.argsort(-conf3[rest], kind="stable")]
+        sorted3 = conf3[order]
+        counts = n4 + np.arange(1, len(order) + 1)
+        precision = (h4 + np.cumsum(correct3[order])) / counts
+        last_of_run = np.append(sorted3[1:] != sorted3[:-1], True) if len(order) else np.zeros(0, dtype=bool)
+        ok = np.flatnonzero(last_of_run & (precision >= target - 1e-12))
+        if len(ok):
+            k = int(ok[-1])
+            answered, t3, prec = n4 + k + 1, float(sorted3[k]), float(precision[k])
+        elif n4 and h4 / n4 >= target - 1e-12:
+            answered, t3, prec = n4, None, h4 / n4
+        else:
+            continue
+        key = (answered, n4)
+        if key > best_key:
+            best_key = key
+            best = {
+                "coverage": answered / n,
+                "coverage_unit": n4 / n,
+                "coverage_minor": (answered - n4) / n,
+                "threshold_unit": None if np.isinf(t4) else float(t4),
+                "threshold_minor": t3,
+                "precision": prec,
+            }
     return best
 
 
@@ -352,7 +364,7 @@ def _fmt_cov(m: dict[str, Any], key: str, kind: str) -> str:
     entry = m.get("coverage", {}).get(key, {}).get(kind)
     if not entry:
         return "-"
-    if kind == "with_fallback" and entry.get("threshold") is not None:
+    if kind == "with_fallback" and entry.get("coverage"):
         return f"{entry['coverage']:.3f} ({entry['coverage_unit']:.3f} at 4 digits)"
     return f"{entry['coverage']:.3f}"
 

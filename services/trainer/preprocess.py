@@ -565,7 +565,7 @@ def prepare(rows: Iterable[RawRow], config: PreprocessConfig | None = None) -> P
         "unit_groups_in_test": len({e.code for e in test}),
         "config": config.model_dump(),
     }
-    log.info(
+    log.debug(
         "preprocessed %d rows: %d invalid, %d duplicates, %d conflicts, %d outliers (%d excluded); "
         "train %d / val %d / test %d",
         len(rows),
