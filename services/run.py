@@ -433,15 +433,18 @@ def child_env(
     return env
 
 
-def pick_ports(console: Console) -> tuple[int, int]:
+def pick_ports(console: Console, quiet: bool = False) -> tuple[int, int]:
+    """(gateway, inference) ports: PORT or 8000 for the gateway, 8001 for inference, free ones when busy."""
     wanted = os.environ.get("PORT")
     if wanted:
+        if not wanted.isdigit() or not 0 < int(wanted) < 65536:
+            raise StartupError(f"PORT={wanted!r} is not a port number")
         gateway_port = int(wanted)
         if not port_is_free(gateway_port):
             raise StartupError(f"PORT={gateway_port} is already in use")
     else:
         gateway_port = 8000 if port_is_free(8000) else free_port()
-        if gateway_port != 8000:
+        if gateway_port != 8000 and not quiet:
             console.say(f"port 8000 is busy: the gateway uses {gateway_port} (set PORT to choose)")
     inference_port = 8001 if gateway_port != 8001 and port_is_free(8001) else free_port()
     return gateway_port, inference_port
@@ -489,31 +492,33 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
 
-    gateway_port, inference_port = pick_ports(console)
     host = args.host
     supervisor = Supervisor(console, env={})
     supervisor.stop_requested = stop
     try:
         from shared.db.migrate import upgrade
 
+        pick_ports(
+            console, quiet=True
+        )  # fail fast on a busy PORT; picked again below, after a possible training run
         console.say(f"data dir {settings.data_dir.resolve()}; metadata DB {settings.db_url}")
         upgrade(settings.db_url)
 
         redis_url = choose_redis(console, supervisor, settings)
-        env = child_env(settings, redis_url, inference_port, gateway_port, host)
-        supervisor.env = env
 
         model_dir = registered_model(settings)
         if model_dir is None:
             if args.no_train:
                 raise StartupError("no model is registered and --no-train was given")
-            train_quick_model(console, env, stop, args.train_profile)
+            train_quick_model(console, child_env(settings, redis_url, 0, 0, host), stop, args.train_profile)
             model_dir = registered_model(settings)
             if model_dir is None:
                 raise StartupError("training finished but no best model is registered")
         console.say(f"model: {model_dir}")
 
         api_key, key_source = ensure_api_key(settings, console)
+        gateway_port, inference_port = pick_ports(console)
+        supervisor.env = child_env(settings, redis_url, inference_port, gateway_port, host)
 
         procfile = read_procfile()
         missing = {"inference", "gateway", "worker"} - set(procfile)

