@@ -109,6 +109,7 @@ def test_healthchecks_and_dependencies_are_consistent(services: dict[str, Any]) 
             if not svc.get("profiles"):
                 assert not target.get("profiles"), f"{name} depends on profiled service {dep}"
     for name, svc in services.items():
+        assert svc.get("logging", {}).get("options", {}).get("max-size"), f"{name}: logs must rotate"
         if name not in ONE_SHOT:
             assert healthcheck_test(svc), f"long-running service {name} needs a healthcheck"
             assert svc.get("restart") == "unless-stopped", name
