@@ -139,14 +139,19 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
     report = Path(env["ISCO_DATA_DIR"]) / "runs" / first / "invalid_rows.csv"
     assert "'99999' is not an ISCO-08 code" in report.read_text()
 
-    # The same data and recipe again: same evaluation data, an equal score does not replace the best.
+    # The same data again: the same evaluation data, so the stored scores are compared directly and only a
+    # strictly higher score replaces the best.
     again = _run(env, "train", "--data", env["DATA_CSV"])
     assert again.exit_code == 0, again.output
     with session_scope(env["ISCO_DATABASE_URL"]) as s:
         versions = registry.list_versions(s)
-        assert len(versions) == 2 and versions[0].eval_data_hash == first_hash
-        assert registry.best_model(s).version == first  # type: ignore[union-attr]
-        assert "same evaluation data" in versions[0].metrics["promotion"]["reason"]
+        second = versions[0]
+        assert len(versions) == 2 and second.eval_data_hash == first_hash
+        assert "same evaluation data" in second.metrics["promotion"]["reason"]
+        promoted = second.eval_score > metrics["test"]["accuracy"]  # type: ignore[operator]
+        assert second.metrics["promotion"]["promoted"] is promoted
+        best_version = registry.best_model(s).version  # type: ignore[union-attr]
+        assert best_version == (second.version if promoted else first)
 
     # Corrections fine-tune the best; the test split is the parent's, so the comparison is like for like.
     fixes = tmp_path / "fixes"
@@ -158,7 +163,7 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
     assert corrected.exit_code == 0, corrected.output
     with session_scope(env["ISCO_DATABASE_URL"]) as s:
         newest = registry.list_versions(s)[0]
-        assert newest.status == "ready" and newest.parent_version == first
+        assert newest.status == "ready" and newest.parent_version == best_version
         assert newest.eval_data_hash == first_hash
         assert newest.metrics["corrections_fit"]["n"] == 2
         composition = newest.metrics["training"]["composition"]
@@ -169,10 +174,21 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
             "correction_repeats": 2,
         }
 
+    # Other evaluation data (another split): the current best is re-scored on the candidate's test split.
+    resplit = _run({**env, "ISCO_PREPROCESS__TEST_FRACTION": "0.3"}, "train", "--data", env["DATA_CSV"])
+    assert resplit.exit_code == 0, resplit.output
+    with session_scope(env["ISCO_DATABASE_URL"]) as s:
+        newest = registry.list_versions(s)[0]
+        assert newest.eval_data_hash != first_hash
+        promotion = newest.metrics["promotion"]
+        assert promotion["previous_best_rescored"] is True and "re-scored" in promotion["reason"]
+
+    with session_scope(env["ISCO_DATABASE_URL"]) as s:
+        best_now = registry.best_model(s).version  # type: ignore[union-attr]
     listed = _run(env, "models", "list")
-    assert listed.exit_code == 0 and first in listed.output
-    shown = _run(env, "models", "show", first)
-    assert shown.exit_code == 0 and json.loads(shown.output)["is_best"] is True
+    assert listed.exit_code == 0 and first in listed.output and best_now in listed.output
+    shown = _run(env, "models", "show")
+    assert shown.exit_code == 0 and json.loads(shown.output)["version"] == best_now
 
     evaluated = _run(
         env,
@@ -183,7 +199,7 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
         str(tmp_path / "eval.json"),
     )
     assert evaluated.exit_code == 0, evaluated.output
-    assert json.loads((tmp_path / "eval.json").read_text())["model_version"] == first
+    assert json.loads((tmp_path / "eval.json").read_text())["model_version"] == best_now
 
 
 def test_train_refuses_bad_input(env: dict[str, str], tmp_path: Path) -> None:
