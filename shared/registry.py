@@ -309,6 +309,7 @@ def rollback(session: Session, to_version: str | None = None) -> ModelVersion:
     does not touch promotion times, so repeated rollbacks walk further back in the promotion history.
     """
     current = best_model(session)
+    target: ModelVersion | None
     if to_version is not None:
         target = require_version(session, to_version)
     else:
