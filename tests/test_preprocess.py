@@ -174,3 +174,29 @@ def test_prepare_reports_everything(tmp_path: Path) -> None:
     # Same input, same hashes (the split is deterministic).
     again = prepare(rows, PreprocessConfig(outliers=OutlierConfig(min_group_examples=5)))
     assert again.eval_data_hash == prepared.eval_data_hash
+
+
+def test_trainer_settings_from_profile_env_and_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.trainer.config import ProfileError, TrainerSettings
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text(
+        "replay_size: 7\npreprocess:\n  test_fraction: 0.2\nfinetune:\n  epochs: 2\n  max_length: 64\n"
+        "learning_rate: 0.001\n"  # a flat recipe key: taken as a finetune setting
+    )
+    monkeypatch.setenv("ISCO_FINETUNE__EPOCHS", "1")
+    monkeypatch.setenv("ISCO_PREPROCESS__VAL_FRACTION", "0.05")
+    settings = TrainerSettings(profile=str(profile), data_dir=tmp_path, replay_size=9)
+    assert settings.replay_size == 9  # argument > profile
+    assert settings.preprocess.test_fraction == 0.2 and settings.preprocess.val_fraction == 0.05
+    config = settings.finetune_config(base_model="some/dir")
+    assert (config.epochs, config.max_length, config.learning_rate) == (1, 64, 0.001)  # env > profile
+    assert config.base_model == "some/dir"
+
+    profile.write_text("finetune:\n  epoch: 3\n")
+    with pytest.raises(ProfileError, match="unknown setting.*epoch"):
+        TrainerSettings(profile=str(profile)).finetune_config()
+    with pytest.raises(ProfileError, match="unknown profile 'nope'"):
+        TrainerSettings(profile="nope")

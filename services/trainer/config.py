@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -132,9 +132,17 @@ class TrainerSettings(CommonSettings):
         from services.trainer.finetune import FinetuneConfig
 
         values = {**self.finetune, **{k: v for k, v in overrides.items() if v is not None}}
-        if hasattr(FinetuneConfig, "model_validate"):
+        unknown = sorted(set(values) - set(FinetuneConfig.model_fields))
+        if unknown:
+            raise ProfileError(
+                f"profile {self.profile}: unknown setting(s) {', '.join(unknown)}; trainer settings are "
+                f"{', '.join(sorted(type(self).model_fields))}; finetune settings are "
+                f"{', '.join(sorted(FinetuneConfig.model_fields))}"
+            )
+        try:
             return FinetuneConfig.model_validate(values)
-        return FinetuneConfig(**values)
+        except ValidationError as exc:
+            raise ProfileError(f"profile {self.profile}: invalid finetune settings: {exc}") from None
 
     @property
     def runs_dir(self) -> Path:
