@@ -343,9 +343,8 @@ class JobProcessor:
         if predictor is None:
             predictor = self.predictors.best()
         options = dict(job.options or {})
-        options.setdefault(
-            "chunk_rows", self.settings.job_chunk_rows
-        )  # fixed for the job's life: resume math
+        # the chunk size is fixed for the job's life: resuming skips chunks_done x chunk_rows rows
+        options.setdefault("chunk_rows", self.settings.job_chunk_rows)
         values.update(options=options, model_version=predictor.version, status=JobStatus.running)
         if job.started_at is None:
             values["started_at"] = utcnow()
