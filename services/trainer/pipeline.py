@@ -182,13 +182,22 @@ def _load_rows(
 
 
 def _evaluate_model(
-    model_dir: Path, settings: TrainerSettings, test_set: EvalSet, train_texts: set[str], say: Reporter
+    model_dir: Path,
+    settings: TrainerSettings,
+    test_set: EvalSet,
+    train_texts: set[str],
+    say: Reporter,
+    corrections: EvalSet | None = None,
 ) -> dict[str, Any]:
+    """Test split, dev sets and (for a corrections run) how well the corrections were learnt."""
     from shared.predictor import Predictor
 
     predictor = Predictor.load(model_dir)
     started = time.monotonic()
     metrics: dict[str, Any] = {"test": evaluate_set(predictor, test_set), "devsets": {}}
+    if corrections is not None:
+        fit = evaluate_set(predictor, corrections)
+        metrics["corrections_fit"] = {"n": fit["n"], "accuracy": fit["accuracy"]}
     for path in sorted(settings.devsets_dir.glob("*.csv")) if settings.devsets_dir.is_dir() else []:
         dev = load_eval_csv(path, skip_invalid=True)
         dev_metrics = evaluate_set(predictor, dev)
@@ -265,10 +274,12 @@ def run_training(
     report_dir = settings.runs_dir / version
     model_dir = settings.model_store / version
 
+    timings: dict[str, float] = {"load_s": round(time.monotonic() - started, 1)}
     t0 = time.monotonic()
     prepared = prepare(rows, settings.preprocess)
     prepared.write_reports(report_dir)
     stats = dict(prepared.stats)
+    timings["preprocess_s"] = round(time.monotonic() - t0, 1)
     say(
         f"preprocessed in {time.monotonic() - t0:.0f}s: {stats['examples']:,} examples "
         f"(train {stats['train']:,} / val {stats['val']:,} / test {stats['test']:,}); "
@@ -296,6 +307,7 @@ def run_training(
         "data_hash": prepared.data_hash,
         "eval_data_hash": prepared.eval_data_hash,
         "finetune_config": config.model_dump(mode="json"),
+        "timings": timings,
     }
     with session_scope(settings.db_url) as session:
         registry.create_pending(
@@ -310,6 +322,7 @@ def run_training(
     say(f"registered {version} (pending); training on {len(train):,} examples, base {base_name}")
 
     try:
+        t0 = time.monotonic()
         codes = list(get_taxonomy().unit_groups)
         finetune_result = finetune(
             [e.text for e in train],
@@ -323,14 +336,20 @@ def run_training(
             init_model_dir=parent_dir,
         )
         training_info["finetune"] = finetune_result
+        timings["finetune_s"] = round(time.monotonic() - t0, 1)
+        t0 = time.monotonic()
         test_set = eval_set_from_examples("test", prepared.test)
-        metrics = _evaluate_model(model_dir, settings, test_set, {e.text for e in train}, say)
-        if corrections is not None:
-            fixes = [e for e in prepared.train if e.source == CORRECTION_SOURCE]
-            from shared.predictor import Predictor
-
-            fit = evaluate_set(Predictor.load(model_dir), eval_set_from_examples("corrections", fixes))
-            metrics["corrections_fit"] = {"n": fit["n"], "accuracy": fit["accuracy"]}
+        fixes = [e for e in prepared.train if e.source == CORRECTION_SOURCE]
+        metrics = _evaluate_model(
+            model_dir,
+            settings,
+            test_set,
+            {e.text for e in train},
+            say,
+            corrections=eval_set_from_examples("corrections", fixes) if corrections is not None else None,
+        )
+        timings["evaluate_s"] = round(time.monotonic() - t0, 1)
+        timings["total_s"] = round(time.monotonic() - started, 1)
         metrics["training"] = training_info
         # Artifacts first: the evaluation and the run's record go into the model directory ...
         (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True, default=str))
