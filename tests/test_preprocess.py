@@ -200,3 +200,17 @@ def test_trainer_settings_from_profile_env_and_arguments(
         TrainerSettings(profile=str(profile)).finetune_config()
     with pytest.raises(ProfileError, match="unknown profile 'nope'"):
         TrainerSettings(profile="nope")
+
+
+def test_data_info_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import build_app
+
+    coded = tmp_path / "coded.csv"
+    coded.write_text("job_title,isco_code\nnurse,2221\nwelder,7212\nghost,9999\n")
+    env = {"ISCO_ENV": "test", "ISCO_DATA_DIR": str(tmp_path / "var"), "COLUMNS": "200"}
+    result = CliRunner().invoke(build_app(), ["data", "info", "--data", str(coded)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "esco_title" in result.output and "of 436" in result.output
+    assert "3 rows, 2 valid, 1 invalid" in result.output and "coded.csv:4" in result.output

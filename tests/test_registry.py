@@ -149,3 +149,33 @@ def test_version_names_sort_by_time() -> None:
     a = registry.new_version_name(datetime(2026, 1, 1, tzinfo=UTC))
     b = registry.new_version_name(datetime(2026, 1, 2, tzinfo=UTC))
     assert a < b and a.startswith("v20260101-")
+
+
+def test_models_cli_promote_and_rollback(sqlite_url: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import build_app
+
+    settings_env = {
+        "ISCO_ENV": "test",
+        "ISCO_DATA_DIR": str(tmp_path / "var"),
+        "ISCO_DATABASE_URL": sqlite_url,
+        "COLUMNS": "200",
+    }
+
+    def isco(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(build_app(), list(args), env=settings_env, catch_exceptions=False)
+
+    assert isco("db", "upgrade").exit_code == 0
+    _ready(sqlite_url, tmp_path, "a", 0.6)
+    _ready(sqlite_url, tmp_path, "b", 0.5)
+    assert isco("models", "promote", "a").exit_code == 0
+    refused = isco("models", "promote", "b")
+    assert refused.exit_code == 1 and "does not beat a" in refused.output
+    assert isco("models", "promote", "b", "--force").exit_code == 0 and _best(sqlite_url) == "b"
+    rolled = isco("models", "rollback")
+    assert rolled.exit_code == 0 and "a is the best model again" in rolled.output
+    nothing = isco("models", "rollback")
+    assert nothing.exit_code == 2 and "nothing to roll back" in nothing.output
+    unknown = isco("models", "show", "zzz")
+    assert unknown.exit_code == 2 and "no model version 'zzz'" in unknown.output
