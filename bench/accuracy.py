@@ -1,0 +1,151 @@
+"""Accuracy benchmark: a model directory vs the TF-IDF + linear SVM baseline on the development sets.
+
+Usage:
+    python -m bench.accuracy                      # the registered best model
+    python -m bench.accuracy --model-dir DIR      # any model directory
+    python -m bench.accuracy --no-baseline        # skip training the SVM baseline (~2 minutes)
+
+Dev sets (evaluation only, never trained on): ../shared/data/devsets/ilo_titles_dev.csv (ILO index titles not
+in ESCO) and onet_jobs_dev.csv (O*NET titles with task statements). A prediction is correct when it is one of
+the `accept` codes. Prints top-1, top-3, top-5 and 3-digit accuracy side by side; writes JSON to
+bench/results/accuracy-<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.trainer.evaluate import EvalSet, compute_metrics, load_eval_csv
+from shared.corpus import label_codes
+from shared.settings import REPO_ROOT, CommonSettings
+
+DEVSETS_DIR = REPO_ROOT.parent / "shared" / "data" / "devsets"
+DEVSETS = ("ilo_titles_dev.csv", "onet_jobs_dev.csv")
+RESULTS_DIR = Path(__file__).parent / "results"
+COLUMNS = (("accuracy", "top-1"), ("top3", "top-3"), ("top5", "top-5"), ("accuracy_3digit", "3-digit"))
+
+
+def load_devsets(directory: Path = DEVSETS_DIR) -> dict[str, EvalSet]:
+    """The development sets that exist in `directory`, by file stem."""
+    return {Path(n).stem: load_eval_csv(directory / n) for n in DEVSETS if (directory / n).exists()}
+
+
+def topk_accuracy(scores: np.ndarray, accept: Sequence[set[str]], codes: Sequence[str], k: int = 1) -> float:
+    """Share of rows with an accepted code among the k highest scores."""
+    top = np.argsort(-scores, axis=1)[:, :k]
+    return float(np.mean([any(codes[j] in a for j in row) for row, a in zip(top, accept, strict=True)]))
+
+
+def _accepted(dev: EvalSet) -> list[set[str]]:
+    return [{g} | a for g, a in zip(dev.gold, dev.accept, strict=True)]
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    z = scores - scores.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def evaluate_model_dir(
+    model_dir: Path, devsets: dict[str, EvalSet], threads: int | None = None
+) -> dict[str, Any]:
+    """Metrics of the model directory on each dev set (through the same scorer every service uses)."""
+    from shared.modeling import UnitScorer
+
+    scorer = UnitScorer.load(model_dir, device="auto", threads=threads)
+    out: dict[str, Any] = {"version": scorer.version, "model_dir": str(model_dir), "sets": {}}
+    for name, dev in devsets.items():
+        texts = dev.texts()
+        t = time.perf_counter()
+        probs = scorer.unit_probabilities(texts)
+        seconds = time.perf_counter() - t
+        metrics = compute_metrics(probs, scorer.codes, dev.gold, dev.accept)
+        metrics["texts_per_second"] = round(len(texts) / seconds, 1)
+        out["sets"][name] = metrics
+    return out
+
+
+def evaluate_baseline(devsets: dict[str, EvalSet]) -> dict[str, Any]:
+    """Train the SVM baseline on the default corpus and score the dev sets (softmax of SVM scores)."""
+    from bench.baseline_svm import SvmBaseline
+
+    t = time.perf_counter()
+    model = SvmBaseline.train_default()
+    out: dict[str, Any] = {"train_seconds": round(time.perf_counter() - t, 1), "sets": {}}
+    codes = label_codes()
+    for name, dev in devsets.items():
+        scores = model.scores(dev.texts(), codes)
+        metrics = compute_metrics(_softmax(scores), codes, dev.gold, dev.accept)
+        out["sets"][name] = metrics
+    return out
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    """One row per (dev set, system), one column per metric."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Dev-set accuracy (correct = any accepted code)")
+    table.add_column("dev set")
+    table.add_column("system")
+    table.add_column("n", justify="right")
+    for _, label in COLUMNS:
+        table.add_column(label, justify="right")
+    sets = sorted({s for r in results.values() for s in r["sets"]})
+    for s in sets:
+        for system, r in results.items():
+            m = r["sets"].get(s)
+            if m is None:
+                continue
+            table.add_row(s, system, str(m["n"]), *(f"{m[key]:.3f}" for key, _ in COLUMNS))
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model-dir", type=Path, help="model directory (default: the registered best model)")
+    parser.add_argument("--devsets", type=Path, default=DEVSETS_DIR)
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--output", type=Path, help="JSON path (default: bench/results/accuracy-<time>.json)")
+    args = parser.parse_args(argv)
+
+    devsets = load_devsets(args.devsets)
+    if not devsets:
+        raise SystemExit(f"no dev sets found in {args.devsets}")
+    model_dir = args.model_dir
+    if model_dir is None:
+        from shared.registry import best_model_dir
+
+        model_dir = best_model_dir(CommonSettings())
+    results: dict[str, dict[str, Any]] = {}
+    if model_dir is not None:
+        model = evaluate_model_dir(Path(model_dir), devsets, args.threads)
+        results[f"model {model['version']}"] = model
+    else:
+        print("no model directory given and no best model registered: baseline only")
+    if not args.no_baseline:
+        results["tfidf+svm baseline"] = evaluate_baseline(devsets)
+    print_table(results)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = args.output or RESULTS_DIR / f"accuracy-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"created": stamp, "machine": platform.node(), "results": results}
+    path.write_text(json.dumps(payload, indent=1, default=float))
+    print(f"wrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""One fine-tuning experiment: corpus -> held-out corpus split -> finetune() -> dev-set metrics per signal.
+
+python bench/experiments/run_finetune.py NAME '{"epochs": 1, ...}' [--sources a,b] [--val-frac 0.05]
+Writes /tmp/exp/NAME/ (model dir) and /tmp/exp/NAME.json. Dev sets are only evaluated, never trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.accuracy import _accepted, load_devsets, topk_accuracy
+from services.trainer.finetune import FinetuneConfig, finetune
+from shared.corpus import build_default_corpus, corpus_counts, label_codes
+from shared.modeling import KnnConfig, UnitScorer, _softmax, combine_signals, knn_probabilities
+from shared.text import model_input
+
+OUT = Path("/tmp/exp")
+
+
+def split(records, val_frac, seed=0):
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(records))
+    n_val = int(len(records) * val_frac)
+    return [records[i] for i in idx[n_val:]], [records[i] for i in idx[:n_val]]
+
+
+def dev_report(model_dir):
+    scorer = UnitScorer.load(model_dir, device="cpu")
+    codes = scorer.codes
+    report = {}
+    for name, dev in load_devsets().items():
+        acc = _accepted(dev)
+        logits, emb = scorer._forward(dev.texts())
+        head = _softmax(logits / scorer.temperature)
+        row = {"head": [round(topk_accuracy(head, acc, codes, k), 3) for k in (1, 3)]}
+        if scorer.knn_index is not None:
+            for k in (10, 20):
+                for tau in (0.02, 0.05):
+                    kp = knn_probabilities(emb, scorer.knn_index, KnnConfig(k=k, tau=tau), len(codes))
+                    row[f"knn{k}/{tau}"] = round(topk_accuracy(kp, acc, codes), 3)
+                    for w in (0.3, 0.5, 0.7):
+                        row[f"mix{k}/{tau}/{w}"] = round(
+                            topk_accuracy(combine_signals(head, kp, w), acc, codes), 3
+                        )
+        p = scorer.unit_probabilities(dev.texts())
+        row["scorer"] = [round(topk_accuracy(p, acc, codes, k), 3) for k in (1, 3)]
+        np.save(OUT / f"{Path(model_dir).name}_{name}_emb.npy", emb)
+        np.save(OUT / f"{Path(model_dir).name}_{name}_logits.npy", logits)
+        report[name] = row
+    return report
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("name")
+    ap.add_argument("config", default="{}")
+    ap.add_argument("--sources", default=None)
+    ap.add_argument("--val-frac", type=float, default=0.05)
+    ap.add_argument("--corpus", default="{}")
+    ap.add_argument("--limit", type=int, default=0)
+    a = ap.parse_args()
+    recs = build_default_corpus(sources=a.sources.split(",") if a.sources else None, **json.loads(a.corpus))
+    train, val = split(recs, a.val_frac)
+    if a.limit:
+        train = train[: a.limit]
+    print(corpus_counts(train), len(train), len(val), flush=True)
+    config = FinetuneConfig(**json.loads(a.config))
+    t = time.time()
+    res = finetune(
+        [model_input(r.job_title, r.duties_description) for r in train],
+        [r.isco_code for r in train],
+        [model_input(r.job_title, r.duties_description) for r in val],
+        [r.isco_code for r in val],
+        codes=label_codes(),
+        config=config,
+        output_dir=OUT / a.name,
+        version=a.name,
+    )
+    res["dev"] = dev_report(OUT / a.name)
+    res["config"] = json.loads(a.config)
+    res["corpus"] = json.loads(a.corpus)
+    res["sources"] = a.sources
+    (OUT / f"{a.name}.json").write_text(json.dumps(res, indent=1, default=float))
+    print(json.dumps({k: v for k, v in res.items()}, indent=1, default=float))
