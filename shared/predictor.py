@@ -481,7 +481,8 @@ class Predictor:
         missing = [t for t in unique if t not in known]
         if missing:
             probs = self.scorer.unit_probabilities(missing, batch_size=self.config.batch_size)
-            fresh = {t: probs[i] for i, t in enumerate(missing)}
+            # copies: a cached row must not keep its whole batch matrix alive
+            fresh = {t: probs[i].copy() for i, t in enumerate(missing)}
             self.cache.put_many(fresh)
             known.update(fresh)
         return np.stack([known[t] for t in texts])

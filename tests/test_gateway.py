@@ -336,6 +336,14 @@ def test_connection_errors_are_retried(sqlite_url: str, tmp_path: Path) -> None:
             late.__exit__(None, None, None)
 
 
+def test_key_store_down_is_503(tmp_path: Path, inference: tuple[str, HeaderRecorder]) -> None:
+    down = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing?connect_timeout=2"
+    with TestClient(create_app(gateway_settings(down, tmp_path, inference[0]))) as c:
+        r = c.post("/predict/job", json={"job_title": "nurse"}, headers={"X-API-Key": "isco_whatever"})
+        assert r.status_code == 503 and "key store" in r.json()["detail"]
+        assert c.get("/ready").status_code == 503
+
+
 def test_ready_and_metrics(client: TestClient) -> None:
     ready = client.get("/ready")
     assert ready.status_code == 200 and ready.json()["model_version"] == "tiny-gw"

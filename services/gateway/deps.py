@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -60,7 +61,10 @@ async def require_api_key(request: Request) -> Principal:
     key_hash = hash_key(key, settings.secret_key)
     principal = cache.get(key_hash)
     if principal is None:
-        principal = await run_in_threadpool(_authenticate_in_session, request, key, settings.secret_key)
+        try:
+            principal = await run_in_threadpool(_authenticate_in_session, request, key, settings.secret_key)
+        except SQLAlchemyError as exc:  # the key store is down: the caller may retry, it is not their fault
+            raise HTTPException(503, "API key store unavailable; retry shortly") from exc
         if principal is None:
             raise UNAUTHORIZED
         cache.put(key_hash, principal)

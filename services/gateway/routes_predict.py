@@ -152,10 +152,15 @@ async def predict_job(
         "top_k": body.top_k,
         "thresholds": body.thresholds.model_dump() if body.thresholds else None,
     }
-    answer = json.loads(await _infer(request, inference, payload))
+    raw = await _infer(request, inference, payload)
+    try:
+        answer = json.loads(raw)
+        result = answer["results"][0]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise HTTPException(502, "inference service sent an unreadable answer") from exc
     request.app.state.metrics.records.labels(endpoint="job").inc()
     request.app.state.metrics.saw_model_version(answer["model_version"])
-    return Response(json.dumps(answer["results"][0]), media_type="application/json")
+    return Response(json.dumps(result), media_type="application/json")
 
 
 @router.post(
