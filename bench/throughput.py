@@ -117,20 +117,8 @@ def resolve_model(args: argparse.Namespace) -> tuple[Path, bool]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def timed(fn: Any, n_records: int, repeats: int) -> dict[str, float]:
-    """Records/s of fn() over `repeats` runs (after one warm-up); the best run is reported (least disturbed
-    by other processes on a shared machine), the median alongside."""
-    fn()
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        rates.append(n_records / (time.perf_counter() - started))
-    return {"records_per_s": max(rates), "records_per_s_median": statistics.median(rates)}
-
-
-def naive_pipeline(model_dir: Path, texts: list[str], threads: int) -> dict[str, float]:
-    """HF feature-extraction pipeline, one record per call, then mean pooling and the cosine head."""
+def naive_pipeline(model_dir: Path, threads: int) -> Any:
+    """A runner: HF feature-extraction pipeline, one record per call, then mean pooling and the head."""
     import torch
     import torch.nn.functional as F
     from safetensors.torch import load_file
@@ -148,9 +136,24 @@ def naive_pipeline(model_dir: Path, texts: list[str], threads: int) -> dict[str,
             emb = F.normalize(tokens[0].mean(dim=0), dim=-1)
             torch.softmax(scale * emb @ head.T, dim=-1).argmax()
 
-    warm, measured = texts[:8], texts
-    run(warm)
-    return timed(lambda: run(measured), len(measured), 1)
+    return run
+
+
+def interleaved_rates(runners: dict[str, tuple[Any, int]], rounds: int) -> dict[str, dict[str, float]]:
+    """Records/s of each runner: one warm-up each, then `rounds` rounds visiting every runner in turn, so
+    that load from other processes on a shared machine hits every path alike. Best and median per path."""
+    for fn, _ in runners.values():
+        fn()
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, (fn, n) in runners.items():
+            started = time.perf_counter()
+            fn()
+            rates[name].append(n / (time.perf_counter() - started))
+    return {
+        name: {"records_per_s": max(r), "records_per_s_median": statistics.median(r), "rounds": r}
+        for name, r in rates.items()
+    }
 
 
 def core_paths() -> dict[str, dict[str, str]]:
@@ -398,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--untrained", action="store_true", help="base model with a random head (speed only)")
     parser.add_argument("--records", type=int, default=512, help="records for the throughput runs")
     parser.add_argument("--naive-records", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--latency-requests", type=int, default=200, help="requests for the 1-client run")
     parser.add_argument("--threads", type=int, default=None, help="default: this process's CPU share")
     parser.add_argument("--skip-accuracy", action="store_true")
@@ -421,39 +424,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
 
     results: dict[str, Any] = {"paths": {}}
-    naive = naive_pipeline(model_dir, texts[: args.naive_records], threads)
-    results["paths"]["naive HF pipeline, 1 record/call"] = naive
-    print(f"  naive: {naive['records_per_s']:.1f} records/s")
-
-    baseline_top1: dict[str, Any] | None = None
+    naive_name = "naive HF pipeline, 1 record/call"
+    naive_texts = texts[: args.naive_records]
+    naive_run = naive_pipeline(model_dir, threads)
+    predictors = {name: load_predictor(model_dir, config, threads) for name, config in core_paths().items()}
+    runners: dict[str, tuple[Any, int]] = {naive_name: (lambda: naive_run(naive_texts), len(naive_texts))}
+    for name, predictor in predictors.items():
+        runners[name] = (lambda p=predictor: p.predict(records), len(records))
+    rates = interleaved_rates(runners, args.repeats)
+    naive_rate = rates[naive_name]["records_per_s"]
+    results["paths"][naive_name] = rates[naive_name]
     for name, config in core_paths().items():
-        predictor = load_predictor(model_dir, config, threads)
-        rate = timed(lambda p=predictor: p.predict(records), len(records), args.repeats)
-        entry: dict[str, Any] = {
-            **rate,
+        results["paths"][name] = {
+            **rates[name],
             **config,
-            "speedup_vs_naive": rate["records_per_s"] / naive["records_per_s"],
+            "speedup_vs_naive": rates[name]["records_per_s"] / naive_rate,
         }
-        if not args.skip_accuracy:
-            top1 = devset_top1(predictor)
-            if baseline_top1 is None:
-                baseline_top1 = top1
-            entry["devsets"] = {
+    for name, r in rates.items():
+        print(f"  {name}: {r['records_per_s']:.1f} records/s (median {r['records_per_s_median']:.1f})")
+
+    if not args.skip_accuracy:
+        baseline = devset_top1(predictors["core fp32 (torch)"])
+        for name, predictor in predictors.items():
+            top1 = baseline if name == "core fp32 (torch)" else devset_top1(predictor)
+            results["paths"][name]["devsets"] = {
                 dev: {
                     "top1": v["top1"],
-                    "top1_diff_points": 100 * (v["top1"] - baseline_top1[dev]["top1"]),
+                    "top1_diff_points": 100 * (v["top1"] - baseline[dev]["top1"]),
                     "agreement_with_fp32": float(
-                        np.mean(
-                            [a == b for a, b in zip(v["codes"], baseline_top1[dev]["codes"], strict=True)]
-                        )
+                        np.mean([a == b for a, b in zip(v["codes"], baseline[dev]["codes"], strict=True)])
                     ),
                     "n": v["n"],
                 }
                 for dev, v in top1.items()
             }
-        results["paths"][name] = entry
-        print(f"  {name}: {rate['records_per_s']:.1f} records/s")
-        del predictor
+    del predictors
 
     from shared.taxonomy import get_taxonomy
 

@@ -24,14 +24,16 @@ class InferenceClient:
     def __init__(self, settings: GatewaySettings, transport: httpx.AsyncBaseTransport | None = None):
         # The transport's own retries cover connect errors only, i.e. requests that never reached the
         # service, so retrying can never run a prediction twice.
+        limits = httpx.Limits(
+            max_connections=settings.inference_pool_size,
+            max_keepalive_connections=settings.inference_pool_size,
+        )
+        # limits go to the transport: a client given its own transport ignores its `limits` argument
         self._client = httpx.AsyncClient(
             base_url=settings.inference_url,
             timeout=httpx.Timeout(settings.inference_timeout_s, connect=settings.inference_connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=settings.inference_pool_size,
-                max_keepalive_connections=settings.inference_pool_size,
-            ),
-            transport=transport or httpx.AsyncHTTPTransport(retries=settings.inference_retries),
+            transport=transport
+            or httpx.AsyncHTTPTransport(retries=settings.inference_retries, limits=limits),
         )
 
     async def aclose(self) -> None:
