@@ -62,7 +62,7 @@ class PredictorConfig(BaseModel):
     torch_threads: int | None = Field(
         None, ge=1, description="intra-op threads; default: this process's CPU share"
     )
-    batch_size: int = Field(64, ge=1, le=4096, description="texts per forward pass")
+    batch_size: int = Field(32, ge=1, le=4096, description="texts per forward pass (sorted by token length)")
     cache_size: int = Field(20_000, ge=0, description="LRU entries of text -> probabilities; 0 disables")
     thresholds: Thresholds = Field(
         default_factory=lambda: Thresholds(), description="defaults when a request gives none"
@@ -480,12 +480,28 @@ class Predictor:
         known = self.cache.get_many(unique) if self.config.cache_size > 0 else {}
         missing = [t for t in unique if t not in known]
         if missing:
-            probs = self.scorer.unit_probabilities(missing, batch_size=self.config.batch_size)
+            probs = self._score(missing)
             # copies: a cached row must not keep its whole batch matrix alive
             fresh = {t: probs[i].copy() for i, t in enumerate(missing)}
             self.cache.put_many(fresh)
             known.update(fresh)
         return np.stack([known[t] for t in texts])
+
+    def _score(self, texts: list[str]) -> np.ndarray:
+        """The scorer over batches of similar token length: sorting by characters (the scorer's own order)
+        still pads batches of O*NET-like records by ~40%; by tokens, ~10% at 32 a batch."""
+        batch_size = self.config.batch_size
+        tokenizer = getattr(self.scorer, "tokenizer", None)
+        if tokenizer is None or len(texts) <= batch_size:
+            return self.scorer.unit_probabilities(texts, batch_size=batch_size)
+        max_length = int(getattr(self.scorer, "max_length", 512))
+        lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((len(texts), len(self.scorer.codes)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            out[idx] = self.scorer.unit_probabilities([texts[i] for i in idx], batch_size=len(idx))
+        return out
 
     def predict(
         self, records: Sequence[JobRecord], options: PredictOptions | None = None

@@ -224,6 +224,13 @@ def test_predict_groups_matches_separate_calls(tiny_dirs: tuple[Path, Path]) -> 
     assert together[1][0].level == 4 and len(together[1][0].alternatives) == 2
 
 
+def test_token_length_batches_give_the_scorers_answers(tiny_dirs: tuple[Path, Path]) -> None:
+    predictor = Predictor.load(tiny_dirs[0], PredictorConfig(cache_size=0, batch_size=8))
+    texts = [("word " * (i % 23 + 1)).strip() + f" {i}" for i in range(70)]
+    direct = predictor.scorer.unit_probabilities(texts, batch_size=70)
+    np.testing.assert_allclose(predictor.probabilities(texts), direct, atol=1e-5)
+
+
 @pytest.mark.parametrize("quantize", ["none", "int8"])
 def test_fast_paths_agree_with_fp32(tiny_dirs: tuple[Path, Path], quantize: str, tmp_path: Path) -> None:
     import shutil

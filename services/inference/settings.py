@@ -25,7 +25,7 @@ class InferenceSettings(CommonSettings):
     backend: Literal["torch", "onnx"] = Field("torch", description="torch, or ONNX Runtime on CPU")
     quantize: Literal["none", "int8"] = Field("int8", description="int8 dynamic quantisation (CPU only)")
     torch_threads: int | None = Field(None, ge=1, description="default: the CPUs this process may use")
-    batch_size: int = Field(64, ge=1, description="texts per forward pass")
+    batch_size: int = Field(32, ge=1, description="texts per forward pass")
     cache_size: int = Field(20_000, ge=0, description="LRU entries of text -> probabilities")
     thresholds: Thresholds = Field(
         default_factory=lambda: Thresholds(), description="default per-level thresholds"
