@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ MAX_UPLOAD = 10 * 1024 * 1024
 
 @dataclass
 class Stack:
+    backend: str
     client: TestClient
     settings: GatewaySettings
     job_settings: JobSettings
@@ -122,7 +125,7 @@ def stack(
     app.state.job_settings = job_settings
     try:
         with TestClient(app) as client:
-            yield Stack(client, settings, job_settings, key_a, key_b, queue, worker, tmp)
+            yield Stack(request.param, client, settings, job_settings, key_a, key_b, queue, worker, tmp)
     finally:
         worker.stop()
         purge_queue(test_redis_url, queue)
@@ -348,46 +351,89 @@ def test_results_expire(stack: Stack) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def test_worker_killed_mid_job_is_replaced_and_no_row_is_lost_or_doubled(stack: Stack) -> None:
-    queue = f"{stack.queue}-kill"
+def _run_killed_job(stack: Stack, queue: str, kill: Any, n: int = 2000) -> tuple[str, CeleryWorker]:
+    """Start a worker on `queue`, submit n distinct rows, `kill(worker)` after five chunks; returns the job id
+    and the worker that must finish it (kill's return value, or the same worker)."""
     # short lease and visibility timeout so that the replacement takes over within seconds
     env = worker_env(
         stack.settings, queue, job_chunk_rows=20, job_lock_ttl_s=3, broker_visibility_timeout_s=3
     )
-    first = CeleryWorker(env, queue, stack.tmp / "kill-1.log", "first").wait_ready()
+    first = CeleryWorker(env, queue, stack.tmp / f"{queue}-1.log", "first").wait_ready()
+    data = "job_title,duties_description,ref\n" + "".join(f"role {i},task {i},{i}\n" for i in range(n))
+    job_id = stack.upload(data.encode()).json()["job_id"]
+
+    def chunks_done() -> int:
+        with session_scope(stack.settings.db_url) as session:
+            job = session.get(Job, job_id)
+            return job.chunks_done if job else 0
+
+    wait_for(lambda: chunks_done() >= 5, 90, 0.02, "five chunks done")
+    finisher = kill(first, env) or first
+    job = stack.job(job_id)
+    assert job["status"] == "running" and job["rows_done"] < n, "the job finished before the kill"
+    return job_id, finisher
+
+
+def _assert_complete(stack: Stack, job_id: str, worker: CeleryWorker, n: int = 2000) -> None:
+    job = stack.wait_status(job_id, ("succeeded", "failed"), timeout=180)
+    assert job["status"] == "succeeded", (job, worker.tail())
+    assert job["rows_done"] == n and job["rows_failed"] == 0
+    assert "resuming at chunk" in worker.tail(200_000)
+    rows = parse_csv(stack.client.get(f"/jobs/{job_id}/result", headers=stack.headers()).text)
+    assert [r["ref"] for r in rows] == [str(i) for i in range(n)]  # none missing, none doubled, in order
+
+
+@pytest.fixture
+def kill_queue(stack: Stack) -> Iterator[str]:
+    """A queue of its own, so that only the test's own workers take its job."""
+    queue = f"{stack.queue}-kill-{uuid.uuid4().hex[:6]}"
     original = stack.client.app.state.job_settings  # type: ignore[attr-defined]
     stack.client.app.state.job_settings = original.model_copy(update={"job_queue": queue})  # type: ignore[attr-defined]
-    second = None
-    try:
-        n = 4000
-        data = "job_title,duties_description,ref\n" + "".join(f"role {i},task {i},{i}\n" for i in range(n))
-        job_id = stack.upload(data.encode()).json()["job_id"]
+    yield queue
+    stack.client.app.state.job_settings = original  # type: ignore[attr-defined]
+    purge_queue(stack.settings.redis_url, queue)
 
-        def chunks_done() -> int:
-            with session_scope(stack.settings.db_url) as session:
-                job = session.get(Job, job_id)
-                return job.chunks_done if job else 0
 
-        wait_for(lambda: chunks_done() >= 5, 90, 0.02, "five chunks done")
+def test_worker_killed_mid_job_is_replaced_and_no_row_is_lost_or_doubled(
+    stack: Stack, kill_queue: str
+) -> None:
+    """SIGKILL the whole worker (main process and pool child), then start a new one."""
+    workers: list[CeleryWorker] = []
+
+    def kill_and_replace(first: CeleryWorker, env: dict[str, str]) -> CeleryWorker:
+        workers.append(first)
         first.kill()
-        killed_at = chunks_done()
-        job = stack.job(job_id)
-        assert job["status"] == "running" and job["rows_done"] < n, "the job finished before the kill"
+        second = CeleryWorker(env, kill_queue, stack.tmp / f"{kill_queue}-2.log", "second").wait_ready()
+        workers.append(second)
+        return second
 
-        second = CeleryWorker(env, queue, stack.tmp / "kill-2.log", "second").wait_ready()
-        job = stack.wait_status(job_id, ("succeeded", "failed"), timeout=180)
-        assert job["status"] == "succeeded", (job, second.tail())
-        assert job["rows_done"] == n and job["rows_failed"] == 0
-        assert "resuming at chunk" in second.tail(100_000)
-        rows = parse_csv(stack.client.get(f"/jobs/{job_id}/result", headers=stack.headers()).text)
-        assert [r["ref"] for r in rows] == [str(i) for i in range(n)]  # none missing, none doubled, in order
-        assert killed_at < n // 20
+    try:
+        job_id, second = _run_killed_job(stack, kill_queue, kill_and_replace)
+        _assert_complete(stack, job_id, second)
     finally:
-        stack.client.app.state.job_settings = original  # type: ignore[attr-defined]
-        first.stop()
-        if second is not None:
-            second.stop()
-        purge_queue(stack.settings.redis_url, queue)
+        for worker in workers:
+            worker.stop()
+
+
+def test_pool_process_killed_mid_job_is_redelivered(stack: Stack, kill_queue: str) -> None:
+    """SIGKILL only the pool process running the task (as the OOM killer would): the worker's main process
+    requeues the task (task_reject_on_worker_lost) and a new pool process resumes it once the lease lapses."""
+    if stack.backend != "sqlite":
+        pytest.skip("the whole-worker kill covers PostgreSQL; one backend is enough for this path")
+    workers: list[CeleryWorker] = []
+
+    def kill_child(first: CeleryWorker, env: dict[str, str]) -> None:
+        workers.append(first)
+        children = Path(f"/proc/{first.proc.pid}/task/{first.proc.pid}/children").read_text().split()
+        assert len(children) == 1
+        os.kill(int(children[0]), signal.SIGKILL)
+
+    try:
+        job_id, worker = _run_killed_job(stack, kill_queue, kill_child)
+        _assert_complete(stack, job_id, worker)
+    finally:
+        for worker in workers:
+            worker.stop()
 
 
 # ----------------------------------------------------------------------------------------------------
