@@ -171,7 +171,11 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.1, what: str = 
 
 
 def purge_queue(redis_url: str, queue: str) -> None:
-    redis.Redis.from_url(redis_url).delete(queue)
+    """Remove a test queue and kombu's bindings for it (the names are unique to this session)."""
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"*{queue}*"))
+    if keys:
+        client.delete(*keys)
 
 
 def iter_unique_rows(n: int) -> Iterator[str]:
