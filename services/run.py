@@ -477,7 +477,7 @@ def banner(console: Console, base_url: str, api_key: str, model_version: str | N
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    settings = CommonSettings()  # type: ignore[call-arg]  # values come from the environment
+    settings = CommonSettings()
     settings.ensure_dirs()
     started = time.monotonic()
 
