@@ -41,6 +41,9 @@ from typing import Any
 
 import numpy as np
 
+# the OpenMP wait policy of the services (see shared/predictor.py), before torch loads, for every path
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from shared.schemas import JobRecord
 from shared.settings import REPO_ROOT, CommonSettings
 
