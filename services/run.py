@@ -428,6 +428,9 @@ def child_env(
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
     )
+    # Inference and worker share two cores here: spinning OpenMP threads would starve each other (see
+    # shared/predictor.py); it must be set before torch is imported, so in the environment.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # The gateway's port belongs to the gateway alone; PORT would otherwise leak into tools that read it.
     env.pop("PORT", None)
     return env

@@ -29,7 +29,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     ISCO_DATA_DIR=/data \
     HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1
+    TRANSFORMERS_OFFLINE=1 \
+    OMP_WAIT_POLICY=PASSIVE
 RUN groupadd --system --gid 10001 isco \
     && useradd --system --uid 10001 --gid isco --home-dir /home/isco --create-home --shell /usr/sbin/nologin isco \
     && mkdir -p /data/models /data/uploads /data/results \
