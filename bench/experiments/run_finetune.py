@@ -30,6 +30,25 @@ def split(records, val_frac, seed=0):
     return [records[i] for i in idx[n_val:]], [records[i] for i in idx[:n_val]]
 
 
+def occupation_split(records, val_frac, seed=0):
+    """Hold out whole ESCO occupations (all their titles and descriptions): val mimics unseen titles."""
+    from shared.corpus import load_esco_facts
+
+    facts = load_esco_facts()
+    rng = np.random.default_rng(seed)
+    held = {i for i in rng.permutation(len(facts))[: int(len(facts) * val_frac)]}
+    held_labels = {label.lower() for i in held for label in facts[i][2]}
+    train, val = [], []
+    for r in records:
+        if r.source.startswith("esco") and r.job_title.lower() in held_labels:
+            val.append(r)
+        elif r.job_title.lower() in held_labels:
+            continue  # the same title elsewhere would leak the held-out occupation
+        else:
+            train.append(r)
+    return train, val
+
+
 def dev_report(model_dir):
     scorer = UnitScorer.load(model_dir, device="cpu")
     codes = scorer.codes
@@ -65,9 +84,10 @@ if __name__ == "__main__":
     ap.add_argument("--val-frac", type=float, default=0.05)
     ap.add_argument("--corpus", default="{}")
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--group-split", action="store_true", help="hold out whole ESCO occupations")
     a = ap.parse_args()
     recs = build_default_corpus(sources=a.sources.split(",") if a.sources else None, **json.loads(a.corpus))
-    train, val = split(recs, a.val_frac)
+    train, val = occupation_split(recs, a.val_frac) if a.group_split else split(recs, a.val_frac)
     if a.limit:
         train = train[: a.limit]
     print(corpus_counts(train), len(train), len(val), flush=True)
