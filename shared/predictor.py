@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -70,6 +71,9 @@ class PredictorConfig(BaseModel):
     )
     batch_size: int = Field(32, ge=1, le=4096, description="texts per forward pass (sorted by token length)")
     cache_size: int = Field(20_000, ge=0, description="LRU entries of text -> probabilities; 0 disables")
+    int8_fp32_layers: int = Field(
+        2, ge=0, description="int8: leading encoder layers whose FFN output projection stays fp32 (0: none)"
+    )
     thresholds: Thresholds = Field(
         default_factory=lambda: Thresholds(), description="defaults when a request gives none"
     )
@@ -302,7 +306,14 @@ class OnnxScorer:
     is dynamically quantised by onnxruntime (weights int8, activations quantised per batch).
     """
 
-    def __init__(self, model_dir: Path, *, quantize: str = "none", threads: int | None = None):
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        quantize: str = "none",
+        threads: int | None = None,
+        int8_fp32_layers: int = 0,
+    ):
         import onnxruntime as ort
         import torch.nn.functional as F
 
@@ -320,7 +331,7 @@ class OnnxScorer:
         self.knn_index = KnnIndex.load(knn_path) if knn_path.exists() else None
         knn = meta.get("knn") or {}
         self.knn_config = KnnConfig(**knn) if self.knn_index is not None and knn else None
-        path = self.export(model, model_dir, quantize)
+        path = self.export(model, model_dir, quantize, int8_fp32_layers)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or cpu_share()
         opts.inter_op_num_threads = 1
@@ -328,7 +339,7 @@ class OnnxScorer:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     @staticmethod
-    def export(model: Any, model_dir: Path, quantize: str) -> Path:
+    def export(model: Any, model_dir: Path, quantize: str, int8_fp32_layers: int = 0) -> Path:
         """Export once to <model_dir>/onnx/ (written under a temporary name, then renamed)."""
         import tempfile
 
@@ -341,7 +352,8 @@ class OnnxScorer:
         except OSError:  # read-only model store: export per process
             out_dir = Path(tempfile.mkdtemp(prefix="isco-onnx-"))
         fp32 = out_dir / "embed.onnx"
-        target = out_dir / ("embed.int8-per-channel.onnx" if quantize == "int8" else "embed.onnx")
+        int8_name = f"embed.int8-per-channel-fp32ffn{int8_fp32_layers}.onnx"
+        target = out_dir / (int8_name if quantize == "int8" else "embed.onnx")
         if target.exists():
             return target
         if not fp32.exists():
@@ -376,10 +388,18 @@ class OnnxScorer:
                 )
             tmp.replace(fp32)
         if quantize == "int8":
+            import onnx
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            tmp = out_dir / f"embed.int8.onnx.tmp{os.getpid()}"
-            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+            excluded = [
+                node.name
+                for node in onnx.load(str(fp32)).graph.node
+                if keeps_fp32(node.name, int8_fp32_layers, FFN_OUT_ONNX_NODE)
+            ]
+            tmp = out_dir / f"{int8_name}.tmp{os.getpid()}"
+            quantize_dynamic(
+                str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=excluded
+            )
             tmp.replace(target)
         return target
 
@@ -414,14 +434,34 @@ class OnnxScorer:
         return combine_signals(head, knn, self.knn_config.weight)
 
 
+FFN_OUT_MODULE = re.compile(r"(?:^|\.)layer\.(\d+)\.output\.dense$")  # not attention.output.dense
+FFN_OUT_ONNX_NODE = re.compile(r"layer\.(\d+)/output/dense/MatMul")
+
+
+def keeps_fp32(name: str, fp32_layers: int, pattern: re.Pattern[str] = FFN_OUT_MODULE) -> bool:
+    """Whether a linear layer stays fp32 under int8: the FFN output projection of the first layers.
+
+    Their inputs have large outlier activations that one int8 scale per batch cannot represent. Measured on a
+    fine-tuned MiniLM over both dev sets (2,500 records), top-1 agreement with fp32: all int8 0.893; first
+    two FFN outputs fp32 0.914 (top-1 -0.5/-0.1 points -> +0.1/+0.4), for 1/9 of the linear FLOPs in fp32.
+    """
+    match = pattern.search(name)
+    return match is not None and int(match.group(1)) < fp32_layers
+
+
 def load_scorer(model_dir: Path, config: PredictorConfig) -> Scorer:
     """The scorer the config asks for. ONNX and int8 are CPU paths; on CUDA the torch scorer uses autocast.
 
-    int8 on torch: dynamic quantisation of the encoder's linear layers with per-output-channel weight scales
-    (per-tensor scales lose more accuracy on MiniLM for the same speed); the cosine head stays fp32.
+    int8 (torch and ONNX): dynamic quantisation of the encoder's linear layers with per-output-channel weight
+    scales (per-tensor scales lost ~1 point of top-1 here), except those `keeps_fp32` names; the head is fp32.
     """
     if config.backend == "onnx":
-        return OnnxScorer(model_dir, quantize=config.quantize, threads=config.torch_threads)
+        return OnnxScorer(
+            model_dir,
+            quantize=config.quantize,
+            threads=config.torch_threads,
+            int8_fp32_layers=config.int8_fp32_layers,
+        )
     from shared.modeling import UnitScorer
 
     scorer = UnitScorer.load(model_dir, device=config.device, quantize="none", threads=config.torch_threads)
@@ -429,9 +469,12 @@ def load_scorer(model_dir: Path, config: PredictorConfig) -> Scorer:
         import torch
         from torch.ao.quantization import per_channel_dynamic_qconfig
 
-        scorer.model = torch.ao.quantization.quantize_dynamic(
-            scorer.model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
-        )
+        spec = {
+            name: per_channel_dynamic_qconfig
+            for name, module in scorer.model.named_modules()
+            if isinstance(module, torch.nn.Linear) and not keeps_fp32(name, config.int8_fp32_layers)
+        }
+        scorer.model = torch.ao.quantization.quantize_dynamic(scorer.model, spec, dtype=torch.qint8)
     return scorer
 
 

@@ -149,6 +149,19 @@ def test_record_text_truncation_flag() -> None:
     assert record_text(JobRecord(job_title="a" * MAX_TEXT_CHARS))[1] is False
 
 
+def test_int8_keeps_the_first_ffn_output_projections_fp32() -> None:
+    from shared.predictor import FFN_OUT_ONNX_NODE, keeps_fp32
+
+    assert keeps_fp32("encoder.encoder.layer.0.output.dense", 2)
+    assert keeps_fp32("encoder.encoder.layer.1.output.dense", 2)
+    assert not keeps_fp32("encoder.encoder.layer.2.output.dense", 2)
+    assert not keeps_fp32("encoder.encoder.layer.0.attention.output.dense", 2)
+    assert not keeps_fp32("encoder.encoder.layer.0.intermediate.dense", 2)
+    assert not keeps_fp32("encoder.encoder.layer.0.output.dense", 0)
+    assert keeps_fp32("/encoder/encoder/layer.1/output/dense/MatMul", 2, FFN_OUT_ONNX_NODE)
+    assert not keeps_fp32("/encoder/encoder/layer.1/attention/output/dense/MatMul", 2, FFN_OUT_ONNX_NODE)
+
+
 def test_probability_cache_is_lru() -> None:
     cache = ProbabilityCache(2)
     cache.put_many({"a": np.zeros(2), "b": np.ones(2)})
