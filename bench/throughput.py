@@ -129,13 +129,16 @@ def naive_pipeline(model_dir: Path, threads: int) -> Any:
 
     torch.set_num_threads(threads)
     pipe = pipeline("feature-extraction", model=str(model_dir / "encoder"), device="cpu")
+    max_len = model_max_length(model_dir)
     weights = load_file(model_dir / "head.safetensors")
     head = F.normalize(weights["head"], dim=-1)
     scale = float(weights["scale"][0])
 
     def run(batch: list[str]) -> None:
         for text in batch:
-            tokens = pipe(text, return_tensors=True, tokenize_kwargs={"truncation": True, "max_length": 128})
+            tokens = pipe(
+                text, return_tensors=True, tokenize_kwargs={"truncation": True, "max_length": max_len}
+            )
             emb = F.normalize(tokens[0].mean(dim=0), dim=-1)
             torch.softmax(scale * emb @ head.T, dim=-1).argmax()
 
@@ -196,7 +199,13 @@ def mean_tokens(model_dir: Path, texts: list[str]) -> float:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir / "encoder")
-    return float(np.mean([len(ids) for ids in tok(texts, truncation=True, max_length=128)["input_ids"]]))
+    max_len = model_max_length(model_dir)
+    return float(np.mean([len(ids) for ids in tok(texts, truncation=True, max_length=max_len)["input_ids"]]))
+
+
+def model_max_length(model_dir: Path) -> int:
+    """Tokens the model reads (model.json), the same truncation for every path."""
+    return int(json.loads((model_dir / "model.json").read_text()).get("max_length", 128))
 
 
 def flops_per_record(model_dir: Path, tokens: float, n_codes: int) -> dict[str, float]:
