@@ -335,6 +335,8 @@ class OnnxScorer:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or cpu_share()
         opts.inter_op_num_threads = 1
+        # like OMP_WAIT_POLICY=PASSIVE for torch: spinning threads starve the worker on shared CPUs
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
