@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -49,7 +50,16 @@ def get_inference_client(request: Request) -> InferenceClient:
     return request.app.state.inference
 
 
-async def require_api_key(request: Request) -> Principal:
+# Declared for the OpenAPI document (an "Authorize" button in /docs); the key itself is read by presented_key.
+_bearer_scheme = HTTPBearer(auto_error=False, description="API key as a bearer token")
+_header_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
+
+
+async def require_api_key(
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer_scheme)] = None,
+    _header: Annotated[str | None, Security(_header_scheme)] = None,
+) -> Principal:
     """The caller's Principal; 401 without a valid key unless auth is disabled (dev mode, explicitly set)."""
     settings: GatewaySettings = request.app.state.settings
     if settings.auth_disabled:
