@@ -49,23 +49,35 @@ class InferenceMetrics:
         self.registry = r = CollectorRegistry()
         self.requests = Counter("isco_inference_requests", "HTTP requests", ["route", "status"], registry=r)
         self.latency = Histogram(
-            "isco_inference_request_seconds", "request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+            "isco_inference_request_seconds",
+            "request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_records = Histogram(
             "isco_inference_batch_records", "records per model call", buckets=BATCH_BUCKETS, registry=r
         )
         self.batch_requests = Histogram(
-            "isco_inference_batch_requests", "requests merged into one model call", buckets=BATCH_BUCKETS,
+            "isco_inference_batch_requests",
+            "requests merged into one model call",
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.batch_seconds = Histogram(
             "isco_inference_batch_seconds", "model call duration", buckets=LATENCY_BUCKETS, registry=r
         )
         self.records = Counter("isco_inference_records", "records coded", registry=r)
-        self.cache_hits = Gauge("isco_inference_cache_hits", "probability cache hits (current model)", registry=r)
+        self.cache_hits = Gauge(
+            "isco_inference_cache_hits", "probability cache hits (current model)", registry=r
+        )
         self.cache_misses = Gauge("isco_inference_cache_misses", "probability cache misses", registry=r)
-        self.model_info = Gauge("isco_inference_model_info", "loaded model (value 1)", ["version"], registry=r)
-        self.model_loaded_at = Gauge("isco_inference_model_loaded_timestamp", "when it was loaded", registry=r)
+        self.model_info = Gauge(
+            "isco_inference_model_info", "loaded model (value 1)", ["version"], registry=r
+        )
+        self.model_loaded_at = Gauge(
+            "isco_inference_model_loaded_timestamp", "when it was loaded", registry=r
+        )
         self._version: str | None = None
 
     def observe_batch(self, *, requests: int, records: int, seconds: float, predictor: Predictor) -> None:
@@ -124,7 +136,7 @@ class RequestContextMiddleware:
 
 
 def create_app(settings: InferenceSettings | None = None, *, predictor: Predictor | None = None) -> FastAPI:
-    """Build the model service. Tests may pass a ready Predictor (then nothing is loaded from the registry)."""
+    """Build the model service. Tests may pass a ready Predictor (then none is loaded from the registry)."""
     settings = settings or InferenceSettings()
     configure_logging("inference", settings.log_level)
     metrics = InferenceMetrics()
@@ -141,7 +153,9 @@ def create_app(settings: InferenceSettings | None = None, *, predictor: Predicto
             if holder.current is None:
                 log.warning("no model loaded yet; polling the registry", extra={"error": holder.last_error})
         batcher = MicroBatcher(
-            holder, max_records=settings.max_batch_records, max_wait_s=settings.batch_wait_ms / 1000,
+            holder,
+            max_records=settings.max_batch_records,
+            max_wait_s=settings.batch_wait_ms / 1000,
             metrics=metrics,
         )
         app.state.batcher = batcher
@@ -167,7 +181,8 @@ def create_app(settings: InferenceSettings | None = None, *, predictor: Predicto
     async def predict(body: PredictRequest, request: Request) -> Response:
         if len(body.records) > settings.max_request_records:
             raise HTTPException(
-                413, f"{len(body.records)} records in one request; the limit is {settings.max_request_records}"
+                413,
+                f"{len(body.records)} records in one request; the limit is {settings.max_request_records}",
             )
         options = PredictOptions(top_k=body.top_k, thresholds=body.thresholds)
         try:
@@ -185,7 +200,10 @@ def create_app(settings: InferenceSettings | None = None, *, predictor: Predicto
     async def ready() -> JSONResponse:
         current = holder.current
         if current is None:
-            body: dict[str, Any] = {"status": "not ready", "reason": holder.last_error or "no model loaded yet"}
+            body: dict[str, Any] = {
+                "status": "not ready",
+                "reason": holder.last_error or "no model loaded yet",
+            }
             return JSONResponse(body, status_code=503)
         return JSONResponse(
             {
