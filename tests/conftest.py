@@ -62,14 +62,15 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A migrated database on each supported backend. PostgreSQL tables are emptied after each test."""
+    """A migrated database on each supported backend; PostgreSQL tables start empty in each test."""
     if request.param == "sqlite":
         yield request.getfixturevalue("sqlite_url")
         return
     url = request.getfixturevalue("postgres_server_url")
-    yield url
+    # Emptied before each test: other fixtures (e.g. a Celery worker's) share this session database.
     with create_engine(url).begin() as conn:
         conn.execute(text("TRUNCATE jobs, model_versions, api_keys RESTART IDENTITY CASCADE"))
+    yield url
 
 
 @pytest.fixture
