@@ -12,11 +12,14 @@ Model directory layout (written by `save_model_dir`, read by `UnitScorer.load`):
     model.json          version, base model, max_length, pooling, head type, scale
     calibration.json    temperature fitted on the validation split
     knn.safetensors     optional: normalised embeddings of training texts and their labels (kNN signal)
+    lexical.json/.npz   optional: character n-gram TF-IDF vocabulary + idf, and the training texts' vectors
 
-Two signals, combined inside `UnitScorer` so every consumer gets the same probabilities: the cosine head
-(temperature-scaled softmax) and a k-nearest-neighbour vote over the stored training-text embeddings, mixed
-as (1 - w) * p_head + w * p_knn with k, the vote temperature and w chosen on the validation split
-(model.json "knn"). The kNN vote helps most on unseen titles that are close variants of known titles.
+Up to three signals, combined inside `UnitScorer` (through `AuxiliarySignals`) so every consumer gets the
+same probabilities: the cosine head (temperature-scaled softmax), a k-nearest-neighbour vote over the stored
+training-text embeddings, and a k-nearest-neighbour vote over character n-gram TF-IDF vectors of the training
+texts (lexical: spelling variants and rare words the encoder blurs). They are mixed linearly,
+(1 - w_knn - w_lex) * p_head + w_knn * p_knn + w_lex * p_lex, with weights chosen on held-out ESCO
+occupations (model.json "knn" and "lexical"). Mixtures of calibrated distributions stay well calibrated.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ def save_model_dir(
     meta: dict[str, Any],
     temperature: float = 1.0,
     knn_index: KnnIndex | None = None,
+    lexical_index: LexicalIndex | None = None,
 ) -> None:
     """Write the model directory (see module docstring)."""
     model_dir = Path(model_dir)
@@ -118,6 +122,8 @@ def save_model_dir(
             },
             model_dir / "knn.safetensors",
         )
+    if lexical_index is not None:
+        lexical_index.save(model_dir)
 
 
 class KnnConfig(BaseModel):
@@ -213,6 +219,162 @@ def combine_signals(head_probs: np.ndarray, knn_probs: np.ndarray | None, weight
     return (1.0 - weight) * head_probs + weight * knn_probs
 
 
+class LexicalConfig(BaseModel):
+    """The lexical (TF-IDF kNN) vote and its mixing weight (stored in model.json "lexical")."""
+
+    k: int = 10
+    tau: float = 0.05
+    weight: float = 0.0
+    ngram_min: int = 2
+    ngram_max: int = 4
+    min_df: int = 2
+
+
+class LexicalIndex:
+    """Character n-gram (within word boundaries) TF-IDF vectors of training texts, L2-normalised, with labels.
+
+    Stored without pickles: the vocabulary and idf as JSON, the sparse matrix and labels as .npz.
+    """
+
+    def __init__(self, vectorizer: Any, matrix: Any, labels: np.ndarray):
+        self.vectorizer = vectorizer
+        self.matrix = matrix.tocsr().astype(np.float32)
+        self.matrix_t = self.matrix.T.tocsr()
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    @staticmethod
+    def _vectorizer(config: LexicalConfig, vocabulary: dict[str, int] | None = None) -> Any:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        return TfidfVectorizer(
+            analyzer="char_wb",
+            ngram_range=(config.ngram_min, config.ngram_max),
+            sublinear_tf=True,
+            min_df=1 if vocabulary else config.min_df,
+            vocabulary=vocabulary,
+            dtype=np.float32,
+        )
+
+    @classmethod
+    def build(cls, texts: list[str], labels: list[int], config: LexicalConfig) -> LexicalIndex:
+        vectorizer = cls._vectorizer(config)
+        matrix = vectorizer.fit_transform(texts)
+        return cls(vectorizer, matrix, np.asarray(labels))
+
+    def save(self, model_dir: Path) -> None:
+        from scipy.sparse import save_npz
+
+        vocabulary = {term: int(i) for term, i in self.vectorizer.vocabulary_.items()}
+        idf = [float(x) for x in self.vectorizer.idf_]
+        (Path(model_dir) / "lexical.json").write_text(json.dumps({"vocabulary": vocabulary, "idf": idf}))
+        save_npz(Path(model_dir) / "lexical.npz", self.matrix, compressed=True)
+        np.save(Path(model_dir) / "lexical_labels.npy", self.labels.astype(np.int32))
+
+    @classmethod
+    def load(cls, model_dir: Path, config: LexicalConfig) -> LexicalIndex:
+        from scipy.sparse import load_npz
+
+        model_dir = Path(model_dir)
+        data = json.loads((model_dir / "lexical.json").read_text())
+        vectorizer = cls._vectorizer(config, data["vocabulary"])
+        vectorizer._validate_vocabulary()
+        vectorizer.idf_ = np.asarray(data["idf"], dtype=np.float32)
+        labels = np.load(model_dir / "lexical_labels.npy")
+        return cls(vectorizer, load_npz(model_dir / "lexical.npz"), labels)
+
+    def probabilities(
+        self, texts: list[str], config: LexicalConfig, num_labels: int, chunk: int = 256
+    ) -> np.ndarray:
+        """Similarity-weighted vote of the k lexically nearest training texts."""
+        out = np.zeros((len(texts), num_labels), dtype=np.float32)
+        k = max(1, min(config.k, len(self.labels)))
+        for start in range(0, len(texts), chunk):
+            query = self.vectorizer.transform(texts[start : start + chunk])
+            sims = np.asarray((query @ self.matrix_t).todense(), dtype=np.float32)
+            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            top_sims = np.take_along_axis(sims, top, axis=1)
+            weights = np.exp((top_sims - top_sims.max(axis=1, keepdims=True)) / config.tau)
+            weights[top_sims <= 0] = 0.0  # no shared n-gram: no vote
+            rows = np.repeat(np.arange(len(top)), k)
+            np.add.at(out[start : start + chunk], (rows, self.labels[top].ravel()), weights.ravel())
+        sums = out.sum(axis=1, keepdims=True)
+        empty = sums[:, 0] <= 0
+        out /= np.clip(sums, 1e-12, None)
+        out[empty] = 1.0 / num_labels  # nothing in common with any training text: uninformative
+        return out
+
+
+class AuxiliarySignals:
+    """The kNN and lexical signals of a model directory and how they mix with the head (one place for all
+    scorers: torch and ONNX give the same probabilities)."""
+
+    def __init__(
+        self,
+        num_labels: int,
+        knn_index: KnnIndex | None = None,
+        knn_config: KnnConfig | None = None,
+        lexical_index: LexicalIndex | None = None,
+        lexical_config: LexicalConfig | None = None,
+    ):
+        self.num_labels = num_labels
+        self.knn_index, self.knn_config = knn_index, knn_config
+        self.lexical_index, self.lexical_config = lexical_index, lexical_config
+
+    @classmethod
+    def load(cls, model_dir: Path, meta: dict[str, Any], num_labels: int) -> AuxiliarySignals:
+        model_dir = Path(model_dir)
+        knn_index = knn_config = lexical_index = lexical_config = None
+        if (model_dir / "knn.safetensors").exists() and meta.get("knn"):
+            knn_index, knn_config = KnnIndex.load(model_dir / "knn.safetensors"), KnnConfig(**meta["knn"])
+        if (model_dir / "lexical.json").exists() and meta.get("lexical"):
+            lexical_config = LexicalConfig(**meta["lexical"])
+            lexical_index = LexicalIndex.load(model_dir, lexical_config)
+        return cls(num_labels, knn_index, knn_config, lexical_index, lexical_config)
+
+    @property
+    def active(self) -> bool:
+        return bool(
+            (self.knn_index is not None and self.knn_config and self.knn_config.weight > 0)
+            or (self.lexical_index is not None and self.lexical_config and self.lexical_config.weight > 0)
+        )
+
+    def combine(self, texts: list[str], embeddings: np.ndarray, head_probs: np.ndarray) -> np.ndarray:
+        """Mix the head's probabilities with the kNN and lexical votes for these texts."""
+        if not self.active or not len(texts):
+            return head_probs
+        parts: list[tuple[np.ndarray, float]] = []
+        if self.knn_index is not None and self.knn_config is not None and self.knn_config.weight > 0:
+            parts.append(
+                (
+                    knn_probabilities(embeddings, self.knn_index, self.knn_config, self.num_labels),
+                    self.knn_config.weight,
+                )
+            )
+        if (
+            self.lexical_index is not None
+            and self.lexical_config is not None
+            and self.lexical_config.weight > 0
+        ):
+            parts.append(
+                (
+                    self.lexical_index.probabilities(texts, self.lexical_config, self.num_labels),
+                    self.lexical_config.weight,
+                )
+            )
+        return mix_probabilities(head_probs, parts)
+
+
+def mix_probabilities(head_probs: np.ndarray, parts: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """(1 - sum w) * head + sum w_i * p_i."""
+    total = sum(w for _, w in parts)
+    if total >= 1.0:
+        raise ValueError(f"signal weights sum to {total}, must be < 1")
+    out = (1.0 - total) * head_probs
+    for probs, weight in parts:
+        out = out + weight * probs
+    return out
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     p = np.exp(z)
@@ -283,11 +445,13 @@ class UnitScorer:
         device: str,
         max_length: int,
         knn_index: KnnIndex | None = None,
+        signals: AuxiliarySignals | None = None,
     ):
         self.model = model
         self.knn_index = knn_index
         knn = meta.get("knn") or {}
         self.knn_config = KnnConfig(**knn) if knn_index is not None and knn else None
+        self.signals = signals or AuxiliarySignals(len(codes), knn_index, self.knn_config)
         self.tokenizer = tokenizer
         self.codes = codes
         self.meta = meta
@@ -315,10 +479,17 @@ class UnitScorer:
             model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
         model.to(device)
         temperature = float(json.loads((model_dir / "calibration.json").read_text()).get("temperature", 1.0))
-        knn_path = model_dir / "knn.safetensors"
-        knn_index = KnnIndex.load(knn_path) if knn_path.exists() else None
+        signals = AuxiliarySignals.load(model_dir, meta, len(codes))
         return cls(
-            model, tokenizer, codes, meta, temperature, device, int(meta.get("max_length", 128)), knn_index
+            model,
+            tokenizer,
+            codes,
+            meta,
+            temperature,
+            device,
+            int(meta.get("max_length", 128)),
+            signals.knn_index,
+            signals,
         )
 
     @torch.inference_mode()
@@ -354,10 +525,7 @@ class UnitScorer:
 
     def unit_probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Calibrated probabilities, shape (len(texts), len(codes)): temperature-scaled head softmax, mixed
-        with the kNN vote when the model directory has an index (see module docstring)."""
+        with the kNN and lexical votes when the model directory has them (see module docstring)."""
         logits, embeddings = self._forward(texts, batch_size)
         head = _softmax(logits / self.temperature)
-        if self.knn_index is None or self.knn_config is None or self.knn_config.weight <= 0 or not len(texts):
-            return head
-        knn = knn_probabilities(embeddings, self.knn_index, self.knn_config, len(self.codes))
-        return combine_signals(head, knn, self.knn_config.weight)
+        return self.signals.combine(texts, embeddings, head)

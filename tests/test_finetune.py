@@ -66,7 +66,8 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     q = UnitScorer.load(tmp_path / "model", device="cpu", quantize="int8").unit_probabilities(["nurse"])
     assert q.shape == (1, 436)
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert meta["knn"]["k"] == 3
+    assert meta["knn"]["k"] == 3 and meta["lexical"]["weight"] >= 0
+    assert (tmp_path / "model" / "lexical.npz").exists()
 
     # Corrections: start from the model just written.
     again = finetune(

@@ -39,6 +39,8 @@ from shared.modeling import (
     IscoClassifier,
     KnnConfig,
     KnnIndex,
+    LexicalConfig,
+    LexicalIndex,
     build_knn_index,
     combine_signals,
     cpu_share,
@@ -47,6 +49,7 @@ from shared.modeling import (
     fit_knn_weight,
     knn_probabilities,
     load_model_dir,
+    mix_probabilities,
     save_model_dir,
 )
 from shared.taxonomy import get_taxonomy
@@ -101,6 +104,12 @@ class FinetuneConfig(BaseModel):
         description="fixed kNN mixing weight (chosen on held-out occupations); None = fit on val",
     )
     knn_tau: float = 0.05
+    lexical: bool = Field(True, description="store a character n-gram TF-IDF kNN signal with the model")
+    lexical_k: int = 10
+    lexical_tau: float = 0.05
+    lexical_weight: float | None = Field(
+        None, ge=0, le=0.9, description="fixed lexical mixing weight; None = fit on val"
+    )
     seed: int = 42
     device: str = "auto"
     disable_tqdm: bool = False
@@ -497,6 +506,39 @@ def finetune(
             knn_cfg.val_accuracy = float((mixed.argmax(1) == val_labels).mean())
         knn_meta = knn_cfg.model_dump()
 
+    lexical_index = None
+    lexical_meta: dict[str, Any] = {}
+    if config.lexical and len(train_texts):
+        lex_cfg = LexicalConfig(
+            k=config.lexical_k, tau=config.lexical_tau, weight=config.lexical_weight or 0.0
+        )
+        lexical_index = LexicalIndex.build(train_texts, y_train, lex_cfg)
+        if has_val:
+            head_p = _softmax_np(val_logits / temperature)
+            parts = []
+            if knn_index is not None and knn_meta.get("weight", 0) > 0:
+                knn_p = knn_probabilities(val_emb, knn_index, KnnConfig(**knn_meta), len(codes))
+                parts.append((knn_p, float(knn_meta["weight"])))
+            lex_p = lexical_index.probabilities(val_texts_sorted, lex_cfg, len(codes))
+            used = sum(w for _, w in parts)
+            grid = (
+                [lex_cfg.weight]
+                if config.lexical_weight is not None
+                else [w for w in np.linspace(0.0, 0.5, 11) if used + w < 0.95]
+            )
+            scored = []
+            for w in grid:
+                p = mix_probabilities(head_p, [*parts, (lex_p, float(w))])
+                acc = float((p.argmax(1) == val_labels).mean())
+                nll = float(-np.log(np.clip(p[np.arange(len(val_labels)), val_labels], 1e-12, None)).mean())
+                scored.append((round(acc, 4), -nll, float(w)))
+            best = max(scored)
+            lex_cfg.weight = round(best[2], 3)
+            lexical_meta = {**lex_cfg.model_dump(), "val_accuracy": best[0]}
+        else:
+            lex_cfg.weight = config.lexical_weight if config.lexical_weight is not None else 0.2
+            lexical_meta = lex_cfg.model_dump()
+
     output_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "version": version,
@@ -505,16 +547,25 @@ def finetune(
         "scale": float(model.scale.detach()),
         "config": config.model_dump(),
         "knn": knn_meta or None,
+        "lexical": lexical_meta or None,
     }
     save_model_dir(
-        model, tokenizer, codes, output_dir, meta=meta, temperature=temperature, knn_index=knn_index
+        model,
+        tokenizer,
+        codes,
+        output_dir,
+        meta=meta,
+        temperature=temperature,
+        knn_index=knn_index,
+        lexical_index=lexical_index,
     )
     result = {
         "epochs": epoch_log.epochs,
         "val_accuracy": val_accuracy,
-        "val_accuracy_combined": knn_meta.get("val_accuracy", val_accuracy) if knn_meta else val_accuracy,
+        "val_accuracy_combined": (lexical_meta or knn_meta or {}).get("val_accuracy", val_accuracy),
         "temperature": temperature,
         "knn": knn_meta or None,
+        "lexical": lexical_meta or None,
         "seconds": round(time.monotonic() - started, 1),
         "train_seconds": round(train_seconds, 1),
         "stopped_by_budget": epoch_log.stopped_by_budget,
