@@ -100,13 +100,15 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
     table.add_column("n", justify="right")
     for _, label in COLUMNS:
         table.add_column(label, justify="right")
+    table.add_column("texts/s", justify="right")
     sets = sorted({s for r in results.values() for s in r["sets"]})
     for s in sets:
         for system, r in results.items():
             m = r["sets"].get(s)
             if m is None:
                 continue
-            table.add_row(s, system, str(m["n"]), *(f"{m[key]:.3f}" for key, _ in COLUMNS))
+            speed = f"{m['texts_per_second']:.0f}" if "texts_per_second" in m else "-"
+            table.add_row(s, system, str(m["n"]), *(f"{m[key]:.3f}" for key, _ in COLUMNS), speed)
     Console().print(table)
 
 

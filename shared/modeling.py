@@ -408,7 +408,10 @@ def load_model_dir(
 ) -> tuple[IscoClassifier, PreTrainedTokenizerBase, list[str], dict[str, Any]]:
     """Load classifier, tokenizer, codes (label order) and model.json metadata."""
     model_dir = Path(model_dir)
-    encoder = AutoModel.from_pretrained(model_dir / "encoder")
+    try:  # the classifier never uses the pooler; BERT-like encoders are saved without one
+        encoder = AutoModel.from_pretrained(model_dir / "encoder", add_pooling_layer=False)
+    except TypeError:
+        encoder = AutoModel.from_pretrained(model_dir / "encoder")
     tokenizer = AutoTokenizer.from_pretrained(model_dir / "encoder")
     codes = json.loads((model_dir / "labels.json").read_text())["codes"]
     weights = load_file(model_dir / "head.safetensors")
