@@ -57,7 +57,9 @@ class Prediction(BaseModel):
     level: int | None = Field(description="4 unit group, 3 minor, 2 sub-major, 1 major; null when not coded")
     title: str | None
     confidence: float | None
-    is_fallback: bool = Field(description="true when the answer is coarser than a 4-digit unit group")
+    is_fallback: bool = Field(
+        description="true when no 4-digit unit group is given: a coarser group, or not coded at all (coded=false)"
+    )
     unit_code: str = Field(description="most likely 4-digit unit group")
     unit_title: str
     unit_confidence: float
