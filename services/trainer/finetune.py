@@ -637,7 +637,7 @@ def _train_head_on_embeddings(
         "head stage: %d epochs on %d embeddings, scale %.1f, %d groups from their titles",
         config.head_epochs,
         len(y),
-        float(scale),
+        float(scale.detach()),
         len(missing),
     )
 
