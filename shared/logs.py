@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "X-Request-ID"
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -53,3 +58,43 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     # one line per HTTP call from the pooled clients is noise next to our own access log
     for noisy in ("httpx", "httpx2", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# called once per HTTP request: (scope, route template, status code, seconds)
+RequestObserver = Callable[[Scope, str, int, float], None]
+
+
+class RequestContextMiddleware:
+    """Adopts a safe incoming X-Request-ID (or makes one) for logs and the response, then reports the request.
+
+    Plain ASGI: BaseHTTPMiddleware costs too much on a path whose budget is milliseconds.
+    """
+
+    def __init__(self, app: ASGIApp, observe: RequestObserver):
+        self.app = app
+        self.observe = observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
+        request_id = incoming if incoming and _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status_code = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.observe(scope, route, status_code, time.perf_counter() - started)
+            request_id_var.reset(token)

@@ -14,9 +14,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import re
-import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,12 +35,11 @@ from services.gateway.routes_predict import reject_large_batch
 from services.gateway.routes_predict import router as predict_router
 from services.gateway.settings import GatewaySettings
 from shared.db.session import get_engine
-from shared.logs import REQUEST_ID_HEADER, configure_logging, request_id_var
+from shared.logs import REQUEST_ID_HEADER, RequestContextMiddleware, RequestObserver, configure_logging
 
 log = logging.getLogger("services.gateway")
 
 OPTIONAL_ROUTERS = ("services.gateway.jobs", "services.gateway.uploads")
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -51,50 +47,24 @@ _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # ---------------------------------------------------------------------------------------------------------
 
 
-class RequestContextMiddleware:
-    """Request id (incoming X-Request-ID or a new one) in logs, responses and calls to inference; metrics."""
+def _observer(metrics: GatewayMetrics) -> RequestObserver:
+    def observe(scope: Scope, route: str, status_code: int, elapsed: float) -> None:
+        metrics.requests.labels(scope["method"], route, str(status_code)).inc()
+        metrics.latency.labels(route).observe(elapsed)
+        level = logging.DEBUG if route in ("/health", "/metrics") else logging.INFO
+        log.log(
+            level,
+            "request",
+            extra={
+                "method": scope["method"],
+                "path": scope["path"],
+                "route": route,
+                "status": status_code,
+                "ms": round(elapsed * 1000, 2),
+            },
+        )
 
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics):
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        token = request_id_var.set(request_id)
-        started = time.perf_counter()
-        status_code = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status_code
-            if message["type"] == "http.response.start":
-                status_code = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], route, str(status_code)).inc()
-            self.metrics.latency.labels(route).observe(elapsed)
-            level = logging.DEBUG if route in ("/health", "/metrics") else logging.INFO
-            log.log(
-                level,
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "route": route,
-                    "status": status_code,
-                    "ms": round(elapsed * 1000, 2),
-                },
-            )
-            request_id_var.reset(token)
+    return observe
 
 
 class BodyGuardMiddleware:
@@ -267,7 +237,7 @@ def create_app(settings: GatewaySettings | None = None, *, inference_transport: 
     _add_ops_routes(app)
 
     app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: sees every response
+    app.add_middleware(RequestContextMiddleware, observe=_observer(metrics))  # outermost: sees every response
     return app
 
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
-import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,17 +24,16 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from services.inference.batching import MicroBatcher, ModelNotReady
 from services.inference.settings import InferenceSettings
-from shared.logs import configure_logging, request_id_var
+from shared.logs import RequestContextMiddleware, RequestObserver, configure_logging
 from shared.predictor import Predictor, PredictorHolder
 from shared.schemas import PredictOptions, PredictRequest, PredictResponse
 
 log = logging.getLogger("services.inference")
 
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
@@ -96,43 +92,17 @@ class InferenceMetrics:
         self._version = predictor.version
 
 
-class RequestContextMiddleware:
-    """Adopts the gateway's X-Request-ID for logs; counts and times requests."""
+def _observer(metrics: InferenceMetrics) -> RequestObserver:
+    def observe(scope: Scope, route: str, status_code: int, elapsed: float) -> None:
+        metrics.requests.labels(route, str(status_code)).inc()
+        metrics.latency.labels(route).observe(elapsed)
+        if route == "/v1/predict" or status_code >= 400:
+            log.info(
+                "request",
+                extra={"path": scope["path"], "status": status_code, "ms": round(elapsed * 1000, 2)},
+            )
 
-    def __init__(self, app: ASGIApp, metrics: InferenceMetrics):
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
-        request_id = incoming if incoming and _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        token = request_id_var.set(request_id)
-        started = time.perf_counter()
-        status_code = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status_code
-            if message["type"] == "http.response.start":
-                status_code = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, str(status_code)).inc()
-            self.metrics.latency.labels(route).observe(elapsed)
-            if route == "/v1/predict" or status_code >= 400:
-                log.info(
-                    "request",
-                    extra={"path": scope["path"], "status": status_code, "ms": round(elapsed * 1000, 2)},
-                )
-            request_id_var.reset(token)
+    return observe
 
 
 def create_app(settings: InferenceSettings | None = None, *, predictor: Predictor | None = None) -> FastAPI:
@@ -220,7 +190,7 @@ def create_app(settings: InferenceSettings | None = None, *, predictor: Predicto
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, observe=_observer(metrics))
     return app
 
 
