@@ -25,6 +25,7 @@ from services.gateway.auth import (
 )
 from services.gateway.client import InferenceClient
 from services.gateway.settings import GatewaySettings
+from shared.db.session import transaction
 
 
 def get_settings(request: Request) -> GatewaySettings:
@@ -37,13 +38,8 @@ def get_session_factory(request: Request) -> sessionmaker[Session]:
 
 def get_session(request: Request) -> Iterator[Session]:
     """One session per request, committed at the request boundary (helpers only flush)."""
-    with get_session_factory(request)() as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+    with transaction(get_session_factory(request)) as session:
+        yield session
 
 
 def get_inference_client(request: Request) -> InferenceClient:

@@ -33,12 +33,19 @@ def session_factory(url: str) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(url: str) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error (for CLI commands and tasks)."""
-    with session_factory(url)() as session:
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error: the boundary of a request or a task."""
+    with factory() as session:
         try:
             yield session
             session.commit()
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """`transaction` on the database at `url` (for CLI commands and tasks)."""
+    with transaction(session_factory(url)) as session:
+        yield session
