@@ -48,10 +48,13 @@ def default_base_model() -> str:
 class IscoClassifier(nn.Module):
     """Encoder + masked mean pooling + cosine-similarity head with a learnable scale."""
 
+    # a Hugging Face PreTrainedModel (config, save_pretrained, ...): plain nn.Module typing lacks those
+    encoder: Any
+
     def __init__(self, encoder: nn.Module, num_labels: int, scale: float = 20.0):
         super().__init__()
         self.encoder = encoder
-        hidden = encoder.config.hidden_size
+        hidden = self.encoder.config.hidden_size
         self.head = nn.Parameter(torch.randn(num_labels, hidden) * 0.02)
         self.scale = nn.Parameter(torch.tensor(float(scale)))
 

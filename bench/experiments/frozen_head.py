@@ -59,5 +59,6 @@ if __name__ == "__main__":
             ph = sm(s * Q @ W.T)
             pk = knn_probabilities(Q, idx, KnnConfig(k=10, tau=0.05), len(codes))
             out[name[:4]] = [round(topk_accuracy(ph, acc, codes), 3)] + [
-                round(topk_accuracy((1 - w) * ph + w * pk, acc, codes), 3) for w in (0.3, 0.5)]
+                round(topk_accuracy((1 - w) * ph + w * pk, acc, codes), 3) for w in (0.3, 0.5)
+            ]
         print(cfg, round(s, 1), out, flush=True)

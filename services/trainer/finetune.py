@@ -183,7 +183,9 @@ class _CodeTrainer(Trainer):
                     return (step + 1) / warmup
                 return max(0.0, (plan["total"] - step) / max(1, plan["total"] - warmup))
 
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
+            target = optimizer or self.optimizer
+            assert target is not None
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(target, factor)
         return self.lr_scheduler
 
     def create_optimizer(self, model: Any = None) -> Any:
