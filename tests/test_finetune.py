@@ -82,7 +82,11 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
         init_model_dir=tmp_path / "model",
     )
     assert again["temperature"] == 1.0
-    assert UnitScorer.load(tmp_path / "model2", device="cpu").version == "t-2"
+    corrected = UnitScorer.load(tmp_path / "model2", device="cpu")
+    assert corrected.version == "t-2"
+    # The parent's kNN and lexical entries are kept and the new texts added, not replaced by them.
+    assert len(corrected.signals.knn_index.labels) == len(texts) + 10
+    assert len(corrected.signals.lexical_index.labels) == len(texts) + 10
 
 
 def test_choose_batching_and_temperature():

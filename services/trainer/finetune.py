@@ -36,6 +36,7 @@ from transformers import (
 )
 
 from shared.modeling import (
+    AuxiliarySignals,
     IscoClassifier,
     KnnConfig,
     KnnIndex,
@@ -352,8 +353,13 @@ def finetune(
     y_train = [label_of[c] for c in train_codes]
     y_val = [label_of[c] for c in val_codes]
 
+    parent_signals: AuxiliarySignals | None = None
+    parent_label_map: np.ndarray | None = None
     if init_model_dir is not None:
-        model, tokenizer, init_codes, _ = load_model_dir(Path(init_model_dir))
+        model, tokenizer, init_codes, init_meta = load_model_dir(Path(init_model_dir))
+        parent_signals = AuxiliarySignals.load(Path(init_model_dir), init_meta, len(init_codes))
+        # parent label id -> new label id (-1: a code the new label map lacks)
+        parent_label_map = np.array([label_of.get(c, -1) for c in init_codes], dtype=np.int64)
         head = model.head.detach().clone()
         scale = float(model.scale.detach())
         base_model = str(init_model_dir)
@@ -493,6 +499,11 @@ def finetune(
                 max_items=config.knn_max_index,
                 seed=config.seed,
             )
+        if parent_signals is not None and parent_signals.knn_index is not None:
+            # Corrections: keep the parent's index (its entries were embedded by the parent encoder, which a
+            # short corrections run changes little) and add the new texts, so the vote does not shrink to the
+            # replay sample.
+            knn_index = _merge_knn(parent_signals.knn_index, parent_label_map, knn_index)
         knn_cfg = KnnConfig(k=config.knn_k, tau=config.knn_tau, weight=config.knn_weight or 0.0)
         if config.knn_weight is None and has_val:
             knn_by_tau = {
@@ -514,7 +525,12 @@ def finetune(
         lex_cfg = LexicalConfig(
             k=config.lexical_k, tau=config.lexical_tau, weight=config.lexical_weight or 0.0
         )
-        lexical_index = LexicalIndex.build(train_texts, y_train, lex_cfg)
+        if parent_signals is not None and parent_signals.lexical_index is not None:
+            lexical_index = _merge_lexical(
+                parent_signals.lexical_index, parent_label_map, train_texts, y_train
+            )
+        else:
+            lexical_index = LexicalIndex.build(train_texts, y_train, lex_cfg)
         if has_val:
             head_p = _softmax_np(val_logits / temperature)
             parts = []
@@ -581,6 +597,27 @@ def finetune(
     }
     log.info("finetune done: %s", {k: v for k, v in result.items() if k != "epochs"})
     return result
+
+
+def _merge_knn(parent: KnnIndex, label_map: np.ndarray | None, new: KnnIndex) -> KnnIndex:
+    """The parent's kNN entries (labels mapped to the new label order) followed by the new ones."""
+    labels = label_map[parent.labels] if label_map is not None else parent.labels
+    keep = labels >= 0
+    return KnnIndex(
+        np.vstack([parent.embeddings[keep], new.embeddings]), np.concatenate([labels[keep], new.labels])
+    )
+
+
+def _merge_lexical(
+    parent: LexicalIndex, label_map: np.ndarray | None, texts: list[str], labels: list[int]
+) -> LexicalIndex:
+    """The parent's lexical index with the new texts added (vectorised with the parent's vocabulary)."""
+    from scipy.sparse import vstack
+
+    parent_labels = label_map[parent.labels] if label_map is not None else parent.labels
+    keep = np.flatnonzero(parent_labels >= 0)
+    matrix = vstack([parent.matrix[keep], parent.vectorizer.transform(texts)])
+    return LexicalIndex(parent.vectorizer, matrix, np.concatenate([parent_labels[keep], np.asarray(labels)]))
 
 
 def _softmax_np(logits: np.ndarray) -> np.ndarray:
