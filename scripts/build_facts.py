@@ -1,7 +1,7 @@
 """Build the project's small facts tables from the reference files beside the checkout.
 
 - shared/data/isco08_groups.csv: ISCO-08 code, level, English title, parent (titles only, no definitions).
-- shared/data/esco_occupations.csv: ESCO occupation URI -> ISCO-08 unit group, preferred and alternative titles.
+- shared/data/esco_occupations.csv: ESCO occupation URI -> ISCO-08 unit group, preferred and alt titles.
 
 ESCO v1.2 (c) European Union, CC BY 4.0. ISCO-08 (c) International Labour Organization.
 Descriptions and definitions are deliberately not copied: they are loaded at run time.
@@ -27,7 +27,7 @@ def build_groups(structure_csv: Path, out: Path) -> int:
             code = code.zfill(level)  # armed forces: 0, 01, 011, 0110
             parent = code[:-1] if level > 1 else ""
             rows.append((code, level, " ".join(row["Title EN"].split()), parent))
-    rows.sort(key=lambda r: (r[0]))
+    rows.sort(key=lambda r: r[0])
     with out.open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(["code", "level", "title", "parent"])
@@ -42,8 +42,14 @@ def build_occupations(occupations_csv: Path, out: Path) -> int:
         w.writerow(["uri", "isco_code", "preferred_label", "alt_labels"])
         for row in csv.DictReader(f):
             alts = [" ".join(a.split()) for a in row["altLabels"].split("\n") if a.strip()]
-            w.writerow([row["conceptUri"], row["iscoGroup"].strip().zfill(4), row["preferredLabel"].strip(),
-                        "|".join(alts)])
+            w.writerow(
+                [
+                    row["conceptUri"],
+                    row["iscoGroup"].strip().zfill(4),
+                    row["preferredLabel"].strip(),
+                    "|".join(alts),
+                ]
+            )
             n += 1
     return n
 

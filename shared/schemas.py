@@ -13,7 +13,9 @@ class JobRecord(BaseModel):
     id: str | None = Field(None, max_length=200, description="caller's identifier, echoed back")
     job_title: str = Field("", description="job title as written", examples=["primary school teacher"])
     duties_description: str = Field(
-        "", description="main tasks and duties", examples=["teaches reading and arithmetic to children aged 6-11"]
+        "",
+        description="main tasks and duties",
+        examples=["teaches reading and arithmetic to children aged 6-11"],
     )
 
     @model_validator(mode="after")
@@ -58,7 +60,7 @@ class Prediction(BaseModel):
     title: str | None
     confidence: float | None
     is_fallback: bool = Field(
-        description="true when no 4-digit unit group is given: a coarser group, or not coded at all (coded=false)"
+        description="true when no 4-digit unit group is given: a coarser group, or not coded (coded=false)"
     )
     unit_code: str = Field(description="most likely 4-digit unit group")
     unit_title: str

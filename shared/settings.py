@@ -21,7 +21,9 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ISCO_", env_file=".env", extra="ignore")
 
-    env: Literal["dev", "test", "prod"] = Field("dev", description="dev allows insecure defaults; prod refuses them")
+    env: Literal["dev", "test", "prod"] = Field(
+        "dev", description="dev allows insecure defaults; prod refuses them"
+    )
     data_dir: Path = Field(REPO_ROOT / "var", description="shared volume: models/, uploads/, results/")
     database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite file in data_dir")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker and cache")

@@ -8,12 +8,14 @@ import unicodedata
 
 _TAG = re.compile(r"<[^>]{0,200}>")
 _SPACE = re.compile(r"\s+")
-_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-"})
+_QUOTES = str.maketrans(
+    {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-"}
+)
 _REPEATED_PUNCT = re.compile(r"([!?.,;:\-_*=#~])\1{2,}")
 
 
 def clean_text(text: str | None) -> str:
-    """Normalise unicode (NFKC), unescape and strip HTML remnants, unify quotes and dashes, fold white space."""
+    """Normalise unicode (NFKC), unescape and strip HTML, unify quotes and dashes, fold white space."""
     if not text:
         return ""
     text = unicodedata.normalize("NFKC", str(text))

@@ -23,7 +23,14 @@ def test_hierarchy_and_titles():
 
 @pytest.mark.parametrize(
     "raw, expected",
-    [(" 2512 ", "2512"), ("2512.0", "2512"), (2512, "2512"), ("110", "0110"), ("210", "0210"), ("0310", "0310")],
+    [
+        (" 2512 ", "2512"),
+        ("2512.0", "2512"),
+        (2512, "2512"),
+        ("110", "0110"),
+        ("210", "0210"),
+        ("0310", "0310"),
+    ],
 )
 def test_normalise_accepts(raw, expected):
     assert get_taxonomy().normalise(raw) == expected
@@ -31,7 +38,13 @@ def test_normalise_accepts(raw, expected):
 
 @pytest.mark.parametrize(
     "raw, reason",
-    [("", "empty"), ("abc", "not numeric"), ("9999", "not an ISCO-08 code"), ("251", "minor group"), (None, "empty")],
+    [
+        ("", "empty"),
+        ("abc", "not numeric"),
+        ("9999", "not an ISCO-08 code"),
+        ("251", "minor group"),
+        (None, "empty"),
+    ],
 )
 def test_normalise_rejects_with_reason(raw, reason):
     with pytest.raises(InvalidCode, match=reason):
