@@ -38,6 +38,8 @@ RESULT_COLUMNS = [
     "unit_confidence",
     "top_codes",
     "top_confidences",
+    "needs_review",
+    "review_reasons",
 ]
 ROW_ERROR = "row_error"
 JOB_RESULT_COLUMNS = [*RESULT_COLUMNS, ROW_ERROR]
@@ -394,6 +396,8 @@ def prediction_cells(prediction: Prediction) -> list[str]:
         _fmt(prediction.unit_confidence),
         "|".join(a.code for a in top),
         "|".join(_fmt(a.confidence) for a in top),
+        "true" if prediction.needs_review else "false",
+        "|".join(prediction.review_reasons),
     ]
 
 

@@ -154,6 +154,12 @@ def choose_level(best_per_level: dict[int, tuple[str, float]], thresholds: Thres
     return None
 
 
+def review_fields(choice: LevelChoice | None) -> dict[str, Any]:
+    """`needs_review` and its reasons: only a 4-digit answer that cleared its threshold is auto-coded."""
+    reasons = ["not_coded"] if choice is None else ["below_threshold"] if choice.level < 4 else []
+    return {"needs_review": bool(reasons), "review_reasons": reasons}
+
+
 def _conf(x: float) -> float:
     return round(float(x), 6)
 
@@ -224,6 +230,7 @@ def build_predictions(
                 path=path,
                 model_version=model_version,
                 truncated=bool(truncated[r]),
+                **review_fields(choice),
             )
         )
     return results

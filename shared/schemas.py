@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, model_validator
 
+# Why a record is routed to a human coder (Prediction.review_reasons), in the order they are checked.
+REVIEW_REASONS = (
+    "not_coded",  # no level cleared its threshold
+    "below_threshold",  # answered at a coarser level than the 4-digit unit group
+    "not_an_occupation",  # student, retired, unemployed, homemaker, unknown ...
+    "not_english",  # the model reads English only
+)
+
 MAX_TEXT_CHARS = 2000  # longer fields are truncated (and flagged): the model reads at most ~128 tokens anyway
 
 
@@ -69,6 +77,13 @@ class Prediction(BaseModel):
     path: list[GroupRef] = Field(description="major -> sub-major -> minor -> unit of the best unit group")
     model_version: str
     truncated: bool = Field(False, description="input was longer than the limit and was truncated")
+    needs_review: bool = Field(
+        True, description="true when the record should go to a human coder instead of being auto-coded"
+    )
+    review_reasons: list[str] = Field(
+        default_factory=list,
+        description="why it needs review: " + ", ".join(REVIEW_REASONS),
+    )
 
 
 class PredictOptions(BaseModel):

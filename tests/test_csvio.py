@@ -167,7 +167,8 @@ def test_result_rows_follow_the_contract() -> None:
     ok = csvio.result_row(["nurse", "x", "=1+2"], _prediction())
     assert ok[2] == "'=1+2"
     assert ok[3:] == ["2221", "4", "Nursing professionals", "0.9123", "false", "2221", "0.9123",
-                      "2221|3221|5321|2222|3222", "0.1000|0.1000|0.1000|0.1000|0.1000", ""]  # fmt: skip
+                      "2221|3221|5321|2222|3222", "0.1000|0.1000|0.1000|0.1000|0.1000",
+                      "true", "", ""]  # fmt: skip
     failed = csvio.result_row(["", "", ""], "job_title and duties_description are both empty")
     assert failed[3:-1] == [""] * len(csvio.RESULT_COLUMNS) and failed[-1].startswith("job_title")
     line = csvio.header_line(header, ";")

@@ -25,6 +25,8 @@ CONTRACT = [
     "unit_confidence",
     "top_codes",
     "top_confidences",
+    "needs_review",
+    "review_reasons",
 ]
 
 

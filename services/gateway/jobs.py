@@ -186,7 +186,7 @@ async def predict_csv(
     """Upload a CSV (multipart field `file`); it is checked as it streams in and queued as a job.
 
     The result has the input columns, then isco_code, level, title, confidence, is_fallback, unit_code,
-    unit_confidence, top_codes, top_confidences and row_error.
+    unit_confidence, top_codes, top_confidences, needs_review, review_reasons and row_error.
     """
     settings = job_settings(request)
     given = {

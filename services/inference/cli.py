@@ -3,8 +3,9 @@
 Input: a header with job_title and/or duties_description (case and spaces ignored; comma, semicolon or tab);
 extra columns are kept. Output: the input columns (a name that clashes with an output column gets an
 `input_` prefix), then isco_code, level, title, confidence, is_fallback, unit_code, unit_confidence,
-top_codes, top_confidences (the predict CSV contract, `shared.csvio`), then row_error: a row that cannot be
-coded (both texts empty, wrong number of fields) keeps its place with empty results and the reason.
+top_codes, top_confidences, needs_review, review_reasons (the predict CSV contract, `shared.csvio`), then
+row_error: a row that cannot be coded (both texts empty, wrong number of fields) keeps its place with empty
+results and the reason.
 The file is streamed in chunks; memory does not grow with its size.
 """
 
