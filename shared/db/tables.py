@@ -1,4 +1,4 @@
-"""Tables of the metadata DB: model versions (the registry), jobs and API keys."""
+"""Tables of the metadata DB: model versions (the registry), jobs, API keys and review decisions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,18 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # A fixed naming convention so that Alembic migrations name constraints the same on every database.
@@ -103,3 +114,51 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column()
     last_used_at: Mapped[datetime | None] = mapped_column()
+
+
+class ReviewAction(enum.StrEnum):
+    """What a coder did with a row of the review queue."""
+
+    accept = "accept"  # the model's unit group
+    alternative = "alternative"  # one of the model's other alternatives
+    search = "search"  # a code found by searching the taxonomy
+    uncodable = "uncodable"  # no code can be given (final_code is null)
+
+
+class ReviewDecision(Base):
+    """The current decision on one result row of a job (one per row; `ReviewEvent` keeps every change).
+
+    The texts are copied here so that the decisions stay usable as corrections after the job's files expire.
+    """
+
+    __tablename__ = "review_decisions"
+    __table_args__ = (UniqueConstraint("job_id", "row_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    row_number: Mapped[int] = mapped_column(Integer)  # data row, counted from 1 as in the result file
+    job_title: Mapped[str] = mapped_column(Text, default="")
+    duties_description: Mapped[str] = mapped_column(Text, default="")
+    model_code: Mapped[str | None] = mapped_column(String(8))
+    final_code: Mapped[str | None] = mapped_column(String(8))  # null: uncodable
+    action: Mapped[str] = mapped_column(String(16))
+    reviewer_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    reviewer_name: Mapped[str] = mapped_column(String(200))
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReviewEvent(Base):
+    """Audit trail: every decision ever made on a row, never updated or deleted by the application."""
+
+    __tablename__ = "review_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    row_number: Mapped[int] = mapped_column(Integer)
+    model_code: Mapped[str | None] = mapped_column(String(8))
+    previous_code: Mapped[str | None] = mapped_column(String(8))
+    final_code: Mapped[str | None] = mapped_column(String(8))
+    action: Mapped[str] = mapped_column(String(16))
+    reviewer_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    reviewer_name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
