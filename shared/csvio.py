@@ -42,6 +42,9 @@ RESULT_COLUMNS = [
     "review_reasons",
 ]
 ROW_ERROR = "row_error"
+# The columns a job result adds after the input's: the single place that defines them (the job result header
+# is `result_header(input_header)`). Columns added later (e.g. a reviewer's final code) go at the end, so
+# that readers that address columns by name keep working.
 JOB_RESULT_COLUMNS = [*RESULT_COLUMNS, ROW_ERROR]
 DELIMITERS = (",", ";", "\t")
 SNIFF_BYTES = 64 * 1024
@@ -57,7 +60,11 @@ _UTF16_BOMS = (
     codecs.BOM_UTF16_BE,
 )  # longest first
 _HEADER_SEP = re.compile(r"[\s_\-.]+")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = ("=", "@", "\t", "\r")
+# After a leading + or -, a spreadsheet computes what follows (`+1+1` becomes 2, `-cmd|' /C calc'!A0` runs a
+# command). Left as written: a lone sign, a plain number (-1.5, +3, 1e-3) and a phone number (+ digits in
+# space-separated groups: +44 20 7946 0958, +1 (555) 010-9999), which a spreadsheet keeps as typed text.
+_PLAIN_SIGNED = re.compile(r"[+-]|[+-]?\d+(?:[.,]\d+)*(?:[eE][+-]?\d+)?|\+\d[\d().-]*(?:\s+[\d().-]+)+")
 
 
 class CsvFormatError(ValueError):
@@ -131,16 +138,9 @@ def _encoding_error(data: bytes, exc: UnicodeDecodeError, offset: int, lines_bef
     position = offset + exc.start
     line = lines_before + data[: exc.start].count(b"\n") + 1
     bad = data[exc.start : exc.start + 4]
-    guess = None
-    try:
-        from charset_normalizer import from_bytes
-
-        best = from_bytes(data[max(0, exc.start - 2000) : exc.start + 2000]).best()
-        guess = best.encoding if best is not None else None
-    except Exception:  # the guess only decorates the message
-        guess = None
+    guess = guess_legacy_encoding(data[max(0, exc.start - 2000) : exc.start + 2000])
     where = f"line {line} (byte offset {position})"
-    hint = f" It looks like {guess}." if guess and guess not in ("utf_8", "ascii") else ""
+    hint = f" It looks like {guess}." if guess else ""
     return CsvFormatError(
         "encoding",
         f"The file is not valid UTF-8: byte 0x{bad[:1].hex()} at {where} cannot be decoded.{hint} "
@@ -150,6 +150,34 @@ def _encoding_error(data: bytes, exc: UnicodeDecodeError, offset: int, lines_bef
         bad_bytes=bad.hex(),
         guessed_encoding=guess,
     )
+
+
+# Windows-1252 letters and punctuation that Western European text uses (Latin-1 letters, curly quotes, dashes,
+# euro, ellipsis); a sample whose non-ASCII characters under cp1252 are all of these is very likely cp1252.
+_CP1252_TEXT = re.compile(
+    r"[\x00-\x7f\u00a0-\u00ff\u2013\u2014\u2018\u2019\u201a\u201c\u201d\u201e\u2022\u2026\u20ac\u2122]*"
+)
+
+
+def guess_legacy_encoding(data: bytes) -> str | None:
+    """A likely encoding of bytes that are not UTF-8, for the error message (None: no good guess).
+
+    Windows-1252 is checked first: statistical detectors often call short Western European samples cp1250
+    or another single-byte page, which would send the user to the wrong export setting.
+    """
+    try:
+        if _CP1252_TEXT.fullmatch(data.decode("cp1252")):
+            return 'Windows-1252 (Western European, what Excel writes as plain "CSV")'
+    except UnicodeDecodeError:
+        pass
+    try:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(data).best()
+    except Exception:  # the guess only decorates the message
+        return None
+    guess = best.encoding if best is not None else None
+    return guess if guess and guess not in ("utf_8", "ascii") else None
 
 
 def decode_head(sample: bytes, *, complete: bool) -> tuple[str, str]:
@@ -189,12 +217,12 @@ def _first_record(text: str, delimiter: str) -> list[str]:
     return []
 
 
-def sniff_layout(sample: bytes, *, complete: bool = False) -> CsvLayout:
+def sniff_layout(sample: bytes, *, complete: bool = False, any_of: Sequence[str] = TEXT_COLUMNS) -> CsvLayout:
     """Read encoding, delimiter and header from the first bytes of a file (`SNIFF_BYTES` is plenty).
 
-    The delimiter is the one of comma, semicolon and tab under which the header names a text column; among
-    several, the one giving more columns. Raises CsvFormatError (encoding, empty, missing_columns,
-    duplicate_columns).
+    The delimiter is the one of comma, semicolon and tab under which the header names a column of `any_of`
+    (default: the text columns); among several, the one giving more columns. Raises CsvFormatError
+    (encoding, empty, missing_columns, duplicate_columns).
     """
     text, encoding = decode_head(sample, complete=complete)
     if not text.strip():
@@ -208,20 +236,21 @@ def sniff_layout(sample: bytes, *, complete: bool = False) -> CsvLayout:
     for delimiter in DELIMITERS:
         header = _first_record(text if '"' in first_line else first_line, delimiter)
         names = [normalise_header(h) for h in header]
-        found = sum(1 for c in TEXT_COLUMNS if c in names)
+        found = sum(1 for c in any_of if c in names)
         candidates.append((found, len(header), delimiter, header, names))
     found, _, delimiter, header, names = max(candidates, key=lambda c: (c[0], c[1]))
     if not found:
         shown = [h.strip() for h in header][:30]
+        wanted = ("neither " + " nor ".join(any_of)) if len(any_of) == 2 else "none of " + " / ".join(any_of)
         raise CsvFormatError(
             "missing_columns",
-            "The header has neither job_title nor duties_description; at least one is required "
+            f"The header has {wanted}; at least one is required "
             f"(names are matched ignoring case and spaces). Columns found: {', '.join(shown) or '(none)'}.",
-            missing=list(TEXT_COLUMNS),
-            required_any_of=list(TEXT_COLUMNS),
+            missing=list(any_of),
+            required_any_of=list(any_of),
             found=shown,
         )
-    for column in TEXT_COLUMNS:
+    for column in {*TEXT_COLUMNS, *any_of}:
         if names.count(column) > 1:
             raise CsvFormatError(
                 "duplicate_columns",
@@ -237,11 +266,11 @@ def sniff_layout(sample: bytes, *, complete: bool = False) -> CsvLayout:
     )
 
 
-def read_layout(path: Path) -> CsvLayout:
+def read_layout(path: Path, *, any_of: Sequence[str] = TEXT_COLUMNS) -> CsvLayout:
     """`sniff_layout` of a file on disk."""
     with open(path, "rb") as f:
         sample = f.read(SNIFF_BYTES + 1)
-    return sniff_layout(sample[:SNIFF_BYTES], complete=len(sample) <= SNIFF_BYTES)
+    return sniff_layout(sample[:SNIFF_BYTES], complete=len(sample) <= SNIFF_BYTES, any_of=any_of)
 
 
 _LINE_END = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")
@@ -353,29 +382,62 @@ def scan(path: Path, layout: CsvLayout | None = None, *, max_rows: int | None = 
     return report
 
 
+def read_table(
+    path: Path, *, any_of: Sequence[str] = TEXT_COLUMNS
+) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
+    """A whole CSV checked like an upload, then read as records: (normalised header names, (line, row) pairs
+    keyed by those names). The reader for coded files (training data, corrections, evaluation sets), so they
+    take the same encodings, delimiters and header spellings as uploads and fail with the same errors
+    (CsvFormatError: encoding, empty, missing_columns, duplicate_columns, ragged_rows, no_rows)."""
+    layout = read_layout(path, any_of=any_of)
+    scan(path, layout)
+    names = [normalise_header(h) for h in layout.header]
+
+    def records() -> Iterator[tuple[int, dict[str, str]]]:
+        for row in iter_rows(path, layout):
+            yield row.line, dict(zip(names, row.cells, strict=True))
+
+    return names, records()
+
+
 # ----------------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------------
 
 
 def neutralise(cell: object) -> str:
-    """A cell that a spreadsheet would evaluate (= + - @, or a leading tab/CR) gets a leading apostrophe.
+    """A cell that a spreadsheet would run as a formula gets a leading apostrophe (OWASP's advice for CSV
+    injection; the apostrophe is what spreadsheets themselves use to mark text).
 
-    OWASP's advice for CSV injection; the apostrophe is what spreadsheets themselves use to mark text.
+    Run: anything starting with = or @ (or a tab or CR), and + or - followed by more than a number (a
+    calculation, a function, a reference, a DDE call). Plain numbers (-1.5, +3), a lone - and phone numbers
+    stay as they are.
     """
     text = "" if cell is None else str(cell)
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    if text.startswith(_FORMULA_START):
+        return "'" + text
+    if text.startswith(("+", "-")) and not _PLAIN_SIGNED.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def result_header(input_header: Sequence[str], *, job: bool = True) -> list[str]:
-    """Input columns (as written; a name that clashes with an output column gets an `input_` prefix),
-    then the result columns (and `row_error` for job results)."""
+    """The one definition of a result file's header: input columns (as written), then the result columns
+    (`RESULT_COLUMNS`, and for job results `JOB_RESULT_COLUMNS`).
+
+    Every name in the header is unique: an input column whose name clashes with a result column, or with an
+    earlier column, gets an `input_` prefix (repeated while it still clashes), so `isco_code` and
+    `input_isco_code` in the input become `input_isco_code` and `input_input_isco_code`.
+    """
     outputs = JOB_RESULT_COLUMNS if job else RESULT_COLUMNS
-    taken = set(outputs)
+    taken = {normalise_header(c) for c in outputs}
     header = []
     for name in input_header:
         clean = name.replace("\ufeff", "").strip()
-        header.append(f"input_{clean}" if normalise_header(clean) in taken else clean)
+        while normalise_header(clean) in taken:
+            clean = f"input_{clean}"
+        taken.add(normalise_header(clean))
+        header.append(clean)
     return header + list(outputs)
 
 

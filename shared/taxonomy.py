@@ -7,12 +7,15 @@ Codes are strings with leading zeros (armed forces: 0110, 0210, 0310). The table
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 GROUPS_CSV = Path(__file__).parent / "data" / "isco08_groups.csv"
 LEVEL_NAMES = {1: "major", 2: "sub-major", 3: "minor", 4: "unit"}
+_FLOAT_FORM = re.compile(r"\d+\.0+")  # 8331.0, 8331.00: a code that went through a spreadsheet as a number
+_ESCO_FORM = re.compile(r"\d{4}(\.\d+)+")  # 7412.12, 2654.1.7: ESCO occupation codes under a unit group
 
 
 class InvalidCode(ValueError):
@@ -68,26 +71,61 @@ class Taxonomy:
         return path[::-1]
 
     def normalise(self, raw: object, *, unit_only: bool = True) -> str:
-        """Return the canonical code for a user-supplied value, or raise InvalidCode with the reason.
+        """The canonical code for a user-supplied value, or InvalidCode with the reason (`normalise_code`
+        without the repair note)."""
+        return self.normalise_code(raw, unit_only=unit_only).code
 
-        Accepts surrounding spaces, spreadsheet floats ("2511.0") and the armed-forces codes without their
-        leading zero (110 -> 0110). With unit_only, only 4-digit unit groups are accepted.
+    def normalise_code(self, raw: object, *, unit_only: bool = True) -> NormalisedCode:
+        """The canonical code for a user-supplied value and, when the value had to be repaired, what was done.
+
+        One rule for every reader (training, corrections, evaluation): surrounding spaces go; a spreadsheet
+        float (`8331.0`, `8331.00`) is its integer; an ESCO occupation code (`7412.12`, `2654.1.7`) is its
+        ISCO-08 unit group (the first four digits); an armed-forces code that lost its leading zero (`110`)
+        gets it back. Every change except stripping spaces is reported in `repair`. With unit_only, only
+        4-digit unit groups are accepted. Raises InvalidCode saying what is wrong with the value.
         """
-        text = "" if raw is None else str(raw).strip()
-        if text.endswith(".0") and text[:-2].isdigit():
-            text = text[:-2]
+        original = "" if raw is None else str(raw).strip()
+        text = original
+        repairs: list[str] = []
         if not text:
             raise InvalidCode("empty code")
+        if _FLOAT_FORM.fullmatch(text):
+            text = text.split(".", 1)[0]
+            repairs.append(f"{original!r} read as {text} (a number written with decimals)")
+        elif _ESCO_FORM.fullmatch(text):
+            unit = text[:4]
+            if unit not in self.groups or self.groups[unit].level != 4:
+                raise InvalidCode(
+                    f"{original!r} looks like an ESCO occupation code but {unit} is not an ISCO-08 unit group"
+                )
+            text = unit
+            repairs.append(f"{original!r} is an ESCO occupation code: coded as its ISCO-08 unit group {unit}")
         if not text.isdigit():
-            raise InvalidCode(f"{text!r} is not numeric")
-        if text not in self.groups and ("0" + text) in self.groups and len(text) == 3:
-            text = "0" + text  # armed forces unit groups lose their leading zero in spreadsheets
+            bad = sorted({c for c in text if not c.isdigit()})
+            raise InvalidCode(
+                f"{original!r} is not an ISCO-08 code: it contains {', '.join(repr(c) for c in bad)} "
+                "(expected digits only, e.g. 2221)"
+            )
+        if text not in self.groups and len(text) == 3 and ("0" + text) in self.groups:
+            # armed forces unit groups lose their leading zero in spreadsheets
+            repairs.append(f"{text!r} read as 0{text} (leading zero restored)")
+            text = "0" + text
         if text not in self.groups:
-            raise InvalidCode(f"{text!r} is not an ISCO-08 code")
-        if unit_only and self.groups[text].level != 4:
-            level = self.groups[text].level
-            raise InvalidCode(f"{text!r} is a {LEVEL_NAMES[level]} group; a 4-digit unit group is required")
-        return text
+            raise InvalidCode(f"{text!r} is not an ISCO-08 code (no group has this number)")
+        level = self.groups[text].level
+        if unit_only and level != 4:
+            raise InvalidCode(
+                f"{text!r} is a {LEVEL_NAMES[level]} group ({level} digits); a 4-digit unit group is required"
+            )
+        return NormalisedCode(text, "; ".join(repairs) or None)
+
+
+@dataclass(frozen=True)
+class NormalisedCode:
+    """A canonical ISCO-08 code and, when the input had to be changed to get it, a line for the report."""
+
+    code: str
+    repair: str | None = None
 
 
 @lru_cache(maxsize=1)

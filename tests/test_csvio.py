@@ -144,6 +144,14 @@ def test_duplicate_text_column(tmp_path: Path) -> None:
         ("nurse", "nurse"),
         ("a=b", "a=b"),
         ("", ""),
+        ("-cmd|' /C calc'!A0", "'-cmd|' /C calc'!A0"),
+        ("+HYPERLINK(1)", "'+HYPERLINK(1)"),
+        # what a spreadsheet keeps as typed: plain numbers, a lone dash, phone numbers
+        ("-1.5", "-1.5"),
+        ("+3", "+3"),
+        ("-", "-"),
+        ("+44 20 7946 0958", "+44 20 7946 0958"),
+        ("+1 (555) 010-9999", "+1 (555) 010-9999"),
     ],
 )
 def test_formula_neutralisation(cell: str, expected: str) -> None:
@@ -173,3 +181,29 @@ def test_result_rows_follow_the_contract() -> None:
     assert failed[3:-1] == [""] * len(csvio.RESULT_COLUMNS) and failed[-1].startswith("job_title")
     line = csvio.header_line(header, ";")
     assert next(csv.reader(io.StringIO(line), delimiter=";"))[2] == "'=evil"
+
+
+def test_result_header_names_are_unique() -> None:
+    header = csvio.result_header(["job_title", "isco_code", "input_isco_code", "Row Error", "notes"])
+    assert header[:5] == ["job_title", "input_isco_code", "input_input_isco_code", "input_Row Error", "notes"]
+    assert header[5:] == csvio.JOB_RESULT_COLUMNS
+    assert len(set(map(csvio.normalise_header, header))) == len(header)
+
+
+def test_cp1252_file_is_named_windows_1252(tmp_path: Path) -> None:
+    text = "job_title,duties_description\nCafé owner,runs the café – “bistro” and crèche\n"
+    err = error_of(write(tmp_path, text.encode("cp1252")))
+    assert err.code == "encoding" and "Windows-1252" in err.message and "1250" not in err.message
+
+
+def test_read_table_is_the_upload_reader(tmp_path: Path) -> None:
+    path = write(tmp_path, "\ufeffJob Title;ISCO Code\nnurse;2221\n\nwelder;7212\n".encode())
+    header, rows = csvio.read_table(path)
+    assert header == ["job_title", "isco_code"]
+    assert list(rows) == [
+        (2, {"job_title": "nurse", "isco_code": "2221"}),
+        (4, {"job_title": "welder", "isco_code": "7212"}),
+    ]
+    with pytest.raises(csvio.CsvFormatError) as info:
+        csvio.read_table(write(tmp_path, b"job_title,isco_code\na,1,2\n", "ragged.csv"))
+    assert info.value.code == "ragged_rows"

@@ -41,23 +41,39 @@ def test_read_coded_csv_and_validation(tmp_path: Path) -> None:
         "unknown;;9999\n"
         "minor group;;222\n"
         ";;2221\n"
-        "words;;abc\n",
+        "words;;abc\n"
+        "two decimals;;8331.00\n"
+        "esco;;7412.12\n",
         encoding="utf-8-sig",
     )
     rows = read_coded_csv(path)
     assert [r.origin for r in rows][:2] == ["coded.csv:2", "coded.csv:3"]
-    valid, invalid = validate(rows)
+    repaired: list[dict[str, str]] = []
+    valid, invalid = validate(rows, repaired=repaired)
     assert [(e.text, e.code) for e in valid] == [
         ("staff nurse : cares for patients", "2221"),
         ("soldier", "0110"),
         ("spreadsheet", "2512"),
+        ("two decimals", "8331"),
+        ("esco", "7412"),
     ]
     reasons = {r.origin: r.reason for r in invalid}
     assert reasons == {
-        "coded.csv:5": "isco_code: '9999' is not an ISCO-08 code",
-        "coded.csv:6": "isco_code: '222' is a minor group; a 4-digit unit group is required",
+        "coded.csv:5": "isco_code: '9999' is not an ISCO-08 code (no group has this number)",
+        "coded.csv:6": "isco_code: '222' is a minor group (3 digits); a 4-digit unit group is required",
         "coded.csv:7": "job_title and duties_description are both empty",
-        "coded.csv:8": "isco_code: 'abc' is not numeric",
+        "coded.csv:8": "isco_code: 'abc' is not an ISCO-08 code: it contains 'a', 'b', 'c' "
+        "(expected digits only, e.g. 2221)",
+    }
+    # every repaired code has a report line saying what was done
+    assert {(r["origin"], r["code"]): r["repair"] for r in repaired} == {
+        ("coded.csv:3", "0110"): "'110' read as 0110 (leading zero restored)",
+        ("coded.csv:4", "2512"): "'2512.0' read as 2512 (a number written with decimals)",
+        ("coded.csv:9", "8331"): "'8331.00' read as 8331 (a number written with decimals)",
+        (
+            "coded.csv:10",
+            "7412",
+        ): "'7412.12' is an ESCO occupation code: coded as its ISCO-08 unit group 7412",
     }
 
 
@@ -67,10 +83,11 @@ def test_read_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="bad.csv: missing column isco_code"):
         read_coded_csv(path)
     path.write_text("name,isco_code\nnurse,2221\n")
-    with pytest.raises(DataError, match="job_title and/or duties_description"):
+    with pytest.raises(DataError, match="neither job_title nor duties_description"):
         read_coded_csv(path)
     path.write_bytes("job_title,isco_code\ncaf\xe9,2221\n".encode("latin-1"))
-    with pytest.raises(DataError, match="not UTF-8.*line 2"):
+    # the uploads' reader and message: line, byte and the right legacy encoding
+    with pytest.raises(DataError, match="not valid UTF-8: byte 0xe9 at line 2.*Windows-1252"):
         read_coded_csv(path)
     with pytest.raises(DataError, match="file not found"):
         read_coded_csv(tmp_path / "missing.csv")
@@ -157,19 +174,22 @@ def test_split_is_stratified_stable_and_keeps_singletons_in_train() -> None:
 
 def test_prepare_reports_everything(tmp_path: Path) -> None:
     rows = [_row(f"nurse {i}", "2221") for i in range(10)] + [_row(f"cook {i}", "5120") for i in range(10)]
-    rows += [_row("nurse 1", "5120"), _row("", "2221"), _row("x", "12345")]
+    rows += [_row("nurse 1", "5120"), _row("", "2221"), _row("x", "12345"), _row("soldier", "110")]
     prepared = prepare(rows, PreprocessConfig(outliers=OutlierConfig(min_group_examples=5)))
     assert prepared.stats["invalid_rows"] == 2
+    assert prepared.stats["codes_repaired"] == 1
     assert prepared.stats["conflicting_labels_dropped"] == 1
-    assert len(prepared.train) + len(prepared.val) + len(prepared.test) == 20
+    assert len(prepared.train) + len(prepared.val) + len(prepared.test) == 21
     assert len(prepared.data_hash) == 64 and prepared.eval_data_hash != prepared.data_hash
     paths = prepared.write_reports(tmp_path / "reports")
     with paths["invalid_rows"].open() as f:
         invalid = list(csv.DictReader(f))
     assert [r["reason"] for r in invalid] == [
         "job_title and duties_description are both empty",
-        "isco_code: '12345' is not an ISCO-08 code",
+        "isco_code: '12345' is not an ISCO-08 code (no group has this number)",
     ]
+    with paths["repaired_codes"].open() as f:
+        assert [r["repair"] for r in csv.DictReader(f)] == ["'110' read as 0110 (leading zero restored)"]
     assert paths["summary"].is_file() and paths["conflicts"].is_file() and paths["outliers"].is_file()
     # Same input, same hashes (the split is deterministic).
     again = prepare(rows, PreprocessConfig(outliers=OutlierConfig(min_group_examples=5)))

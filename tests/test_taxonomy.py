@@ -30,6 +30,11 @@ def test_hierarchy_and_titles():
         ("110", "0110"),
         ("210", "0210"),
         ("0310", "0310"),
+        ("8331.00", "8331"),
+        (8331.0, "8331"),
+        ("7412.12", "7412"),
+        ("2654.1.7", "2654"),
+        ("110.0", "0110"),
     ],
 )
 def test_normalise_accepts(raw, expected):
@@ -40,7 +45,7 @@ def test_normalise_accepts(raw, expected):
     "raw, reason",
     [
         ("", "empty"),
-        ("abc", "not numeric"),
+        ("abc", "contains .a., .b., .c."),
         ("9999", "not an ISCO-08 code"),
         ("251", "minor group"),
         (None, "empty"),
@@ -49,6 +54,16 @@ def test_normalise_accepts(raw, expected):
 def test_normalise_rejects_with_reason(raw, reason):
     with pytest.raises(InvalidCode, match=reason):
         get_taxonomy().normalise(raw)
+
+
+def test_every_repair_is_reported():
+    t = get_taxonomy()
+    assert t.normalise_code(" 2512 ").repair is None
+    assert t.normalise_code("110").repair == "'110' read as 0110 (leading zero restored)"
+    assert "decimals" in (t.normalise_code("8331.00").repair or "")
+    assert "ESCO occupation code" in (t.normalise_code("7412.12").repair or "")
+    with pytest.raises(InvalidCode, match="ESCO occupation code but 9999 is not"):
+        t.normalise_code("9999.1")
 
 
 def test_normalise_other_levels_when_allowed():

@@ -17,7 +17,6 @@ Definitions (each checked on hand-computed examples in tests/test_evaluate.py):
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -264,37 +263,35 @@ def load_eval_csv(path: Path, *, skip_invalid: bool = False) -> EvalSet:
     gold: list[str] = []
     accept: list[set[str]] = []
     skipped: list[tuple[int, str]] = []
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        missing = [c for c in ("isco_code",) if c not in header]
-        if not ({"job_title", "duties_description"} & set(header)):
-            missing = ["job_title or duties_description", *missing]
-        if missing:
-            raise EvalDataError(
-                f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(header)})"
-            )
-        for line, row in enumerate(reader, start=2):
-            title, duty = (row.get("job_title") or "").strip(), (row.get("duties_description") or "").strip()
-            problem = None
-            if not title and not duty:
-                problem = "job_title and duties_description are both empty"
-            else:
-                try:
-                    code = taxonomy.normalise(row.get("isco_code"))
-                    alternatives = {taxonomy.normalise(a) for a in _parse_accept(row.get("accept"))}
-                except InvalidCode as exc:
-                    problem = f"isco_code/accept: {exc}"
-            if problem:
-                if not skip_invalid:
-                    raise EvalDataError(f"{path}, line {line}: {problem}")
-                skipped.append((line, problem))
-                continue
-            titles.append(title)
-            duties.append(duty)
-            gold.append(code)
-            accept.append(alternatives)
+    from shared.csvio import CsvFormatError, read_table
+
+    try:
+        # the uploads' reader: same encodings, delimiters, header spellings and errors
+        header, records = read_table(path)
+    except CsvFormatError as exc:
+        raise EvalDataError(f"{path}: {exc}") from None
+    if "isco_code" not in header:
+        raise EvalDataError(f"{path}: missing column(s) isco_code (found: {', '.join(header)})")
+    for line, row in records:
+        title, duty = (row.get("job_title") or "").strip(), (row.get("duties_description") or "").strip()
+        problem = None
+        if not title and not duty:
+            problem = "job_title and duties_description are both empty"
+        else:
+            try:
+                code = taxonomy.normalise(row.get("isco_code"))
+                alternatives = {taxonomy.normalise(a) for a in _parse_accept(row.get("accept"))}
+            except InvalidCode as exc:
+                problem = f"isco_code/accept: {exc}"
+        if problem:
+            if not skip_invalid:
+                raise EvalDataError(f"{path}, line {line}: {problem}")
+            skipped.append((line, problem))
+            continue
+        titles.append(title)
+        duties.append(duty)
+        gold.append(code)
+        accept.append(alternatives)
     return EvalSet(path.stem, titles, duties, gold, accept, skipped)
 
 

@@ -125,6 +125,7 @@ class PreparedData:
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     outliers: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    repaired: list[dict[str, str]] = field(default_factory=list)  # codes changed to be valid, and how
 
     @property
     def data_hash(self) -> str:
@@ -137,9 +138,15 @@ class PreparedData:
         return examples_hash(self.test)
 
     def write_reports(self, out_dir: Path) -> dict[str, Path]:
-        """Write invalid_rows.csv, conflicts.csv, outliers.csv and preprocess.json; returns their paths."""
+        """Write invalid_rows.csv, repaired_codes.csv, conflicts.csv, outliers.csv and preprocess.json;
+        returns their paths."""
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = {
+            "repaired_codes": _write_csv(
+                out_dir / "repaired_codes.csv",
+                self.repaired,
+                ["origin", "source", "isco_code", "code", "repair"],
+            ),
             "invalid_rows": _write_csv(
                 out_dir / "invalid_rows.csv",
                 [asdict(r) for r in self.invalid],
@@ -201,39 +208,19 @@ def examples_hash(examples: Iterable[Example]) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _normalise_header(name: str) -> str:
-    from shared.csvio import normalise_header
+def _open_csv(
+    path: Path, any_of: tuple[str, ...] = ("job_title", "duties_description")
+) -> tuple[list[str], Iterable[tuple[int, dict[str, str]]]]:
+    """Header (normalised names) and (line, row) pairs, read by the uploads' reader (`shared.csvio`): same
+    encodings, delimiters, header spellings and errors."""
+    from shared.csvio import CsvFormatError, read_table
 
-    return normalise_header(name)
-
-
-def _open_csv(path: Path) -> tuple[list[str], Iterable[tuple[int, dict[str, str]]]]:
-    """Header (normalised names) and (line, row) pairs of a UTF-8 CSV (comma, semicolon or tab)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}: not UTF-8 (undecodable byte at line {line}); save the file as UTF-8"
-        ) from None
-    first = text.split("\n", 1)[0]
-    delimiter = max((",", ";", "\t"), key=first.count)
-    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
-    try:
-        header = [_normalise_header(h) for h in next(reader)]
-    except StopIteration:
-        raise DataError(f"{path}: the file is empty (expected a header line)") from None
-
-    def rows() -> Iterable[tuple[int, dict[str, str]]]:
-        for cells in reader:
-            if not any(c.strip() for c in cells):
-                continue
-            yield reader.line_num, dict(zip(header, cells, strict=False))
-
-    return header, rows()
+        return read_table(path, any_of=any_of)
+    except CsvFormatError as exc:
+        raise DataError(f"{path}: {exc}") from None
 
 
 def read_coded_csv(path: Path, *, source: str = USER_SOURCE) -> list[RawRow]:
@@ -272,7 +259,7 @@ def read_corrections(path: Path) -> list[RawRow]:
         raise DataError(f"{path}: no .csv files with corrections found")
     out: list[RawRow] = []
     for file in files:
-        header, rows = _open_csv(file)
+        header, rows = _open_csv(file, ("job_title", "duties_description", "text"))
         if "corrected_isco_code" not in header:
             raise DataError(
                 f"{file}: missing column corrected_isco_code (columns found: {', '.join(header)})"
@@ -313,9 +300,12 @@ def rows_from_corpus(records: Iterable[Any]) -> list[RawRow]:
 
 
 def validate(
-    rows: Iterable[RawRow], taxonomy: Taxonomy | None = None
+    rows: Iterable[RawRow],
+    taxonomy: Taxonomy | None = None,
+    repaired: list[dict[str, str]] | None = None,
 ) -> tuple[list[Example], list[InvalidRow]]:
-    """Clean texts and normalise codes; rows that cannot be used are returned with the reason."""
+    """Clean texts and normalise codes; rows that cannot be used are returned with the reason. Every code
+    that had to be repaired (`8331.00`, `110`, an ESCO code) is appended to `repaired` with what was done."""
     taxonomy = taxonomy or get_taxonomy()
     valid: list[Example] = []
     invalid: list[InvalidRow] = []
@@ -327,7 +317,18 @@ def validate(
             reason = "job_title and duties_description are both empty"
         else:
             try:
-                code = taxonomy.normalise(row.isco_code)
+                normalised = taxonomy.normalise_code(row.isco_code)
+                code = normalised.code
+                if normalised.repair and repaired is not None:
+                    repaired.append(
+                        {
+                            "origin": row.origin,
+                            "source": row.source,
+                            "isco_code": str(row.isco_code),
+                            "code": code,
+                            "repair": normalised.repair,
+                        }
+                    )
             except InvalidCode as exc:
                 reason = f"isco_code: {exc}"
         if reason:
@@ -525,7 +526,8 @@ def prepare(rows: Iterable[RawRow], config: PreprocessConfig | None = None) -> P
     """Run every step (see module docstring) and collect the findings."""
     config = config or PreprocessConfig()
     rows = list(rows)
-    valid, invalid = validate(rows)
+    repaired: list[dict[str, str]] = []
+    valid, invalid = validate(rows, repaired=repaired)
     kept, duplicates, conflicts = deduplicate(valid, resolve_conflicts=config.resolve_conflicts)
     findings = detect_outliers(kept, config.outliers)
     exclude_kinds = {
@@ -553,6 +555,7 @@ def prepare(rows: Iterable[RawRow], config: PreprocessConfig | None = None) -> P
         "rows_read": len(rows),
         "rows_read_per_source": dict(Counter(r.source for r in rows)),
         "invalid_rows": len(invalid),
+        "codes_repaired": len(repaired),
         "duplicates_removed": duplicates,
         "conflicting_labels_dropped": len(conflicts) if config.resolve_conflicts else 0,
         "outliers_found": dict(Counter(o["kind"] for o in outliers)),
@@ -578,4 +581,4 @@ def prepare(rows: Iterable[RawRow], config: PreprocessConfig | None = None) -> P
         len(val),
         len(test),
     )
-    return PreparedData(train, val, test, invalid, conflicts, outliers, stats)
+    return PreparedData(train, val, test, invalid, conflicts, outliers, stats, repaired)
