@@ -1,0 +1,148 @@
+"""Routing (issue 10): non-occupation answers, non-English input, abbreviations and gendered forms, and the
+calibrated routers with their thresholds round-tripping through a model directory. No model needed."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from shared.routing import (
+    RoutingModel,
+    coverage_at_precision,
+    expected_calibration_error,
+    fit_routing,
+    looks_non_english,
+    not_an_occupation,
+    review_reasons,
+    threshold_for_precision,
+)
+from shared.text import model_input
+from shared.variants import expand_abbreviations, gender_swap, variant
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["Student", "Pensioner", "retired", "Retired teacher", "Unemployed", "homemaker", "Housewife",
+     "stay-at-home mum", "unknown", "none", "N/A", "-", "", "Full-time student"],
+)  # fmt: skip
+def test_answers_that_are_not_occupations(title):
+    assert not_an_occupation(title, "")
+    assert "not_an_occupation" in review_reasons(title, "", level=4)
+
+
+@pytest.mark.parametrize(
+    "title", ["Student nurse", "Student adviser", "GP", "Retail assistant", "Housekeeper", "Nurse"]
+)
+def test_occupations_are_not_flagged(title):
+    assert not not_an_occupation(title, "")
+
+
+@pytest.mark.parametrize("title", ["Busfahrer", "Busfahrerin", "Krankenschwester", "Verkäufer", "Elektriker"])
+def test_german_titles_are_flagged_not_english(title):
+    assert looks_non_english(title, "")
+    assert "not_english" in review_reasons(title, "", level=4)
+
+
+def test_foreign_duties_are_flagged():
+    assert looks_non_english("Lehrer", "Unterricht an der Grundschule und Betreuung der Kinder")
+    assert looks_non_english("Vendedor", "Atención al cliente en la tienda y control de las ventas")
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["HGV1 driver", "FLT driver", "RGN", "Snr software dev", "GP", "Waitress", "Chairwoman", "Sous chef",
+     "Café manager", "Paediatrician", "Bassoonist", "Crystallographer", "Au pair"],
+)  # fmt: skip
+def test_english_titles_and_abbreviations_are_not_flagged(title):
+    assert not looks_non_english(title, "")
+
+
+def test_english_duties_outweigh_an_unknown_title():
+    assert not looks_non_english(
+        "Polysomnographer", "Monitors patients during sleep studies and records the results"
+    )
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("HGV1 driver", "heavy goods vehicle driver"),
+        ("FLT driver", "forklift truck driver"),
+        ("RGN", "registered general nurse"),
+        ("Snr software dev", "senior software developer"),
+        ("GP", "general practitioner"),
+        ("Sr. Accountant", "senior accountant"),
+        ("Admin assistant", "administrative assistant"),
+        ("Dev manager", "development manager"),
+    ],
+)
+def test_abbreviations_are_spelled_out_for_the_model(written, read):
+    assert model_input(written, "") == read
+    # duties are left alone: "it" or "rep" there are ordinary words
+    assert model_input(written, "rep visits") == f"{read} : rep visits"
+
+
+def test_unknown_words_are_left_alone():
+    assert expand_abbreviations("dental hygienist") == "dental hygienist"
+
+
+def test_gendered_forms_swap_both_ways():
+    rng = random.Random(0)
+    assert gender_swap("chairwoman", rng) == "chairman"
+    assert gender_swap("waiter", rng) == "waitress"
+    assert gender_swap("fisherman", rng) == "fisherwoman"
+    assert gender_swap("nurse", rng) == "nurse"
+
+
+def test_variants_are_deterministic():
+    a = [variant("senior software developer", random.Random(3)) for _ in range(5)]
+    b = [variant("senior software developer", random.Random(3)) for _ in range(5)]
+    assert a == b
+
+
+def test_review_reasons_order_and_auto_code():
+    assert review_reasons("Nurse", "", level=4) == []
+    assert review_reasons("Nurse", "", level=3) == ["below_threshold"]
+    assert review_reasons("Student", "", level=None) == ["not_coded", "not_an_occupation"]
+
+
+def test_threshold_reaches_precision():
+    conf = np.linspace(0, 1, 200)
+    correct = conf > 0.3  # everything above 0.3 is right
+    t = threshold_for_precision(conf, correct, 0.95)
+    accepted = conf >= t
+    assert correct[accepted].mean() >= 0.95
+    assert accepted.mean() > 0.6
+    assert coverage_at_precision(conf, correct, 0.95) == pytest.approx(accepted.mean(), abs=0.01)
+    # no threshold can reach the target: nothing accepted
+    assert (conf >= threshold_for_precision(conf, np.zeros(200, bool), 0.95)).sum() == 0
+
+
+def _synthetic(n=2000, groups=20, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, groups)) * rng.uniform(0.5, 4, size=(n, 1))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    # the top group is right with its probability: calibrated by construction
+    correct = rng.uniform(size=n) < probs.max(1)
+    return probs, correct
+
+
+def test_routing_is_calibrated_and_round_trips(tmp_path):
+    probs, correct = _synthetic()
+    per_level = {level: probs for level in (4, 3, 2, 1)}
+    right = {level: correct for level in (4, 3, 2, 1)}
+    has_duties = np.zeros(len(probs), bool)
+    n_words = np.full(len(probs), 3)
+    routing = fit_routing(per_level, right, has_duties, n_words, target_precision=0.9, fitted_on="synthetic")
+    p4 = routing.probabilities(per_level, has_duties, n_words)[4]
+    assert expected_calibration_error(p4, correct) < 0.05
+    accepted = p4 >= routing.levels[4].threshold
+    assert correct[accepted].mean() >= 0.9
+    routing.save(tmp_path)
+    loaded = RoutingModel.load(tmp_path)
+    assert loaded is not None
+    assert loaded.thresholds() == routing.thresholds()
+    np.testing.assert_allclose(loaded.probabilities(per_level, has_duties, n_words)[4], p4)
+    assert RoutingModel.load(tmp_path / "missing") is None
