@@ -39,7 +39,7 @@ from shared.logs import REQUEST_ID_HEADER, RequestContextMiddleware, RequestObse
 
 log = logging.getLogger("services.gateway")
 
-OPTIONAL_ROUTERS = ("services.gateway.jobs", "services.gateway.uploads")
+OPTIONAL_ROUTERS = ("services.gateway.jobs", "services.gateway.uploads", "services.gateway.review")
 
 
 # ---------------------------------------------------------------------------------------------------------

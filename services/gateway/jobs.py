@@ -29,7 +29,7 @@ from services.gateway.auth import Principal
 from services.gateway.deps import ApiKeyDep, SessionDep
 from services.gateway.uploads import csv_error, receive_csv, upload_error
 from services.worker.client import send_job
-from shared import csvio, jobs
+from shared import csvio, jobs, review
 from shared.db.tables import Job, JobStatus
 from shared.jobs import JobAccepted, JobSettings, JobView
 from shared.schemas import Prediction, PredictRequest, Thresholds
@@ -369,6 +369,12 @@ def get_job_result(request: Request, job_id: str, session: SessionDep, principal
     if not path.is_file():
         raise HTTPException(410, detail={"error": "expired", "message": "the result file is gone"})
     if job.kind == "csv":
+        if review.has_decisions(session, job.id):  # reviewed: final_code, coded_by added (shared/review.py)
+            return StreamingResponse(
+                review.iter_reviewed_csv(job, review.decisions_for_job(session, job.id)),
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": f'attachment; filename="isco-{job.id}.csv"'},
+            )
         return FileResponse(
             path,
             media_type="text/csv; charset=utf-8",

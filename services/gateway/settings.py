@@ -23,6 +23,12 @@ class GatewaySettings(CommonSettings):
     api_key_cache_s: float = Field(
         5.0, ge=0, description="validated keys are cached this long (revocation lag)"
     )
+    review_session_hours: float = Field(
+        12.0, gt=0, description="the review page's sign-in (a signed session cookie) lasts this long"
+    )
+    review_cookie_secure: bool = Field(
+        False, description="send the review session cookie over HTTPS only (always on with ISCO_ENV=prod)"
+    )
 
     @model_validator(mode="after")
     def _auth_only_off_in_dev(self) -> GatewaySettings:

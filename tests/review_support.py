@@ -1,0 +1,136 @@
+"""Test support for the review page: finished jobs (through the job module) whose results need review."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared import csvio, jobs
+from shared.db.session import session_scope
+from shared.db.tables import JobStatus, utcnow
+from shared.schemas import Alternative, GroupRef, Prediction
+from shared.taxonomy import get_taxonomy
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input row and what the model said: ranked (code, confidence); review when the top is unsure."""
+
+    title: str
+    duties: str
+    ranked: tuple[tuple[str, float], ...]
+    needs_review: bool
+
+
+# rows 1..6 of the standard job: 1, 3, 4, 6 need review
+CASES = (
+    Case("staff nurse", "cares for ward patients", (("2221", 0.41), ("3221", 0.32), ("5321", 0.1)), True),
+    Case("welder", "welds steel frames", (("7212", 0.96), ("7214", 0.02)), False),
+    Case("bookkeeper", "keeps accounts", (("4311", 0.38), ("3313", 0.35), ("2411", 0.12)), True),
+    Case("pipe fitter", "installs water pipes", (("7233", 0.22), ("7214", 0.2), ("8111", 0.1)), True),
+    Case("primary school teacher", "teaches children aged 6-11", (("2341", 0.93), ("2342", 0.03)), False),
+    Case("=cmd", "", (("9629", 0.05), ("5249", 0.04)), True),  # formula-like text, neutralised in the CSV
+)  # fmt: skip
+
+
+def prediction(case: Case, version: str = "tiny-review-1") -> Prediction:
+    taxonomy = get_taxonomy()
+    code, confidence = case.ranked[0]
+    path = [
+        GroupRef(code=g.code, level=g.level, title=g.title, confidence=confidence)
+        for g in taxonomy.ancestors(code)
+    ]
+    coded = not case.needs_review
+    return Prediction(
+        coded=coded,
+        isco_code=code if coded else None,
+        level=4 if coded else None,
+        title=taxonomy.title(code) if coded else None,
+        confidence=confidence if coded else None,
+        is_fallback=not coded,
+        unit_code=code,
+        unit_title=taxonomy.title(code),
+        unit_confidence=confidence,
+        alternatives=[Alternative(code=c, title=taxonomy.title(c), confidence=p) for c, p in case.ranked],
+        path=path,
+        model_version=version,
+        needs_review=case.needs_review,
+        review_reasons=["not_coded"] if case.needs_review else [],
+    )
+
+
+def finished_csv_job(
+    db_url: str, settings: jobs.JobSettings, owner_key_id: int | None, cases: tuple[Case, ...] = CASES
+) -> str:
+    """A succeeded CSV job with a result file as the worker writes it (header + rows, RESULT columns)."""
+    job_id = jobs.new_job_id()
+    settings.ensure_dirs()
+    header = ["ref", "job_title", "duties_description"]
+    input_file = jobs.input_path(settings, job_id, "csv")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow(header)
+    for i, case in enumerate(cases, start=1):
+        w.writerow([f"r{i}", case.title, case.duties])
+    input_file.write_text(buf.getvalue(), encoding="utf-8")
+    result = jobs.result_path(settings, job_id, "csv")
+    result.parent.mkdir(parents=True, exist_ok=True)
+    with open(result, "w", encoding="utf-8", newline="") as f:
+        f.write(csvio.header_line(csvio.result_header(header)))
+        csvio.write_rows(
+            f,
+            (
+                csvio.result_row([f"r{i}", c.title, c.duties], prediction(c))
+                for i, c in enumerate(cases, start=1)
+            ),
+        )
+    with session_scope(db_url) as session:
+        jobs.create_job(
+            session,
+            job_id=job_id,
+            kind="csv",
+            owner_key_id=owner_key_id,
+            input_file=input_file,
+            rows_total=len(cases),
+            options={"top_k": 5, "thresholds": None, "filename": "survey.csv"},
+            settings=settings,
+        )
+        jobs.transition(
+            session, job_id, JobStatus.running, only_from=(JobStatus.queued,), started_at=utcnow()
+        )
+        jobs.transition(
+            session,
+            job_id,
+            JobStatus.succeeded,
+            only_from=(JobStatus.running,),
+            rows_done=len(cases),
+            result_path=str(result),
+            model_version="tiny-review-1",
+            finished_at=utcnow(),
+        )
+    return job_id
+
+
+def many_cases(n: int) -> tuple[Case, ...]:
+    """n rows that all need review (for the 20-row timing)."""
+    taxonomy = get_taxonomy()
+    units = taxonomy.unit_groups
+    out = []
+    for i in range(n):
+        codes = [units[(7 * i + j * 13) % len(units)] for j in range(3)]
+        out.append(
+            Case(
+                f"occupation {i}", f"duties of row {i}", tuple(zip(codes, (0.4, 0.3, 0.1), strict=True)), True
+            )
+        )
+    return tuple(out)
+
+
+def read_csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def tail(path: Path) -> str:
+    return path.read_text()[-2000:] if path.exists() else ""

@@ -1,0 +1,332 @@
+"""The review page over HTTP (FastAPI TestClient on the real gateway app, SQLite and PostgreSQL).
+
+Covers: sign-in with an API key (signed, httpOnly, SameSite cookie; no key in it), CSRF on every form, the
+Origin check, revoked keys, decisions and their audit trail, the reviewed result (final_code, coded_by) on the
+page and on the API's result download, the corrections export read back by the trainer's reader, owner
+scoping (another key sees 404 and changes nothing), the code search and "retrain with corrections".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from services.gateway.app import create_app
+from services.gateway.auth import create_api_key, revoke_api_key
+from services.gateway.review import session as web
+from services.gateway.settings import GatewaySettings
+from services.trainer.preprocess import read_corrections
+from services.worker.constants import QUEUE_TRAINING
+from shared.db.session import session_scope
+from shared.db.tables import Job, ReviewDecision, ReviewEvent
+from shared.jobs import JobSettings
+from tests.conftest import REDIS_URL
+from tests.review_support import finished_csv_job, read_csv
+
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+class Site:
+    """A gateway app with two keys and a finished job of key A whose result needs review."""
+
+    def __init__(self, db_url: str, tmp: Path, **overrides: object):
+        self.settings = GatewaySettings(
+            env="test", data_dir=tmp / "data", database_url=db_url, redis_url=REDIS_URL, **overrides
+        )
+        self.settings.ensure_dirs()
+        self.db_url = db_url
+        with session_scope(db_url) as session:
+            self.key_a, row_a = create_api_key(session, "coder-a", self.settings.secret_key)
+            self.key_b, row_b = create_api_key(session, "coder-b", self.settings.secret_key)
+            self.id_a, self.id_b = row_a.id, row_b.id
+        job_settings = JobSettings(
+            env="test", data_dir=tmp / "data", database_url=db_url, redis_url=REDIS_URL
+        )
+        self.job_id = finished_csv_job(db_url, job_settings, self.id_a)
+
+    def client(self) -> TestClient:
+        return TestClient(create_app(self.settings), base_url="http://testserver")
+
+    def sign_in(self, client: TestClient, key: str) -> str:
+        """Sign in; returns the session's CSRF token (from the jobs page)."""
+        page = client.get("/review/login")
+        token = CSRF_RE.search(page.text).group(1)  # type: ignore[union-attr]
+        response = client.post(
+            "/review/login", data={"api_key": key, "csrf_token": token}, follow_redirects=False
+        )
+        assert response.status_code == 303, response.text
+        home = client.get("/review")
+        assert home.status_code == 200
+        return CSRF_RE.search(home.text).group(1)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def site(db_url: str, tmp_path: Path) -> Iterator[Site]:
+    yield Site(db_url, tmp_path)
+
+
+def test_sign_in_sets_a_signed_httponly_samesite_cookie_and_every_form_needs_csrf(site: Site) -> None:
+    with site.client() as client:
+        first = client.get("/review", follow_redirects=False)
+        assert first.status_code == 303 and first.headers["location"].endswith("/review/login")
+        page = client.get("/review/login")
+        assert (
+            page.headers["x-frame-options"] == "DENY"
+            and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        )
+        login_cookie = page.headers["set-cookie"]
+        assert "HttpOnly" in login_cookie and "SameSite=strict" in login_cookie
+        token = CSRF_RE.search(page.text).group(1)  # type: ignore[union-attr]
+
+        # sign-in form: without the token, or with another one, refused
+        assert client.post("/review/login", data={"api_key": site.key_a}).status_code == 403
+        assert (
+            client.post("/review/login", data={"api_key": site.key_a, "csrf_token": "x" * 32}).status_code
+            == 403
+        )
+        bad = client.post("/review/login", data={"api_key": "isco_wrong", "csrf_token": token})
+        assert bad.status_code == 401 and "not valid" in bad.text
+
+        ok = client.post(
+            "/review/login", data={"api_key": site.key_a, "csrf_token": token}, follow_redirects=False
+        )
+        assert ok.status_code == 303
+        cookies = [v for k, v in ok.headers.multi_items() if k == "set-cookie"]
+        session_cookie = next(c for c in cookies if c.startswith(f"{web.SESSION_COOKIE}="))
+        flags = [part.strip().lower() for part in session_cookie.split(";")]
+        assert "httponly" in flags and "samesite=lax" in flags and "path=/review" in flags
+        assert "secure" not in flags  # plain HTTP in this test; see the Secure test below
+        value = session_cookie.split(";")[0].split("=", 1)[1].strip('"')
+        assert site.key_a not in value and web.unsign(site.settings, value) is not None
+
+        home = client.get("/review")
+        assert home.status_code == 200 and "coder-a" in home.text and site.job_id in home.text
+        csrf = CSRF_RE.search(home.text).group(1)  # type: ignore[union-attr]
+        assert csrf != token
+
+        url = f"/review/jobs/{site.job_id}/rows/1"
+        assert client.post(url, data={"action": "accept"}).status_code == 403
+        assert client.post(url, data={"action": "accept", "csrf_token": token}).status_code == 403
+        cross = client.post(
+            url, data={"action": "accept", "csrf_token": csrf}, headers={"Origin": "https://evil.example"}
+        )
+        assert cross.status_code == 403
+        assert client.post("/review/retrain", data={}).status_code == 403
+        assert client.post("/review/logout", data={}).status_code == 403
+        with session_scope(site.db_url) as session:
+            assert session.scalar(select(func.count()).select_from(ReviewDecision)) == 0
+        same = client.post(
+            url,
+            data={"action": "accept", "csrf_token": csrf},
+            headers={"Origin": "http://testserver"},
+            follow_redirects=False,
+        )
+        assert same.status_code == 303
+
+        # a tampered cookie is no session
+        client.cookies.clear()
+        client.cookies.set(web.SESSION_COOKIE, value[:-3] + "AAA", path="/review")
+        assert client.get("/review", follow_redirects=False).status_code == 303
+
+
+def test_cookie_is_secure_when_configured(db_url: str, tmp_path: Path) -> None:
+    site = Site(db_url, tmp_path, review_cookie_secure=True)
+    with site.client() as client:
+        page = client.get("/review/login")
+        token = CSRF_RE.search(page.text).group(1)  # type: ignore[union-attr]
+        assert "Secure" in page.headers["set-cookie"]
+        # the test client does not send Secure cookies over http; the flag is what matters here
+        client.cookies.set(web.LOGIN_CSRF_COOKIE, page.cookies[web.LOGIN_CSRF_COOKIE], path="/review")
+        ok = client.post(
+            "/review/login", data={"api_key": site.key_a, "csrf_token": token}, follow_redirects=False
+        )
+        cookie = next(
+            v for k, v in ok.headers.multi_items() if k == "set-cookie" and v.startswith("isco_review=")
+        )
+        assert "secure" in [p.strip().lower() for p in cookie.split(";")]
+
+
+def test_a_revoked_key_ends_the_session(site: Site) -> None:
+    with site.client() as client:
+        site.sign_in(client, site.key_a)
+        with session_scope(site.db_url) as session:
+            revoke_api_key(session, str(site.id_a))
+        assert client.get("/review", follow_redirects=False).status_code == 303
+
+
+def test_decisions_have_an_audit_trail_and_reach_the_result_and_the_export(
+    site: Site, tmp_path: Path
+) -> None:
+    with site.client() as client:
+        csrf = site.sign_in(client, site.key_a)
+        page = client.get(f"/review/jobs/{site.job_id}")
+        # the first row in the queue: text, alternatives with official titles and confidences, counts
+        assert 'data-row="1"' in page.text and "staff nurse" in page.text
+        assert "Nursing Professionals" in page.text and "41%" in page.text
+        assert '<b id="count-decided">0</b> of <b id="count-queue">4</b>' in page.text
+
+        def decide(row: int, action: str, code: str = "") -> str:
+            r = client.post(
+                f"/review/jobs/{site.job_id}/rows/{row}",
+                data={"action": action, "code": code, "csrf_token": csrf},
+                follow_redirects=False,
+            )
+            assert r.status_code == 303, r.text
+            return r.headers["location"]
+
+        assert decide(1, "accept").endswith("row=3")  # on to the next undecided row
+        decide(3, "alternative", "3313")
+        decide(4, "search", "7126")
+        decide(6, "uncodable")
+        decide(1, "alternative", "3221")  # a coder changes their mind: the trail keeps both
+        # invalid decisions are refused with a reason, and change nothing
+        err = decide(3, "alternative", "2512")
+        assert "row=3" in err and "not+one+of" in err.replace("%20", "+")
+        assert "unit+group+is+required" in decide(4, "search", "25")
+        r = client.post(
+            f"/review/jobs/{site.job_id}/rows/2",
+            data={"action": "accept", "csrf_token": csrf},
+            follow_redirects=False,
+        )
+        assert r.status_code == 404  # row 2 was auto-coded: not in the queue
+
+        done = client.get(f"/review/jobs/{site.job_id}")
+        assert 'id="done"' in done.text
+
+        with session_scope(site.db_url) as session:
+            decisions = {
+                d.row_number: (d.model_code, d.final_code, d.action, d.reviewer_key_id, d.reviewer_name)
+                for d in session.scalars(select(ReviewDecision))
+            }
+            events = [
+                (e.row_number, e.previous_code, e.final_code, e.action)
+                for e in session.scalars(select(ReviewEvent).order_by(ReviewEvent.id))
+            ]
+        assert decisions == {
+            1: ("2221", "3221", "alternative", site.id_a, "coder-a"),
+            3: ("4311", "3313", "alternative", site.id_a, "coder-a"),
+            4: ("7233", "7126", "search", site.id_a, "coder-a"),
+            6: ("9629", None, "uncodable", site.id_a, "coder-a"),
+        }
+        assert events == [
+            (1, None, "2221", "accept"),
+            (3, None, "3313", "alternative"),
+            (4, None, "7126", "search"),
+            (6, None, None, "uncodable"),
+            (1, "2221", "3221", "alternative"),
+        ]
+
+        reviewed = client.get(f"/review/jobs/{site.job_id}/result.csv")
+        assert reviewed.status_code == 200 and reviewed.headers["content-type"].startswith("text/csv")
+        rows = read_csv(reviewed.text)
+        assert list(rows[0])[-2:] == ["final_code", "coded_by"]
+        assert [(r["ref"], r["final_code"], r["coded_by"]) for r in rows] == [
+            ("r1", "3221", "reviewer"),
+            ("r2", "7212", "model"),
+            ("r3", "3313", "reviewer"),
+            ("r4", "7126", "reviewer"),
+            ("r5", "2341", "model"),
+            ("r6", "", "reviewer"),
+        ]
+        assert rows[5]["job_title"] == "'=cmd"  # still neutralised
+
+        # the API's own result download gains the same columns once the job has been reviewed
+        api = client.get(f"/jobs/{site.job_id}/result", headers={"Authorization": f"Bearer {site.key_a}"})
+        assert api.status_code == 200
+        assert [(r["final_code"], r["coded_by"]) for r in read_csv(api.text)] == [
+            (r["final_code"], r["coded_by"]) for r in rows
+        ]
+
+        export = client.get(f"/review/jobs/{site.job_id}/corrections.csv")
+        assert export.status_code == 200 and export.text.startswith(
+            "job_title,duties_description,corrected_isco_code"
+        )
+        path = tmp_path / "corrections.csv"
+        path.write_text(export.text, encoding="utf-8")
+        read = read_corrections(path)
+        assert [(r.job_title, r.isco_code) for r in read] == [
+            ("staff nurse", "3221"),
+            ("bookkeeper", "3313"),
+            ("pipe fitter", "7126"),
+        ]
+        assert client.get("/review/corrections.csv").text == export.text
+
+
+def test_another_key_cannot_see_or_change_the_review(site: Site) -> None:
+    with site.client() as a, site.client() as b:
+        csrf_a = site.sign_in(a, site.key_a)
+        a.post(
+            f"/review/jobs/{site.job_id}/rows/1",
+            data={"action": "accept", "csrf_token": csrf_a},
+            follow_redirects=False,
+        )
+        csrf_b = site.sign_in(b, site.key_b)
+        assert site.job_id not in b.get("/review").text
+        for path in ("", "?row=1", "/result.csv", "/corrections.csv"):
+            assert b.get(f"/review/jobs/{site.job_id}{path}").status_code == 404
+        changed = b.post(
+            f"/review/jobs/{site.job_id}/rows/1",
+            data={"action": "uncodable", "csrf_token": csrf_b},
+            follow_redirects=False,
+        )
+        assert changed.status_code == 404
+        assert (
+            b.get("/review/corrections.csv").text.strip()
+            == "job_title,duties_description,corrected_isco_code"
+        )
+        # B's session token is no good in A's session either
+        stolen = a.post(
+            f"/review/jobs/{site.job_id}/rows/1",
+            data={"action": "uncodable", "csrf_token": csrf_b},
+            follow_redirects=False,
+        )
+        assert stolen.status_code == 403
+    with session_scope(site.db_url) as session:
+        decision = session.scalars(select(ReviewDecision)).one()
+        assert (decision.final_code, decision.reviewer_key_id) == ("2221", site.id_a)
+        assert session.scalar(select(func.count()).select_from(ReviewEvent)) == 1
+
+
+def test_code_search_finds_codes_and_titles(site: Site) -> None:
+    with site.client() as client:
+        assert client.get("/review/codes?q=nurs", follow_redirects=False).status_code == 303  # signed in only
+        site.sign_in(client, site.key_a)
+        by_title = client.get("/review/codes", params={"q": "plumbers"}).json()
+        assert {"code": "7126", "title": "Plumbers and Pipe Fitters"} in by_title
+        by_code = client.get("/review/codes", params={"q": "222"}).json()
+        assert [h["code"] for h in by_code] == ["2221", "2222"]
+        assert client.get("/review/codes", params={"q": ""}).json() == []
+
+
+def test_retrain_with_corrections_queues_a_training_job(site: Site) -> None:
+    with site.client() as client:
+        csrf = site.sign_in(client, site.key_a)
+        nothing = client.post("/review/retrain", data={"csrf_token": csrf}, follow_redirects=False)
+        assert "no+review+decisions" in nothing.headers["location"].lower().replace("%20", "+")
+        client.post(
+            f"/review/jobs/{site.job_id}/rows/4",
+            data={"action": "search", "code": "7126", "csrf_token": csrf},
+            follow_redirects=False,
+        )
+        queued = client.post("/review/retrain", data={"csrf_token": csrf}, follow_redirects=False)
+        assert queued.status_code == 303 and "queued" in queued.headers["location"]
+    with session_scope(site.db_url) as session:
+        job = session.scalars(select(Job).where(Job.kind == "training")).one()
+        assert job.owner_key_id == site.id_a and job.status == "queued"
+        corrections = Path(job.options["corrections"])
+        job_id = job.id
+    assert [(r.job_title, r.isco_code) for r in read_corrections(corrections)] == [("pipe fitter", "7126")]
+    # the task went to the training queue, by name, naming the job; take it off again
+    client_redis = redis.Redis.from_url(REDIS_URL)
+    messages = client_redis.lrange(QUEUE_TRAINING, 0, -1)
+    ours = [m for m in messages if job_id.encode() in m]
+    assert ours and json.loads(ours[0])["headers"]["task"] == "isco.training.run"
+    for m in ours:
+        client_redis.lrem(QUEUE_TRAINING, 0, m)
