@@ -418,6 +418,23 @@ def fit_routing(
     )
 
 
+def record_inputs(
+    job_titles: Sequence[str], duties: Sequence[str], texts: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(has_duties, n_words) of records: the input-kind features of `routing_features`."""
+    has_duties = np.array([bool((d or "").strip()) for d in duties], dtype=bool)
+    n_words = np.array([len(t.split()) for t in texts], dtype=np.int64)
+    return has_duties, n_words
+
+
+def flagged(job_titles: Sequence[str], duties: Sequence[str]) -> np.ndarray:
+    """Records never auto-coded whatever their confidence: not an occupation, or not English."""
+    return np.array(
+        [not_an_occupation(t, d) or looks_non_english(t, d) for t, d in zip(job_titles, duties, strict=True)],
+        dtype=bool,
+    )
+
+
 def review_reasons(job_title: str | None, duties_description: str | None, level: int | None) -> list[str]:
     """Why a record goes to a coder, in `shared.schemas.REVIEW_REASONS` order; empty: auto-code it.
 

@@ -146,3 +146,19 @@ def test_routing_is_calibrated_and_round_trips(tmp_path):
     assert loaded.thresholds() == routing.thresholds()
     np.testing.assert_allclose(loaded.probabilities(per_level, has_duties, n_words)[4], p4)
     assert RoutingModel.load(tmp_path / "missing") is None
+
+
+def test_evaluate_reports_routing_and_draws_the_curve(tmp_path):
+    from services.trainer.evaluate import compute_metrics, plot_coverage_precision, unit_answers
+
+    probs, _ = _synthetic(n=300, groups=4)
+    codes = ["1111", "2211", "5120", "9112"]
+    gold = [codes[j] if i % 4 else codes[(j + 1) % 4] for i, j in enumerate(probs.argmax(1))]
+    conf, correct = unit_answers(probs, codes, gold)
+    assert correct.mean() == pytest.approx(0.75, abs=0.01)
+    metrics = compute_metrics(probs, codes, gold, routed_confidence=conf * 0.9, auto_coded=conf > 0.5)
+    assert set(metrics["routing"]["coverage"]) == {"0.90", "0.95", "0.99"}
+    assert metrics["routing"]["auto_coded"] == pytest.approx((conf > 0.5).mean())
+    pytest.importorskip("matplotlib")
+    png = plot_coverage_precision({"test": {"confidence": conf, "correct": correct}}, tmp_path / "curve.png")
+    assert png is not None and png.read_bytes()[:4] == b"\x89PNG"

@@ -179,10 +179,14 @@ def compute_metrics(
     *,
     precision_targets: Sequence[float] = PRECISION_TARGETS,
     n_bins: int = 15,
+    routed_confidence: np.ndarray | None = None,
+    auto_coded: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """All evaluation metrics for `probs` (n records x len(codes) unit groups) against gold unit codes.
 
     `accept[i]` holds alternative correct codes of record i (the gold code is always accepted).
+    `routed_confidence`: the router's calibrated probability that the 4-digit answer is right;
+    `auto_coded`: records the model would auto-code (no review reason). Both add a "routing" section.
     """
     probs = np.asarray(probs, dtype=np.float64)
     n = len(gold)
@@ -235,7 +239,72 @@ def compute_metrics(
         }
         for p in precision_targets
     }
+    if routed_confidence is not None:
+        routed = np.asarray(routed_confidence, dtype=np.float64)
+        metrics["routing"] = {
+            "ece": expected_calibration_error(routed, correct4, n_bins),
+            "mean_confidence": float(routed.mean()),
+            "coverage": {f"{p:.2f}": _coverage_at_precision(routed, correct4, p) for p in precision_targets},
+        }
+        if auto_coded is not None:
+            auto = np.asarray(auto_coded, dtype=bool)
+            metrics["routing"]["auto_coded"] = float(auto.mean())
+            metrics["routing"]["auto_coded_precision"] = float(correct4[auto].mean()) if auto.any() else None
     return metrics
+
+
+def unit_answers(
+    probs: np.ndarray, codes: Sequence[str], gold: Sequence[str], accept: Sequence[set[str]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 confidence, whether the top-1 unit group is accepted) per record: the points of the curve."""
+    probs = np.asarray(probs, dtype=np.float64)
+    best = probs.argmax(axis=1)
+    accepted = [{g} | set(accept[i] if accept else ()) for i, g in enumerate(gold)]
+    correct = np.array([codes[j] in accepted[i] for i, j in enumerate(best)], dtype=bool)
+    return probs[np.arange(len(best)), best], correct
+
+
+def coverage_precision_points(confidence: Sequence[float], correct: Sequence[int]) -> tuple[np.ndarray, ...]:
+    """Coverage and precision of the records accepted, highest confidence first (one point per record)."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    order = np.argsort(-conf, kind="stable")
+    hits = np.cumsum(np.asarray(correct, dtype=np.float64)[order])
+    counts = np.arange(1, len(order) + 1)
+    return counts / max(len(order), 1), hits / counts
+
+
+def plot_coverage_precision(curves: dict[str, dict[str, Any]], path: Path, title: str = "") -> Path | None:
+    """Draw coverage (share auto-coded) against precision for each evaluated set into a PNG.
+
+    `curves`: name -> {"confidence": [...], "correct": [...]} (`unit_answers`, or the router's confidence).
+    Returns None when matplotlib is not installed (the metrics still say coverage at 90/95/99%).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    for name, curve in curves.items():
+        coverage, precision = coverage_precision_points(curve["confidence"], curve["correct"])
+        ax.plot(coverage, precision, label=name)
+    for target in PRECISION_TARGETS:
+        ax.axhline(target, color="grey", lw=0.6, ls=":")
+        ax.text(1.0, target, f" {target:.0%}", va="center", fontsize=7, color="grey")
+    ax.set_xlabel("coverage (share auto-coded, most confident first)")
+    ax.set_ylabel("precision of the auto-coded (4 digits)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0.4, 1.005)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(title or "Coverage-precision", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _parse_accept(raw: str | None) -> set[str]:
@@ -342,6 +411,26 @@ def format_table(results: dict[str, dict[str, Any]], title: str = "Evaluation") 
             f"coverage @{p:.0%} precision, +3-digit fallback",
             *(_fmt_cov(results[n], key, "with_fallback") for n in names),
         )
+    if any("routing" in results[n] for n in names):
+        table.add_row("routed: ECE", *(cell(results[n].get("routing", {}), "ece") for n in names))
+        for p in PRECISION_TARGETS:
+            key = f"{p:.2f}"
+            table.add_row(
+                f"routed: coverage @{p:.0%} precision",
+                *(
+                    f"{results[n]['routing']['coverage'][key]['coverage']:.3f}"
+                    if "routing" in results[n]
+                    else "-"
+                    for n in names
+                ),
+            )
+        table.add_row(
+            "routed: auto-coded share", *(cell(results[n].get("routing", {}), "auto_coded") for n in names)
+        )
+        table.add_row(
+            "routed: auto-coded precision",
+            *(cell(results[n].get("routing", {}), "auto_coded_precision") for n in names),
+        )
     majors = sorted({m for n in names for m in results[n].get("error_rate_per_major", {})})
     for major in majors:
         table.add_row(
@@ -380,10 +469,36 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def routed_confidence(
+    predictor: Any, eval_set: EvalSet, probs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The predictor's router confidence that each 4-digit answer is right, and which records it would
+    auto-code; None when the model directory has no routing.json."""
+    routing = getattr(predictor, "routing", None)
+    if routing is None:
+        return None
+    from shared.predictor import level_probabilities
+    from shared.routing import flagged, record_inputs
+
+    per_level = level_probabilities(probs, predictor.hierarchy)
+    has_duties, n_words = record_inputs(eval_set.job_titles, eval_set.duties, eval_set.texts())
+    p4 = routing.probabilities(per_level, has_duties, n_words)[4]
+    auto = (p4 >= routing.levels[4].threshold) & ~flagged(eval_set.job_titles, eval_set.duties)
+    return p4, auto
+
+
 def evaluate_set(predictor: Any, eval_set: EvalSet) -> dict[str, Any]:
     """Score an EvalSet with a loaded predictor (anything with `.probabilities(texts)` and `.codes`)."""
     probs = predictor.probabilities(eval_set.texts())
-    metrics = compute_metrics(probs, predictor.codes, eval_set.gold, eval_set.accept)
+    routed = routed_confidence(predictor, eval_set, probs)
+    metrics = compute_metrics(
+        probs,
+        predictor.codes,
+        eval_set.gold,
+        eval_set.accept,
+        routed_confidence=routed[0] if routed else None,
+        auto_coded=routed[1] if routed else None,
+    )
     metrics["data_hash"] = data_hash_of(eval_set.texts(), eval_set.gold)
     if eval_set.skipped:
         metrics["skipped_rows"] = len(eval_set.skipped)
