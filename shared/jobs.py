@@ -1,8 +1,17 @@
-"""Coding jobs (CSV uploads and over-size batches): settings, file layout and the rules both sides share.
+"""Coding jobs (CSV uploads and over-size batches): settings, file layout, and every change of a job's state.
 
-The gateway creates a job (row + input file), commits, then sends the task by name; a worker processes it
-and records progress on the row. Both sides use the helpers here, so the file layout and the state changes
-are written once. Helpers flush; the caller (request or task) commits.
+This module owns job state: nothing else writes `Job.status` or progress. The changes are
+`create_job` (queued) -> `start` (running) -> `advance` (one chunk done, per chunk) -> `finish` (succeeded) |
+`fail` (failed, with an error text free of server paths) | `cancel` (cancelled); `sweep_expired` marks ended
+jobs whose files are gone. Each is one conditional UPDATE, so a cancel and a worker, or two workers, cannot
+overwrite each other. Helpers flush; the caller (request or task) commits.
+
+Faults: the DB row is the job. A worker holds a job through a lease in Redis (`Lease`, renewed by a
+heartbeat thread, lapsing `job_lock_ttl_s` after its holder stops), and every task sent for a job leaves a
+marker (`mark_sent`) until a worker picks it up. `reconcile` (Celery beat, and every worker at start-up)
+re-sends each queued or running job that has neither: its worker died, or the broker lost its task.
+
+Review: `result_rows` reads a finished job's result rows; `record_final_code` records a reviewer's code.
 
 Files on the shared volume:
     uploads/<job_id>.csv | .jsonl       the input (CSV upload, or JSON lines of batch records)
@@ -12,8 +21,12 @@ Files on the shared volume:
 
 from __future__ import annotations
 
+import csv
+import logging
+import re
 import secrets
 import shutil
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -25,8 +38,11 @@ from sqlalchemy.orm import Session
 from shared.db.tables import Job, JobStatus, utcnow
 from shared.settings import CommonSettings
 
+log = logging.getLogger(__name__)
+
 JobKind = Literal["csv", "batch"]
 ACTIVE = (JobStatus.queued, JobStatus.running)
+RESUMABLE_KINDS = ("csv", "batch")  # training runs are not resumed chunk by chunk
 
 
 class JobSettings(CommonSettings):
@@ -42,9 +58,18 @@ class JobSettings(CommonSettings):
         72.0, gt=0, description="uploads and results are deleted this long after the job ends"
     )
     job_lock_ttl_s: float = Field(
-        120.0,
+        30.0,
         gt=0,
-        description="a worker's claim on a job lapses this long after its last chunk (crash recovery)",
+        description="a worker's lease on a job lapses this long after its last heartbeat (crash recovery)",
+    )
+    job_heartbeat_s: float = Field(
+        5.0, gt=0, description="how often a worker renews its lease while it runs a job (< job_lock_ttl_s)"
+    )
+    job_reconcile_interval_s: float = Field(
+        10.0, gt=0, description="how often beat re-sends queued/running jobs that no live worker holds"
+    )
+    job_sent_marker_ttl_s: float = Field(
+        3600.0, gt=0, description="a sent task that no worker has picked up is sent again after this long"
     )
     broker_visibility_timeout_s: float = Field(
         3600.0, gt=0, description="an unacknowledged task is redelivered after this long (worker gone)"
@@ -178,6 +203,79 @@ def cancel(session: Session, job: Job, settings: JobSettings) -> bool:
     return changed
 
 
+def start(session: Session, job_id: str, **values: Any) -> bool:
+    """queued/running -> running (a resumed job stays running), with the model version, options and start
+    time in `values`. False when the job has ended meanwhile (e.g. cancelled)."""
+    return transition(session, job_id, JobStatus.running, only_from=ACTIVE, **values)
+
+
+def advance(session: Session, job_id: str, chunk: int, rows: int, failed: int) -> bool:
+    """Record chunk `chunk` as done (rows and failed rows added). Only from `chunks_done == chunk` on a
+    running job, so a chunk is counted once however many workers wrote it. False: cancelled, or another
+    worker got there first."""
+    result = cast(
+        CursorResult[Any],
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.running, Job.chunks_done == chunk)
+            .values(
+                chunks_done=chunk + 1, rows_done=Job.rows_done + rows, rows_failed=Job.rows_failed + failed
+            )
+            .execution_options(synchronize_session=False)
+        ),
+    )
+    session.flush()
+    return bool(result.rowcount)
+
+
+def restart_progress(session: Session, job_id: str) -> None:
+    """Start a job's progress over (its pinned model is gone; parts must be deleted by the caller)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([str(s) for s in ACTIVE]))
+        .values(chunks_done=0, rows_done=0, rows_failed=0)
+        .execution_options(synchronize_session=False)
+    )
+    session.flush()
+
+
+def finish(session: Session, job_id: str, result_file: Path, settings: JobSettings) -> bool:
+    """running -> succeeded with its result file; the files expire `job_ttl_hours` from now."""
+    now = utcnow()
+    return transition(
+        session,
+        job_id,
+        JobStatus.succeeded,
+        only_from=(JobStatus.running,),
+        result_path=str(result_file),
+        finished_at=now,
+        expires_at=now + timedelta(hours=settings.job_ttl_hours),
+    )
+
+
+def fail(session: Session, job_id: str, error: str, settings: JobSettings, **values: Any) -> bool:
+    """queued/running -> failed with an error text for the API (server paths removed)."""
+    now = utcnow()
+    return transition(
+        session,
+        job_id,
+        JobStatus.failed,
+        only_from=ACTIVE,
+        error=public_error(error)[:10_000],
+        finished_at=now,
+        expires_at=now + timedelta(hours=settings.job_ttl_hours),
+        **values,
+    )
+
+
+_PATH = re.compile(r"(?<![\w:/])(?:[A-Za-z]:)?(?:[/\\][\w.@+\-]+){2,}[/\\]?")
+
+
+def public_error(text: str) -> str:
+    """An error text fit for API clients: absolute file paths become their last part (`.../name`)."""
+    return _PATH.sub(lambda m: ".../" + re.split(r"[/\\]", m.group(0).rstrip("/\\"))[-1], text)
+
+
 def sweep_expired(session: Session, settings: JobSettings, now: datetime | None = None) -> int:
     """Delete the files of ended jobs whose time is up; the rows stay (marked expired) for the job list."""
     now = now or utcnow()
@@ -194,6 +292,160 @@ def sweep_expired(session: Session, settings: JobSettings, now: datetime | None 
         job.options = {**(job.options or {}), "expired": True}
     session.flush()
     return len(jobs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Leases, sent markers and the reconciler (Redis)
+# ----------------------------------------------------------------------------------------------------
+
+
+def lease_key(job_id: str) -> str:
+    return f"isco:job-lease:{job_id}"
+
+
+def sent_key(job_id: str) -> str:
+    return f"isco:job-sent:{job_id}"
+
+
+_RENEW = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+)
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+class Lease:
+    """A per-job lock in Redis with a time to live; only its holder (by random token) renews or frees it."""
+
+    def __init__(self, redis_client: Any, job_id: str, ttl_s: float):
+        self.redis = redis_client
+        self.key = lease_key(job_id)
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.token = secrets.token_hex(16)
+
+    def acquire(self) -> bool:
+        return bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+
+    def renew(self) -> bool:
+        """True while this holder still has the lease (its time to live starts again)."""
+        return bool(self.redis.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))
+
+    def release(self) -> None:
+        self.redis.eval(_RELEASE, 1, self.key, self.token)
+
+
+def mark_sent(redis_client: Any, job_id: str, settings: JobSettings) -> None:
+    """Note that a task for the job is in the queue (set before sending, so `reconcile` leaves it alone)."""
+    redis_client.set(sent_key(job_id), "1", px=int(settings.job_sent_marker_ttl_s * 1000))
+
+
+def clear_sent(redis_client: Any, job_id: str) -> None:
+    """A worker picked the task up: from now on its lease speaks for the job."""
+    redis_client.delete(sent_key(job_id))
+
+
+def unattended(session: Session, redis_client: Any) -> list[str]:
+    """Queued or running (resumable) jobs with neither a live lease nor a task in the queue."""
+    ids = list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.status.in_([str(s) for s in ACTIVE]), Job.kind.in_(RESUMABLE_KINDS))
+            .order_by(Job.created_at, Job.id)
+        )
+    )
+    if not ids:
+        return []
+    pipe = redis_client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.exists(lease_key(job_id), sent_key(job_id))
+    return [job_id for job_id, held in zip(ids, pipe.execute(), strict=True) if not held]
+
+
+def reconcile(
+    session: Session, redis_client: Any, send: Callable[[str], None], settings: JobSettings
+) -> list[str]:
+    """Re-send every job that `unattended` finds (its worker died, or the broker lost its task); returns
+    their ids. A job sent twice is harmless: the lease lets one task run it, and a finished job is skipped."""
+    resent = []
+    for job_id in unattended(session, redis_client):
+        mark_sent(redis_client, job_id, settings)
+        send(job_id)
+        resent.append(job_id)
+    if resent:
+        log.warning("re-sent %d job(s) that no worker held: %s", len(resent), ", ".join(resent))
+    return resent
+
+
+# ----------------------------------------------------------------------------------------------------
+# Result rows (the review page reads them and records final codes)
+# ----------------------------------------------------------------------------------------------------
+
+
+def result_rows(job: Job) -> Iterator[tuple[int, dict[str, str]]]:
+    """(row number from 1, {column: cell}) for each row of a finished CSV job's result, in input order.
+    The columns are `shared.csvio.result_header(...)` of the job's input; cells as written (neutralised)."""
+    if job.kind != "csv" or not job.result_path:
+        raise ValueError(f"job {job.id} has no CSV result (kind {job.kind}, status {job.status})")
+    from shared import csvio
+
+    layout = csvio.read_layout(Path(job.input_path)) if Path(job.input_path).is_file() else None
+    delimiter = layout.delimiter if layout is not None else ","
+    with open(job.result_path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        header = next(reader)
+        for number, cells in enumerate(reader, start=1):
+            yield number, dict(zip(header, cells, strict=False))
+
+
+def record_final_code(
+    session: Session,
+    job: Job,
+    row_number: int,
+    final_code: str | None,
+    *,
+    action: str,
+    reviewer_name: str,
+    reviewer_key_id: int | None = None,
+    job_title: str = "",
+    duties_description: str = "",
+    model_code: str | None = None,
+) -> Any:
+    """Record a reviewer's final code (None: uncodable) for one result row: the current decision is
+    replaced and the change is added to the audit trail. Flushes; the request commits."""
+    from shared.db.tables import ReviewDecision, ReviewEvent
+
+    decision = session.scalars(
+        select(ReviewDecision).where(ReviewDecision.job_id == job.id, ReviewDecision.row_number == row_number)
+    ).first()
+    previous = decision.final_code if decision is not None else None
+    if decision is None:
+        decision = ReviewDecision(
+            job_id=job.id,
+            row_number=row_number,
+            job_title=job_title,
+            duties_description=duties_description,
+            model_code=model_code,
+        )
+        session.add(decision)
+    decision.final_code = final_code
+    decision.action = action
+    decision.reviewer_key_id = reviewer_key_id
+    decision.reviewer_name = reviewer_name
+    decision.decided_at = utcnow()
+    session.add(
+        ReviewEvent(
+            job_id=job.id,
+            row_number=row_number,
+            model_code=decision.model_code,
+            previous_code=previous,
+            final_code=final_code,
+            action=action,
+            reviewer_key_id=reviewer_key_id,
+            reviewer_name=reviewer_name,
+        )
+    )
+    session.flush()
+    return decision
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -242,7 +494,7 @@ class JobView(BaseModel):
             rows_failed=job.rows_failed,
             progress=round(job.rows_done / job.rows_total, 4) if job.rows_total else 0.0,
             model_version=job.model_version,
-            error=job.error,
+            error=public_error(job.error) if job.error else None,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,

@@ -113,7 +113,7 @@ def test_rows_in_order_duplicates_scored_once_and_row_errors(settings: WorkerSet
                                                      | {("=cmd|' /C calc'!A0", "x")})  # fmt: skip
     text = Path(job.result_path).read_text(encoding="utf-8")
     rows = list(csv.DictReader(io.StringIO(text), delimiter=";"))
-    assert [r["ref"] for r in rows] == [str(i) for i in range(45)] + ["empty", "'-1"]
+    assert [r["ref"] for r in rows] == [str(i) for i in range(45)] + ["empty", "-1"]  # a number stays
     assert rows[45]["row_error"] == "job_title and duties_description are both empty"
     assert rows[45]["isco_code"] == "" and rows[0]["unit_code"]
     assert rows[46]["Job Title"] == "'=cmd|' /C calc'!A0"
@@ -132,11 +132,12 @@ def test_resume_after_crash_gives_every_row_exactly_once(settings: WorkerSetting
         JobProcessor(settings, CountingPredictors(settings, after_calls=4, action=die)).run("crash")
     job = job_row(settings, "crash")
     assert job.status == JobStatus.running and job.chunks_done == 4 and job.rows_done == 40
-    # the dead worker's lease is still there: a redelivered task must wait rather than run alongside
-    lease_key = "isco:job-lease:crash"
+    # a live holder's lease (longer than the waiting task's patience): the redelivered task gives up
+    lease_key = jobs.lease_key("crash")
+    short = settings.model_copy(update={"job_lock_ttl_s": 1.0, "job_heartbeat_s": 0.2})
     r.set(lease_key, "someone-else", px=30_000)
     with pytest.raises(LeaseHeld):
-        JobProcessor(settings).run("crash")
+        JobProcessor(short).run("crash")
     r.delete(lease_key)
     # a part written after the last recorded chunk (crash between rename and commit) is simply rewritten
     jobs.part_path(settings, "crash", 4).write_text("garbage\n")
@@ -146,6 +147,59 @@ def test_resume_after_crash_gives_every_row_exactly_once(settings: WorkerSetting
     rows = result_rows(settings, "crash")
     assert [r["ref"] for r in rows] == [str(i) for i in range(95)]
     assert job_row(settings, "crash").rows_done == 95
+
+
+def test_a_dead_holders_lease_is_waited_out_and_the_job_taken_over(settings: WorkerSettings) -> None:
+    """A task redelivered after its worker died finds the old lease; it waits for it to lapse (no heartbeat
+    renews it any more) and resumes, instead of ending and leaving the job to the reconciler."""
+    make_csv_job(settings, "dead", unique_lines(25))
+    r = redis.Redis.from_url(settings.redis_url)
+    r.set(jobs.lease_key("dead"), "dead-worker", px=1_500)
+    short = settings.model_copy(update={"job_lock_ttl_s": 3.0, "job_heartbeat_s": 0.2})
+    assert JobProcessor(short).run("dead").status == JobStatus.succeeded
+    assert [row["ref"] for row in result_rows(settings, "dead")] == [str(i) for i in range(25)]
+    assert r.get(jobs.lease_key("dead")) is None  # released at the end
+
+
+def test_heartbeat_keeps_the_lease_alive_while_a_chunk_takes_longer_than_its_ttl(
+    settings: WorkerSettings,
+) -> None:
+    import time
+
+    make_csv_job(settings, "slow", unique_lines(15))
+    short = settings.model_copy(update={"job_lock_ttl_s": 1.0, "job_heartbeat_s": 0.2})
+    r = redis.Redis.from_url(settings.redis_url)
+    seen: list[bool] = []
+
+    def slow() -> None:
+        time.sleep(1.5)  # longer than the lease's time to live: only the heartbeat keeps it
+        seen.append(bool(r.exists(jobs.lease_key("slow"))))
+
+    predictors = CountingPredictors(short, after_calls=0, action=slow)
+    assert JobProcessor(short, predictors).run("slow").status == JobStatus.succeeded
+    assert seen and all(seen)
+
+
+def test_reconcile_resends_only_unattended_jobs(settings: WorkerSettings) -> None:
+    r = redis.Redis.from_url(settings.redis_url)
+    for job_id in ("held", "sent", "lost", "done"):
+        make_csv_job(settings, f"rc-{job_id}", unique_lines(3))
+        r.delete(jobs.lease_key(f"rc-{job_id}"), jobs.sent_key(f"rc-{job_id}"))
+    with session_scope(settings.db_url) as session:
+        for job_id, status in (("held", "running"), ("lost", "running"), ("done", "succeeded")):
+            job = session.get(Job, f"rc-{job_id}")
+            assert job is not None
+            job.status = status
+    r.set(jobs.lease_key("rc-held"), "a-live-worker", px=30_000)
+    jobs.mark_sent(r, "rc-sent", settings)
+    sent: list[str] = []
+    with session_scope(settings.db_url) as session:
+        assert jobs.reconcile(session, r, sent.append, settings) == ["rc-lost"]
+    assert sent == ["rc-lost"] and r.exists(jobs.sent_key("rc-lost"))  # marked: not sent again
+    with session_scope(settings.db_url) as session:
+        assert jobs.reconcile(session, r, sent.append, settings) == []
+    r.delete(*(jobs.lease_key(f"rc-{j}") for j in ("held", "sent", "lost", "done")))
+    r.delete(*(jobs.sent_key(f"rc-{j}") for j in ("held", "sent", "lost", "done")))
 
 
 def test_cancel_stops_before_the_next_chunk(settings: WorkerSettings) -> None:

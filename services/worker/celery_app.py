@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from services.worker.settings import WorkerSettings
 
@@ -26,3 +26,21 @@ def _fresh_connections_after_fork(**_: object) -> None:
 
     get_engine.cache_clear()
     logging.getLogger(__name__).debug("worker process initialised")
+
+
+@worker_ready.connect
+def _reconcile_at_start_up(**_: object) -> None:
+    # After a restart (of this worker, the broker or the machine) re-send the jobs that no live worker holds,
+    # without waiting for beat. In a thread: a DB or Redis outage must not hold up the worker's start.
+    import threading
+
+    def reconcile() -> None:
+        from services.worker.tasks import reconcile_now
+
+        try:
+            resent = reconcile_now(WorkerSettings())
+            logging.getLogger(__name__).info("start-up reconciliation: %d job(s) re-sent", len(resent))
+        except Exception:
+            logging.getLogger(__name__).exception("start-up reconciliation failed")
+
+    threading.Thread(target=reconcile, daemon=True, name="reconcile-at-start-up").start()

@@ -27,8 +27,18 @@ def celery_client(broker_url: str) -> Any:
     return Celery("isco-client", broker=broker_url, set_as_current=False)
 
 
+@lru_cache(maxsize=4)
+def redis_client(redis_url: str) -> Any:
+    """A Redis client for the job markers (short timeouts: a broker that is down fails the request fast)."""
+    import redis
+
+    return redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+
+
 def send_job(settings: jobs.JobSettings, job_id: str) -> None:
-    """Queue the processing of a committed job on the prediction queue (`job_queue`: cpu or gpu)."""
+    """Queue the processing of a committed job on the prediction queue (`job_queue`: cpu or gpu), marked as
+    sent so that the reconciler does not send it again while it waits in the queue."""
+    jobs.mark_sent(redis_client(settings.redis_url), job_id, settings)
     celery_client(settings.redis_url).send_task(
         TASK_PROCESS_JOB, args=[job_id], queue=settings.job_queue, retry=True, retry_policy=PUBLISH_RETRY
     )

@@ -12,4 +12,5 @@ PREDICTION_QUEUES = (QUEUE_CPU, QUEUE_GPU)
 
 TASK_PROCESS_JOB = "isco.jobs.process"  # args: [job_id]
 TASK_SWEEP_EXPIRED = "isco.jobs.sweep_expired"  # no args
+TASK_RECONCILE = "isco.jobs.reconcile"  # no args: re-send jobs that no live worker holds
 TASK_TRAIN = "isco.training.run"  # args: [job_id]; the job row's options hold the training options

@@ -9,8 +9,11 @@ no one else advanced it). A worker killed at any point leaves either a complete 
 skips `chunks_done` chunks of input and rewrites any later part. The final result is the header plus the
 parts in order, again written through a rename before the row says `succeeded`.
 
-One worker at a time: a lease in Redis (renewed per chunk, expiring `job_lock_ttl_s` after the holder's last
-chunk) keeps a redelivered task from running a job whose first worker is still alive.
+One worker at a time: a lease in Redis (`shared.jobs.Lease`), renewed by a heartbeat thread every
+`job_heartbeat_s` and lapsing `job_lock_ttl_s` after its holder stops, keeps a redelivered task from running a
+job whose first worker is still alive. A task that finds the lease held waits for it to lapse (its holder
+died: this task takes over) or ends (the holder is alive and renewing; if it dies later, the reconciler
+re-sends the job). Row coding is `shared.coding`, the engine `isco predict` uses too.
 """
 
 from __future__ import annotations
@@ -21,65 +24,67 @@ import logging
 import os
 import secrets
 import shutil
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from itertools import islice
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from pydantic import ValidationError
-from sqlalchemy import CursorResult, update
 from sqlalchemy.orm import Session
 
 from services.worker.settings import WorkerSettings
 from shared import csvio, jobs
+from shared.coding import EMPTY_RECORD, InputRow, Memo, chunks, code_rows, csv_rows
 from shared.db.session import session_factory
 from shared.db.tables import Job, JobStatus, utcnow
-from shared.schemas import JobRecord, Prediction, PredictOptions
+from shared.jobs import Lease
+from shared.schemas import Prediction, PredictOptions
 
 log = logging.getLogger(__name__)
 
-EMPTY_RECORD = "job_title and duties_description are both empty"
+__all__ = ["EMPTY_RECORD", "JobProcessor", "LeaseHeld", "Memo", "code_rows"]
 
 
 class LeaseHeld(Exception):
-    """Another live worker holds the job; try again after the lease could have lapsed."""
+    """Another live worker holds the job (it renewed its lease while we waited)."""
 
 
 class JobGone(Exception):
     """The job's input is missing (expired or deleted): the job cannot run."""
 
 
-# ----------------------------------------------------------------------------------------------------
-# Lease
-# ----------------------------------------------------------------------------------------------------
+class Heartbeat:
+    """Renews a lease every `interval_s` in a daemon thread while a job runs.
 
-_RENEW = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then "
-    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
-)
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+    `lost` is set when the lease was taken over or vanished (e.g. Redis restarted empty); the job loop then
+    re-takes it if it is free, or stops. Redis errors are retried at the next beat: the lease lapses on its
+    own if they last.
+    """
 
+    def __init__(self, lease: Lease, interval_s: float):
+        self.lease = lease
+        self.interval_s = interval_s
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{lease.key}")
 
-class Lease:
-    """A per-job lock in Redis with a time to live; only its holder (by random token) renews or frees it."""
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
 
-    def __init__(self, redis_client: Any, job_id: str, ttl_s: float):
-        self.redis = redis_client
-        self.key = f"isco:job-lease:{job_id}"
-        self.ttl_ms = int(ttl_s * 1000)
-        self.token = secrets.token_hex(16)
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval_s + 5)
 
-    def acquire(self) -> bool:
-        return bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
-
-    def renew(self) -> bool:
-        return bool(self.redis.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))
-
-    def release(self) -> None:
-        self.redis.eval(_RELEASE, 1, self.key, self.token)
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                if not self.lease.renew():
+                    self.lost.set()
+            except Exception as exc:  # Redis down: keep trying; the lease lapses by itself if it stays down
+                log.warning("lease %s: heartbeat failed: %s", self.lease.key, exc)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -136,13 +141,6 @@ class PredictorCache:
 # ----------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class InputRow:
-    cells: list[str] | None  # CSV cells (passed through); None for batch records
-    record: dict[str, Any]  # id, job_title, duties_description
-    error: str | None = None
-
-
 class JobFormat:
     """How one kind of job reads its input and writes results (csv: CSV in, CSV out; batch: JSON lines)."""
 
@@ -150,15 +148,12 @@ class JobFormat:
         self.job = job
         self.path = Path(job.input_path)
         if not job.input_path or not self.path.is_file():
-            raise JobGone(f"the job's input file is missing ({job.input_path or 'expired'})")
+            raise JobGone("the job's input file is missing (it expired or was deleted)")
         self.layout = csvio.read_layout(self.path) if job.kind == "csv" else None
 
     def rows(self) -> Iterator[InputRow]:
         if self.layout is not None:
-            layout = self.layout
-            for row in csvio.iter_rows(self.path, layout):
-                title, duties = layout.texts(row.cells)
-                yield InputRow(row.cells, {"job_title": title, "duties_description": duties}, row.error)
+            yield from csv_rows(self.path, self.layout)
         else:
             with open(self.path, encoding="utf-8") as f:
                 for line in f:
@@ -187,12 +182,6 @@ class JobFormat:
         return "\n".join(lines) + "\n" if lines else ""
 
 
-def chunks(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
-    it = iter(rows)
-    while chunk := list(islice(it, size)):
-        yield chunk
-
-
 def write_atomically(path: Path, text: str) -> None:
     """Write to a temp name in the same directory, fsync, rename: readers see all of it or nothing."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
@@ -201,68 +190,6 @@ def write_atomically(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Coding a chunk
-# ----------------------------------------------------------------------------------------------------
-
-
-class Memo:
-    """Results of (title, duties) pairs already coded in this job: repeated rows cost nothing."""
-
-    def __init__(self, max_entries: int):
-        self.max_entries = max_entries
-        self.data: OrderedDict[tuple[str, str], Prediction] = OrderedDict()
-
-    def get(self, key: tuple[str, str]) -> Prediction | None:
-        return self.data.get(key)
-
-    def put(self, key: tuple[str, str], value: Prediction) -> None:
-        if self.max_entries <= 0:
-            return
-        self.data[key] = value
-        if len(self.data) > self.max_entries:
-            self.data.popitem(last=False)
-
-
-def code_rows(
-    rows: Sequence[InputRow], predictor: Any, options: PredictOptions, memo: Memo
-) -> list[Prediction | str]:
-    """A Prediction or a row error for each row; each distinct (title, duties) goes to the model once."""
-    outcomes: list[Prediction | str | None] = [None] * len(rows)
-    todo: dict[tuple[str, str], list[int]] = {}
-    for i, row in enumerate(rows):
-        if row.error:
-            outcomes[i] = row.error
-            continue
-        title = str(row.record.get("job_title") or "")
-        duties = str(row.record.get("duties_description") or "")
-        if not title.strip() and not duties.strip():
-            outcomes[i] = EMPTY_RECORD
-            continue
-        key = (title, duties)
-        known = memo.get(key)
-        if known is not None:
-            outcomes[i] = known
-        else:
-            todo.setdefault(key, []).append(i)
-    if todo:
-        keys = list(todo)
-        records = []
-        for title, duties in keys:
-            try:
-                records.append(JobRecord(job_title=title, duties_description=duties))
-            except ValidationError as exc:  # pragma: no cover - empty rows are caught above
-                for i in todo[(title, duties)]:
-                    outcomes[i] = str(exc.errors()[0]["msg"])
-                records.append(JobRecord(job_title="-"))
-        for key, prediction in zip(keys, predictor.predict(records, options), strict=True):
-            memo.put(key, prediction)
-            for i in todo[key]:
-                if outcomes[i] is None:
-                    outcomes[i] = prediction
-    return [o if o is not None else "internal error: no result" for o in outcomes]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -295,6 +222,9 @@ class JobProcessor:
         return self.redis
 
     def run(self, job_id: str) -> RunResult:
+        """Run (or resume) a job to its end. Raises LeaseHeld when a live worker holds it."""
+        redis_client = self._redis()
+        jobs.clear_sent(redis_client, job_id)
         with self.sessions() as session:
             job = session.get(Job, job_id)
             if job is None:
@@ -304,25 +234,30 @@ class JobProcessor:
                 if job.status == JobStatus.cancelled:
                     self._cleanup_cancelled(job)
                 return RunResult(job.status)
-            lease = Lease(self._redis(), job_id, self.settings.job_lock_ttl_s)
-            if not lease.acquire():
+            lease = Lease(redis_client, job_id, self.settings.job_lock_ttl_s)
+            if not self._acquire(lease):
                 raise LeaseHeld(job_id)
             try:
-                return self._run_leased(session, job, lease)
+                with Heartbeat(lease, self.settings.job_heartbeat_s) as heartbeat:
+                    return self._run_leased(session, job, lease, heartbeat)
             finally:
-                lease.release()
+                try:
+                    lease.release()
+                except Exception as exc:  # the lease lapses by itself
+                    log.warning("job %s: could not release the lease: %s", job_id, exc)
+
+    def _acquire(self, lease: Lease) -> bool:
+        """Take the lease, waiting up to one lease time for a dead holder's lease to lapse (a task redelivered
+        after its worker died finds the old lease still there). False: the holder kept renewing it."""
+        deadline = time.monotonic() + self.settings.job_lock_ttl_s + self.settings.job_heartbeat_s
+        while not lease.acquire():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(min(1.0, self.settings.job_heartbeat_s))
+        return True
 
     def _fail(self, session: Session, job: Job, error: str) -> RunResult:
-        now = utcnow()
-        jobs.transition(
-            session,
-            job.id,
-            JobStatus.failed,
-            only_from=jobs.ACTIVE,
-            error=error[:10_000],
-            finished_at=now,
-            expires_at=now + timedelta(hours=self.settings.job_ttl_hours),
-        )
+        jobs.fail(session, job.id, error, self.settings)
         session.commit()
         shutil.rmtree(jobs.parts_dir(self.settings, job.id), ignore_errors=True)
         log.error("job %s failed: %s", job.id, error)
@@ -339,27 +274,21 @@ class JobProcessor:
             # the pinned model is gone: start over with the current best rather than mix two models
             log.warning("job %s: model %s is gone; restarting with the best model", job.id, job.model_version)
             shutil.rmtree(jobs.parts_dir(self.settings, job.id), ignore_errors=True)
-            values.update(chunks_done=0, rows_done=0, rows_failed=0)
+            jobs.restart_progress(session, job.id)
         if predictor is None:
             predictor = self.predictors.best()
         options = dict(job.options or {})
         # the chunk size is fixed for the job's life: resuming skips chunks_done x chunk_rows rows
         options.setdefault("chunk_rows", self.settings.job_chunk_rows)
-        values.update(options=options, model_version=predictor.version, status=JobStatus.running)
+        values.update(options=options, model_version=predictor.version)
         if job.started_at is None:
             values["started_at"] = utcnow()
-        # conditional: a cancel that landed since we read the row must win
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status.in_([str(s) for s in jobs.ACTIVE]))
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
+        jobs.start(session, job.id, **values)  # conditional: a cancel that landed since we read must win
         session.commit()
         session.refresh(job)
         return predictor
 
-    def _run_leased(self, session: Session, job: Job, lease: Lease) -> RunResult:
+    def _run_leased(self, session: Session, job: Job, lease: Lease, heartbeat: Heartbeat) -> RunResult:
         try:
             fmt = JobFormat(job)
         except (JobGone, csvio.CsvFormatError) as exc:
@@ -383,26 +312,17 @@ class JobProcessor:
             outcomes = code_rows(chunk, predictor, options, memo)
             write_atomically(jobs.part_path(self.settings, job.id, index), fmt.render(chunk, outcomes))
             failed = sum(1 for o in outcomes if isinstance(o, str))
-            advanced = cast(
-                CursorResult[Any],
-                session.execute(
-                    update(Job)
-                    .where(Job.id == job.id, Job.status == JobStatus.running, Job.chunks_done == index)
-                    .values(
-                        chunks_done=index + 1,
-                        rows_done=Job.rows_done + len(chunk),
-                        rows_failed=Job.rows_failed + failed,
-                    )
-                    .execution_options(synchronize_session=False)
-                ),
-            ).rowcount
+            advanced = jobs.advance(session, job.id, index, len(chunk), failed)
             session.commit()
             ran += 1
             if not advanced:
                 return self._interrupted(session, job)
-            if not lease.renew() and not lease.acquire():
-                log.warning("job %s: lease lost after chunk %d; another worker carries on", job.id, index)
-                return RunResult("lost-lease", ran)
+            if heartbeat.lost.is_set():
+                # the lease vanished (Redis restarted empty) or lapsed: carry on only if no one else took it
+                if not lease.acquire():
+                    log.warning("job %s: lease lost after chunk %d; another worker carries on", job.id, index)
+                    return RunResult("lost-lease", ran)
+                heartbeat.lost.clear()
         return self._finish(session, job, fmt, ran)
 
     def _interrupted(self, session: Session, job: Job) -> RunResult:
@@ -419,7 +339,7 @@ class JobProcessor:
         if job.status != JobStatus.running:
             return self._interrupted(session, job)
         result = jobs.result_path(self.settings, job.id, job.kind)
-        tmp = result.with_name(f"{result.name}.{os.getpid()}.tmp")
+        tmp = result.with_name(f"{result.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
         with open(tmp, "w", encoding="utf-8", newline="") as out:
             out.write(fmt.header())
             for index in range(job.chunks_done):
@@ -428,16 +348,7 @@ class JobProcessor:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, result)
-        now = utcnow()
-        done = jobs.transition(
-            session,
-            job.id,
-            JobStatus.succeeded,
-            only_from=(JobStatus.running,),
-            result_path=str(result),
-            finished_at=now,
-            expires_at=now + timedelta(hours=self.settings.job_ttl_hours),
-        )
+        done = jobs.finish(session, job.id, result, self.settings)
         session.commit()
         if not done:
             return self._interrupted(session, job)

@@ -2,8 +2,9 @@
 
 Retries: transient errors (DB or Redis unreachable, a timeout) are retried with capped, jittered exponential
 backoff; any other exception is a bug or bad data that would fail the same way again, so the job is marked
-failed at once with the error. A task that finds the job held by another live worker, or that reaches its soft
-time limit, sends a fresh task for the same job and ends; the fresh task resumes from the last chunk.
+failed at once with the error. A task that reaches its soft time limit sends a fresh task for the same job and
+ends; the fresh task resumes from the last chunk. A task that finds the job held by a live worker ends: if
+that worker dies, `reconcile_jobs` (beat, and each worker at start-up) re-sends the job once its lease lapses.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sqlalchemy.exc
 from celery.exceptions import SoftTimeLimitExceeded
 
 from services.worker.celery_app import app
-from services.worker.constants import TASK_PROCESS_JOB, TASK_SWEEP_EXPIRED, TASK_TRAIN
+from services.worker.constants import TASK_PROCESS_JOB, TASK_RECONCILE, TASK_SWEEP_EXPIRED, TASK_TRAIN
 from services.worker.processing import JobProcessor, LeaseHeld
 from services.worker.settings import WorkerSettings
 from shared import jobs
@@ -58,18 +59,15 @@ def mark_failed(settings: WorkerSettings, job_id: str, error: str) -> None:
     """Record a terminal failure on the row (best effort: the DB itself may be what failed)."""
     try:
         with session_scope(settings.db_url) as session:
-            now = utcnow()
-            jobs.transition(
-                session,
-                job_id,
-                JobStatus.failed,
-                only_from=jobs.ACTIVE,
-                error=error[:10_000],
-                finished_at=now,
-                expires_at=now + timedelta(hours=settings.job_ttl_hours),
-            )
+            jobs.fail(session, job_id, error, settings)
     except Exception:
         log.exception("job %s: could not record the failure %r", job_id, error)
+
+
+def send_job_task(settings: WorkerSettings, job_id: str, countdown: float | None = None) -> None:
+    """Queue a (fresh) processing task for a job, marking it sent so that the reconciler leaves it alone."""
+    jobs.mark_sent(processor()._redis(), job_id, settings)
+    process_job.apply_async(args=[job_id], queue=settings.job_queue, countdown=countdown)
 
 
 @app.task(name=TASK_PROCESS_JOB, bind=True, acks_late=True, ignore_result=True, max_retries=None)
@@ -81,12 +79,11 @@ def process_job(self: Any, job_id: str) -> None:
         result = proc.run(job_id)
         log.info("job %s: %s after %d chunk(s) in this run", job_id, result.status, result.chunks_run)
     except LeaseHeld:
-        # Another worker is on it. Check back once its lease could have lapsed, in case that worker dies.
-        countdown = settings.job_lock_ttl_s * random.uniform(1.0, 1.2)
-        self.apply_async(args=[job_id], countdown=countdown)
+        # A live worker is on it (it renewed its lease while we waited); the reconciler covers its death.
+        log.info("job %s: held by a live worker; this task ends", job_id)
     except SoftTimeLimitExceeded:
         log.info("job %s: time slice used up; handing over (resumes from the last chunk)", job_id)
-        self.apply_async(args=[job_id])
+        send_job_task(settings, job_id)
     except TRANSIENT_ERRORS as exc:
         if self.request.retries >= settings.retry_max:
             mark_failed(
@@ -112,6 +109,26 @@ def _sweep_quietly(settings: WorkerSettings) -> None:
         log.exception("sweeping expired jobs failed")
 
 
+def reconcile_now(settings: WorkerSettings) -> list[str]:
+    """Re-send every queued or running job that no live worker holds and no queued task names."""
+    redis_client = processor()._redis()
+
+    def send(job_id: str) -> None:
+        process_job.apply_async(args=[job_id], queue=settings.job_queue)
+
+    with session_scope(settings.db_url) as session:
+        return jobs.reconcile(session, redis_client, send, settings)
+
+
+@app.task(name=TASK_RECONCILE, ignore_result=True)
+def reconcile_jobs() -> None:
+    """Beat's periodic reconciliation (`shared.jobs.reconcile`); an outage is logged and tried next time."""
+    try:
+        reconcile_now(processor().settings)
+    except TRANSIENT_ERRORS as exc:
+        log.warning("reconciling jobs failed (will retry at the next beat): %s", exc)
+
+
 @app.task(name=TASK_SWEEP_EXPIRED, ignore_result=True)
 def sweep_expired() -> None:
     """Delete the files of jobs past their expiry (also done after every job; beat may schedule it)."""
@@ -134,19 +151,12 @@ def train_model(self: Any, job_id: str) -> None:
             return
         if job.status == JobStatus.running:
             lost = "the worker running this training job was lost (killed or out of memory); submit it again"
-            jobs.transition(
-                session,
-                job_id,
-                JobStatus.failed,
-                only_from=(JobStatus.running,),
-                error=lost,
-                finished_at=utcnow(),
-            )
+            jobs.fail(session, job_id, lost, settings)
             return
         options = dict(job.options or {})
         jobs.transition(
             session, job_id, JobStatus.running, only_from=(JobStatus.queued,), started_at=utcnow()
-        )
+        )  # from queued only: a redelivered training task must not start a second run
     try:
         # the trainer's own modules (heavy imports) load only on a training worker
         from services.trainer.config import TrainerSettings

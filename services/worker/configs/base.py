@@ -9,6 +9,7 @@ from services.worker.constants import (
     QUEUE_GPU,
     QUEUE_TRAINING,
     TASK_PROCESS_JOB,
+    TASK_RECONCILE,
     TASK_SWEEP_EXPIRED,
     TASK_TRAIN,
 )
@@ -18,8 +19,9 @@ _settings = WorkerSettings()
 
 broker_url = _settings.redis_url
 broker_connection_retry_on_startup = True
-# An unacknowledged task (its worker died) goes back to the queue after this long; a lease in Redis stops a
-# redelivered task from running a job that a live worker still holds (services/worker/processing.py).
+# An unacknowledged task (its worker's main process died) goes back to the queue after this long; the
+# reconciler (below) does not wait for that: it re-sends a job as soon as its worker's lease lapses, and the
+# lease stops a redelivered task from running a job that a live worker still holds.
 broker_transport_options = {"visibility_timeout": _settings.broker_visibility_timeout_s}
 result_backend = None
 task_ignore_result = True
@@ -39,7 +41,11 @@ worker_cancel_long_running_tasks_on_connection_loss = True
 
 task_default_queue = QUEUE_CPU
 task_queues = [Queue(QUEUE_CPU), Queue(QUEUE_GPU), Queue(QUEUE_TRAINING)]
-task_routes = {TASK_PROCESS_JOB: {"queue": _settings.job_queue}, TASK_TRAIN: {"queue": QUEUE_TRAINING}}
+task_routes = {
+    TASK_PROCESS_JOB: {"queue": _settings.job_queue},
+    TASK_RECONCILE: {"queue": _settings.job_queue},
+    TASK_TRAIN: {"queue": QUEUE_TRAINING},
+}
 task_create_missing_queues = True
 
 # A job task hands over after the soft limit (it re-queues itself and resumes from its last chunk);
@@ -51,8 +57,15 @@ worker_concurrency = _settings.worker_concurrency
 worker_hijack_root_logger = False
 worker_send_task_events = False
 
-# Workers also sweep after every job; with `celery -A services.worker.celery_app beat` expired files go hourly
-# even when no jobs run.
+# Beat (`celery -A services.worker.celery_app beat`, or `worker -B` on one machine): re-send jobs that no
+# live worker holds (a dead worker, a broker that lost its queue), and delete expired files hourly (workers
+# also sweep after every job). A reconcile message expires before the next one, so they do not pile up
+# behind a long job.
 beat_schedule = {
-    "sweep-expired-jobs": {"task": TASK_SWEEP_EXPIRED, "schedule": 3600.0, "options": {"queue": QUEUE_CPU}}
+    "reconcile-jobs": {
+        "task": TASK_RECONCILE,
+        "schedule": _settings.job_reconcile_interval_s,
+        "options": {"queue": _settings.job_queue, "expires": _settings.job_reconcile_interval_s},
+    },
+    "sweep-expired-jobs": {"task": TASK_SWEEP_EXPIRED, "schedule": 3600.0, "options": {"queue": QUEUE_CPU}},
 }
