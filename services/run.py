@@ -3,8 +3,9 @@
 SQLite and the local directory var/ stand in for PostgreSQL and the shared volume. Steps: migrate the metadata
 DB; train the quick model if none is registered (once: later runs reuse it); use the Redis at ISCO_REDIS_URL
 (or REDIS_URL) when it answers, else start a private redis-server on a free port; start the inference service,
-the gateway and one Celery worker from the Procfile and supervise them; print the URL, the docs URL and a dev
-API key. Ctrl-C or SIGTERM stops everything; if any process dies, the rest are stopped too.
+the gateway and one Celery worker (with its embedded beat: the job reconciler) from the Procfile and supervise
+them (services/supervisor.py); print the URL, the docs URL and a dev API key. A process that dies is restarted
+with backoff; Ctrl-C or SIGTERM stops everything (a second one kills what is left at once).
 
 Environment: PORT (gateway port, default 8000), ISCO_GATEWAY_HOST (its bind address, default 127.0.0.1),
 ISCO_API_KEY (registered as a valid key at start-up), ISCO_TRAIN_PROFILE (default quick), and every ISCO_*
@@ -15,98 +16,61 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Protocol
 
 import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.supervisor import (
+    STOP_TIMEOUT_S,
+    Child,
+    Console,
+    StartupError,
+    Supervisor,
+    free_port,
+    port_is_free,
+    signal_group,
+)
+from services.supervisor import read_procfile as _read_procfile
 from shared.db.session import session_scope
 from shared.db.tables import ApiKey
 from shared.settings import REPO_ROOT, CommonSettings
 
+__all__ = [
+    "Child",
+    "Console",
+    "StartupError",
+    "Supervisor",
+    "free_port",
+    "port_is_free",
+    "read_procfile",
+    "run",
+    "main",
+]
+
 PROCFILE = REPO_ROOT / "Procfile"
 DEV_KEY_FILE_NAME = "dev-api-key"
-STOP_TIMEOUT_S = 20.0
 # `isco train --profile quick` took 10.3 min on the 2-core dev machine (fresh clone); scaled by cores.
 QUICK_TRAIN_MINUTES_2_CORES = 11.0
 
-_COLOURS = ["36", "33", "35", "32", "34", "31"]
 
+class Stopping(Protocol):
+    """Anything that says whether a stop was requested (the Supervisor, or a threading.Event in tests)."""
 
-class StartupError(RuntimeError):
-    """The system could not be brought up; the message says why."""
-
-
-# --------------------------------------------------------------------------------------------- output
-
-
-class Console:
-    """Prefixed, coloured lines from several processes without interleaving inside a line."""
-
-    def __init__(self, stream: IO[str] = sys.stdout) -> None:
-        self.stream = stream
-        self.lock = threading.Lock()
-        self.colour = stream.isatty() and os.environ.get("NO_COLOR") is None
-        self.width = 9
-
-    def _paint(self, text: str, code: str) -> str:
-        return f"\033[{code}m{text}\033[0m" if self.colour else text
-
-    def line(self, name: str, text: str, colour: str = "1") -> None:
-        prefix = self._paint(f"{time.strftime('%H:%M:%S')} {name:<{self.width}}|", colour)
-        with self.lock:
-            self.stream.write(f"{prefix} {text.rstrip()}\n")
-            self.stream.flush()
-
-    def say(self, text: str) -> None:
-        self.line("run", text, "1")
-
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
+    def is_set(self) -> bool: ...
 
 
 def read_procfile(path: Path = PROCFILE) -> dict[str, str]:
     """Process name -> shell command, in file order."""
-    entries: dict[str, str] = {}
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = re.match(r"^([A-Za-z0-9_-]+):\s*(.+)$", line)
-        if not m:
-            raise StartupError(f"{path}: cannot parse line {raw!r}")
-        entries[m.group(1)] = m.group(2)
-    return entries
+    return _read_procfile(path)
 
 
 def redis_answers(url: str, timeout: float = 1.0) -> bool:
@@ -162,126 +126,6 @@ def http_ready(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else {}
 
 
-# --------------------------------------------------------------------------------------------- processes
-
-
-@dataclass
-class Child:
-    name: str
-    command: str
-    colour: str
-    ready_marker: str | None = None  # a log fragment that means "ready" (for processes without HTTP)
-    infra: bool = False  # stopped after the application processes
-    proc: subprocess.Popen[bytes] | None = None
-    ready: threading.Event = field(default_factory=threading.Event)
-    pump: threading.Thread | None = None
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-
-class Supervisor:
-    """Starts processes in their own process groups, forwards their output, stops them all together."""
-
-    def __init__(self, console: Console, env: dict[str, str], cwd: Path = REPO_ROOT) -> None:
-        self.console = console
-        self.env = env
-        self.cwd = cwd
-        self.children: list[Child] = []
-        self.stop_requested = threading.Event()
-
-    def start(self, child: Child) -> Child:
-        # exec: the shell expands ${VAR:-default} from the Procfile, then becomes the process itself, so
-        # signals reach uvicorn/celery directly. A new session keeps the terminal's Ctrl-C away from the
-        # children: the supervisor stops them in order instead.
-        child.proc = subprocess.Popen(
-            ["/bin/sh", "-c", f"exec {child.command}"],
-            cwd=self.cwd,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        child.pump = threading.Thread(
-            target=self._pump, args=(child,), daemon=True, name=f"pump-{child.name}"
-        )
-        child.pump.start()
-        self.children.append(child)
-        return child
-
-    def _pump(self, child: Child) -> None:
-        assert child.proc is not None and child.proc.stdout is not None
-        for raw in iter(child.proc.stdout.readline, b""):
-            text = raw.decode("utf-8", errors="replace")
-            if child.ready_marker and not child.ready.is_set() and child.ready_marker in text:
-                child.ready.set()
-            self.console.line(child.name, text, child.colour)
-
-    def dead_child(self) -> Child | None:
-        for child in self.children:
-            if child.proc is not None and child.proc.poll() is not None:
-                return child
-        return None
-
-    def wait_until(
-        self, what: str, check: Callable[[], bool], timeout: float, interval: float = 0.25
-    ) -> None:
-        """Poll `check` until it is true; fail early if a child dies or a stop is requested."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.stop_requested.is_set():
-                raise KeyboardInterrupt
-            if check():
-                return
-            dead = self.dead_child()
-            if dead is not None:
-                raise StartupError(
-                    f"{dead.name} exited with code {dead.proc.returncode if dead.proc else '?'}"
-                )
-            if time.monotonic() > deadline:
-                raise StartupError(f"{what} not ready after {timeout:.0f} s")
-            time.sleep(interval)
-
-    def stop_all(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Stop the application processes, then the infrastructure they use (Redis): SIGTERM to each process
-        group, SIGKILL to what is left after `timeout`. A worker's warm shutdown still reaches Redis."""
-        apps = [c for c in reversed(self.children) if not c.infra]
-        infra = [c for c in reversed(self.children) if c.infra]
-        for group in (apps, infra):
-            self._stop_group(group, timeout)
-        for child in self.children:
-            # Whatever a child left in its process group (e.g. Celery's pool processes) goes too.
-            if child.proc is not None:
-                _signal_group(child.proc, signal.SIGKILL)
-            if child.pump is not None:
-                child.pump.join(timeout=2)
-
-    def _stop_group(self, children: list[Child], timeout: float) -> None:
-        for child in children:
-            if child.alive and child.proc is not None:
-                self.console.say(f"stopping {child.name} (pid {child.proc.pid})")
-                _signal_group(child.proc, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for child in children:
-            if child.proc is None:
-                continue
-            try:
-                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.console.say(f"{child.name} did not stop in {timeout:.0f} s: killing it")
-                _signal_group(child.proc, signal.SIGKILL)
-                child.proc.wait(timeout=5)
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 # --------------------------------------------------------------------------------------------- steps
 
 
@@ -331,7 +175,7 @@ def training_estimate_minutes() -> float:
 def train_quick_model(
     console: Console,
     env: dict[str, str],
-    stop: threading.Event,
+    stop: Stopping,
     profile: str,
     command: list[str] | None = None,
 ) -> None:
@@ -352,16 +196,17 @@ def train_quick_model(
     )
     try:
         while proc.poll() is None:
-            if stop.wait(0.5):
+            if stop.is_set():
                 console.say("stopping training")
                 raise KeyboardInterrupt
+            time.sleep(0.2)
     finally:
         if proc.poll() is None:
-            _signal_group(proc, signal.SIGTERM)
+            signal_group(proc, signal.SIGTERM)
             try:
                 proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
+                signal_group(proc, signal.SIGKILL)
                 proc.wait(timeout=5)
     if proc.returncode != 0:
         raise StartupError(f"training failed (exit code {proc.returncode}); see the output above")
@@ -484,20 +329,9 @@ def run(args: argparse.Namespace) -> int:
     settings.ensure_dirs()
     started = time.monotonic()
 
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            return
-        console.say(f"received {signal.Signals(signum).name}: shutting down")
-        stop.set()
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-
     host = args.host
-    supervisor = Supervisor(console, env={})
-    supervisor.stop_requested = stop
+    supervisor = Supervisor(console, env={}, cwd=REPO_ROOT)
+    supervisor.install_signal_handlers()  # they only record the signal; this loop acts on it
     try:
         from shared.db.migrate import upgrade
 
@@ -513,7 +347,9 @@ def run(args: argparse.Namespace) -> int:
         if model_dir is None:
             if args.no_train:
                 raise StartupError("no model is registered and --no-train was given")
-            train_quick_model(console, child_env(settings, redis_url, 0, 0, host), stop, args.train_profile)
+            train_quick_model(
+                console, child_env(settings, redis_url, 0, 0, host), supervisor, args.train_profile
+            )
             model_dir = registered_model(settings)
             if model_dir is None:
                 raise StartupError("training finished but no best model is registered")
@@ -542,13 +378,12 @@ def run(args: argparse.Namespace) -> int:
         console.say(f"up in {time.monotonic() - started:.1f} s")
         banner(console, base_url, api_key, version, key_source)
 
-        while not stop.wait(0.5):
-            dead = supervisor.dead_child()
-            if dead is not None:
-                code = dead.proc.returncode if dead.proc else "?"
-                raise StartupError(f"{dead.name} exited unexpectedly (code {code}); stopping the rest")
+        signum = supervisor.run_until_stopped()
+        console.say(f"received {signal.Signals(signum).name}: shutting down")
         return 0
     except KeyboardInterrupt:
+        if supervisor.stop_signal is not None:
+            console.say(f"received {signal.Signals(supervisor.stop_signal).name}: shutting down")
         return 0
     except StartupError as exc:
         console.say(f"error: {exc}")

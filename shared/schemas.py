@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Why a record is routed to a human coder (Prediction.review_reasons), in the order they are checked.
 REVIEW_REASONS = (
@@ -34,7 +34,10 @@ class JobRecord(BaseModel):
 
 
 class Thresholds(BaseModel):
-    """Minimum calibrated confidence to answer at each level (4 = unit group ... 1 = major group)."""
+    """Minimum calibrated confidence to answer at each level (4 = unit group ... 1 = major group).
+    Unknown keys are refused (422), so a typo such as `units` does not silently leave the default."""
+
+    model_config = ConfigDict(extra="forbid")
 
     unit: float = Field(0.5, ge=0, le=1, description="4-digit threshold; below it the answer falls back")
     minor: float = Field(0.5, ge=0, le=1)

@@ -18,6 +18,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import kombu.exceptions
+import redis
+import redis.exceptions
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -181,6 +185,42 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+# A dependency that is down is the server's problem for a while, not a bug: 503 with the reason and a hint to
+# retry, answered by the app (not the server-error middleware), so the client's keep-alive connection stays.
+DB_OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    sqlalchemy.exc.DisconnectionError,
+)
+BROKER_OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+)
+RETRY_AFTER_S = "5"
+
+
+async def db_outage_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable: %s", type(exc).__name__, extra={"path": request.url.path})
+    detail = {
+        "error": "database_unavailable",
+        "message": "the metadata database is unavailable; retry shortly",
+        "dependency": "database",
+    }
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+
+
+async def broker_outage_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("broker unavailable: %s", type(exc).__name__, extra={"path": request.url.path})
+    detail = {
+        "error": "queue_unavailable",
+        "message": "the job queue (Redis) is unavailable; retry shortly",
+        "dependency": "broker",
+    }
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+
+
 async def inference_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InferenceError)
     log.warning("inference call failed", extra={"status": exc.status_code, "reason": exc.detail})
@@ -221,6 +261,8 @@ def create_app(settings: GatewaySettings | None = None, *, inference_transport: 
         "falling back to coarser groups when unsure. Authenticate with `Authorization: Bearer <key>` or "
         "`X-API-Key: <key>` (keys: `isco keys create NAME`).",
         lifespan=lifespan,
+        docs_url=None,  # served by _add_docs_routes from local assets (the default loads them from a CDN)
+        redoc_url=None,
     )
     metrics = GatewayMetrics()
     app.state.settings = settings
@@ -231,10 +273,15 @@ def create_app(settings: GatewaySettings | None = None, *, inference_transport: 
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(InferenceError, inference_error_handler)
+    for error in DB_OUTAGE_ERRORS:
+        app.add_exception_handler(error, db_outage_handler)
+    for error in BROKER_OUTAGE_ERRORS:
+        app.add_exception_handler(error, broker_outage_handler)
 
     app.include_router(predict_router)
     _include_job_routers(app)
     _add_ops_routes(app)
+    _add_docs_routes(app)
 
     app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, observe=_observer(metrics))  # outermost: sees every response
@@ -263,19 +310,26 @@ def _add_ops_routes(app: FastAPI) -> None:
     @app.get(
         "/ready",
         tags=["ops"],
-        summary="DB and inference service reachable, model loaded",
-        responses={503: {"description": "not ready"}},
+        summary="database, broker and inference service reachable, model loaded",
+        responses={503: {"description": "not ready: the body names each dependency that is down, and why"}},
     )
     async def ready(request: Request) -> JSONResponse:
-        checks: dict[str, Any] = {}
-        ok = True
-        try:
-            from starlette.concurrency import run_in_threadpool
+        from starlette.concurrency import run_in_threadpool
 
+        checks: dict[str, Any] = {}
+        down: list[str] = []
+        try:
             await run_in_threadpool(_ping_db, request.app.state.session_factory)
             checks["database"] = "ok"
         except Exception as exc:  # report, do not raise: /ready answers 503 with the reason
-            ok, checks["database"] = False, f"{type(exc).__name__}: {exc}"[:300]
+            down.append("database")
+            checks["database"] = _reason(exc)
+        try:
+            await run_in_threadpool(_ping_broker, request.app.state.settings.redis_url)
+            checks["broker"] = "ok"
+        except Exception as exc:
+            down.append("broker")
+            checks["broker"] = _reason(exc)
         try:
             inference = await request.app.state.inference.ready()
             checks["inference"] = "ok"
@@ -283,9 +337,11 @@ def _add_ops_routes(app: FastAPI) -> None:
             if checks["model_version"]:
                 request.app.state.metrics.saw_model_version(checks["model_version"])
         except InferenceError as exc:
-            ok, checks["inference"] = False, exc.detail
+            down.append("inference")
+            checks["inference"] = exc.detail
         return JSONResponse(
-            {"status": "ready" if ok else "not ready", **checks}, status_code=200 if ok else 503
+            {"status": "not ready" if down else "ready", "down": down, **checks},
+            status_code=503 if down else 200,
         )
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
@@ -293,9 +349,54 @@ def _add_ops_routes(app: FastAPI) -> None:
         return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+def _add_docs_routes(app: FastAPI) -> None:
+    """/docs (Swagger UI) with its scripts and styles served by the gateway from the `swagger-ui-bundle`
+    package, so the page works offline and behind a proxy prefix (root_path)."""
+    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from starlette.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - docs",
+            swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs-assets/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs-assets/favicon-32x32.png",
+            oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def docs_oauth2_redirect() -> Response:
+        return get_swagger_ui_oauth2_redirect_html()
+
+
 def _ping_db(factory: sessionmaker) -> None:  # type: ignore[type-arg]
     with factory() as session:
         session.execute(text("SELECT 1"))
+
+
+_BROKER_CLIENTS: dict[str, Any] = {}
+
+
+def _ping_broker(url: str) -> None:
+    client = _BROKER_CLIENTS.get(url)
+    if client is None:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        _BROKER_CLIENTS[url] = client
+    client.ping()
+
+
+def _reason(exc: Exception) -> str:
+    """`down: <exception type>: <first line>` without server paths."""
+    from shared.jobs import public_error
+
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return public_error(f"down: {type(exc).__name__}: {first}")[:300]
 
 
 __all__ = ["create_app", "REQUEST_ID_HEADER"]

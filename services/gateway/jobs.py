@@ -90,7 +90,12 @@ def _enqueue_committed(request: Request, settings: JobSettings, job: Job) -> Non
             session.commit()
         raise HTTPException(
             503,
-            detail={"error": "queue_unavailable", "message": "the job queue is unavailable; try again later"},
+            detail={
+                "error": "queue_unavailable",
+                "message": "the job queue (Redis) is unavailable; the job was not queued, submit it again",
+                "dependency": "broker",
+            },
+            headers={"Retry-After": "5"},
         ) from None
 
 
