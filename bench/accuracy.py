@@ -59,7 +59,7 @@ def evaluate_model_dir(
     model_dir: Path, devsets: dict[str, EvalSet], threads: int | None = None
 ) -> dict[str, Any]:
     """Metrics of the model directory on each dev set (through the same scorer every service uses)."""
-    from shared.modeling import UnitScorer
+    from shared.model.scorer import UnitScorer
 
     scorer = UnitScorer.load(model_dir, device="auto", threads=threads)
     out: dict[str, Any] = {"version": scorer.version, "model_dir": str(model_dir), "sets": {}}

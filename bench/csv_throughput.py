@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     from bench.throughput import resolve_model
-    from shared.modeling import cpu_share
+    from shared.model.resources import cpu_share
 
     model_dir, untrained = resolve_model(
         argparse.Namespace(model_dir=args.model_dir, untrained=args.untrained)

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-# the OpenMP wait policy of the services (see shared/predictor.py), before torch loads, for every path
+# the OpenMP wait policy of the services (see shared/model/encoders.py), before torch loads, for every path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from shared.schemas import JobRecord
@@ -79,19 +79,20 @@ def build_untrained_model_dir(path: Path) -> Path:
     if (path / "model.json").exists():
         return path
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    from shared.modeling import IscoClassifier, default_base_model, save_model_dir
+    from shared.model.classifier import IscoClassifier, load_encoder, save_model_dir
+    from shared.model.resources import default_base_model
     from shared.taxonomy import get_taxonomy
 
     torch.manual_seed(0)
     base = default_base_model()
-    model = IscoClassifier(AutoModel.from_pretrained(base), len(get_taxonomy().unit_groups))
+    encoder, tokenizer = load_encoder(base)
+    model = IscoClassifier(encoder, len(get_taxonomy().unit_groups))
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model_dir(
         model,
-        AutoTokenizer.from_pretrained(base),
+        tokenizer,
         get_taxonomy().unit_groups,
         tmp,
         meta={"version": "untrained-minilm", "base_model": base, "max_length": 128},
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args(argv)
 
-    from shared.modeling import cpu_share
+    from shared.model.resources import cpu_share
 
     threads = args.threads or cpu_share()
     model_dir, untrained = resolve_model(args)
@@ -440,6 +441,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     naive_texts = texts[: args.naive_records]
     naive_run = naive_pipeline(model_dir, threads)
     predictors = {name: load_predictor(model_dir, config, threads) for name, config in core_paths().items()}
+    # what users run: the services' default backend (PredictorConfig's, the same in the inference service and
+    # the workers) on this model, with every signal the model uses
+    default = load_predictor(model_dir, {}, threads)
+    fast_name = next(n for n, p in predictors.items() if p.scorer.backend == default.scorer.backend)
+    results["model"] = default.scorer.describe()
+    print(f"model {results['model']['version']}: default {fast_name}; signals {results['model']['signals']}")
+    del default
     runners: dict[str, tuple[Any, int]] = {naive_name: (lambda: naive_run(naive_texts), len(naive_texts))}
     for name, predictor in predictors.items():
         runners[name] = (lambda p=predictor: p.predict(records), len(records))
@@ -491,15 +499,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "share = fp32 records/s x FLOPs/record / peak (padding tokens count as waste, not work)",
     }
 
-    # the fast path is what the inference service runs by default (ISCO_BACKEND / ISCO_QUANTIZE)
-    from services.inference.settings import InferenceSettings
-
-    served = InferenceSettings()
-    fast_name = next(
-        name
-        for name, config in core_paths().items()
-        if config == {"backend": served.backend, "quantize": served.quantize}
-    )
     results["fast_path"] = fast_name
     if not args.skip_latency:
         config = core_paths()[fast_name]

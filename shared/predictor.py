@@ -7,7 +7,8 @@ Layers, from pure to heavy:
 - `Hierarchy`, `level_probabilities`, `choose_level`, `build_predictions`: the decision logic, pure numpy
   over a probability matrix, testable without a model.
 - `ProbabilityCache`: thread-safe LRU of model-input text -> unit-group probabilities (files repeat titles).
-- `Predictor`: a scorer (torch fp32, torch int8 dynamic quantisation, or ONNX Runtime), cache, decision logic.
+- `Predictor`: the model core's scorer (`shared.model.scorer`: torch fp32, torch int8 or ONNX Runtime behind
+  one pipeline; default ONNX Runtime int8 on CPU, torch on CUDA, in every service), cache, decision logic.
 - `PredictorHolder`: the current Predictor of a long-running process; polls the registry for a new best model
   and swaps it in atomically (requests in flight keep the Predictor they started with).
 
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -46,11 +45,6 @@ from shared.text import model_input
 
 log = logging.getLogger(__name__)
 
-# torch's OpenMP threads spin while they wait by default. When the CPUs are shared (gateway, workers, the
-# event loop and tokenizer of this very process, other jobs), spinning threads starve the one doing the work:
-# measured on this 2-core machine under load, 2 threads fell from ~120 to ~3 records/s; with passive waiting
-# they stay at ~120. Effective only before torch is first imported; an explicit OMP_WAIT_POLICY wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 LEVELS_DEEPEST_FIRST = (4, 3, 2, 1)
 
@@ -64,8 +58,10 @@ class PredictorConfig(BaseModel):
     """How a Predictor runs. Services expose these as settings fields of the same names (env ISCO_<NAME>)."""
 
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    backend: Literal["torch", "onnx"] = Field("torch", description="torch, or ONNX Runtime (CPU)")
-    quantize: Literal["none", "int8"] = Field("none", description="int8 dynamic quantisation (CPU only)")
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="auto: torch on CUDA, else ONNX Runtime (CPU); the same default in every service"
+    )
+    quantize: Literal["none", "int8"] = Field("int8", description="int8 dynamic quantisation (CPU only)")
     torch_threads: int | None = Field(
         None, ge=1, description="intra-op threads; default: this process's CPU share"
     )
@@ -286,7 +282,7 @@ class ProbabilityCache:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Scorers (the heavy part; torch and onnxruntime are imported lazily)
+# Scorer (shared.model.scorer.UnitScorer; torch and onnxruntime are imported lazily)
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -294,197 +290,22 @@ class Scorer(Protocol):
     codes: list[str]
     version: str
 
-    def unit_probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray: ...
+    def unit_probabilities(self, texts: list[str], batch_size: int | None = None) -> np.ndarray: ...
 
 
-def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
+def load_scorer(model_dir: Path, config: PredictorConfig) -> Any:
+    """The model core's scorer on the backend the config asks for (see shared.model.encoders)."""
+    from shared.model.scorer import UnitScorer
 
-
-class OnnxScorer:
-    """UnitScorer's interface on ONNX Runtime (CPU).
-
-    The encoder with mean pooling is exported once to `<model_dir>/onnx/` (a temporary directory when the
-    model store is read-only); the cosine head, temperature and the optional kNN vote run in numpy as in
-    `UnitScorer`, so both paths give the same probabilities up to float error. With quantize="int8" the graph
-    is dynamically quantised by onnxruntime (weights int8, activations quantised per batch).
-    """
-
-    def __init__(
-        self,
-        model_dir: Path,
-        *,
-        quantize: str = "none",
-        threads: int | None = None,
-        int8_fp32_layers: int = 0,
-    ):
-        import onnxruntime as ort
-        import torch.nn.functional as F
-
-        from shared.modeling import KnnConfig, KnnIndex, cpu_share, load_model_dir
-
-        model, tokenizer, codes, meta = load_model_dir(model_dir)
-        self.codes, self.meta, self.tokenizer = codes, meta, tokenizer
-        self.version = str(meta.get("version", "unknown"))
-        self.max_length = int(meta.get("max_length", 128))
-        calibration = json.loads((model_dir / "calibration.json").read_text())
-        self.temperature = float(calibration.get("temperature", 1.0))
-        self.head = F.normalize(model.head.detach(), dim=-1).numpy().T.copy()  # (hidden, n_codes)
-        self.scale = float(model.scale.detach())
-        knn_path = model_dir / "knn.safetensors"
-        self.knn_index = KnnIndex.load(knn_path) if knn_path.exists() else None
-        knn = meta.get("knn") or {}
-        self.knn_config = KnnConfig(**knn) if self.knn_index is not None and knn else None
-        path = self.export(model, model_dir, quantize, int8_fp32_layers)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or cpu_share()
-        opts.inter_op_num_threads = 1
-        # like OMP_WAIT_POLICY=PASSIVE for torch: spinning threads starve the worker on shared CPUs
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    @staticmethod
-    def export(model: Any, model_dir: Path, quantize: str, int8_fp32_layers: int = 0) -> Path:
-        """Export once to <model_dir>/onnx/ (written under a temporary name, then renamed)."""
-        import tempfile
-
-        import torch
-
-        out_dir = model_dir / "onnx"
-        try:
-            out_dir.mkdir(exist_ok=True)
-            (out_dir / ".writable").touch()
-        except OSError:  # read-only model store: export per process
-            out_dir = Path(tempfile.mkdtemp(prefix="isco-onnx-"))
-        fp32 = out_dir / "embed.onnx"
-        int8_name = f"embed.int8-per-channel-fp32ffn{int8_fp32_layers}.onnx"
-        target = out_dir / (int8_name if quantize == "int8" else "embed.onnx")
-        if target.exists():
-            return target
-        if not fp32.exists():
-            model.eval()
-
-            class _Embed(torch.nn.Module):
-                def __init__(self, inner: Any):
-                    super().__init__()
-                    self.inner = inner
-
-                def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-                    return self.inner.embed(input_ids, attention_mask)
-
-            # padded dummy batch: the traced graph must handle padding and any batch/sequence size
-            ids = torch.tensor([[101, 2000, 2001, 2002, 2003, 102], [101, 2000, 102, 0, 0, 0]])
-            mask = (ids != 0).long()
-            tmp = out_dir / f"embed.onnx.tmp{os.getpid()}"
-            with torch.no_grad():
-                torch.onnx.export(
-                    _Embed(model),
-                    (ids, mask),
-                    str(tmp),
-                    input_names=["input_ids", "attention_mask"],
-                    output_names=["embedding"],
-                    opset_version=17,
-                    dynamo=False,
-                    dynamic_axes={
-                        "input_ids": {0: "batch", 1: "seq"},
-                        "attention_mask": {0: "batch", 1: "seq"},
-                        "embedding": {0: "batch"},
-                    },
-                )
-            tmp.replace(fp32)
-        if quantize == "int8":
-            import onnx
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            excluded = [
-                node.name
-                for node in onnx.load(str(fp32)).graph.node
-                if keeps_fp32(node.name, int8_fp32_layers, FFN_OUT_ONNX_NODE)
-            ]
-            tmp = out_dir / f"{int8_name}.tmp{os.getpid()}"
-            quantize_dynamic(
-                str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=excluded
-            )
-            tmp.replace(target)
-        return target
-
-    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Normalised mean-pooled embeddings, batches sorted by length with dynamic padding."""
-        out = np.zeros((len(texts), self.head.shape[0]), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = self.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="np",
-            )
-            feeds = {
-                "input_ids": enc["input_ids"].astype(np.int64),
-                "attention_mask": enc["attention_mask"].astype(np.int64),
-            }
-            out[idx] = self.session.run(["embedding"], feeds)[0]
-        return out
-
-    def unit_probabilities(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        from shared.modeling import combine_signals, knn_probabilities
-
-        embeddings = self.embed(texts, batch_size)
-        head = _softmax(self.scale * embeddings @ self.head, self.temperature)
-        if self.knn_index is None or self.knn_config is None or self.knn_config.weight <= 0 or not len(texts):
-            return head
-        knn = knn_probabilities(embeddings, self.knn_index, self.knn_config, len(self.codes))
-        return combine_signals(head, knn, self.knn_config.weight)
-
-
-FFN_OUT_MODULE = re.compile(r"(?:^|\.)layer\.(\d+)\.output\.dense$")  # not attention.output.dense
-FFN_OUT_ONNX_NODE = re.compile(r"layer\.(\d+)/output/dense/MatMul")
-
-
-def keeps_fp32(name: str, fp32_layers: int, pattern: re.Pattern[str] = FFN_OUT_MODULE) -> bool:
-    """Whether a linear layer stays fp32 under int8: the FFN output projection of the first layers.
-
-    Their inputs have large outlier activations that one int8 scale per batch cannot represent. Measured on a
-    fine-tuned MiniLM over both dev sets (2,500 records), top-1 agreement with fp32: all int8 0.893; first
-    two FFN outputs fp32 0.914 (top-1 -0.5/-0.1 points -> +0.1/+0.4), for 1/9 of the linear FLOPs in fp32.
-    """
-    match = pattern.search(name)
-    return match is not None and int(match.group(1)) < fp32_layers
-
-
-def load_scorer(model_dir: Path, config: PredictorConfig) -> Scorer:
-    """The scorer the config asks for. ONNX and int8 are CPU paths; on CUDA the torch scorer uses autocast.
-
-    int8 (torch and ONNX): dynamic quantisation of the encoder's linear layers with per-output-channel weight
-    scales (per-tensor scales lost ~1 point of top-1 here), except those `keeps_fp32` names; the head is fp32.
-    """
-    if config.backend == "onnx":
-        return OnnxScorer(
-            model_dir,
-            quantize=config.quantize,
-            threads=config.torch_threads,
-            int8_fp32_layers=config.int8_fp32_layers,
-        )
-    from shared.modeling import UnitScorer
-
-    scorer = UnitScorer.load(model_dir, device=config.device, quantize="none", threads=config.torch_threads)
-    if config.quantize == "int8" and scorer.device.type == "cpu":
-        import torch
-        from torch.ao.quantization import per_channel_dynamic_qconfig
-
-        spec = {
-            name: per_channel_dynamic_qconfig
-            for name, module in scorer.model.named_modules()
-            if isinstance(module, torch.nn.Linear) and not keeps_fp32(name, config.int8_fp32_layers)
-        }
-        scorer.model = torch.ao.quantization.quantize_dynamic(scorer.model, spec, dtype=torch.qint8)
-    return scorer
+    return UnitScorer.load(
+        model_dir,
+        backend=config.backend,
+        device=config.device,
+        quantize=config.quantize,
+        threads=config.torch_threads,
+        int8_fp32_layers=config.int8_fp32_layers,
+        batch_size=config.batch_size,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -511,14 +332,8 @@ class Predictor:
         started = time.perf_counter()
         scorer = load_scorer(model_dir, config)
         predictor = cls(scorer, config, model_dir)
-        log.info(
-            "loaded model %s from %s (backend=%s quantize=%s) in %.1fs",
-            predictor.version,
-            model_dir,
-            config.backend,
-            config.quantize,
-            time.perf_counter() - started,
-        )
+        describe = getattr(scorer, "describe", dict)
+        log.info("loaded model from %s in %.1fs: %s", model_dir, time.perf_counter() - started, describe())
         return predictor
 
     @property
@@ -546,20 +361,14 @@ class Predictor:
         return np.stack([known[t] for t in texts])
 
     def _score(self, texts: list[str]) -> np.ndarray:
-        """The scorer over batches of similar token length: sorting by characters (the scorer's own order)
-        still pads batches of O*NET-like records by ~40%; by tokens, ~10% at 32 a batch."""
-        batch_size = self.config.batch_size
-        tokenizer = getattr(self.scorer, "tokenizer", None)
-        if tokenizer is None or len(texts) <= batch_size:
-            return self.scorer.unit_probabilities(texts, batch_size=batch_size)
-        max_length = int(getattr(self.scorer, "max_length", 512))
-        lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
-        order = np.argsort(lengths, kind="stable")
-        out = np.empty((len(texts), len(self.scorer.codes)), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = self.scorer.unit_probabilities([texts[i] for i in idx], batch_size=len(idx))
-        return out
+        return self.scorer.unit_probabilities(texts, batch_size=self.config.batch_size)
+
+    def nearest_examples(self, texts: Sequence[str], k: int = 5) -> list[list[tuple[str, str, float]]]:
+        """Evidence for reviewers: per text, the k most similar training texts stored with the model's kNN
+        index, as (training text, its unit code, cosine similarity), most similar first. Not cached; call it
+        on request only (one encoder pass)."""
+        nearest = getattr(self.scorer, "nearest_examples", None)
+        return nearest(list(texts), k) if nearest is not None else [[] for _ in texts]
 
     def predict(
         self, records: Sequence[JobRecord], options: PredictOptions | None = None

@@ -4,7 +4,7 @@ import numpy as np
 
 from services.trainer.finetune import FinetuneConfig, choose_batching, finetune, fit_temperature
 from shared.corpus import label_codes
-from shared.modeling import UnitScorer
+from shared.model.scorer import UnitScorer
 from tests.tiny_model import build_tiny_model_dir
 
 TITLES = {
@@ -54,16 +54,20 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
         output_dir=tmp_path / "model",
         version="t-1",
     )
-    assert result["temperature"] > 0
-    assert len(result["epochs"]) == 1 and 0.0 <= result["val_accuracy"] <= 1.0
-    assert result["seconds"] > 0
-    scorer = UnitScorer.load(tmp_path / "model", device="cpu")
+    assert result.temperature > 0
+    assert len(result.epochs) == 1 and 0.0 <= result.val_accuracy <= 1.0
+    assert result.seconds > 0
+    assert result.stages == ["init", "head", "trainer", "calibrate", "signals", "save"]
+    assert set(result.stage_seconds) == set(result.stages) and result.architecture == "bert"
+    scorer = UnitScorer.load(tmp_path / "model", backend="torch", quantize="none", device="cpu")
     assert scorer.version == "t-1" and len(scorer.codes) == 436
     p = scorer.unit_probabilities(["nurse", "cook : prepares meals"])
     assert p.shape == (2, 436)
     np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-4)
     # int8 still works with the kNN signal.
-    q = UnitScorer.load(tmp_path / "model", device="cpu", quantize="int8").unit_probabilities(["nurse"])
+    q = UnitScorer.load(
+        tmp_path / "model", backend="torch", device="cpu", quantize="int8"
+    ).unit_probabilities(["nurse"])
     assert q.shape == (1, 436)
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
     assert meta["knn"]["k"] == 3 and meta["lexical"]["weight"] >= 0
@@ -81,12 +85,13 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
         version="t-2",
         init_model_dir=tmp_path / "model",
     )
-    assert again["temperature"] == 1.0
+    assert again.temperature == 1.0
     corrected = UnitScorer.load(tmp_path / "model2", device="cpu")
     assert corrected.version == "t-2"
     # The parent's kNN and lexical entries are kept and the new texts added, not replaced by them.
-    assert len(corrected.signals.knn_index.labels) == len(texts) + 10
-    assert len(corrected.signals.lexical_index.labels) == len(texts) + 10
+    assert corrected.signals.knn is not None and corrected.signals.lexical is not None
+    assert len(corrected.signals.knn) == len(texts) + 10 and corrected.signals.knn.texts == texts + texts[:10]
+    assert len(corrected.signals.lexical) == len(texts) + 10
 
 
 def test_choose_batching_and_temperature():

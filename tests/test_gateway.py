@@ -30,7 +30,7 @@ from tests.serving_helpers import ServerThread, free_port
 from tests.tiny_model import build_tiny_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY_MODULES = ("torch", "transformers", "onnxruntime", "sklearn", "shared.predictor", "shared.modeling")
+HEAVY_MODULES = ("torch", "transformers", "onnxruntime", "sklearn", "shared.predictor", "shared.model")
 
 
 class HeaderRecorder:

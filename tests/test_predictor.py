@@ -150,7 +150,7 @@ def test_record_text_truncation_flag() -> None:
 
 
 def test_int8_keeps_the_first_ffn_output_projections_fp32() -> None:
-    from shared.predictor import FFN_OUT_ONNX_NODE, keeps_fp32
+    from shared.model.encoders import FFN_OUT_ONNX_NODE, keeps_fp32
 
     assert keeps_fp32("encoder.encoder.layer.0.output.dense", 2)
     assert keeps_fp32("encoder.encoder.layer.1.output.dense", 2)
@@ -242,26 +242,6 @@ def test_token_length_batches_give_the_scorers_answers(tiny_dirs: tuple[Path, Pa
     texts = [("word " * (i % 23 + 1)).strip() + f" {i}" for i in range(70)]
     direct = predictor.scorer.unit_probabilities(texts, batch_size=70)
     np.testing.assert_allclose(predictor.probabilities(texts), direct, atol=1e-5)
-
-
-@pytest.mark.parametrize("quantize", ["none", "int8"])
-def test_fast_paths_agree_with_fp32(tiny_dirs: tuple[Path, Path], quantize: str, tmp_path: Path) -> None:
-    import shutil
-
-    model_dir = shutil.copytree(tiny_dirs[0], tmp_path / "m")
-    texts = [
-        "nurse",
-        "secondary school teacher : teaches mathematics to pupils aged 12 to 16",
-        "a",
-        "x " * 80,
-    ]
-    fp32 = Predictor.load(model_dir, PredictorConfig(cache_size=0)).probabilities(texts)
-    onnx = Predictor.load(model_dir, PredictorConfig(backend="onnx", quantize=quantize, cache_size=0))
-    np.testing.assert_allclose(onnx.probabilities(texts), fp32, atol=1e-5 if quantize == "none" else 0.05)
-    torch_int8 = Predictor.load(model_dir, PredictorConfig(quantize=quantize, cache_size=0))
-    np.testing.assert_allclose(
-        torch_int8.probabilities(texts), fp32, atol=1e-5 if quantize == "none" else 0.05
-    )
 
 
 def test_config_from_settings_object() -> None:

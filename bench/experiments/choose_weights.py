@@ -15,25 +15,20 @@ import numpy as np
 from bench.accuracy import _accepted, load_devsets, topk_accuracy
 from bench.experiments.run_finetune import occupation_split
 from shared.corpus import build_default_corpus
-from shared.modeling import (
-    KnnConfig,
-    LexicalConfig,
-    LexicalIndex,
-    UnitScorer,
-    _softmax,
-    knn_probabilities,
-    mix_probabilities,
-)
+from shared.model.scorer import UnitScorer
+from shared.model.scorer import softmax as _softmax
+from shared.model.signals import KnnConfig, LexicalConfig, LexicalIndex, knn_probabilities, mix_probabilities
 from shared.text import model_input
 
 
 def signals(scorer, lexical, texts):
-    logits, emb = scorer._forward(texts)
+    emb = scorer.embed(texts)
+    logits = scorer.head_logits(emb)
     head = _softmax(logits / scorer.temperature)
     out = {"head": head}
     for tau in (0.02, 0.05, 0.1):
         out[f"knn{tau}"] = knn_probabilities(
-            emb, scorer.knn_index, KnnConfig(k=10, tau=tau), len(scorer.codes)
+            emb, scorer.signals.knn, KnnConfig(k=10, tau=tau), len(scorer.codes)
         )
     out["lex"] = lexical.probabilities(texts, LexicalConfig(), len(scorer.codes))
     return out
@@ -41,7 +36,7 @@ def signals(scorer, lexical, texts):
 
 if __name__ == "__main__":
     model_dir = Path(sys.argv[1])
-    scorer = UnitScorer.load(model_dir, device="cpu")
+    scorer = UnitScorer.load(model_dir, backend="torch", quantize="none", device="cpu")
     codes = scorer.codes
     pos = {c: i for i, c in enumerate(codes)}
     train, val = occupation_split(build_default_corpus(), 0.05)

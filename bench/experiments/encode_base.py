@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
 from shared.corpus import build_default_corpus
-from shared.modeling import default_base_model
+from shared.model.resources import default_base_model
 from shared.text import model_input
 
 DEV = Path(__file__).resolve().parents[3] / "shared" / "data" / "devsets"

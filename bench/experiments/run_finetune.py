@@ -17,7 +17,9 @@ import numpy as np
 from bench.accuracy import _accepted, load_devsets, topk_accuracy
 from services.trainer.finetune import FinetuneConfig, finetune
 from shared.corpus import build_default_corpus, corpus_counts, label_codes
-from shared.modeling import KnnConfig, UnitScorer, _softmax, combine_signals, knn_probabilities
+from shared.model.scorer import UnitScorer
+from shared.model.scorer import softmax as _softmax
+from shared.model.signals import KnnConfig, knn_probabilities, mix_probabilities
 from shared.text import model_input
 
 OUT = Path("/tmp/exp")
@@ -50,22 +52,23 @@ def occupation_split(records, val_frac, seed=0):
 
 
 def dev_report(model_dir):
-    scorer = UnitScorer.load(model_dir, device="cpu")
+    scorer = UnitScorer.load(model_dir, backend="torch", quantize="none", device="cpu")
     codes = scorer.codes
     report = {}
     for name, dev in load_devsets().items():
         acc = _accepted(dev)
-        logits, emb = scorer._forward(dev.texts())
+        emb = scorer.embed(dev.texts())
+        logits = scorer.head_logits(emb)
         head = _softmax(logits / scorer.temperature)
         row = {"head": [round(topk_accuracy(head, acc, codes, k), 3) for k in (1, 3)]}
-        if scorer.knn_index is not None:
+        if scorer.signals.knn is not None:
             for k in (10, 20):
                 for tau in (0.02, 0.05):
-                    kp = knn_probabilities(emb, scorer.knn_index, KnnConfig(k=k, tau=tau), len(codes))
+                    kp = knn_probabilities(emb, scorer.signals.knn, KnnConfig(k=k, tau=tau), len(codes))
                     row[f"knn{k}/{tau}"] = round(topk_accuracy(kp, acc, codes), 3)
                     for w in (0.3, 0.5, 0.7):
                         row[f"mix{k}/{tau}/{w}"] = round(
-                            topk_accuracy(combine_signals(head, kp, w), acc, codes), 3
+                            topk_accuracy(mix_probabilities(head, [(kp, w)]), acc, codes), 3
                         )
         p = scorer.unit_probabilities(dev.texts())
         row["scorer"] = [round(topk_accuracy(p, acc, codes, k), 3) for k in (1, 3)]
@@ -103,6 +106,7 @@ if __name__ == "__main__":
         output_dir=OUT / a.name,
         version=a.name,
     )
+    res = res.model_dump()
     res["dev"] = dev_report(OUT / a.name)
     res["config"] = json.loads(a.config)
     res["corpus"] = json.loads(a.corpus)

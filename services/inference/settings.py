@@ -22,7 +22,9 @@ class InferenceSettings(CommonSettings):
     )
     # shared.predictor.PredictorConfig
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    backend: Literal["torch", "onnx"] = Field("torch", description="torch, or ONNX Runtime on CPU")
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="auto: torch on CUDA, else ONNX Runtime (the same default as the workers)"
+    )
     quantize: Literal["none", "int8"] = Field("int8", description="int8 dynamic quantisation (CPU only)")
     torch_threads: int | None = Field(None, ge=1, description="default: the CPUs this process may use")
     batch_size: int = Field(32, ge=1, description="texts per forward pass")

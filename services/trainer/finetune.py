@@ -5,8 +5,11 @@ cosine head starts from class prototypes (mean embedding of each unit group's tr
 title for groups without any), so step 0 is already a working nearest-prototype classifier; the head learns
 faster than the encoder (separate learning rate); early stopping on validation accuracy keeps the best epoch;
 a temperature fitted on validation makes confidences calibrated. After training, an index of training-text
-embeddings is stored with the model (kNN signal) and the blend weight is chosen on the validation split;
-`shared.modeling.UnitScorer` combines both for every consumer.
+embeddings is stored with the model (kNN signal) and the blend weights are chosen on the validation split;
+`shared.model.scorer.UnitScorer` combines them for every consumer.
+
+Stages (`STAGES`, plain functions over one `TrainState`):
+init -> head -> trainer -> calibrate -> signals -> save.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +29,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import (
-    AutoModel,
-    AutoTokenizer,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
     PreTrainedTokenizerBase,
@@ -35,23 +38,24 @@ from transformers import (
     set_seed,
 )
 
-from shared.modeling import (
-    AuxiliarySignals,
+from shared.model.classifier import (
     IscoClassifier,
+    encode_texts,
+    load_classifier,
+    load_encoder,
+    save_model_dir,
+)
+from shared.model.directory import ModelDir
+from shared.model.resources import cpu_share, default_base_model
+from shared.model.scorer import softmax
+from shared.model.signals import (
     KnnConfig,
     KnnIndex,
     LexicalConfig,
     LexicalIndex,
-    build_knn_index,
-    combine_signals,
-    cpu_share,
-    default_base_model,
-    encode_texts,
-    fit_knn_weight,
+    Signals,
     knn_probabilities,
-    load_model_dir,
-    mix_probabilities,
-    save_model_dir,
+    search_weights,
 )
 from shared.taxonomy import get_taxonomy
 
@@ -323,74 +327,149 @@ def _prototypes(
     return F.normalize(proto, dim=-1)
 
 
-def finetune(
-    train_texts: list[str],
-    train_codes: list[str],
-    val_texts: list[str],
-    val_codes: list[str],
-    *,
-    codes: list[str],
-    config: FinetuneConfig,
-    output_dir: Path,
-    version: str,
-    init_model_dir: Path | None = None,
-) -> dict[str, Any]:
-    """Fine-tune, calibrate and write the model directory `output_dir`; return metrics and timings.
+# ----------------------------------------------------------------------------------------------------
+# Stages: plain functions over one typed state, run in order by `finetune`. To add a stage (e.g. contrastive
+# training before "head", routing calibration after "calibrate"), write `def my_stage(state: TrainState)`
+# and insert ("my_stage", my_stage) into a copy of STAGES passed as `finetune(..., stages=...)`.
+# ----------------------------------------------------------------------------------------------------
 
-    `codes` is the label order (all 436 unit groups for default models). `init_model_dir` starts from an
-    existing model directory (corrections fine-tuning) instead of the base model.
-    """
-    started = time.monotonic()
-    output_dir = Path(output_dir)
-    set_seed(config.seed)
-    device = choose_device(config.device)
-    if device == "cpu":
-        torch.set_num_threads(cpu_share())
+
+@dataclass
+class TrainState:
+    """Everything the stages share: inputs, the model being trained and what each stage produced."""
+
+    config: FinetuneConfig
+    codes: list[str]
+    train_texts: list[str]
+    train_labels: list[int]
+    val_texts: list[str]  # sorted by length (padding, and evaluation time, stay small)
+    val_labels: np.ndarray
+    output_dir: Path
+    version: str
+    device: str
+    init_model_dir: Path | None = None
+    started: float = field(default_factory=time.monotonic)
+    # init
+    model: IscoClassifier | None = None
+    tokenizer: PreTrainedTokenizerBase | None = None
+    base_model: str = ""
+    parent_signals: Signals | None = None
+    parent_label_map: np.ndarray | None = None  # parent label id -> new label id (-1: dropped)
+    # head
+    train_embeddings: np.ndarray | None = None  # of the encoder before the trainer stage
+    # trainer
+    trainer_ran: bool = False
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    stopped_by_budget: bool = False
+    batch_size: int = 0
+    gradient_accumulation: int = 0
+    mixed_precision: str = "no"
+    train_seconds: float = 0.0
+    # calibrate
+    val_embeddings: np.ndarray | None = None
+    val_logits: np.ndarray | None = None
+    temperature: float = 1.0
+    val_accuracy: float = float("nan")
+    # signals
+    knn_index: KnnIndex | None = None
+    knn_config: KnnConfig | None = None
+    lexical_index: LexicalIndex | None = None
+    lexical_config: LexicalConfig | None = None
+    val_accuracy_combined: float | None = None
+    stages_run: list[str] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.val_texts) > 0
+
+    def require_model(self) -> tuple[IscoClassifier, PreTrainedTokenizerBase]:
+        if self.model is None or self.tokenizer is None:
+            raise RuntimeError("the init stage must run first")
+        return self.model, self.tokenizer
+
+
+class FinetuneResult(BaseModel):
+    """What a fine-tuning run produced (stored with the model version's training metrics)."""
+
+    epochs: list[dict[str, float]]
+    val_accuracy: float
+    val_accuracy_combined: float
+    temperature: float
+    knn: dict[str, Any] | None
+    lexical: dict[str, Any] | None
+    seconds: float
+    train_seconds: float
+    stopped_by_budget: bool
+    train_size: int
+    val_size: int
+    batch_size: int
+    gradient_accumulation: int
+    stages: list[str]
+    stage_seconds: dict[str, float]
+    device: str
+    mixed_precision: str
+    architecture: str
+
+
+def init_stage(state: TrainState) -> None:
+    """The classifier to train: the base encoder with a fresh head, or a parent model directory (corrections)
+    whose head rows are kept for the codes it knows."""
+    config, codes = state.config, state.codes
+    if state.init_model_dir is None:
+        state.base_model = config.base_model
+        encoder, tokenizer = load_encoder(config.base_model)
+        state.model, state.tokenizer = IscoClassifier(encoder, len(codes), scale=config.scale), tokenizer
+        return
+    parent = ModelDir.read(state.init_model_dir)
+    parent_model, tokenizer = load_classifier(parent)
     label_of = {c: i for i, c in enumerate(codes)}
-    unknown = sorted({c for c in [*train_codes, *val_codes] if c not in label_of})
-    if unknown:
-        raise ValueError(f"codes outside the label map: {unknown[:10]}")
-    y_train = [label_of[c] for c in train_codes]
-    y_val = [label_of[c] for c in val_codes]
-
-    parent_signals: AuxiliarySignals | None = None
-    parent_label_map: np.ndarray | None = None
-    if init_model_dir is not None:
-        model, tokenizer, init_codes, init_meta = load_model_dir(Path(init_model_dir))
-        parent_signals = AuxiliarySignals.load(Path(init_model_dir), init_meta, len(init_codes))
-        # parent label id -> new label id (-1: a code the new label map lacks)
-        parent_label_map = np.array([label_of.get(c, -1) for c in init_codes], dtype=np.int64)
-        head = model.head.detach().clone()
-        scale = float(model.scale.detach())
-        base_model = str(init_model_dir)
-        model = IscoClassifier(model.encoder, len(codes), scale=scale)
-        init_pos = {c: i for i, c in enumerate(init_codes)}
-        protos = None
-        if any(c not in init_pos for c in codes):
-            protos = _prototypes(model, tokenizer, train_texts, y_train, codes, config, device)
-        with torch.no_grad():
-            for i, c in enumerate(codes):
-                model.head[i] = head[init_pos[c]] if c in init_pos else protos[i]  # type: ignore[index]
-    else:
-        base_model = config.base_model
-        tokenizer = AutoTokenizer.from_pretrained(base_model)
-        encoder = AutoModel.from_pretrained(base_model, add_pooling_layer=False)
-        model = IscoClassifier(encoder, len(codes), scale=config.scale)
-    stage1_embeddings = None
-    if init_model_dir is None and config.head_epochs > 0 and train_texts:
-        # Stage 1: one forward pass over all training texts, then the head alone is trained on the frozen
-        # embeddings (seconds). This gave a much better head than prototypes at a fraction of a fine-tuning
-        # epoch; fine-tuning then starts from a trained classifier instead of disturbing the encoder early.
-        stage1_embeddings = encode_texts(
-            model, tokenizer, train_texts, device=device, max_length=config.max_length
+    state.parent_signals = parent.signals()
+    state.parent_label_map = np.array([label_of.get(c, -1) for c in parent.codes], dtype=np.int64)
+    state.base_model = str(state.init_model_dir)
+    model = IscoClassifier(parent_model.encoder, len(codes), scale=float(parent_model.scale.detach()))
+    parent_pos = {c: i for i, c in enumerate(parent.codes)}
+    protos = None
+    if any(c not in parent_pos for c in codes):
+        protos = _prototypes(
+            model, tokenizer, state.train_texts, state.train_labels, codes, config, state.device
         )
-        _train_head_on_embeddings(model, tokenizer, stage1_embeddings, y_train, codes, config)
-    elif init_model_dir is None and config.prototype_init:
-        protos = _prototypes(model, tokenizer, train_texts, y_train, codes, config, device)
+    with torch.no_grad():
+        for i, c in enumerate(codes):
+            model.head[i] = parent_model.head[parent_pos[c]] if c in parent_pos else protos[i]  # type: ignore[index]
+    state.model, state.tokenizer = model, tokenizer
+
+
+def head_stage(state: TrainState) -> None:
+    """A new model's head: trained on frozen embeddings of all training texts (one forward pass, then seconds
+    of head-only training; a much better start than prototypes at a fraction of an epoch), or class
+    prototypes when `head_epochs` is 0. Corrections keep the parent's head."""
+    model, tokenizer = state.require_model()
+    config = state.config
+    if state.init_model_dir is not None or not state.train_texts:
+        return
+    if config.head_epochs > 0:
+        state.train_embeddings = encode_texts(
+            model, tokenizer, state.train_texts, device=state.device, max_length=config.max_length
+        )
+        _train_head_on_embeddings(
+            model, tokenizer, state.train_embeddings, state.train_labels, state.codes, config
+        )
+    elif config.prototype_init:
+        protos = _prototypes(
+            model, tokenizer, state.train_texts, state.train_labels, state.codes, config, state.device
+        )
         with torch.no_grad():
             model.head.copy_(protos)
+
+
+def trainer_stage(state: TrainState) -> None:
+    """Fine-tune encoder + head with the Hugging Face Trainer (early stopping, time budget, mixed precision on
+    accelerators, gradient checkpointing when asked)."""
+    model, tokenizer = state.require_model()
+    config, device = state.config, state.device
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.freeze_word_embeddings:
         model.encoder.get_input_embeddings().weight.requires_grad_(False)
     if config.freeze_layers:
@@ -399,20 +478,17 @@ def finetune(
             raise ValueError("freeze_layers needs a BERT-like encoder (encoder.encoder.layer)")
         for layer in list(layers)[: config.freeze_layers]:
             layer.requires_grad_(False)
-
-    per_device, accumulation = choose_batching(len(train_texts), device, config)
+    per_device, accumulation = choose_batching(len(state.train_texts), device, config)
     use_cuda = device == "cuda"
     bf16 = use_cuda and torch.cuda.is_bf16_supported()
     fp16 = (use_cuda and not bf16) or device == "mps"
-    train_ds = _Encoded(tokenizer, train_texts, y_train, config.max_length)
-    # Sorting validation by length keeps padding (and evaluation time) small; order does not matter there.
-    val_order = sorted(range(len(val_texts)), key=lambda i: len(val_texts[i]))
-    val_ds = _Encoded(
-        tokenizer, [val_texts[i] for i in val_order], [y_val[i] for i in val_order], config.max_length
-    )
-    has_val = len(val_ds) > 0
-    run_trainer = config.epochs > 0 and len(train_ds) > 0
-
+    state.batch_size, state.gradient_accumulation = per_device, accumulation
+    state.mixed_precision = "bf16" if bf16 else "fp16" if fp16 else "no"
+    if config.epochs <= 0 or not state.train_texts:
+        return
+    train_ds = _Encoded(tokenizer, state.train_texts, state.train_labels, config.max_length)
+    val_ds = _Encoded(tokenizer, state.val_texts, state.val_labels.tolist(), config.max_length)
+    output_dir = state.output_dir
     work = Path(
         tempfile.mkdtemp(prefix=".ckpt-", dir=output_dir.parent if output_dir.parent.exists() else None)
     )
@@ -425,13 +501,11 @@ def finetune(
         num_train_epochs=config.epochs,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
-        lr_scheduler_type="linear",
-        label_smoothing_factor=0.0,
-        eval_strategy="epoch" if has_val else "no",
-        save_strategy="epoch" if has_val else "no",
+        eval_strategy="epoch" if state.has_val else "no",
+        save_strategy="epoch" if state.has_val else "no",
         save_total_limit=2,
         save_only_model=True,
-        load_best_model_at_end=has_val,
+        load_best_model_at_end=state.has_val,
         metric_for_best_model="accuracy",
         greater_is_better=True,
         logging_strategy="steps",
@@ -448,13 +522,13 @@ def finetune(
         remove_unused_columns=False,
     )
     callbacks: list[TrainerCallback] = [epoch_log]
-    if has_val and config.early_stopping_patience > 0:
+    if state.has_val and config.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = _CodeTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
-        eval_dataset=val_ds if has_val else None,
+        eval_dataset=val_ds if state.has_val else None,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=_accuracy,
         callbacks=callbacks,
@@ -464,173 +538,240 @@ def finetune(
     epoch_log.trainer = trainer
     if config.label_smoothing:
         trainer.compute_loss_func = _smoothed_loss(config.label_smoothing)
-    if run_trainer:
+    started = time.monotonic()
+    try:
         trainer.train()
-        model = trainer.model  # type: ignore[assignment]
-    shutil.rmtree(work, ignore_errors=True)
-    train_seconds = time.monotonic() - started
-    model = model.to("cpu").eval()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    state.model = trainer.model  # type: ignore[assignment]
+    state.trainer_ran = True
+    state.epochs, state.stopped_by_budget = epoch_log.epochs, epoch_log.stopped_by_budget
+    state.train_seconds = time.monotonic() - started
 
-    temperature, val_accuracy = 1.0, float("nan")
-    val_texts_sorted = [val_texts[i] for i in val_order]
-    val_labels = np.asarray([y_val[i] for i in val_order], dtype=np.int64)
-    val_emb = np.zeros((0, model.encoder.config.hidden_size), dtype=np.float32)
-    val_logits = np.zeros((0, len(codes)), dtype=np.float32)
-    if has_val:
-        val_emb = encode_texts(model, tokenizer, val_texts_sorted, device="cpu", max_length=config.max_length)
-        with torch.no_grad():
-            val_logits = model.logits_from_embeddings(torch.from_numpy(val_emb)).numpy()
-        val_accuracy = float((val_logits.argmax(-1) == val_labels).mean())
-        temperature = fit_temperature(val_logits, val_labels)
 
-    knn_index = None
-    knn_meta: dict[str, Any] = {}
-    if config.knn and len(train_texts):
-        if stage1_embeddings is not None and not run_trainer:
-            knn_index = _index_from_embeddings(stage1_embeddings, y_train, config)
+def calibrate_stage(state: TrainState) -> None:
+    """Validation embeddings and logits on CPU, the head's validation accuracy and the temperature."""
+    model, tokenizer = state.require_model()
+    state.model = model = model.to("cpu").eval()
+    if model.encoder.is_gradient_checkpointing:
+        model.encoder.gradient_checkpointing_disable()
+    if not state.has_val:
+        return
+    state.val_embeddings = encode_texts(
+        model, tokenizer, state.val_texts, device="cpu", max_length=state.config.max_length
+    )
+    with torch.no_grad():
+        state.val_logits = model.logits_from_embeddings(torch.from_numpy(state.val_embeddings)).numpy()
+    state.val_accuracy = float((state.val_logits.argmax(-1) == state.val_labels).mean())
+    state.temperature = fit_temperature(state.val_logits, state.val_labels)
+
+
+def signals_stage(state: TrainState) -> None:
+    """Build the kNN (with its training texts) and lexical indexes; choose the weights of both in one search
+    on validation (weights fixed by the profile are kept, and their validation accuracy reported)."""
+    model, tokenizer = state.require_model()
+    config, codes = state.config, state.codes
+    if not state.train_texts:
+        return
+    candidates: dict[str, dict[float, np.ndarray]] = {}
+    fixed: dict[str, float | None] = {}
+    if config.knn:
+        entries = _sample(len(state.train_texts), config.knn_max_index, config.seed)
+        texts = [state.train_texts[i] for i in entries]
+        if state.train_embeddings is not None and not state.trainer_ran:
+            embeddings = state.train_embeddings[entries]  # the encoder did not change since they were made
         else:
-            knn_index = build_knn_index(
-                model,
-                tokenizer,
-                train_texts,
-                y_train,
-                device=device,
-                max_length=config.max_length,
-                max_items=config.knn_max_index,
-                seed=config.seed,
+            embeddings = encode_texts(
+                model, tokenizer, texts, device=state.device, max_length=config.max_length
             )
-        if parent_signals is not None and parent_signals.knn_index is not None:
-            # Corrections: keep the parent's index (its entries were embedded by the parent encoder, which a
-            # short corrections run changes little) and add the new texts, so the vote does not shrink to the
+        index = KnnIndex(embeddings, np.asarray(state.train_labels)[entries], texts)
+        if state.parent_signals is not None and state.parent_signals.knn is not None:
+            # Corrections: keep the parent's entries (embedded by the parent encoder, which a short
+            # corrections run changes little) and add the new texts, so the vote does not shrink to the
             # replay sample.
-            knn_index = _merge_knn(parent_signals.knn_index, parent_label_map, knn_index)
-        knn_cfg = KnnConfig(k=config.knn_k, tau=config.knn_tau, weight=config.knn_weight or 0.0)
-        if config.knn_weight is None and has_val:
-            knn_by_tau = {
-                tau: knn_probabilities(val_emb, knn_index, KnnConfig(k=config.knn_k, tau=tau), len(codes))
-                for tau in (0.02, 0.05, 0.1)
+            index = _merge_knn(state.parent_signals.knn, state.parent_label_map, index)
+        state.knn_index = index
+        taus = (config.knn_tau,) if config.knn_weight is not None else (0.02, 0.05, 0.1)
+        fixed["knn"] = config.knn_weight
+        if state.has_val:
+            assert state.val_embeddings is not None
+            candidates["knn"] = {
+                tau: knn_probabilities(
+                    state.val_embeddings, index, KnnConfig(k=config.knn_k, tau=tau), len(codes)
+                )
+                for tau in taus
             }
-            knn_cfg = fit_knn_weight(val_logits / temperature, knn_by_tau, val_labels, knn_cfg)
-        elif config.knn_weight is None:
-            knn_cfg.weight = 0.3
-        elif has_val:
-            knn_p = knn_probabilities(val_emb, knn_index, knn_cfg, len(codes))
-            mixed = combine_signals(_softmax_np(val_logits / temperature), knn_p, knn_cfg.weight)
-            knn_cfg.val_accuracy = float((mixed.argmax(1) == val_labels).mean())
-        knn_meta = knn_cfg.model_dump()
-
-    lexical_index = None
-    lexical_meta: dict[str, Any] = {}
-    if config.lexical and len(train_texts):
-        lex_cfg = LexicalConfig(
+        state.knn_config = KnnConfig(k=config.knn_k, tau=config.knn_tau, weight=config.knn_weight or 0.0)
+    if config.lexical:
+        lexical_config = LexicalConfig(
             k=config.lexical_k, tau=config.lexical_tau, weight=config.lexical_weight or 0.0
         )
-        if parent_signals is not None and parent_signals.lexical_index is not None:
-            lexical_index = _merge_lexical(
-                parent_signals.lexical_index, parent_label_map, train_texts, y_train
+        if state.parent_signals is not None and state.parent_signals.lexical is not None:
+            parent = state.parent_signals.lexical
+            labels = (
+                state.parent_label_map[parent.labels] if state.parent_label_map is not None else parent.labels
             )
+            keep = np.flatnonzero(labels >= 0)
+            state.lexical_index = parent.extended(keep, labels[keep], state.train_texts, state.train_labels)
         else:
-            lexical_index = LexicalIndex.build(train_texts, y_train, lex_cfg)
-        if has_val:
-            head_p = _softmax_np(val_logits / temperature)
-            parts = []
-            if knn_index is not None and knn_meta.get("weight", 0) > 0:
-                knn_p = knn_probabilities(val_emb, knn_index, KnnConfig(**knn_meta), len(codes))
-                parts.append((knn_p, float(knn_meta["weight"])))
-            lex_p = lexical_index.probabilities(val_texts_sorted, lex_cfg, len(codes))
-            used = sum(w for _, w in parts)
-            grid = (
-                [lex_cfg.weight]
-                if config.lexical_weight is not None
-                else [w for w in np.linspace(0.0, 0.5, 11) if used + w < 0.95]
-            )
-            scored = []
-            for w in grid:
-                p = mix_probabilities(head_p, [*parts, (lex_p, float(w))])
-                acc = float((p.argmax(1) == val_labels).mean())
-                nll = float(-np.log(np.clip(p[np.arange(len(val_labels)), val_labels], 1e-12, None)).mean())
-                scored.append((round(acc, 4), -nll, float(w)))
-            best = max(scored)
-            lex_cfg.weight = round(best[2], 3)
-            lexical_meta = {**lex_cfg.model_dump(), "val_accuracy": best[0]}
-        else:
-            lex_cfg.weight = config.lexical_weight if config.lexical_weight is not None else 0.2
-            lexical_meta = lex_cfg.model_dump()
+            state.lexical_index = LexicalIndex.build(state.train_texts, state.train_labels, lexical_config)
+        fixed["lexical"] = config.lexical_weight
+        if state.has_val:
+            candidates["lexical"] = {
+                lexical_config.tau: state.lexical_index.probabilities(
+                    state.val_texts, lexical_config, len(codes)
+                )
+            }
+        state.lexical_config = lexical_config
+    if state.has_val and candidates:
+        assert state.val_logits is not None
+        head = softmax(state.val_logits / state.temperature)
+        choice = search_weights(head, candidates, state.val_labels, fixed)
+        state.val_accuracy_combined = choice.val_accuracy
+        if state.knn_config is not None:
+            state.knn_config.weight = round(choice.weights["knn"], 3)
+            state.knn_config.tau = choice.taus["knn"]
+            state.knn_config.val_accuracy = choice.val_accuracy
+        if state.lexical_config is not None:
+            state.lexical_config.weight = round(choice.weights["lexical"], 3)
+            state.lexical_config.val_accuracy = choice.val_accuracy
+    else:  # no validation split (corrections): the profile's weights, else the parent's
+        parent_signals = state.parent_signals
+        if state.knn_config is not None and config.knn_weight is None:
+            parent_knn = parent_signals.knn_config if parent_signals is not None else None
+            state.knn_config.weight = parent_knn.weight if parent_knn is not None else 0.2
+        if state.lexical_config is not None and config.lexical_weight is None:
+            parent_lex = parent_signals.lexical_config if parent_signals is not None else None
+            state.lexical_config.weight = parent_lex.weight if parent_lex is not None else 0.0
 
-    output_dir.mkdir(parents=True, exist_ok=True)
+
+def save_stage(state: TrainState) -> None:
+    """Write the model directory (layout: shared.model.directory)."""
+    model, tokenizer = state.require_model()
     meta = {
-        "version": version,
-        "base_model": base_model,
-        "max_length": config.max_length,
+        "version": state.version,
+        "base_model": state.base_model,
+        "max_length": state.config.max_length,
         "scale": float(model.scale.detach()),
-        "config": config.model_dump(),
-        "knn": knn_meta or None,
-        "lexical": lexical_meta or None,
+        "config": state.config.model_dump(),
+        "knn": state.knn_config.model_dump() if state.knn_config is not None else None,
+        "lexical": state.lexical_config.model_dump() if state.lexical_config is not None else None,
     }
     save_model_dir(
         model,
         tokenizer,
-        codes,
-        output_dir,
+        state.codes,
+        state.output_dir,
         meta=meta,
-        temperature=temperature,
-        knn_index=knn_index,
-        lexical_index=lexical_index,
+        temperature=state.temperature,
+        knn_index=state.knn_index,
+        lexical_index=state.lexical_index,
     )
-    result = {
-        "epochs": epoch_log.epochs,
-        "val_accuracy": val_accuracy,
-        "val_accuracy_combined": (lexical_meta or knn_meta or {}).get("val_accuracy", val_accuracy),
-        "temperature": temperature,
-        "knn": knn_meta or None,
-        "lexical": lexical_meta or None,
-        "seconds": round(time.monotonic() - started, 1),
-        "train_seconds": round(train_seconds, 1),
-        "stopped_by_budget": epoch_log.stopped_by_budget,
-        "train_size": len(train_texts),
-        "val_size": len(val_texts),
-        "batch_size": per_device,
-        "gradient_accumulation": accumulation,
-        "stages": ["head"] * (stage1_embeddings is not None) + ["trainer"] * run_trainer,
-        "device": device,
-        "mixed_precision": "bf16" if bf16 else "fp16" if fp16 else "no",
-    }
-    log.info("finetune done: %s", {k: v for k, v in result.items() if k != "epochs"})
+
+
+Stage = Callable[[TrainState], None]
+STAGES: tuple[tuple[str, Stage], ...] = (
+    ("init", init_stage),
+    ("head", head_stage),
+    ("trainer", trainer_stage),
+    ("calibrate", calibrate_stage),
+    ("signals", signals_stage),
+    ("save", save_stage),
+)
+
+
+def finetune(
+    train_texts: list[str],
+    train_codes: list[str],
+    val_texts: list[str],
+    val_codes: list[str],
+    *,
+    codes: list[str],
+    config: FinetuneConfig,
+    output_dir: Path,
+    version: str,
+    init_model_dir: Path | None = None,
+    stages: Sequence[tuple[str, Stage]] = STAGES,
+) -> FinetuneResult:
+    """Fine-tune, calibrate and write the model directory `output_dir` by running `stages` in order.
+
+    `codes` is the label order (all 436 unit groups for default models). `init_model_dir` starts from an
+    existing model directory (corrections fine-tuning) instead of the base model.
+    """
+    set_seed(config.seed)
+    device = choose_device(config.device)
+    if device == "cpu":
+        torch.set_num_threads(cpu_share())
+    label_of = {c: i for i, c in enumerate(codes)}
+    unknown = sorted({c for c in [*train_codes, *val_codes] if c not in label_of})
+    if unknown:
+        raise ValueError(f"codes outside the label map: {unknown[:10]}")
+    val_order = sorted(range(len(val_texts)), key=lambda i: len(val_texts[i]))
+    state = TrainState(
+        config=config,
+        codes=list(codes),
+        train_texts=list(train_texts),
+        train_labels=[label_of[c] for c in train_codes],
+        val_texts=[val_texts[i] for i in val_order],
+        val_labels=np.asarray([label_of[val_codes[i]] for i in val_order], dtype=np.int64),
+        output_dir=Path(output_dir),
+        version=version,
+        device=device,
+        init_model_dir=Path(init_model_dir) if init_model_dir is not None else None,
+    )
+    for name, stage in stages:
+        t0 = time.monotonic()
+        stage(state)
+        state.stage_seconds[name] = round(time.monotonic() - t0, 1)
+        state.stages_run.append(name)
+        log.info("finetune stage %s: %.1fs", name, state.stage_seconds[name])
+    model, _ = state.require_model()
+    result = FinetuneResult(
+        epochs=state.epochs,
+        val_accuracy=state.val_accuracy,
+        val_accuracy_combined=(
+            state.val_accuracy_combined if state.val_accuracy_combined is not None else state.val_accuracy
+        ),
+        temperature=state.temperature,
+        knn=state.knn_config.model_dump() if state.knn_config is not None else None,
+        lexical=state.lexical_config.model_dump() if state.lexical_config is not None else None,
+        seconds=round(time.monotonic() - state.started, 1),
+        train_seconds=round(state.train_seconds, 1),
+        stopped_by_budget=state.stopped_by_budget,
+        train_size=len(train_texts),
+        val_size=len(val_texts),
+        batch_size=state.batch_size,
+        gradient_accumulation=state.gradient_accumulation,
+        stages=state.stages_run,
+        stage_seconds=state.stage_seconds,
+        device=device,
+        mixed_precision=state.mixed_precision,
+        architecture=str(model.encoder.config.model_type),
+    )
+    log.info("finetune done: %s", result.model_dump(exclude={"epochs"}))
     return result
+
+
+def _sample(n: int, max_items: int, seed: int) -> np.ndarray:
+    """At most max_items of range(n), a seeded sample in order."""
+    idx = np.arange(n)
+    if n > max_items:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_items, replace=False))
+    return idx
 
 
 def _merge_knn(parent: KnnIndex, label_map: np.ndarray | None, new: KnnIndex) -> KnnIndex:
     """The parent's kNN entries (labels mapped to the new label order) followed by the new ones."""
     labels = label_map[parent.labels] if label_map is not None else parent.labels
     keep = labels >= 0
+    texts = None
+    if parent.texts is not None and new.texts is not None:  # models before knn_texts.json have none
+        texts = [t for t, k in zip(parent.texts, keep, strict=True) if k] + new.texts
     return KnnIndex(
-        np.vstack([parent.embeddings[keep], new.embeddings]), np.concatenate([labels[keep], new.labels])
+        np.vstack([parent.embeddings[keep], new.embeddings]),
+        np.concatenate([labels[keep], new.labels]),
+        texts,
     )
-
-
-def _merge_lexical(
-    parent: LexicalIndex, label_map: np.ndarray | None, texts: list[str], labels: list[int]
-) -> LexicalIndex:
-    """The parent's lexical index with the new texts added (vectorised with the parent's vocabulary)."""
-    from scipy.sparse import vstack
-
-    parent_labels = label_map[parent.labels] if label_map is not None else parent.labels
-    keep = np.flatnonzero(parent_labels >= 0)
-    matrix = vstack([parent.matrix[keep], parent.vectorizer.transform(texts)])
-    return LexicalIndex(parent.vectorizer, matrix, np.concatenate([parent_labels[keep], np.asarray(labels)]))
-
-
-def _softmax_np(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
-
-
-def _index_from_embeddings(embeddings: np.ndarray, labels: list[int], config: FinetuneConfig) -> KnnIndex:
-    idx = np.arange(len(labels))
-    if len(idx) > config.knn_max_index:
-        idx = np.sort(np.random.default_rng(config.seed).choice(idx, config.knn_max_index, replace=False))
-    return KnnIndex(embeddings[idx], np.asarray(labels)[idx])
 
 
 def _train_head_on_embeddings(

@@ -335,7 +335,7 @@ def run_training(
             version=version,
             init_model_dir=parent_dir,
         )
-        training_info["finetune"] = finetune_result
+        training_info["finetune"] = finetune_result.model_dump(mode="json")
         timings["finetune_s"] = round(time.monotonic() - t0, 1)
         t0 = time.monotonic()
         test_set = eval_set_from_examples("test", prepared.test)

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from shared.jobs import JobSettings
-from shared.modeling import cpu_share
+from shared.model.resources import cpu_share
 from shared.schemas import Thresholds
 
 
@@ -28,8 +28,10 @@ class WorkerSettings(JobSettings):
     device: str = Field(
         "auto", description="auto = cuda on a gpu worker, cpu otherwise; or cpu | cuda | cuda:N"
     )
-    backend: Literal["torch", "onnx"] = "torch"
-    quantize: Literal["none", "int8"] = "none"
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="auto: torch on CUDA, else ONNX Runtime (as in the inference service)"
+    )
+    quantize: Literal["none", "int8"] = Field("int8", description="int8 dynamic quantisation (CPU only)")
     torch_threads: int | None = Field(
         None, ge=1, description="default: this process's CPU share / concurrency"
     )

@@ -1,0 +1,349 @@
+"""The kNN and lexical signals stored with a model, and the one function that mixes them with the head.
+
+No torch here: every backend (torch fp32, torch int8, ONNX Runtime) hands its embeddings to the same numpy
+code, so they differ only by the encoder's float error.
+
+- kNN: the k training texts whose normalised embeddings are most similar to the query's vote for their unit
+  group, weighted by softmax(similarity / tau). One dense float32 matmul per batch (BLAS) and argpartition.
+- lexical: the same vote over character n-gram TF-IDF vectors (spelling variants, rare words the encoder
+  blurs).
+
+Mixing (`mix_probabilities`): (1 - sum w_i) * p_head + sum w_i * p_i. A mixture of calibrated distributions
+stays calibrated. The weights are chosen once, by `search_weights` (training), and stored in model.json.
+Which signals pay for their CPU time on the dev sets: `python -m bench.signals` (figures in its docstring).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+KNN_FILE = "knn.safetensors"
+KNN_TEXTS_FILE = "knn_texts.json"
+WEIGHT_GRID = tuple(round(0.05 * i, 2) for i in range(19))  # 0, 0.05, ..., 0.9
+
+
+class KnnConfig(BaseModel):
+    """How the kNN vote is computed and mixed with the head (model.json "knn")."""
+
+    k: int = 10
+    tau: float = 0.05
+    weight: float = 0.0
+    val_accuracy: float | None = None
+
+
+class LexicalConfig(BaseModel):
+    """The lexical (TF-IDF kNN) vote and its mixing weight (model.json "lexical")."""
+
+    k: int = 10
+    tau: float = 0.05
+    weight: float = 0.0
+    ngram_min: int = 2
+    ngram_max: int = 4
+    min_df: int = 2
+    val_accuracy: float | None = None
+
+
+def vote(top_labels: np.ndarray, top_sims: np.ndarray, tau: float, num_labels: int) -> np.ndarray:
+    """Similarity-weighted vote of each row's neighbours as a distribution over labels.
+
+    Neighbours with similarity <= 0 do not vote; a row without any voter gets the uniform distribution.
+    """
+    n, k = top_labels.shape
+    weights = np.exp((top_sims - top_sims.max(axis=1, keepdims=True)) / tau)
+    weights[top_sims <= 0] = 0.0
+    flat = (np.arange(n)[:, None] * num_labels + top_labels).ravel()
+    out = np.bincount(flat, weights.ravel(), minlength=n * num_labels).reshape(n, num_labels)
+    sums = out.sum(axis=1, keepdims=True)
+    empty = sums[:, 0] <= 0
+    out = (out / np.clip(sums, 1e-12, None)).astype(np.float32)
+    out[empty] = 1.0 / num_labels
+    return out
+
+
+def top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and values of each row's k largest entries, largest first."""
+    k = max(1, min(k, sims.shape[1]))
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(sims, top, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
+class KnnIndex:
+    """Normalised training-text embeddings (float32 in memory, float16 on disk), label ids and the texts.
+
+    The texts (knn_texts.json) are the evidence a reviewer sees (`nearest`); models written before they were
+    stored load without them.
+    """
+
+    def __init__(self, embeddings: np.ndarray, labels: np.ndarray, texts: list[str] | None = None):
+        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.texts = texts
+        if texts is not None and len(texts) != len(self.labels):
+            raise ValueError(f"{len(texts)} texts for {len(self.labels)} kNN entries")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def save(self, model_dir: Path) -> None:
+        from safetensors.numpy import save_file
+
+        save_file(
+            {"embeddings": self.embeddings.astype(np.float16), "labels": self.labels.astype(np.int32)},
+            str(Path(model_dir) / KNN_FILE),
+        )
+        if self.texts is not None:
+            (Path(model_dir) / KNN_TEXTS_FILE).write_text(json.dumps(self.texts, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, model_dir: Path) -> KnnIndex:
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(Path(model_dir) / KNN_FILE))
+        texts_path = Path(model_dir) / KNN_TEXTS_FILE
+        texts = json.loads(texts_path.read_text()) if texts_path.exists() else None
+        return cls(tensors["embeddings"], tensors["labels"], texts)
+
+    def search(self, query: np.ndarray, k: int, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """(entry ids, cosine similarities) of each query's k nearest entries, nearest first."""
+        ids = np.zeros((len(query), min(k, len(self))), dtype=np.int64)
+        sims = np.zeros(ids.shape, dtype=np.float32)
+        for start in range(0, len(query), block):  # bounds the (block x entries) similarity matrix
+            ids[start : start + block], sims[start : start + block] = top_k(
+                query[start : start + block] @ self.embeddings.T, k
+            )
+        return ids, sims
+
+
+def knn_probabilities(query: np.ndarray, index: KnnIndex, config: KnnConfig, num_labels: int) -> np.ndarray:
+    """The kNN vote for normalised query embeddings."""
+    ids, sims = index.search(np.asarray(query, dtype=np.float32), config.k)
+    return vote(index.labels[ids], sims, config.tau, num_labels)
+
+
+class LexicalIndex:
+    """Character n-gram (within word boundaries) TF-IDF vectors of training texts, L2-normalised, with labels.
+
+    Stored without pickles: the vocabulary and idf as JSON, the sparse matrix and labels as .npz/.npy.
+    """
+
+    def __init__(self, vectorizer: Any, matrix: Any, labels: np.ndarray):
+        self.vectorizer = vectorizer
+        self.matrix = matrix.tocsr().astype(np.float32)
+        self.matrix_t = self.matrix.T.tocsr()
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @staticmethod
+    def _vectorizer(config: LexicalConfig, vocabulary: dict[str, int] | None = None) -> Any:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        return TfidfVectorizer(
+            analyzer="char_wb",
+            ngram_range=(config.ngram_min, config.ngram_max),
+            sublinear_tf=True,
+            min_df=1 if vocabulary else config.min_df,
+            vocabulary=vocabulary,
+            dtype=np.float32,
+        )
+
+    @classmethod
+    def build(cls, texts: list[str], labels: list[int] | np.ndarray, config: LexicalConfig) -> LexicalIndex:
+        vectorizer = cls._vectorizer(config)
+        matrix = vectorizer.fit_transform(texts)
+        return cls(vectorizer, matrix, np.asarray(labels))
+
+    def extended(
+        self, keep: np.ndarray, labels: np.ndarray, texts: list[str], new_labels: Any
+    ) -> LexicalIndex:
+        """The entries `keep` (relabelled `labels`) followed by `texts`, vectorised with this vocabulary."""
+        from scipy.sparse import vstack
+
+        matrix = vstack([self.matrix[keep], self.vectorizer.transform(texts)])
+        return LexicalIndex(self.vectorizer, matrix, np.concatenate([labels, np.asarray(new_labels)]))
+
+    def save(self, model_dir: Path) -> None:
+        from scipy.sparse import save_npz
+
+        vocabulary = {term: int(i) for term, i in self.vectorizer.vocabulary_.items()}
+        idf = [float(x) for x in self.vectorizer.idf_]
+        (Path(model_dir) / "lexical.json").write_text(json.dumps({"vocabulary": vocabulary, "idf": idf}))
+        save_npz(Path(model_dir) / "lexical.npz", self.matrix, compressed=True)
+        np.save(Path(model_dir) / "lexical_labels.npy", self.labels.astype(np.int32))
+
+    @classmethod
+    def load(cls, model_dir: Path, config: LexicalConfig) -> LexicalIndex:
+        from scipy.sparse import load_npz
+
+        model_dir = Path(model_dir)
+        data = json.loads((model_dir / "lexical.json").read_text())
+        vectorizer = cls._vectorizer(config, data["vocabulary"])
+        vectorizer._validate_vocabulary()
+        vectorizer.idf_ = np.asarray(data["idf"], dtype=np.float32)
+        labels = np.load(model_dir / "lexical_labels.npy")
+        return cls(vectorizer, load_npz(model_dir / "lexical.npz"), labels)
+
+    def probabilities(self, texts: list[str], config: LexicalConfig, num_labels: int) -> np.ndarray:
+        """Similarity-weighted vote of the k lexically nearest training texts."""
+        out = np.zeros((len(texts), num_labels), dtype=np.float32)
+        for start in range(0, len(texts), 256):
+            query = self.vectorizer.transform(texts[start : start + 256])
+            sims = (query @ self.matrix_t).toarray()
+            ids, top_sims = top_k(sims, config.k)
+            out[start : start + 256] = vote(self.labels[ids], top_sims, config.tau, num_labels)
+        return out
+
+
+def mix_probabilities(head_probs: np.ndarray, parts: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """(1 - sum w) * head + sum w_i * p_i: the one way signals are combined."""
+    total = sum(w for _, w in parts)
+    if total >= 1.0:
+        raise ValueError(f"signal weights sum to {total}, must be < 1")
+    out = (1.0 - total) * head_probs
+    for probs, weight in parts:
+        if weight > 0:
+            out = out + weight * probs
+    return out.astype(np.float32, copy=False)
+
+
+class Signals:
+    """The kNN and lexical signals of one model and their weights (absent or weight 0: not computed)."""
+
+    def __init__(
+        self,
+        num_labels: int,
+        knn: KnnIndex | None = None,
+        knn_config: KnnConfig | None = None,
+        lexical: LexicalIndex | None = None,
+        lexical_config: LexicalConfig | None = None,
+    ):
+        self.num_labels = num_labels
+        self.knn, self.knn_config = knn, knn_config
+        self.lexical, self.lexical_config = lexical, lexical_config
+
+    @classmethod
+    def load(cls, model_dir: Path, meta: dict[str, Any], num_labels: int) -> Signals:
+        """The signals model.json names and the model directory holds."""
+        model_dir = Path(model_dir)
+        knn = knn_config = lexical = lexical_config = None
+        if (model_dir / KNN_FILE).exists():
+            knn = KnnIndex.load(model_dir)
+            knn_config = KnnConfig(**meta["knn"]) if meta.get("knn") else None
+        if (model_dir / "lexical.json").exists() and meta.get("lexical"):
+            lexical_config = LexicalConfig(**meta["lexical"])
+            lexical = LexicalIndex.load(model_dir, lexical_config)
+        return cls(num_labels, knn, knn_config, lexical, lexical_config)
+
+    @property
+    def uses_knn(self) -> bool:
+        return self.knn is not None and self.knn_config is not None and self.knn_config.weight > 0
+
+    @property
+    def uses_lexical(self) -> bool:
+        return self.lexical is not None and self.lexical_config is not None and self.lexical_config.weight > 0
+
+    def describe(self) -> dict[str, Any]:
+        """Which signals run, with their weights and index sizes (for logs and benchmarks)."""
+        out: dict[str, Any] = {}
+        if self.uses_knn:
+            assert self.knn is not None and self.knn_config is not None
+            out["knn"] = {"weight": self.knn_config.weight, "k": self.knn_config.k, "entries": len(self.knn)}
+        if self.uses_lexical:
+            assert self.lexical is not None and self.lexical_config is not None
+            out["lexical"] = {
+                "weight": self.lexical_config.weight,
+                "k": self.lexical_config.k,
+                "entries": len(self.lexical),
+            }
+        return out
+
+    def mix(self, texts: list[str], embeddings: np.ndarray, head_probs: np.ndarray) -> np.ndarray:
+        """The head's probabilities mixed with the signals in use."""
+        parts: list[tuple[np.ndarray, float]] = []
+        if self.uses_knn and len(texts):
+            assert self.knn is not None and self.knn_config is not None
+            parts.append(
+                (
+                    knn_probabilities(embeddings, self.knn, self.knn_config, self.num_labels),
+                    self.knn_config.weight,
+                )
+            )
+        if self.uses_lexical and len(texts):
+            assert self.lexical is not None and self.lexical_config is not None
+            parts.append(
+                (
+                    self.lexical.probabilities(texts, self.lexical_config, self.num_labels),
+                    self.lexical_config.weight,
+                )
+            )
+        return mix_probabilities(head_probs, parts)
+
+    def nearest(self, embeddings: np.ndarray, codes: list[str], k: int) -> list[list[tuple[str, str, float]]]:
+        """(training text, its unit code, cosine similarity) of each query's k nearest kNN entries."""
+        if self.knn is None or self.knn.texts is None or not len(self.knn) or k <= 0:
+            return [[] for _ in range(len(embeddings))]
+        ids, sims = self.knn.search(embeddings, k)
+        texts, labels = self.knn.texts, self.knn.labels
+        return [
+            [(texts[j], codes[labels[j]], round(float(s), 6)) for j, s in zip(row, row_sims, strict=True)]
+            for row, row_sims in zip(ids, sims, strict=True)
+        ]
+
+
+@dataclass(frozen=True)
+class WeightChoice:
+    """The signal weights (and vote temperatures) `search_weights` chose, and their validation scores."""
+
+    weights: dict[str, float]
+    taus: dict[str, float]
+    val_accuracy: float
+    val_nll: float
+
+
+def search_weights(
+    head_probs: np.ndarray,
+    candidates: dict[str, dict[float, np.ndarray]],
+    labels: np.ndarray,
+    fixed: dict[str, float | None],
+    grid: tuple[float, ...] = WEIGHT_GRID,
+) -> WeightChoice:
+    """Joint search over each signal's weight (unless fixed) and vote temperature (its candidates' keys):
+    the highest validation accuracy, ties to the lower log loss. The weights sum to less than 0.95."""
+    names = list(candidates)
+    options = [
+        [
+            (w, tau)
+            for w in ([fixed[name]] if fixed.get(name) is not None else grid)
+            for tau in candidates[name]
+        ]
+        for name in names
+    ]
+    rows = np.arange(len(labels))
+    best: tuple[float, float, dict[str, float], dict[str, float]] | None = None
+    for combo in itertools.product(*options):
+        weights = [float(w) for w, _ in combo]  # type: ignore[arg-type]
+        if sum(weights) >= 0.95:
+            continue
+        parts = [(candidates[n][tau], w) for n, (_, tau), w in zip(names, combo, weights, strict=True)]
+        p = mix_probabilities(head_probs, parts)
+        acc = round(float((p.argmax(1) == labels).mean()), 4) if len(labels) else 0.0
+        nll = float(-np.log(np.clip(p[rows, labels], 1e-12, None)).mean()) if len(labels) else 0.0
+        if best is None or (acc, -nll) > (best[0], -best[1]):
+            best = (
+                acc,
+                nll,
+                dict(zip(names, weights, strict=True)),
+                {n: t for n, (_, t) in zip(names, combo, strict=True)},
+            )
+    assert best is not None
+    return WeightChoice(weights=best[2], taus=best[3], val_accuracy=best[0], val_nll=best[1])

@@ -1,0 +1,224 @@
+"""The model core (shared/model): one scorer for every backend, with the kNN and lexical signals, on BERT
+(WordPiece) and RoBERTa (byte-level BPE) encoders trained here from tiny random bases.
+
+Stated tolerances, against torch fp32 on the same model: ONNX fp32 within 1e-4 per probability; int8 (torch
+and ONNX) within 0.05 per probability and the same top-1 on the training titles (a trained model's margins).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.trainer.finetune import FinetuneConfig, finetune
+from shared.corpus import label_codes
+from shared.model.scorer import UnitScorer
+from shared.model.signals import (
+    KnnConfig,
+    KnnIndex,
+    LexicalConfig,
+    LexicalIndex,
+    Signals,
+    mix_probabilities,
+    search_weights,
+    vote,
+)
+from shared.predictor import Predictor, PredictorConfig
+from tests.test_finetune import TITLES, _records
+from tests.tiny_model import tiny_bert_base, tiny_roberta_base
+
+BACKENDS = {
+    "torch-fp32": {"backend": "torch", "quantize": "none"},
+    "torch-int8": {"backend": "torch", "quantize": "int8"},
+    "onnx-fp32": {"backend": "onnx", "quantize": "none"},
+    "onnx-int8": {"backend": "onnx", "quantize": "int8"},
+}
+QUERIES = [
+    "nurse",
+    "staff nurse",
+    "line cook",
+    "web developer",
+    "taxi driver",
+    "site electrician",
+    "registered nurse : works as a registered nurse every day",
+    "x " * 80,  # longer than max_length: truncated alike by every backend
+]
+
+
+def tiny_base(root: Path, architecture: str) -> Path:
+    return (tiny_roberta_base if architecture == "roberta" else tiny_bert_base)(root / "base")
+
+
+def train_tiny(root: Path, architecture: str, config: FinetuneConfig | None = None) -> Path:
+    texts, codes = _records()
+    config = config or FinetuneConfig(
+        base_model=str(tiny_base(root, architecture)),
+        epochs=2,
+        max_length=32,
+        learning_rate=1e-3,
+        device="cpu",
+        disable_tqdm=True,
+        knn_k=3,
+        lexical_k=3,
+        knn_weight=0.3,  # fixed, as the profiles do: the tiny model must use both signals
+        lexical_weight=0.1,
+    )
+    finetune(
+        texts,
+        codes,
+        texts[::4],
+        codes[::4],
+        codes=label_codes(),
+        config=config,
+        output_dir=root / "model",
+        version=f"tiny-{architecture}",
+    )
+    return root / "model"
+
+
+@pytest.fixture(scope="module", params=["bert", "roberta"])
+def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp(request.param), request.param)
+
+
+def test_model_json_records_architecture_tokenizer_and_signals(trained: Path) -> None:
+    meta = json.loads((trained / "model.json").read_text())
+    encoder = meta["encoder"]
+    if encoder["architecture"] == "roberta":
+        assert (encoder["tokenizer_kind"], encoder["pad_token_id"], encoder["token_type_ids"]) == (
+            "bpe",
+            1,
+            False,
+        )
+    else:
+        assert encoder["architecture"] == "bert"
+        assert (encoder["tokenizer_kind"], encoder["pad_token_id"], encoder["token_type_ids"]) == (
+            "wordpiece",
+            0,
+            True,
+        )
+    assert meta["knn"]["weight"] > 0 or meta["lexical"]["weight"] > 0
+    texts = json.loads((trained / "knn_texts.json").read_text())
+    assert len(texts) == 2 * sum(len(t) for t in TITLES.values())
+
+
+def test_every_backend_gives_the_same_answers_with_signals(trained: Path) -> None:
+    scorers = {name: UnitScorer.load(trained, device="cpu", **kw) for name, kw in BACKENDS.items()}
+    reference = scorers["torch-fp32"]
+    # the model has both signals, and every backend uses them
+    assert set(reference.signals.describe()) == {"knn", "lexical"}
+    signals = Signals(len(reference.codes), reference.signals.knn, KnnConfig(weight=0.4, k=3))
+    head_only = reference.probabilities_from_embeddings(QUERIES, reference.embed(QUERIES))
+    assert not np.allclose(head_only, signals.mix(QUERIES, reference.embed(QUERIES), head_only))
+    expected = reference.unit_probabilities(QUERIES)
+    np.testing.assert_allclose(expected.sum(1), 1.0, rtol=1e-5)
+    for name, scorer in scorers.items():
+        assert scorer.backend == name
+        probs = scorer.unit_probabilities(QUERIES)
+        tolerance = 1e-4 if name.endswith("fp32") else 0.05
+        np.testing.assert_allclose(probs, expected, atol=tolerance, err_msg=name)
+        assert (probs[:-1].argmax(1) == expected[:-1].argmax(1)).all(), name
+    # trained: the titles land on their groups
+    codes = reference.codes
+    assert [codes[i] for i in expected[:6].argmax(1)] == ["2221", "2221", "5120", "2512", "8322", "7411"]
+
+
+def test_batching_does_not_change_answers(trained: Path) -> None:
+    for kw in BACKENDS.values():
+        scorer = UnitScorer.load(trained, device="cpu", **kw)
+        together = scorer.unit_probabilities(QUERIES, batch_size=3)
+        alone = np.vstack([scorer.unit_probabilities([q]) for q in QUERIES])
+        np.testing.assert_allclose(together, alone, atol=1e-5, err_msg=str(kw))
+
+
+def test_nearest_examples_are_training_texts(trained: Path) -> None:
+    predictor = Predictor.load(trained, PredictorConfig(cache_size=0))
+    nearest = predictor.nearest_examples(["staff nurse", "grill cook"], k=4)
+    assert len(nearest) == 2 and all(len(row) == 4 for row in nearest)
+    text, code, similarity = nearest[0][0]
+    assert (text, code) == ("staff nurse", "2221") and similarity == pytest.approx(1.0, abs=1e-2)
+    assert all(row[i][2] >= row[i + 1][2] for row in nearest for i in range(3))
+    assert nearest[1][0][1] == "5120"
+
+
+def test_gradient_checkpointing_and_128_token_profile(tmp_path: Path) -> None:
+    import yaml
+    from transformers import AutoTokenizer
+
+    from services.trainer.config import TrainerSettings
+
+    profile = yaml.safe_load(Path("services/trainer/profiles/quick.yaml").read_text())
+    profile["finetune"].update(
+        gradient_checkpointing=True, max_length=128, epochs=1, max_train_seconds=60, disable_tqdm=True
+    )
+    (tmp_path / "roberta128.yaml").write_text(yaml.safe_dump(profile))
+    settings = TrainerSettings(
+        profile=str(tmp_path / "roberta128.yaml"), env="test", data_dir=tmp_path / "data"
+    )
+    config = settings.finetune_config(base_model=str(tiny_base(tmp_path, "roberta")))
+    assert config.gradient_checkpointing and config.max_length == 128
+    model_dir = train_tiny(tmp_path, "roberta", config)
+    meta = json.loads((model_dir / "model.json").read_text())
+    assert meta["max_length"] == 128 and meta["config"]["gradient_checkpointing"] is True
+    long_text = "registered nurse " * 100
+    assert len(AutoTokenizer.from_pretrained(model_dir / "encoder")(long_text)["input_ids"]) > 128
+    onnx = UnitScorer.load(model_dir, backend="onnx", quantize="none", device="cpu")
+    fp32 = UnitScorer.load(model_dir, backend="torch", quantize="none", device="cpu")
+    np.testing.assert_allclose(
+        onnx.unit_probabilities([long_text, "nurse"]),
+        fp32.unit_probabilities([long_text, "nurse"]),
+        atol=1e-4,
+    )
+
+
+def test_default_backend_is_the_same_everywhere() -> None:
+    from services.inference.settings import InferenceSettings
+    from services.worker.settings import WorkerSettings
+
+    default = PredictorConfig()
+    for settings in (InferenceSettings(env="test"), WorkerSettings(env="test")):
+        config = PredictorConfig.from_settings(settings)
+        assert (config.backend, config.quantize) == (default.backend, default.quantize) == ("auto", "int8")
+
+
+def test_vote_mix_and_weight_search() -> None:
+    p = vote(np.array([[0, 0, 1], [2, 2, 2]]), np.array([[0.9, 0.8, 0.1], [0.0, -0.1, -0.2]]), 0.1, 3)
+    assert p[0].argmax() == 0 and p[0, 1] > 0 and p[0, 2] == 0
+    np.testing.assert_allclose(p[1], 1 / 3)  # no positive similarity: uninformative
+    head = np.array([[0.6, 0.4], [0.4, 0.6], [0.6, 0.4]])
+    knn = np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    mixed = mix_probabilities(head, [(knn, 0.5)])
+    np.testing.assert_allclose(mixed.sum(1), 1.0)
+    with pytest.raises(ValueError):
+        mix_probabilities(head, [(knn, 0.6), (knn, 0.5)])
+    labels = np.array([1, 1, 0])
+    choice = search_weights(head, {"knn": {0.1: knn}}, labels, {"knn": None})
+    assert choice.val_accuracy == 1.0 and choice.weights["knn"] > 0.2
+    fixed = search_weights(head, {"knn": {0.1: knn}}, labels, {"knn": 0.0})
+    assert fixed.weights["knn"] == 0.0 and fixed.val_accuracy == pytest.approx(2 / 3, abs=1e-3)
+
+
+def test_indexes_round_trip_without_pickles(tmp_path: Path) -> None:
+    texts = ["nurse", "staff nurse", "cook", "line cook", "welder", "pipe welder"]
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    config = LexicalConfig(k=3, tau=0.05, weight=0.3, min_df=1)
+    LexicalIndex.build(texts, labels, config).save(tmp_path)
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(6, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    KnnIndex(emb, labels, texts).save(tmp_path)
+    meta = {"knn": KnnConfig(k=2, weight=0.2).model_dump(), "lexical": config.model_dump()}
+    signals = Signals.load(tmp_path, meta, 3)
+    assert signals.knn is not None and signals.knn.texts == texts
+    np.testing.assert_allclose(signals.knn.embeddings, emb, atol=1e-3)  # float16 on disk
+    lexical = signals.lexical_config
+    assert signals.lexical is not None and lexical is not None
+    p = signals.lexical.probabilities(["night nurse", "pastry cook", "zzzz"], lexical, 3)
+    assert p[0].argmax() == 0 and p[1].argmax() == 1
+    np.testing.assert_allclose(p[2], 1 / 3)
+    assert not list(tmp_path.glob("*.pkl"))
+    nearest = signals.nearest(emb[:1], ["a", "b", "c"], 2)
+    assert nearest[0][0] == ("nurse", "a", pytest.approx(1.0, abs=1e-3))
