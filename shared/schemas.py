@@ -61,6 +61,14 @@ class Alternative(BaseModel):
     confidence: float
 
 
+class EvidenceExample(BaseModel):
+    """A training example close to the input: why the model leans towards a code (for reviewers)."""
+
+    text: str = Field(description="the training text (job title and duties as the model read them)")
+    unit_code: str = Field(description="its 4-digit unit group")
+    similarity: float = Field(description="cosine similarity to the input, -1..1")
+
+
 class Prediction(BaseModel):
     """The coding of one record."""
 
@@ -87,6 +95,11 @@ class Prediction(BaseModel):
         default_factory=list,
         description="why it needs review: " + ", ".join(REVIEW_REASONS),
     )
+    evidence: list[EvidenceExample] | None = Field(
+        None,
+        description="with explain=true: the nearest training examples, most similar first (null otherwise, "
+        "and empty when the model has no stored examples)",
+    )
 
 
 class PredictOptions(BaseModel):
@@ -96,6 +109,7 @@ class PredictOptions(BaseModel):
 
 class PredictRequest(PredictOptions):
     records: list[JobRecord] = Field(min_length=1)
+    explain: bool = Field(False, description="add `evidence` (nearest training examples) to each result")
 
 
 class PredictResponse(BaseModel):

@@ -38,7 +38,12 @@ class Site:
 
     def __init__(self, db_url: str, tmp: Path, **overrides: object):
         self.settings = GatewaySettings(
-            env="test", data_dir=tmp / "data", database_url=db_url, redis_url=REDIS_URL, **overrides
+            env="test",
+            data_dir=tmp / "data",
+            database_url=db_url,
+            redis_url=REDIS_URL,
+            inference_url="http://127.0.0.1:9",  # nothing there: no evidence (see the browser test)
+            **overrides,
         )
         self.settings.ensure_dirs()
         self.db_url = db_url

@@ -23,6 +23,8 @@ from sqlalchemy import create_engine, select, text
 from services.gateway.app import create_app
 from services.gateway.auth import create_api_key
 from services.gateway.settings import GatewaySettings
+from services.inference.app import create_app as create_inference_app
+from services.inference.settings import InferenceSettings
 from services.trainer.preprocess import read_corrections
 from shared.db.session import session_scope
 from shared.db.tables import ReviewDecision, ReviewEvent
@@ -32,6 +34,7 @@ from tests.conftest import IN_CI, REDIS_URL
 from tests.jobs_support import register_best
 from tests.review_support import finished_csv_job, many_cases, read_csv
 from tests.serving_helpers import ServerThread
+from tests.tiny_model import build_tiny_model_dir
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -104,8 +107,15 @@ def stack(postgres_server_url: str, tmp_path_factory: pytest.TempPathFactory) ->
         for mv in session.scalars(select(ModelVersion)):
             mv.eval_score = 0.62 if mv.is_best else 0.55
             mv.metrics = {"top1": mv.eval_score, "top5": 0.88, "macro_f1": 0.41}
-    with ServerThread(create_app(settings)) as url:
-        yield Stack(url, postgres_server_url, settings, keys)
+    # a real inference service (tiny model with stored training examples) gives the page its evidence
+    model_dir = build_tiny_model_dir(root / "tiny-model", "tiny-review-1", signals=True)
+    inference_settings = InferenceSettings(
+        env="test", data_dir=root / "inference", model_dir=model_dir, quantize="none", reload_interval_s=0
+    )
+    with ServerThread(create_inference_app(inference_settings)) as inference_url:
+        settings.inference_url = inference_url
+        with ServerThread(create_app(settings)) as url:
+            yield Stack(url, postgres_server_url, settings, keys)
 
 
 @pytest.fixture(scope="module")
@@ -263,6 +273,10 @@ def test_coder_reviews_three_rows_with_the_keyboard_and_a_search_then_exports(
     assert [a.get_attribute("data-code") for a in alternatives] == ["2221", "3221", "5321"]
     assert "Nursing Professionals" in alternatives[0].text and "41%" in alternatives[0].text
     assert "0 of 4 reviewed" in browser.find_element(By.ID, "counts").text
+    # evidence: the nearest training examples behind the alternative they support
+    evidence = browser.find_element(By.CSS_SELECTOR, '.evidence[data-code="2221"]').text
+    assert "staff nurse" in evidence and "similarity" in evidence
+    assert not browser.find_elements(By.CSS_SELECTOR, '.evidence[data-code="5321"]')  # none stored for it
     _screenshot(browser, "review-row.png")
 
     _decide_with(browser, Keys.ENTER)  # accept the model's code
@@ -380,3 +394,26 @@ def test_twenty_rows_settled_with_the_keyboard(stack: Stack, browser: Any) -> No
         ]
     assert actions == ["accept", "alternative", "alternative", "uncodable", "search"] * 4
     assert elapsed < 60  # a generous bound on a shared CI machine; the figure itself is printed
+
+
+def test_the_api_returns_evidence_on_request(stack: Stack) -> None:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {stack.keys['coder-a'][0]}"}
+    with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as client:
+        plain = client.post("/predict/job", json={"job_title": "staff nurse"}).json()
+        assert plain["evidence"] is None
+        explained = client.post("/predict/job", json={"job_title": "staff nurse", "explain": True}).json()
+        evidence = explained["evidence"]
+        assert len(evidence) == 10 and {"text", "unit_code", "similarity"} == set(evidence[0])
+        assert evidence[0]["text"] == "staff nurse" and evidence[0]["unit_code"] == "2221"
+        assert [e["similarity"] for e in evidence] == sorted(
+            (e["similarity"] for e in evidence), reverse=True
+        )
+        records = [{"job_title": "lorry driver"}, {"job_title": "web developer"}]
+        batch = client.post("/predict/batch", json={"records": records, "explain": True}).json()
+        assert [r["evidence"][0]["unit_code"] for r in batch["results"]] == ["8332", "2512"]
+        assert all(
+            r["evidence"] is None
+            for r in client.post("/predict/batch", json={"records": records}).json()["results"]
+        )

@@ -30,6 +30,7 @@ class JobPredictRequest(JobRecord):
     thresholds: Thresholds | None = Field(
         None, description="per-level confidence thresholds (default 0.5 each)"
     )
+    explain: bool = Field(False, description="add `evidence`: the nearest training examples")
 
 
 class FieldError(BaseModel):
@@ -151,6 +152,7 @@ async def predict_job(
         "records": [body.model_dump(mode="json", include={"id", "job_title", "duties_description"})],
         "top_k": body.top_k,
         "thresholds": body.thresholds.model_dump() if body.thresholds else None,
+        "explain": body.explain,
     }
     raw = await _infer(request, inference, payload)
     try:

@@ -29,8 +29,10 @@ from starlette.types import Scope
 from services.inference.batching import MicroBatcher, ModelNotReady
 from services.inference.settings import InferenceSettings
 from shared.logs import RequestContextMiddleware, RequestObserver, configure_logging
-from shared.predictor import Predictor, PredictorHolder
-from shared.schemas import PredictOptions, PredictRequest, PredictResponse
+from shared.predictor import Predictor, PredictorHolder, record_text
+from shared.schemas import EvidenceExample, Prediction, PredictOptions, PredictRequest, PredictResponse
+
+EVIDENCE_EXAMPLES = 10  # nearest training examples per record with explain=true
 
 log = logging.getLogger("services.inference")
 
@@ -159,6 +161,8 @@ def create_app(settings: InferenceSettings | None = None, *, predictor: Predicto
             version, results = await request.app.state.batcher.submit(body.records, options)
         except ModelNotReady as exc:
             raise HTTPException(503, f"model not ready: {exc}") from exc
+        if body.explain:
+            await _add_evidence(holder, body, results)
         payload = PredictResponse(model_version=version, results=results)
         return Response(payload.model_dump_json(), media_type="application/json")
 
@@ -192,6 +196,19 @@ def create_app(settings: InferenceSettings | None = None, *, predictor: Predicto
 
     app.add_middleware(RequestContextMiddleware, observe=_observer(metrics))
     return app
+
+
+async def _add_evidence(holder: PredictorHolder, body: PredictRequest, results: list[Prediction]) -> None:
+    """explain=true: each result gets the nearest training examples (one encoder pass, off the event loop)."""
+    predictor = holder.current
+    if predictor is None:
+        return
+    texts = [record_text(record)[0] for record in body.records]
+    nearest = await asyncio.to_thread(predictor.nearest_examples, texts, EVIDENCE_EXAMPLES)
+    for result, examples in zip(results, nearest, strict=True):
+        result.evidence = [
+            EvidenceExample(text=t, unit_code=c, similarity=round(float(s), 4)) for t, c, s in examples
+        ]
 
 
 async def _poll_registry(holder: PredictorHolder, interval_s: float) -> None:

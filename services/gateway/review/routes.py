@@ -18,13 +18,17 @@ session's CSRF token. Pages are server-rendered; review.js adds the keyboard and
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
+import anyio.from_thread
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.templating import Jinja2Templates
@@ -38,6 +42,7 @@ from services.gateway.review.retrain import queue_retraining
 from services.gateway.settings import GatewaySettings
 from shared import jobs, registry, review
 from shared.db.tables import Job, JobStatus, ReviewAction, ReviewDecision
+from shared.schemas import EvidenceExample
 from shared.taxonomy import get_taxonomy
 
 log = logging.getLogger(__name__)
@@ -152,6 +157,46 @@ def _curve_path(settings: GatewaySettings, version: Any) -> Path | None:
             return model_dir / name
     found = sorted(model_dir.glob("*coverage*precision*.png")) if model_dir.is_dir() else []
     return found[0] if found else None
+
+
+EVIDENCE_TIMEOUT_S = 3.0
+EVIDENCE_BACKOFF_S = 30.0  # after a failed call, pages are served without evidence for this long
+EVIDENCE_PER_CODE = 3
+
+
+def _evidence(request: Request, row: review.ResultRow) -> dict[str, list[EvidenceExample]]:
+    """The nearest training examples behind each of the row's alternatives, from the inference service
+    (explain=true); empty when the model has none or the service does not answer in time."""
+    state = request.app.state
+    if time.monotonic() < getattr(state, "review_evidence_down_until", 0.0):
+        return {}
+    payload = {
+        "records": [{"job_title": row.job_title, "duties_description": row.duties_description}],
+        "top_k": 5,
+        "explain": True,
+    }
+
+    async def call() -> bytes | None:
+        with anyio.move_on_after(EVIDENCE_TIMEOUT_S):
+            return await state.inference.predict_raw(payload)
+        return None
+
+    try:
+        raw = anyio.from_thread.run(call)
+        if raw is None:
+            raise TimeoutError("no answer in time")
+        examples = json.loads(raw)["results"][0].get("evidence") or []
+    except Exception as exc:  # evidence decorates the page; the coder can work without it
+        log.info("no evidence for the review page: %s", exc)
+        state.review_evidence_down_until = time.monotonic() + EVIDENCE_BACKOFF_S
+        return {}
+    codes = {c.code for c in row.candidates}
+    grouped: dict[str, list[EvidenceExample]] = {}
+    for item in examples:
+        example = EvidenceExample.model_validate(item)
+        if example.unit_code in codes and len(grouped.setdefault(example.unit_code, [])) < EVIDENCE_PER_CODE:
+            grouped[example.unit_code].append(example)
+    return {code: found for code, found in grouped.items() if found}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -339,7 +384,7 @@ def job_page(
             "next_row": queue.rows[position + 1].number
             if position is not None and position + 1 < len(queue.rows)
             else None,
-            "evidence": {},
+            "evidence": _evidence(request, current_row) if current_row else {},
             "title_of": lambda code: taxonomy.title(code) if code and code in taxonomy else "",
             "error": request.query_params.get("error"),
             "recent": sorted(decisions.values(), key=lambda d: d.decided_at, reverse=True)[:5],
