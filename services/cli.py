@@ -18,6 +18,7 @@ SUB_APPS: list[tuple[str, str, str | None]] = [
     ("services.inference.cli", "app", None),  # predict
     ("services.gateway.cli", "app", "keys"),  # keys create|list|revoke
     ("services.gateway.jobs_cli", "app", "jobs"),  # jobs submit|get|...
+    ("services.gateway.review.cli", "app", "review"),  # review export|retrain
 ]
 
 

@@ -353,6 +353,14 @@ def owner_decisions(
     return list(session.scalars(stmt.order_by(ReviewDecision.job_id, ReviewDecision.row_number)))
 
 
+def all_decisions(session: Session, job_id: str | None = None) -> list[ReviewDecision]:
+    """Every key's decisions (optionally one job's), in job and row order: for operators (`isco review`)."""
+    stmt = select(ReviewDecision)
+    if job_id is not None:
+        stmt = stmt.where(ReviewDecision.job_id == job_id)
+    return list(session.scalars(stmt.order_by(ReviewDecision.job_id, ReviewDecision.row_number)))
+
+
 def search_codes(query: str, limit: int = 20, taxonomy: Taxonomy | None = None) -> list[tuple[str, str]]:
     """Unit groups whose code starts with the query or whose title contains all of its words."""
     taxonomy = taxonomy or get_taxonomy()

@@ -335,3 +335,51 @@ def test_retrain_with_corrections_queues_a_training_job(site: Site) -> None:
     assert ours and json.loads(ours[0])["headers"]["task"] == "isco.training.run"
     for m in ours:
         client_redis.lrem(QUEUE_TRAINING, 0, m)
+
+
+def test_isco_review_export_and_retrain_commands(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import build_app
+
+    with site.client() as client:
+        csrf = site.sign_in(client, site.key_a)
+        for row, action, code in ((1, "accept", ""), (3, "search", "3313"), (6, "uncodable", "")):
+            client.post(
+                f"/review/jobs/{site.job_id}/rows/{row}",
+                data={"action": action, "code": code, "csrf_token": csrf},
+                follow_redirects=False,
+            )
+    for name, value in {
+        "ISCO_ENV": "test",
+        "ISCO_DATA_DIR": str(site.settings.data_dir),
+        "ISCO_DATABASE_URL": site.db_url,
+        "ISCO_REDIS_URL": REDIS_URL,
+    }.items():
+        monkeypatch.setenv(name, value)
+    runner = CliRunner()
+    out = tmp_path / "out.csv"
+    exported = runner.invoke(build_app(), ["review", "export", "-o", str(out), "--key", str(site.id_a)])
+    assert exported.exit_code == 0, exported.output
+    assert [(r.job_title, r.isco_code) for r in read_corrections(out)] == [
+        ("staff nurse", "2221"),
+        ("bookkeeper", "3313"),
+    ]
+    other = runner.invoke(build_app(), ["review", "export", "-o", str(out), "--key", str(site.id_b)])
+    assert (
+        other.exit_code == 0 and out.read_text().strip() == "job_title,duties_description,corrected_isco_code"
+    )
+
+    queued = runner.invoke(build_app(), ["review", "retrain", "--profile", "quick"])
+    assert queued.exit_code == 0, queued.output
+    job_id = queued.stdout.strip().splitlines()[0]
+    with session_scope(site.db_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.kind == "training" and job.options["settings"] == {"profile": "quick"}
+        assert [r.isco_code for r in read_corrections(Path(job.options["corrections"]))] == ["2221", "3313"]
+    client_redis = redis.Redis.from_url(REDIS_URL)
+    for m in client_redis.lrange(QUEUE_TRAINING, 0, -1):
+        if job_id.encode() in m:
+            client_redis.lrem(QUEUE_TRAINING, 0, m)

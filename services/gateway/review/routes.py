@@ -323,7 +323,10 @@ def retrain(
     from services.gateway.jobs import job_settings
 
     try:
-        job_id = queue_retraining(job_settings(request), session, current.principal.key_id)
+        key_id = current.principal.key_id
+        decisions = review.owner_decisions(session, key_id)
+        label = f"key-{key_id if key_id is not None else 'dev'}"
+        job_id = queue_retraining(job_settings(request), decisions, key_id, label=label)
     except review.ReviewError as exc:
         return _redirect(str(request.url_for("review_home").include_query_params(message=str(exc))))
     except Exception as exc:  # the broker is down: say so on the page
