@@ -133,7 +133,9 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
     dev = metrics["devsets"]["tiny_dev"]
     assert dev["n"] == 3 and 0 <= dev["accuracy"] <= 1 and "coverage" in dev
     assert metrics["training"]["preprocess"]["invalid_rows"] == 2
-    assert metrics["training"]["finetune"]["train_size"] == 40
+    # the split keeps an occupation's titles together, so validation may take a whole occupation
+    finetune = metrics["training"]["finetune"]
+    assert finetune["train_size"] + finetune["val_size"] == 50 and finetune["train_size"] >= 36
     for name in ("model.json", "labels.json", "metrics.json", "training.json", "preprocess.json"):
         assert (model_dir / name).is_file(), name
     report = Path(env["ISCO_DATA_DIR"]) / "runs" / first / "invalid_rows.csv"

@@ -234,3 +234,21 @@ def test_data_info_cli(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "esco_title" in result.output and "of 436" in result.output
     assert "3 rows, 2 valid, 1 invalid" in result.output and "coded.csv:4" in result.output
+
+
+def test_split_keeps_an_occupations_titles_together() -> None:
+    from shared.corpus import load_esco_facts
+
+    config = PreprocessConfig(val_fraction=0.2, test_fraction=0.2)
+    facts = [f for f in load_esco_facts() if f[1] == "2221"][:12]
+    examples = [_example(label, "2221") for _, _, labels in facts for label in labels[:4]]
+    train, val, test = split(examples, config)
+    occupation = {label.lower(): uri for uri, _, labels in facts for label in labels[:4]}
+    where = {
+        name: {occupation[e.text.lower()] for e in part}
+        for name, part in (("train", train), ("val", val), ("test", test))
+    }
+    assert where["val"] and where["test"]
+    assert not (where["train"] & where["val"]) and not (where["train"] & where["test"])
+    assert not (where["val"] & where["test"])
+    assert split(examples, config.model_copy(update={"group_by": "record"}))[2] != test

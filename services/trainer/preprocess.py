@@ -12,10 +12,14 @@ Steps (each reported, nothing dropped silently):
 3. DBSCAN over TF-IDF vectors: dense clusters of near-identical texts whose labels disagree with a clear
    majority ("inconsistent_label"), and records far from every other record of their own unit group
    ("class_outlier"); reported in `outliers.csv`, excluded only when configured;
-4. split train/validation/test, stratified by unit group: in each group records are ordered by a seeded hash
-   of their text and the first ones go to test and validation, so a record keeps its split when other
-   records are added (re-trained and corrected models are evaluated on the same records). Groups smaller
-   than `min_group_size_to_split` and train-only sources (corrections) go to train.
+4. split train/validation/test, stratified by unit group and grouped by occupation: records of one ESCO
+   occupation (any of its titles, with or without duties) or, outside ESCO, of one job title stay together,
+   so validation and test hold titles the model has never seen, like the titles users send (choose early
+   stopping, weights, temperature and routing thresholds there). In each unit group the occupations are
+   ordered by a seeded hash of their key and the first ones go to test and validation, so a record keeps its
+   split when other records are added (re-trained and corrected models are evaluated on the same records).
+   Unit groups smaller than `min_group_size_to_split` and train-only sources (corrections) go to train.
+   `group_by: record` restores the per-record split.
 """
 
 from __future__ import annotations
@@ -75,9 +79,15 @@ class PreprocessConfig(BaseModel):
     val_fraction: float = Field(0.1, ge=0, lt=0.5)
     test_fraction: float = Field(0.1, ge=0, lt=0.5)
     min_group_size_to_split: int = Field(3, ge=1, description="smaller unit groups go wholly to train")
+    group_by: Literal["occupation", "record"] = Field(
+        "occupation", description="keep an occupation's (or a title's) records in one split, or split records"
+    )
     seed: int = 13
     resolve_conflicts: bool = Field(True, description="keep one code per text (see module docstring)")
-    train_only_sources: list[str] = Field(default_factory=lambda: [CORRECTION_SOURCE])
+    # the official unit-group title and definition describe the label itself: every model learns them
+    train_only_sources: list[str] = Field(
+        default_factory=lambda: [CORRECTION_SOURCE, "isco_title", "isco_definition"]
+    )
     outliers: OutlierConfig = Field(default_factory=OutlierConfig)
 
 
@@ -489,10 +499,29 @@ def _split_key(seed: int, text: str) -> str:
     return hashlib.sha1(f"{seed}:{text}".encode()).hexdigest()
 
 
+def _occupation_keys() -> dict[str, str]:
+    """Lower-cased ESCO title -> its occupation URI (the first occupation that has it)."""
+    from shared.corpus import load_esco_facts
+
+    keys: dict[str, str] = {}
+    for uri, _, labels in load_esco_facts():
+        for label in labels:
+            keys.setdefault(label.strip().lower(), uri)
+    return keys
+
+
+def split_group(example: Example, occupations: dict[str, str]) -> str:
+    """The unit of the split: the ESCO occupation of the title, else the title, else the text."""
+    title = example.job_title.strip().lower()
+    if not title:
+        return f"text:{example.text}"
+    return occupations.get(title, f"title:{title}")
+
+
 def split(
     examples: Sequence[Example], config: PreprocessConfig
 ) -> tuple[list[Example], list[Example], list[Example]]:
-    """Stratified, hash-ordered train/validation/test split (see module docstring)."""
+    """Stratified, hash-ordered train/validation/test split, grouped by occupation (see module docstring)."""
     train: list[Example] = []
     val: list[Example] = []
     test: list[Example] = []
@@ -503,11 +532,16 @@ def split(
             train.append(e)
         else:
             by_code[e.code].append(e)
+    occupations = _occupation_keys() if config.group_by == "occupation" else {}
     for code in sorted(by_code):
-        group = sorted(by_code[code], key=lambda e: _split_key(config.seed, e.text))
-        n = len(group)
-        if n < config.min_group_size_to_split:
-            train.extend(group)
+        members: dict[str, list[Example]] = defaultdict(list)
+        for e in by_code[code]:
+            key = split_group(e, occupations) if config.group_by == "occupation" else e.text
+            members[key].append(e)
+        groups = [members[k] for k in sorted(members, key=lambda k: _split_key(config.seed, k))]
+        n = len(by_code[code])
+        if n < config.min_group_size_to_split or len(groups) < 2:
+            train.extend(by_code[code])
             continue
         n_test = max(1, round(n * config.test_fraction)) if config.test_fraction > 0 else 0
         n_val = max(1, round(n * config.val_fraction)) if config.val_fraction > 0 else 0
@@ -516,9 +550,18 @@ def split(
                 n_val -= 1
             else:
                 n_test -= 1
-        test.extend(group[:n_test])
-        val.extend(group[n_test : n_test + n_val])
-        train.extend(group[n_test + n_val :])
+        taken_test = taken_val = 0
+        for i, group in enumerate(groups):
+            last = i == len(groups) - 1  # the last occupation always trains
+            # an occupation larger than twice what a split still needs trains instead of swamping that split
+            if not last and taken_test < n_test and len(group) <= 2 * (n_test - taken_test) + 1:
+                test.extend(group)
+                taken_test += len(group)
+            elif not last and taken_val < n_val and len(group) <= 2 * (n_val - taken_val) + 1:
+                val.extend(group)
+                taken_val += len(group)
+            else:
+                train.extend(group)
     return train, val, test
 
 
