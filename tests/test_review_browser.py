@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, select, text
 
@@ -113,6 +114,9 @@ def stack(postgres_server_url: str, tmp_path_factory: pytest.TempPathFactory) ->
         env="test", data_dir=root / "inference", model_dir=model_dir, quantize="none", reload_interval_s=0
     )
     with ServerThread(create_inference_app(inference_settings)) as inference_url:
+        # warm up (model load, first encoder pass), so the page's first evidence call is not the slow one
+        warm = {"records": [{"job_title": "nurse"}], "explain": True}
+        assert httpx.post(f"{inference_url}/v1/predict", json=warm, timeout=120).status_code == 200
         settings.inference_url = inference_url
         with ServerThread(create_app(settings)) as url:
             yield Stack(url, postgres_server_url, settings, keys)
@@ -397,8 +401,6 @@ def test_twenty_rows_settled_with_the_keyboard(stack: Stack, browser: Any) -> No
 
 
 def test_the_api_returns_evidence_on_request(stack: Stack) -> None:
-    import httpx
-
     headers = {"Authorization": f"Bearer {stack.keys['coder-a'][0]}"}
     with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as client:
         plain = client.post("/predict/job", json={"job_title": "staff nurse"}).json()
