@@ -222,3 +222,28 @@ def test_indexes_round_trip_without_pickles(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.pkl"))
     nearest = signals.nearest(emb[:1], ["a", "b", "c"], 2)
     assert nearest[0][0] == ("nurse", "a", pytest.approx(1.0, abs=1e-3))
+
+
+def test_worker_and_inference_service_give_identical_results(trained: Path, tmp_path: Path) -> None:
+    """Default settings of both services (no backend or quantize override): the same records, micro-batched
+    by the service in one request, chunked by the worker, get the same answers."""
+    import httpx
+
+    from services.inference.app import create_app
+    from services.inference.settings import InferenceSettings
+    from services.worker.processing import PredictorCache
+    from services.worker.settings import WorkerSettings
+    from shared.schemas import JobRecord, PredictOptions
+    from tests.serving_helpers import ServerThread
+
+    records = [JobRecord(id=str(i), job_title=q) for i, q in enumerate(QUERIES)]
+    records += [JobRecord(id="d", job_title="HGV Class 1 Driver", duties_description="drives lorries")]
+    common = {"env": "test", "data_dir": tmp_path / "data", "database_url": f"sqlite:///{tmp_path / 'i.db'}"}
+    worker = PredictorCache(WorkerSettings(model_dir=trained, **common))  # type: ignore[arg-type]
+    by_worker = worker.best().predict(records, PredictOptions(top_k=3))
+    assert worker.best().scorer.backend == "onnx-int8"  # the default fast path on CPU
+    app = create_app(InferenceSettings(model_dir=trained, reload_interval_s=0, **common))  # type: ignore[arg-type]
+    with ServerThread(app) as url, httpx.Client(base_url=url) as client:
+        body = {"records": [r.model_dump(exclude_none=True) for r in records], "top_k": 3}
+        by_service = client.post("/v1/predict", json=body).json()["results"]
+    assert by_service == [p.model_dump(mode="json") for p in by_worker]
