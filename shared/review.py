@@ -68,8 +68,8 @@ class ResultRow:
 
 
 def _plain(cell: str) -> str:
-    """A result cell without the apostrophe that neutralised a formula-like start."""
-    return cell[1:] if cell.startswith("'") and cell[1:].startswith(csvio._FORMULA_START) else cell
+    """A result cell without the apostrophe that `csvio.neutralise` put before a formula-like text."""
+    return cell[1:] if cell.startswith("'") and csvio.neutralise(cell[1:]) == cell else cell
 
 
 def _floats(joined: str) -> list[float | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,3 +135,44 @@ def read_csv(text: str) -> list[dict[str, str]]:
 
 def tail(path: Path) -> str:
     return path.read_text()[-2000:] if path.exists() else ""
+
+
+def finished_batch_job(
+    db_url: str, settings: jobs.JobSettings, owner_key_id: int | None, cases: tuple[Case, ...] = CASES
+) -> str:
+    """A succeeded batch job: JSON lines of records in, JSON lines of predictions (or errors) out."""
+    job_id = jobs.new_job_id()
+    settings.ensure_dirs()
+    input_file = jobs.input_path(settings, job_id, "batch")
+    input_file.write_text(
+        "".join(json.dumps({"id": f"b{i}", "job_title": c.title, "duties_description": c.duties}) + "\n"
+                for i, c in enumerate(cases, start=1)),
+        encoding="utf-8",
+    )  # fmt: skip
+    result = jobs.result_path(settings, job_id, "batch")
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text("".join(prediction(c).model_dump_json() + "\n" for c in cases), encoding="utf-8")
+    with session_scope(db_url) as session:
+        jobs.create_job(
+            session,
+            job_id=job_id,
+            kind="batch",
+            owner_key_id=owner_key_id,
+            input_file=input_file,
+            rows_total=len(cases),
+            options={"top_k": 5, "thresholds": None},
+            settings=settings,
+        )
+        jobs.transition(
+            session, job_id, JobStatus.running, only_from=(JobStatus.queued,), started_at=utcnow()
+        )
+        jobs.transition(
+            session,
+            job_id,
+            JobStatus.succeeded,
+            only_from=(JobStatus.running,),
+            rows_done=len(cases),
+            result_path=str(result),
+            finished_at=utcnow(),
+        )
+    return job_id

@@ -28,7 +28,7 @@ from shared.db.session import session_scope
 from shared.db.tables import Job, ReviewDecision, ReviewEvent
 from shared.jobs import JobSettings
 from tests.conftest import REDIS_URL
-from tests.review_support import finished_csv_job, read_csv
+from tests.review_support import finished_batch_job, finished_csv_job, read_csv
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -383,3 +383,31 @@ def test_isco_review_export_and_retrain_commands(
     for m in client_redis.lrange(QUEUE_TRAINING, 0, -1):
         if job_id.encode() in m:
             client_redis.lrem(QUEUE_TRAINING, 0, m)
+
+
+def test_batch_jobs_are_reviewed_the_same_way(site: Site, tmp_path: Path) -> None:
+    job_settings = JobSettings(env="test", data_dir=site.settings.data_dir, database_url=site.db_url)
+    batch_id = finished_batch_job(site.db_url, job_settings, site.id_a)
+    with site.client() as client:
+        csrf = site.sign_in(client, site.key_a)
+        page = client.get(f"/review/jobs/{batch_id}")
+        assert 'data-row="1"' in page.text and "staff nurse" in page.text
+        for row, action, code in ((1, "search", "2222"), (6, "uncodable", "")):
+            client.post(
+                f"/review/jobs/{batch_id}/rows/{row}",
+                data={"action": action, "code": code, "csrf_token": csrf},
+                follow_redirects=False,
+            )
+        rows = read_csv(client.get(f"/review/jobs/{batch_id}/result.csv").text)
+        assert list(rows[0])[:3] == ["id", "job_title", "duties_description"]
+        assert [(r["id"], r["final_code"], r["coded_by"]) for r in rows] == [
+            ("b1", "2222", "reviewer"),
+            ("b2", "7212", "model"),
+            ("b3", "", ""),
+            ("b4", "", ""),
+            ("b5", "2341", "model"),
+            ("b6", "", "reviewer"),
+        ]
+        assert client.get(f"/review/jobs/{batch_id}/corrections.csv").text.splitlines()[1:] == [
+            "staff nurse,cares for ward patients,2222"
+        ]
