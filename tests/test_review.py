@@ -411,3 +411,29 @@ def test_batch_jobs_are_reviewed_the_same_way(site: Site, tmp_path: Path) -> Non
         assert client.get(f"/review/jobs/{batch_id}/corrections.csv").text.splitlines()[1:] == [
             "staff nurse,cares for ward patients,2222"
         ]
+
+
+def test_dev_mode_without_keys_reviews_jobs_without_owner(sqlite_url: str, tmp_path: Path) -> None:
+    settings = GatewaySettings(
+        env="dev", auth_disabled=True, data_dir=tmp_path / "data", database_url=sqlite_url,
+        inference_url="http://127.0.0.1:9",
+    )  # fmt: skip
+    job_settings = JobSettings(env="test", data_dir=tmp_path / "data", database_url=sqlite_url)
+    job_id = finished_csv_job(sqlite_url, job_settings, None)
+    with TestClient(create_app(settings)) as client:
+        page = client.get("/review/login")
+        assert 'name="api_key"' not in page.text and "Development mode" in page.text
+        token = CSRF_RE.search(page.text).group(1)  # type: ignore[union-attr]
+        assert client.post("/review/login", data={"csrf_token": token}).status_code == 200
+        home = client.get("/review")
+        assert job_id in home.text
+        csrf = CSRF_RE.search(home.text).group(1)  # type: ignore[union-attr]
+        r = client.post(
+            f"/review/jobs/{job_id}/rows/1",
+            data={"action": "accept", "csrf_token": csrf},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303
+    with session_scope(sqlite_url) as session:
+        decision = session.scalars(select(ReviewDecision)).one()
+        assert decision.reviewer_key_id is None and decision.reviewer_name == "dev (auth disabled)"
