@@ -198,6 +198,8 @@ class Supervisor:
     def start(self, child: Child) -> Child:
         self._spawn(child)
         self.children.append(child)
+        assert child.proc is not None
+        self.console.say(f"started {child.name} (pid {child.proc.pid})")
         return child
 
     def _spawn(self, child: Child) -> None:

@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
 import secrets
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
@@ -71,6 +73,16 @@ class JobSettings(CommonSettings):
     job_sent_marker_ttl_s: float = Field(
         3600.0, gt=0, description="a sent task that no worker has picked up is sent again after this long"
     )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> JobSettings:
+        if self.job_heartbeat_s * 2 > self.job_lock_ttl_s:
+            raise ValueError(
+                f"job_heartbeat_s ({self.job_heartbeat_s}) must be at most half of job_lock_ttl_s "
+                f"({self.job_lock_ttl_s}): a live worker's lease would lapse between two heartbeats"
+            )
+        return self
+
     broker_visibility_timeout_s: float = Field(
         3600.0, gt=0, description="an unacknowledged task is redelivered after this long (worker gone)"
     )
@@ -321,7 +333,8 @@ class Lease:
         self.redis = redis_client
         self.key = lease_key(job_id)
         self.ttl_ms = max(1, int(ttl_s * 1000))
-        self.token = secrets.token_hex(16)
+        # says who holds it (host and pid, for operators and tests), and a random part that makes it unique
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
 
     def acquire(self) -> bool:
         return bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
@@ -332,6 +345,16 @@ class Lease:
 
     def release(self) -> None:
         self.redis.eval(_RELEASE, 1, self.key, self.token)
+
+
+def lease_holder_pid(redis_client: Any, job_id: str) -> int | None:
+    """The pid of the process holding the job's lease (on its host), or None when no one holds it."""
+    value = redis_client.get(lease_key(job_id))
+    if not value:
+        return None
+    parts = value.decode() if isinstance(value, bytes) else str(value)
+    fields = parts.split(":")
+    return int(fields[-2]) if len(fields) >= 3 and fields[-2].isdigit() else None
 
 
 def mark_sent(redis_client: Any, job_id: str, settings: JobSettings) -> None:

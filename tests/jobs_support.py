@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import redis
 
+from services.supervisor import signal_group, spawn, stop_process
 from shared.db.session import session_scope
 from shared.db.tables import ModelStatus, ModelVersion, utcnow
 from shared.settings import REPO_ROOT
@@ -97,22 +98,33 @@ def register_best(db_url: str, model_dir: Path, version: str) -> None:
         )
 
 
-class CeleryWorker:
-    """`celery -A services.worker.celery_app worker` as a real subprocess in its own process group."""
+def celery_worker_command(queue: str, name: str = "w", beat_schedule: Path | None = None) -> list[str]:
+    """The worker command line the tests use (`-B`: with embedded beat, i.e. the job reconciler)."""
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "services.worker.celery_app", "worker",
+        "-Q", queue, "--concurrency", "1", "--pool", "prefork", "--loglevel", "INFO",
+        "--hostname", f"{name}-{SESSION_TAG}-{uuid.uuid4().hex[:4]}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    if beat_schedule is not None:
+        cmd += ["-B", "--schedule", str(beat_schedule)]
+    return cmd
 
-    def __init__(self, env: dict[str, str], queue: str, log_path: Path, name: str = "w"):
+
+class CeleryWorker:
+    """`celery -A services.worker.celery_app worker` as a real subprocess in its own process group, started
+    and stopped the way the supervisor of `make run` does it (services/supervisor.py)."""
+
+    def __init__(self, env: dict[str, str], queue: str, log_path: Path, name: str = "w", beat: bool = False):
         self.log_path = log_path
         self.log = open(log_path, "ab")
-        cmd = [
-            sys.executable, "-m", "celery", "-A", "services.worker.celery_app", "worker",
-            "-Q", queue, "--concurrency", "1", "--pool", "prefork", "--loglevel", "INFO",
-            "--hostname", f"{name}-{SESSION_TAG}-{uuid.uuid4().hex[:4]}@%h",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+        schedule = log_path.with_suffix(".beat") if beat else None
+        self.proc = spawn(
+            celery_worker_command(queue, name, schedule),
+            env={**os.environ, **env},
+            cwd=REPO_ROOT,
+            stdout=self.log,
+        )
 
     def wait_ready(self, timeout: float = 90) -> CeleryWorker:
         deadline = time.monotonic() + timeout
@@ -130,17 +142,20 @@ class CeleryWorker:
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and pool children), as a crash or OOM kill would."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            signal_group(self.proc, signal.SIGKILL)
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc, 20)
         self.log.close()
+
+
+def pool_children(pid: int) -> list[int]:
+    """The child processes of `pid` (a Celery worker's pool processes)."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
 
 
 def worker_env(settings: Any, queue: str, **extra: Any) -> dict[str, str]:

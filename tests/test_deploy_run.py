@@ -272,6 +272,13 @@ class RunProcess:
     def child_pids(self) -> list[int]:
         return [int(pid) for pid in re.findall(r"stopping \S+ \(pid (\d+)\)", self.output)]
 
+    def started_pids(self) -> dict[str, list[int]]:
+        """Every pid each service has had (first start and restarts)."""
+        pids: dict[str, list[int]] = {}
+        for m in re.finditer(r"run\s*\| (?:started (\S+)|(\S+) restarted) \(pid (\d+)", self.output):
+            pids.setdefault(m.group(1) or m.group(2), []).append(int(m.group(3)))
+        return pids
+
 
 @pytest.fixture
 def tiny_data_dir(tmp_path: Path) -> Path:
@@ -379,6 +386,91 @@ def test_make_run_serves_and_stops_cleanly(
     for pid in pids:
         assert not _alive(pid), f"pid {pid} still running after make run stopped"
     assert port_is_free(int(base_url.rsplit(":", 1)[1]))
+
+
+@pytest.mark.slow
+def test_make_run_restarts_dead_services_and_stops_on_a_double_sigterm(
+    make_run: tuple[RunProcess, str, str],
+) -> None:
+    """The inference service and the worker's main process SIGKILLed: each is restarted (a log line, the
+    stack stays up and serves again); then SIGTERM twice in a row: everything stops within 20 s."""
+    run, base_url, key = make_run
+    run.wait_for("ISCO-08 coder is running", timeout=240)
+    pids = run.started_pids()
+    assert set(pids) == {"redis", "inference", "worker", "gateway"}, run.output[-3000:]
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
+        killed = time.monotonic()
+        os.kill(pids["inference"][0], signal.SIGKILL)
+        run.wait_for("inference restarted", timeout=60)
+        while (r := client.post("/predict/job", json={"job_title": "welder"})).status_code != 200:
+            assert r.status_code == 503, r.text  # inference down: 503 JSON, never a 500
+            assert time.monotonic() - killed < 120, r.text
+            time.sleep(0.5)
+        print(f"\ninference SIGKILLed: serving again after {time.monotonic() - killed:.1f} s")
+        assert client.get("/health").status_code == 200  # the gateway never went away
+
+        killed = time.monotonic()
+        os.kill(pids["worker"][0], signal.SIGKILL)  # the main process: the supervisor clears its group
+        run.wait_for("worker restarted", timeout=60)
+        csv_text = "job_title,duties_description,ref\nnurse,cares for patients,a\nbaker,bakes bread,b\n"
+        accepted = client.post("/predict/csv", files={"file": ("in.csv", csv_text.encode(), "text/csv")})
+        assert accepted.status_code == 202, accepted.text
+        job_url = f"/jobs/{accepted.json()['job_id']}"
+        while (status := client.get(job_url).json())["status"] not in ("succeeded", "failed"):
+            assert time.monotonic() - killed < 180, status
+            time.sleep(0.3)
+        assert status["status"] == "succeeded" and status["rows_done"] == 2, status
+        print(f"worker SIGKILLed: a new job done {time.monotonic() - killed:.1f} s after the kill")
+    assert "exited with code -9" in run.output and run.proc.poll() is None
+
+    everything = [pid for service in run.started_pids().values() for pid in service]
+    started = time.monotonic()
+    run.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    run.proc.send_signal(signal.SIGTERM)
+    code = run.proc.wait(timeout=30)
+    took = time.monotonic() - started
+    print(f"double SIGTERM: stopped in {took:.1f} s")
+    assert took < 20 and code == 0, run.output[-3000:]
+    for pid in everything:
+        assert not _alive(pid), f"pid {pid} still running after make run stopped"
+    assert port_is_free(int(base_url.rsplit(":", 1)[1]))
+
+
+def test_supervisor_restarts_a_dead_child_with_backoff(console: Console) -> None:
+    supervisor = Supervisor(console, env=dict(os.environ))
+    flaky = supervisor.start(Child("flaky", "sh -c 'echo up; sleep 0.2; exit 7'", "1"))
+    steady = supervisor.start(Child("steady", "sleep 300", "2"))
+    supervisor.supervising = True
+    deadline = time.monotonic() + 20
+    while flaky.restarts < 2:
+        supervisor.tend()
+        assert time.monotonic() < deadline, console.stream.getvalue()  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    said = console.stream.getvalue()  # type: ignore[attr-defined]
+    assert "flaky (pid" in said and "exited with code 7" in said and "restarting in 1.0 s" in said
+    assert "restarting in 2.0 s" in said  # backoff doubles for a child that keeps dying
+    assert steady.restarts == 0 and steady.alive
+    supervisor.stop_all(timeout=2)
+    assert not steady.alive
+
+
+def test_signal_handler_only_records(console: Console) -> None:
+    """Two signals in a row are recorded, nothing else happens in the handler (no lock, no output)."""
+    supervisor = Supervisor(console, env=dict(os.environ))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        supervisor.install_signal_handlers()
+        with console.lock:  # a handler that wrote to the console would deadlock here
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        assert supervisor.stop_signal == signal.SIGTERM and supervisor.signals_received == 2
+        assert supervisor.stopping
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def test_no_model_and_no_training_fails_clearly(tmp_path: Path) -> None:

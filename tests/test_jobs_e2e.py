@@ -2,8 +2,8 @@
 model registered as best, on SQLite and PostgreSQL.
 
 Covers: upload -> result with every row exactly once in input order; bad files refused with clear errors;
-a worker SIGKILLed mid-job and replaced, with no missing and no duplicated rows; cancellation; another key's
-job refused; formula neutralisation; batch-as-job; expiry; the `isco jobs` CLI against a served gateway.
+cancellation; another key's job refused; formula neutralisation; batch-as-job; expiry; the `isco jobs` CLI
+against a served gateway. Faults (workers killed, Redis restarted) are in tests/test_job_faults.py.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -344,96 +342,6 @@ def test_results_expire(stack: Stack) -> None:
     assert not input_file.exists() and not result_file.exists()
     assert stack.job(job_id)["expired"] is True
     assert stack.client.get(f"/jobs/{job_id}/result", headers=stack.headers()).status_code == 410
-
-
-# ----------------------------------------------------------------------------------------------------
-# A worker killed mid-job
-# ----------------------------------------------------------------------------------------------------
-
-
-def _run_killed_job(stack: Stack, queue: str, kill: Any, n: int = 2000) -> tuple[str, CeleryWorker]:
-    """Start a worker on `queue`, submit n distinct rows, `kill(worker)` after five chunks; returns the job id
-    and the worker that must finish it (kill's return value, or the same worker)."""
-    # short lease and visibility timeout so that the replacement takes over within seconds
-    env = worker_env(
-        stack.settings, queue, job_chunk_rows=20, job_lock_ttl_s=3, broker_visibility_timeout_s=3
-    )
-    first = CeleryWorker(env, queue, stack.tmp / f"{queue}-1.log", "first").wait_ready()
-    data = "job_title,duties_description,ref\n" + "".join(f"role {i},task {i},{i}\n" for i in range(n))
-    job_id = stack.upload(data.encode()).json()["job_id"]
-
-    def chunks_done() -> int:
-        with session_scope(stack.settings.db_url) as session:
-            job = session.get(Job, job_id)
-            return job.chunks_done if job else 0
-
-    wait_for(lambda: chunks_done() >= 5, 90, 0.02, "five chunks done")
-    finisher = kill(first, env) or first
-    job = stack.job(job_id)
-    assert job["status"] == "running" and job["rows_done"] < n, "the job finished before the kill"
-    return job_id, finisher
-
-
-def _assert_complete(stack: Stack, job_id: str, worker: CeleryWorker, n: int = 2000) -> None:
-    job = stack.wait_status(job_id, ("succeeded", "failed"), timeout=180)
-    assert job["status"] == "succeeded", (job, worker.tail())
-    assert job["rows_done"] == n and job["rows_failed"] == 0
-    assert "resuming at chunk" in worker.tail(200_000)
-    rows = parse_csv(stack.client.get(f"/jobs/{job_id}/result", headers=stack.headers()).text)
-    assert [r["ref"] for r in rows] == [str(i) for i in range(n)]  # none missing, none doubled, in order
-
-
-@pytest.fixture
-def kill_queue(stack: Stack) -> Iterator[str]:
-    """A queue of its own, so that only the test's own workers take its job."""
-    queue = f"{stack.queue}-kill-{uuid.uuid4().hex[:6]}"
-    original = stack.client.app.state.job_settings  # type: ignore[attr-defined]
-    stack.client.app.state.job_settings = original.model_copy(update={"job_queue": queue})  # type: ignore[attr-defined]
-    yield queue
-    stack.client.app.state.job_settings = original  # type: ignore[attr-defined]
-    purge_queue(stack.settings.redis_url, queue)
-
-
-def test_worker_killed_mid_job_is_replaced_and_no_row_is_lost_or_doubled(
-    stack: Stack, kill_queue: str
-) -> None:
-    """SIGKILL the whole worker (main process and pool child), then start a new one."""
-    workers: list[CeleryWorker] = []
-
-    def kill_and_replace(first: CeleryWorker, env: dict[str, str]) -> CeleryWorker:
-        workers.append(first)
-        first.kill()
-        second = CeleryWorker(env, kill_queue, stack.tmp / f"{kill_queue}-2.log", "second").wait_ready()
-        workers.append(second)
-        return second
-
-    try:
-        job_id, second = _run_killed_job(stack, kill_queue, kill_and_replace)
-        _assert_complete(stack, job_id, second)
-    finally:
-        for worker in workers:
-            worker.stop()
-
-
-def test_pool_process_killed_mid_job_is_redelivered(stack: Stack, kill_queue: str) -> None:
-    """SIGKILL only the pool process running the task (as the OOM killer would): the worker's main process
-    requeues the task (task_reject_on_worker_lost) and a new pool process resumes it once the lease lapses."""
-    if stack.backend != "sqlite":
-        pytest.skip("the whole-worker kill covers PostgreSQL; one backend is enough for this path")
-    workers: list[CeleryWorker] = []
-
-    def kill_child(first: CeleryWorker, env: dict[str, str]) -> None:
-        workers.append(first)
-        children = Path(f"/proc/{first.proc.pid}/task/{first.proc.pid}/children").read_text().split()
-        assert len(children) == 1
-        os.kill(int(children[0]), signal.SIGKILL)
-
-    try:
-        job_id, worker = _run_killed_job(stack, kill_queue, kill_child)
-        _assert_complete(stack, job_id, worker)
-    finally:
-        for worker in workers:
-            worker.stop()
 
 
 # ----------------------------------------------------------------------------------------------------
