@@ -118,3 +118,57 @@ def test_predict_without_a_model(tmp_path: Path, sqlite_url: str) -> None:
     env = {"ISCO_ENV": "test", "ISCO_DATA_DIR": str(tmp_path / "var"), "ISCO_DATABASE_URL": sqlite_url}
     result = _predict(env, "--input", str(source), "--output", str(tmp_path / "out.csv"))
     assert result.exit_code == 2 and "isco train" in result.output
+
+
+def test_predict_gives_the_job_workers_row_errors(env: dict[str, str], tmp_path: Path) -> None:
+    """One coding engine (shared/coding.py): `isco predict` and a CSV job give the same row_error texts."""
+    from shared.coding import EMPTY_RECORD
+
+    source = tmp_path / "in.csv"
+    source.write_text("job_title,duties_description,ref\n,,1\nwelder,welds,2,extra\n", encoding="utf-8")
+    out = tmp_path / "out.csv"
+    result = _predict(env, "--input", str(source), "--output", str(out), "--no-progress")
+    assert result.exit_code == 0, result.output
+    rows = _read(out)
+    errors = [row[-1] for row in rows[1:]]
+    assert errors == [EMPTY_RECORD, "line 3: row has 4 fields, the header has 3"]
+
+
+def test_predict_killed_by_sigterm_leaves_no_output(env: dict[str, str], tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    source = tmp_path / "big.csv"
+    source.write_text(
+        "job_title,duties_description\n" + "".join(f"role {i},task {i}\n" for i in range(200_000)),
+        encoding="utf-8",
+    )
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "result.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "predict", "-i", str(source), "-o", str(out), "--no-progress"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".result.csv.") for p in out_dir.iterdir()):
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "no partial output appeared"
+            time.sleep(0.02)
+        time.sleep(0.5)  # some chunks written
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = proc.stdout.read().decode() if proc.stdout else ""
+    assert code == 128 + signal.SIGTERM, output
+    assert "terminated" in output
+    assert list(out_dir.iterdir()) == [], "a partial (hidden) output file was left behind"

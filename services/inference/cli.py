@@ -5,14 +5,20 @@ extra columns are kept. Output: the input columns (a name that clashes with an o
 `input_` prefix), then isco_code, level, title, confidence, is_fallback, unit_code, unit_confidence,
 top_codes, top_confidences, needs_review, review_reasons (the predict CSV contract, `shared.csvio`), then
 row_error: a row that cannot be coded (both texts empty, wrong number of fields) keeps its place with empty
-results and the reason.
-The file is streamed in chunks; memory does not grow with its size.
+results and the reason. Rows are coded by `shared.coding`, the engine the job workers use: the same results
+and the same row_error texts as a CSV job.
+The file is streamed in chunks; memory does not grow with its size. The output appears only when complete:
+it is written to a hidden temp file that is renamed at the end, and removed on an error, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -30,6 +36,27 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(BAD_INPUT)
 
 
+class Terminated(Exception):
+    """SIGTERM arrived: unwind (removing the partial output) and exit like a terminated process."""
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While active, SIGTERM raises `Terminated` in the main thread, so `finally` blocks run."""
+
+    def raise_terminated(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @app.command()
 def predict(
     input: Path = typer.Option(..., "--input", "-i", help="CSV with job_title and/or duties_description"),
@@ -41,13 +68,13 @@ def predict(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
 ) -> None:
     """Code every row of a CSV file with the best (or the given) model."""
-    from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from services.inference.settings import InferenceSettings
     from shared import csvio
+    from shared.coding import Memo, chunks, code_rows, csv_rows
     from shared.registry import RegistryError, model_dir_for
-    from shared.schemas import JobRecord, PredictOptions
+    from shared.schemas import PredictOptions
 
     if not input.is_file():
         raise _fail(f"--input: {input} does not exist")
@@ -74,61 +101,48 @@ def predict(
     )
     options = PredictOptions(top_k=5, thresholds=thresholds)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
     coded = failed = 0
-    try:
-        with (
-            os.fdopen(fd, "w", encoding="utf-8", newline="") as out,
-            Progress(
-                TextColumn("coding"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=err,
-                disable=not progress,
-                transient=False,
-            ) as bar,
-        ):
-            task = bar.add_task("rows", total=total)
-            out.write(csvio.header_line(csvio.result_header(layout.header, job=True), layout.delimiter))
-            chunk: list[tuple[list[str], JobRecord | str]] = []
-
-            def flush() -> None:
-                nonlocal coded, failed
-                records = [r for _, r in chunk if isinstance(r, JobRecord)]
-                predictions = iter(predictor.predict(records, options)) if records else iter(())
-                rows = []
-                for cells, record in chunk:
-                    if isinstance(record, JobRecord):
-                        rows.append(csvio.result_row(cells, next(predictions), job=True))
-                        coded += 1
-                    else:
-                        rows.append(csvio.result_row(cells, record, job=True))
-                        failed += 1
-                csvio.write_rows(out, rows, layout.delimiter)
-                bar.advance(task, len(chunk))
-                chunk.clear()
-
-            for row in csvio.iter_rows(input, layout):
-                if row.error:
-                    chunk.append((row.cells, f"line {row.line}: {row.error}"))
-                else:
-                    title, duties = layout.texts(row.cells)
-                    try:
-                        chunk.append((row.cells, JobRecord(job_title=title, duties_description=duties)))
-                    except ValidationError as exc:
-                        reason = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-                        chunk.append((row.cells, reason))
-                if len(chunk) >= CHUNK_ROWS:
-                    flush()
-            if chunk:
-                flush()
-        os.replace(tmp_name, output)
-    except csvio.CsvFormatError as exc:
-        raise _fail(f"{input}: {exc}") from None
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+    memo = Memo(20_000)
+    with _sigterm_unwinds():
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+        try:
+            with (
+                os.fdopen(fd, "w", encoding="utf-8", newline="") as out,
+                Progress(
+                    TextColumn("coding"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeRemainingColumn(),
+                    console=err,
+                    disable=not progress,
+                    transient=False,
+                ) as bar,
+            ):
+                task = bar.add_task("rows", total=total)
+                out.write(csvio.header_line(csvio.result_header(layout.header, job=True), layout.delimiter))
+                for chunk in chunks(csv_rows(input, layout), CHUNK_ROWS):
+                    outcomes = code_rows(chunk, predictor, options, memo)
+                    rows = []
+                    for row, outcome in zip(chunk, outcomes, strict=True):
+                        assert row.cells is not None
+                        rows.append(csvio.result_row(row.cells, outcome, job=True))
+                        if isinstance(outcome, str):
+                            failed += 1
+                        else:
+                            coded += 1
+                    csvio.write_rows(out, rows, layout.delimiter)
+                    bar.advance(task, len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp_name, output)
+        except csvio.CsvFormatError as exc:
+            raise _fail(f"{input}: {exc}") from None
+        except Terminated:
+            err.print("terminated: no output written", highlight=False)
+            raise typer.Exit(128 + signal.SIGTERM) from None
+        finally:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
     err.print(
         f"{coded:,} rows coded, {failed:,} rows with errors (see row_error) -> {output} "
         f"(model {predictor.version})",
