@@ -190,8 +190,13 @@ def decisions_for_job(session: Session, job_id: str) -> dict[int, ReviewDecision
     return {d.row_number: d for d in rows}
 
 
+def count_decisions(session: Session, job_id: str) -> int:
+    """How many rows of the job have a decision."""
+    return int(session.scalar(select(func.count()).where(ReviewDecision.job_id == job_id)) or 0)
+
+
 def has_decisions(session: Session, job_id: str) -> bool:
-    return bool(session.scalar(select(func.count()).where(ReviewDecision.job_id == job_id)))
+    return count_decisions(session, job_id) > 0
 
 
 def record_decision(
