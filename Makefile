@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 ISCO := $(VENV)/bin/isco
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format train train-quick bench facts clean
+.PHONY: setup run test lint format train train-quick bench facts clean clean-models
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -46,5 +46,12 @@ bench: setup
 facts: setup
 	$(PY) scripts/build_facts.py
 
+# Build outputs, caches, job files and the private Redis; trained models and their registry (var/models,
+# var/runs, var/isco.db) stay, so the next `make run` does not train again.
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var/uploads var/results var/redis var/celerybeat-schedule*
+
+# Everything `make clean` removes, plus the trained models and the metadata DB (registry, jobs, API keys).
+clean-models: clean
+	rm -rf var

@@ -483,3 +483,21 @@ def test_no_model_and_no_training_fails_clearly(tmp_path: Path) -> None:
         run.stop()
     assert code == 1
     assert "no model is registered" in run.output
+
+
+def test_make_clean_keeps_trained_models() -> None:
+    """`make clean` removes build outputs and job files, not models or their registry; `make clean-models`
+    removes those too (checked with `make -n`: nothing is deleted here)."""
+    clean = subprocess.run(["make", "-n", "clean"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    removed = " ".join(line for line in clean.stdout.splitlines() if line.startswith("rm "))
+    assert "var/uploads" in removed and "var/results" in removed
+    assert not re.search(r"(^|\s)var(/models|/isco\.db|/runs)?(\s|$)", removed), removed
+    everything = subprocess.run(
+        ["make", "-n", "clean-models"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert re.search(r"rm -rf var(\s|$)", everything.stdout), everything.stdout
+
+
+def test_ci_runs_lint_and_tests() -> None:
+    script = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "make lint" in script and "make test" in script
