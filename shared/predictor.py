@@ -31,6 +31,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, Field
 
+from shared.routing import RoutingModel, record_inputs, review_reasons
 from shared.schemas import (
     MAX_TEXT_CHARS,
     Alternative,
@@ -150,10 +151,32 @@ def choose_level(best_per_level: dict[int, tuple[str, float]], thresholds: Thres
     return None
 
 
-def review_fields(choice: LevelChoice | None) -> dict[str, Any]:
-    """`needs_review` and its reasons: only a 4-digit answer that cleared its threshold is auto-coded."""
-    reasons = ["not_coded"] if choice is None else ["below_threshold"] if choice.level < 4 else []
+def review_fields(choice: LevelChoice | None, record: JobRecord | None = None) -> dict[str, Any]:
+    """`needs_review` and its reasons: only a 4-digit answer that cleared its threshold is auto-coded, and
+    never an answer that is not an occupation or not in English (`shared.routing`)."""
+    level = choice.level if choice is not None else None
+    if record is None:
+        reasons = ["not_coded"] if level is None else ["below_threshold"] if level < 4 else []
+    else:
+        reasons = review_reasons(record.job_title, record.duties_description, level)
     return {"needs_review": bool(reasons), "review_reasons": reasons}
+
+
+def routed_choice(
+    routed: dict[int, np.ndarray],
+    best_idx: dict[int, np.ndarray],
+    hierarchy: Hierarchy,
+    routing: RoutingModel,
+    r: int,
+) -> LevelChoice | None:
+    """The deepest level whose router probability reaches that level's fitted threshold, or None."""
+    for level in LEVELS_DEEPEST_FIRST:
+        router = routing.levels.get(level)
+        if router is not None and routed[level][r] >= router.threshold:
+            return LevelChoice(
+                level, hierarchy.group_codes[level][best_idx[level][r]], float(routed[level][r])
+            )
+    return None
 
 
 def _conf(x: float) -> float:
@@ -170,14 +193,29 @@ def build_predictions(
     ids: Sequence[str | None] | None = None,
     truncated: Sequence[bool] | None = None,
     taxonomy: Taxonomy | None = None,
+    records: Sequence[JobRecord] | None = None,
+    routing: RoutingModel | None = None,
+    texts: Sequence[str] | None = None,
 ) -> list[Prediction]:
-    """Turn a (n_records, n_units) probability matrix into Predictions (pure: no model involved)."""
+    """Turn a (n_records, n_units) probability matrix into Predictions (pure: no model involved).
+
+    With `routing` (the model's routing.json) and the `records` and their model `texts`, the level answered
+    is the deepest whose router probability (calibrated: the answer is right) reaches its fitted threshold,
+    and `confidence` is that probability; `thresholds` are then not used. With `records`, review reasons
+    include non-occupation answers and non-English input.
+    """
     taxonomy = taxonomy or get_taxonomy()
     n = unit_probs.shape[0]
     ids = ids if ids is not None else [None] * n
     truncated = truncated if truncated is not None else [False] * n
     per_level = level_probabilities(unit_probs, hierarchy)
     best_idx = {level: per_level[level].argmax(axis=1) for level in (4, 3, 2, 1)}
+    routed = None
+    if routing is not None and records is not None and texts is not None:
+        has_duties, n_words = record_inputs(
+            [r.job_title for r in records], [r.duties_description for r in records], texts
+        )
+        routed = routing.probabilities(per_level, has_duties, n_words)
     k = min(top_k, unit_probs.shape[1])
     # argpartition then sort only the k candidates: O(n_units) per row instead of a full sort
     top = np.argpartition(-per_level[4], k - 1, axis=1)[:, :k]
@@ -190,7 +228,10 @@ def build_predictions(
             )
             for level in (4, 3, 2, 1)
         }
-        choice = choose_level(best, thresholds)
+        if routed is not None and routing is not None:
+            choice = routed_choice(routed, best_idx, hierarchy, routing, r)
+        else:
+            choice = choose_level(best, thresholds)
         unit_code, unit_conf = best[4]
         row_top = sorted(top[r], key=lambda j: -per_level[4][r, j])
         alternatives = [
@@ -226,7 +267,7 @@ def build_predictions(
                 path=path,
                 model_version=model_version,
                 truncated=bool(truncated[r]),
-                **review_fields(choice),
+                **review_fields(choice, records[r] if records is not None else None),
             )
         )
     return results
@@ -323,6 +364,8 @@ class Predictor:
         self.taxonomy = get_taxonomy()
         self.hierarchy = Hierarchy.from_codes(scorer.codes, self.taxonomy)
         self.cache = ProbabilityCache(self.config.cache_size)
+        # routing.json: calibrated per-level routers and thresholds fitted for a target precision
+        self.routing = RoutingModel.load(model_dir) if model_dir is not None else None
 
     @classmethod
     def load(cls, model_dir: str | Path, settings: Any | None = None) -> Predictor:
@@ -394,6 +437,8 @@ class Predictor:
             options = options or PredictOptions()
             end = start + len(records)
             thresholds = options.thresholds or self.config.thresholds
+            # thresholds given with the request win over the model's routing
+            routing = self.routing if options.thresholds is None else None
             results.append(
                 build_predictions(
                     probs[start:end],
@@ -404,6 +449,9 @@ class Predictor:
                     ids=[r.id for r in records],
                     truncated=truncated[start:end],
                     taxonomy=self.taxonomy,
+                    records=records,
+                    routing=routing,
+                    texts=texts[start:end],
                 )
                 if records
                 else []

@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 from pydantic import BaseModel, Field
 
 ROUTING_FILE = "routing.json"
@@ -226,9 +227,7 @@ def _english_derivation(word: str, vocab: frozenset[str]) -> bool:
 FEATURES = ("log_top1", "top1", "margin", "log_ratio", "entropy", "has_duties", "log_words")
 
 
-def routing_features(
-    level_probs: np.ndarray, has_duties: Sequence[bool], n_words: Sequence[int]
-) -> np.ndarray:
+def routing_features(level_probs: np.ndarray, has_duties: ArrayLike, n_words: ArrayLike) -> np.ndarray:
     """Score features of each record at one level: (n, len(FEATURES)).
 
     `level_probs`: (n, n_groups) probabilities at that level; `has_duties`: the record gave duties;
@@ -277,7 +276,7 @@ class RoutingModel(BaseModel):
     n_fitted: int = 0
 
     def probabilities(
-        self, per_level: dict[int, np.ndarray], has_duties: Sequence[bool], n_words: Sequence[int]
+        self, per_level: dict[int, np.ndarray], has_duties: ArrayLike, n_words: ArrayLike
     ) -> dict[int, np.ndarray]:
         """level -> calibrated probability that the most likely group of that level is right, per record."""
         return {
@@ -381,8 +380,8 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 def fit_routing(
     per_level: dict[int, np.ndarray],
     correct: dict[int, np.ndarray],
-    has_duties: Sequence[bool],
-    n_words: Sequence[int],
+    has_duties: ArrayLike,
+    n_words: ArrayLike,
     target_precision: float = DEFAULT_TARGET_PRECISION,
     fitted_on: str = "",
 ) -> RoutingModel:
@@ -414,7 +413,10 @@ def fit_routing(
         router.fitted_precision = float(y[accepted].mean()) if accepted.any() else None
         levels[level] = router
     return RoutingModel(
-        target_precision=target_precision, levels=levels, fitted_on=fitted_on, n_fitted=len(has_duties)
+        target_precision=target_precision,
+        levels=levels,
+        fitted_on=fitted_on,
+        n_fitted=len(np.asarray(has_duties)),
     )
 
 

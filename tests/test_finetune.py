@@ -1,10 +1,14 @@
 import json
 
 import numpy as np
+import pytest
 
 from services.trainer.finetune import FinetuneConfig, choose_batching, finetune, fit_temperature
 from shared.corpus import label_codes
 from shared.model.scorer import UnitScorer
+from shared.predictor import Predictor, level_probabilities
+from shared.routing import RoutingModel
+from shared.schemas import JobRecord
 from tests.tiny_model import build_tiny_model_dir
 
 TITLES = {
@@ -57,7 +61,7 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     assert result.temperature > 0
     assert len(result.epochs) == 1 and 0.0 <= result.val_accuracy <= 1.0
     assert result.seconds > 0
-    assert result.stages == ["init", "head", "trainer", "calibrate", "signals", "save"]
+    assert result.stages == ["init", "head", "trainer", "calibrate", "signals", "routing", "save"]
     assert set(result.stage_seconds) == set(result.stages) and result.architecture == "bert"
     scorer = UnitScorer.load(tmp_path / "model", backend="torch", quantize="none", device="cpu")
     assert scorer.version == "t-1" and len(scorer.codes) == 436
@@ -72,6 +76,23 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
     assert meta["knn"]["k"] == 3 and meta["lexical"]["weight"] >= 0
     assert (tmp_path / "model" / "lexical.npz").exists()
+    # Routing: routers and thresholds fitted on validation, stored with the model, used by the Predictor.
+    routing = RoutingModel.load(tmp_path / "model")
+    assert routing is not None and set(routing.levels) == {1, 2, 3, 4} and routing.target_precision == 0.95
+    assert result.routing is not None and set(result.routing) == {"1", "2", "3", "4"}
+    predictor = Predictor.load(tmp_path / "model")
+    assert predictor.routing is not None and predictor.routing.thresholds() == routing.thresholds()
+    student, nurse, german = predictor.predict(
+        [JobRecord(job_title="Student"), JobRecord(job_title="nurse"), JobRecord(job_title="Busfahrerin")]
+    )
+    assert student.needs_review and "not_an_occupation" in student.review_reasons
+    assert german.needs_review and "not_english" in german.review_reasons
+    assert nurse.needs_review == bool(nurse.review_reasons)
+    if nurse.coded:  # the confidence is the router's probability of the level answered
+        p_level = routing.probabilities(
+            level_probabilities(predictor.probabilities(["nurse"]), predictor.hierarchy), [False], [1]
+        )[nurse.level]
+        assert nurse.confidence == pytest.approx(float(p_level[0]), abs=1e-5)
 
     # Corrections: start from the model just written.
     again = finetune(

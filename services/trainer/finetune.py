@@ -57,6 +57,8 @@ from shared.model.signals import (
     knn_probabilities,
     search_weights,
 )
+from shared.predictor import Hierarchy, level_probabilities
+from shared.routing import RoutingModel, fit_routing
 from shared.taxonomy import get_taxonomy
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,9 @@ class FinetuneConfig(BaseModel):
         None, ge=0, le=0.9, description="fixed lexical mixing weight; None = fit on val"
     )
     seed: int = 42
+    routing_precision: float = Field(
+        0.95, gt=0, lt=1, description="target precision of the auto-coding thresholds (routing.json)"
+    )
     device: str = "auto"
     disable_tqdm: bool = False
 
@@ -376,6 +381,8 @@ class TrainState:
     lexical_index: LexicalIndex | None = None
     lexical_config: LexicalConfig | None = None
     val_accuracy_combined: float | None = None
+    # routing
+    routing: RoutingModel | None = None
     stages_run: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -407,6 +414,7 @@ class FinetuneResult(BaseModel):
     gradient_accumulation: int
     stages: list[str]
     stage_seconds: dict[str, float]
+    routing: dict[str, Any] | None = None
     device: str
     mixed_precision: str
     architecture: str
@@ -645,6 +653,42 @@ def signals_stage(state: TrainState) -> None:
             state.lexical_config.weight = parent_lex.weight if parent_lex is not None else 0.0
 
 
+def routing_stage(state: TrainState) -> None:
+    """Routers for auto-coding: on validation (held-out occupations: titles like those users send), the
+    probability that the answer at each level is right from score features, and per-level thresholds that
+    reach `routing_precision` (shared.routing). Needs the combined probabilities, so it runs after signals."""
+    if not state.has_val or state.val_logits is None or state.val_embeddings is None:
+        return
+    codes = state.codes
+    signals = Signals(
+        len(codes), state.knn_index, state.knn_config, state.lexical_index, state.lexical_config
+    )
+    probs = signals.mix(state.val_texts, state.val_embeddings, softmax(state.val_logits / state.temperature))
+    hierarchy = Hierarchy.from_codes(codes)
+    per_level = level_probabilities(probs, hierarchy)
+    gold = [codes[i] for i in state.val_labels]
+    correct = {
+        level: np.array(
+            [
+                g.startswith(hierarchy.group_codes[level][j])
+                for g, j in zip(gold, p.argmax(axis=1), strict=True)
+            ]
+        )
+        for level, p in per_level.items()
+    }
+    # model inputs join title and duties with " : " (shared.text.model_input)
+    has_duties = np.array([" : " in t for t in state.val_texts])
+    n_words = np.array([len(t.split()) for t in state.val_texts])
+    state.routing = fit_routing(
+        per_level,
+        correct,
+        has_duties,
+        n_words,
+        target_precision=state.config.routing_precision,
+        fitted_on=f"validation split ({len(gold)} records, held-out occupations)",
+    )
+
+
 def save_stage(state: TrainState) -> None:
     """Write the model directory (layout: shared.model.directory)."""
     model, tokenizer = state.require_model()
@@ -667,6 +711,8 @@ def save_stage(state: TrainState) -> None:
         knn_index=state.knn_index,
         lexical_index=state.lexical_index,
     )
+    if state.routing is not None:
+        state.routing.save(state.output_dir)
 
 
 Stage = Callable[[TrainState], None]
@@ -676,6 +722,7 @@ STAGES: tuple[tuple[str, Stage], ...] = (
     ("trainer", trainer_stage),
     ("calibrate", calibrate_stage),
     ("signals", signals_stage),
+    ("routing", routing_stage),
     ("save", save_stage),
 )
 
@@ -744,6 +791,18 @@ def finetune(
         gradient_accumulation=state.gradient_accumulation,
         stages=state.stages_run,
         stage_seconds=state.stage_seconds,
+        routing=(
+            {
+                str(level): {
+                    "threshold": round(r.threshold, 4),
+                    "val_coverage": r.fitted_coverage,
+                    "val_precision": r.fitted_precision,
+                }
+                for level, r in state.routing.levels.items()
+            }
+            if state.routing is not None
+            else None
+        ),
         device=device,
         mixed_precision=state.mixed_precision,
         architecture=str(model.encoder.config.model_type),
