@@ -198,10 +198,11 @@ class Stack:
         wait_until(gateway_up, 60, "gateway")
 
     def _start(self, name: str, cmd: list[str], env: dict[str, str], log: Path | None = None) -> Any:
+        from services.supervisor import spawn
+
         out = open(log or self.work / f"{name}.log", "ab")
-        proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
-        )
+        # started (and stopped, below) the way `make run`'s supervisor does: own process group, whole group
+        proc = spawn(cmd, env={**os.environ, **env}, cwd=REPO_ROOT, stdout=out)
         self.procs.append(proc)
         time.sleep(0.2)
         return proc
@@ -222,9 +223,10 @@ class Stack:
         self.run_job(warm, self.work / "warmup-result.csv")
 
     def stop_worker(self) -> None:
+        from services.supervisor import stop_process
+
         if self.worker is not None:
-            self.worker.terminate()
-            self.worker.wait(30)
+            stop_process(self.worker, 30)
             self.procs.remove(self.worker)
             self.worker = None
 
@@ -261,14 +263,11 @@ class Stack:
         }
 
     def close(self) -> None:
+        from services.supervisor import stop_process
+
         self.client.close()
         for proc in reversed(self.procs):
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, 20)
 
 
 def check_result(path: Path, n: int) -> None:

@@ -299,3 +299,29 @@ def test_training_task_is_a_thin_call_to_run_training(
         session.add(Job(id="train-2", kind="training", status=JobStatus.running, input_path="", options={}))
     tasks.train_model.run("train-2")
     assert job_row(settings, "train-2").status == JobStatus.failed and not seen.get("again")
+
+
+def test_result_rows_and_final_codes_for_the_review_page(settings: WorkerSettings) -> None:
+    """What the review page builds on: a finished job's rows by number, and a reviewer's code per row
+    (the current decision replaced, every change kept in the audit trail)."""
+    from sqlalchemy import select
+
+    from shared.db.tables import ReviewDecision, ReviewEvent
+
+    make_csv_job(settings, "review", unique_lines(3))
+    assert JobProcessor(settings).run("review").status == JobStatus.succeeded
+    with session_scope(settings.db_url) as session:
+        job = session.get(Job, "review")
+        assert job is not None
+        rows = list(jobs.result_rows(job))
+        assert [(n, r["ref"]) for n, r in rows] == [(1, "0"), (2, "1"), (3, "2")]
+        assert set(rows[0][1]) >= {"isco_code", "needs_review", "review_reasons", "row_error"}
+        jobs.record_final_code(session, job, 2, "2221", action="search", reviewer_name="ann")
+        jobs.record_final_code(session, job, 2, None, action="uncodable", reviewer_name="bob")
+    with session_scope(settings.db_url) as session:
+        decisions = session.scalars(select(ReviewDecision).where(ReviewDecision.job_id == "review")).all()
+        assert [(d.row_number, d.final_code, d.reviewer_name) for d in decisions] == [(2, None, "bob")]
+        events = session.scalars(
+            select(ReviewEvent).where(ReviewEvent.job_id == "review").order_by(ReviewEvent.id)
+        ).all()
+        assert [(e.previous_code, e.final_code) for e in events] == [(None, "2221"), ("2221", None)]
