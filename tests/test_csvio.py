@@ -207,3 +207,22 @@ def test_read_table_is_the_upload_reader(tmp_path: Path) -> None:
     with pytest.raises(csvio.CsvFormatError) as info:
         csvio.read_table(write(tmp_path, b"job_title,isco_code\na,1,2\n", "ragged.csv"))
     assert info.value.code == "ragged_rows"
+
+
+def test_evaluate_and_training_read_files_like_uploads(tmp_path: Path) -> None:
+    """`isco evaluate` and the trainer take what an upload takes (BOM, semicolons, loose header names, codes
+    as spreadsheets write them) and refuse what it refuses, with the same message."""
+    from services.trainer.evaluate import EvalDataError, load_eval_csv
+    from services.trainer.preprocess import DataError, read_coded_csv
+
+    path = write(tmp_path, "\ufeffJob Title;ISCO Code\nwelder;7212.00\nnurse;2221\n".encode())
+    ev = load_eval_csv(path)
+    assert (ev.job_titles, ev.gold) == (["welder", "nurse"], ["7212", "2221"])
+    assert [r.isco_code for r in read_coded_csv(path)] == ["7212.00", "2221"]
+    bad = write(tmp_path, "job_title,isco_code\nCafé owner,1412\n".encode("cp1252"), "bad.csv")
+    upload_message = error_of(bad).message
+    with pytest.raises(EvalDataError) as eval_error:
+        load_eval_csv(bad)
+    with pytest.raises(DataError) as train_error:
+        read_coded_csv(bad)
+    assert upload_message in str(eval_error.value) and upload_message in str(train_error.value)
