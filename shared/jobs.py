@@ -2,9 +2,10 @@
 
 This module owns job state: nothing else writes `Job.status` or progress. The changes are
 `create_job` (queued) -> `start` (running) -> `advance` (one chunk done, per chunk) -> `finish` (succeeded) |
-`fail` (failed, with an error text free of server paths) | `cancel` (cancelled); `sweep_expired` marks ended
-jobs whose files are gone. Each is one conditional UPDATE, so a cancel and a worker, or two workers, cannot
-overwrite each other. Helpers flush; the caller (request or task) commits.
+`fail` (failed, with an error text free of server paths) | `cancel` (cancelled); training jobs use
+`start_training` / `finish_training`; `sweep_expired` marks ended jobs whose files are gone. Each is one
+conditional UPDATE, so a cancel and a worker, or two workers, cannot overwrite each other. Helpers flush;
+the caller (request or task) commits.
 
 Faults: the DB row is the job. A worker holds a job through a lease in Redis (`Lease`, renewed by a
 heartbeat thread, lapsing `job_lock_ttl_s` after its holder stops), and every task sent for a job leaves a
@@ -238,6 +239,29 @@ def advance(session: Session, job_id: str, chunk: int, rows: int, failed: int) -
     )
     session.flush()
     return bool(result.rowcount)
+
+
+def start_training(session: Session, job_id: str) -> bool:
+    """queued -> running for a training job: from queued only, so a redelivered training task never starts
+    a second run."""
+    return transition(session, job_id, JobStatus.running, only_from=(JobStatus.queued,), started_at=utcnow())
+
+
+def finish_training(
+    session: Session, job_id: str, version: str, options: dict[str, Any], settings: JobSettings
+) -> bool:
+    """running -> succeeded for a training job, with the model version it produced and its outcome."""
+    now = utcnow()
+    return transition(
+        session,
+        job_id,
+        JobStatus.succeeded,
+        only_from=(JobStatus.running,),
+        model_version=version,
+        options=options,
+        finished_at=now,
+        expires_at=now + timedelta(hours=settings.job_ttl_hours),
+    )
 
 
 def restart_progress(session: Session, job_id: str) -> None:

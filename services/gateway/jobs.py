@@ -84,9 +84,7 @@ def _enqueue_committed(request: Request, settings: JobSettings, job: Job) -> Non
     except Exception as exc:
         log.error("could not enqueue job %s: %s", job.id, exc)
         with request.app.state.session_factory() as session:
-            jobs.transition(
-                session, job.id, JobStatus.failed, only_from=jobs.ACTIVE, error=f"could not be queued: {exc}"
-            )
+            jobs.fail(session, job.id, f"could not be queued: {exc}", settings)
             session.commit()
         raise HTTPException(
             503,

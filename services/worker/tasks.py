@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import random
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from services.worker.processing import JobProcessor, LeaseHeld
 from services.worker.settings import WorkerSettings
 from shared import jobs
 from shared.db.session import session_scope
-from shared.db.tables import Job, JobStatus, utcnow
+from shared.db.tables import Job, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +153,7 @@ def train_model(self: Any, job_id: str) -> None:
             jobs.fail(session, job_id, lost, settings)
             return
         options = dict(job.options or {})
-        jobs.transition(
-            session, job_id, JobStatus.running, only_from=(JobStatus.queued,), started_at=utcnow()
-        )  # from queued only: a redelivered training task must not start a second run
+        jobs.start_training(session, job_id)
     try:
         # the trainer's own modules (heavy imports) load only on a training worker
         from services.trainer.config import TrainerSettings
@@ -177,14 +174,5 @@ def train_model(self: Any, job_id: str) -> None:
         mark_failed(settings, job_id, f"{type(exc).__name__}: {exc}")
         return
     with session_scope(settings.db_url) as session:
-        now = utcnow()
-        jobs.transition(
-            session,
-            job_id,
-            JobStatus.succeeded,
-            only_from=(JobStatus.running,),
-            model_version=outcome.version,
-            options={**options, "outcome": {"version": outcome.version, **outcome.promotion.as_dict()}},
-            finished_at=now,
-            expires_at=now + timedelta(hours=settings.job_ttl_hours),
-        )
+        outcome_options = {**options, "outcome": {"version": outcome.version, **outcome.promotion.as_dict()}}
+        jobs.finish_training(session, job_id, outcome.version, outcome_options, settings)
