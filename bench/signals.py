@@ -45,7 +45,7 @@ def measure(
     lexical_weight: float = 0.05,
 ) -> dict[str, Any]:
     from shared.model.scorer import UnitScorer, softmax
-    from shared.model.signals import KnnConfig, KnnIndex, LexicalConfig, knn_probabilities, mix_probabilities
+    from shared.model.signals import KnnConfig, LexicalConfig, knn_probabilities, mix_probabilities
 
     scorer = UnitScorer.load(model_dir, backend=backend, quantize=quantize, threads=threads)
     signals = scorer.signals
@@ -54,6 +54,23 @@ def measure(
     w_knn = knn_cfg.weight or knn_weight
     w_lex = lex_cfg.weight or lexical_weight
     codes, n_codes = scorer.codes, len(scorer.codes)
+    # signal variants: name -> (weight, fn(texts, embeddings, head) -> probabilities)
+    variants: dict[str, tuple[float, Any]] = {}
+    if signals.knn is not None:
+        for candidates in (0, 64, 32, 16):
+            cfg = knn_cfg.model_copy(update={"candidates": candidates})
+            variants["knn all entries" if not candidates else f"knn top-{candidates} groups"] = (
+                w_knn,
+                lambda t, e, h, cfg=cfg: knn_probabilities(e, signals.knn, cfg, n_codes, h),
+            )
+    if signals.lexical is not None:
+        for max_df in (1.0, 0.05, 0.01):
+            cfg = lex_cfg.model_copy(update={"max_df": max_df})
+            index = signals.lexical.pruned(cfg)
+            variants[f"lexical max_df {max_df}"] = (
+                w_lex,
+                lambda t, e, h, cfg=cfg, index=index: index.probabilities(t, cfg, n_codes),
+            )
     out: dict[str, Any] = {
         "model": scorer.describe(),
         "weights": {"knn": w_knn, "lexical": w_lex},
@@ -70,54 +87,40 @@ def measure(
         head, t_head = _timed(lambda emb=emb: softmax(scorer.head_logits(emb) / scorer.temperature))
         row: dict[str, Any] = {"n": len(texts), "ms_per_record": {"encoder": 1000 * t_enc / len(texts)}}
         row["ms_per_record"]["head"] = 1000 * t_head / len(texts)
-        variants = {"head": head}
-        parts: list[tuple[np.ndarray, float]] = []
-        if signals.knn is not None:
-            knn, t_knn = _timed(lambda emb=emb: knn_probabilities(emb, signals.knn, knn_cfg, n_codes))
-            row["ms_per_record"]["knn"] = 1000 * t_knn / len(texts)
-            variants["head + knn"] = mix_probabilities(head, [(knn, w_knn)])
-            parts.append((knn, w_knn))
-        if signals.lexical is not None:
-            lex, t_lex = _timed(lambda texts=texts: signals.lexical.probabilities(texts, lex_cfg, n_codes))
-            row["ms_per_record"]["lexical"] = 1000 * t_lex / len(texts)
-            variants["head + lexical"] = mix_probabilities(head, [(lex, w_lex)])
-            parts.append((lex, w_lex))
-        if len(parts) == 2:
-            variants["head + knn + lexical"] = mix_probabilities(head, parts)
-        # smaller kNN indexes (seeded samples of the stored one): accuracy against cost
-        if signals.knn is not None:
-            for size in (30000, 15000, 7500):
-                if size >= len(signals.knn):
-                    continue
-                keep = np.sort(np.random.default_rng(0).choice(len(signals.knn), size, replace=False))
-                small = KnnIndex(signals.knn.embeddings[keep], signals.knn.labels[keep])
-                knn_small, t_small = _timed(
-                    lambda emb=emb, small=small: knn_probabilities(emb, small, knn_cfg, n_codes)
+        probs: dict[str, np.ndarray] = {}
+        for variant, (_, fn) in variants.items():
+            probs[variant], seconds = _timed(lambda fn=fn, t=texts, e=emb, h=head: fn(t, e, h))
+            row["ms_per_record"][variant] = 1000 * seconds / len(texts)
+        mixes = {"head": head}
+        for variant, (weight, _) in variants.items():
+            mixes[f"head + {variant}"] = mix_probabilities(head, [(probs[variant], weight)])
+        knn_names = [v for v in variants if v.startswith("knn")]
+        lex_names = [v for v in variants if v.startswith("lexical")]
+        for knn_name in knn_names:
+            for lex_name in lex_names:
+                mixes[f"head + {knn_name} + {lex_name}"] = mix_probabilities(
+                    head, [(probs[knn_name], w_knn), (probs[lex_name], w_lex)]
                 )
-                row["ms_per_record"][f"knn {size}"] = 1000 * t_small / len(texts)
-                variants[f"head + knn {size}"] = mix_probabilities(head, [(knn_small, w_knn)])
-        row["top1"] = {k: topk_accuracy(p, accept, codes) for k, p in variants.items()}
-        row["one_record_ms"] = one_record_costs(scorer, texts[:100], knn_cfg, lex_cfg)
+        row["top1"] = {k: topk_accuracy(p, accept, codes) for k, p in mixes.items()}
+        row["one_record_ms"] = one_record_costs(scorer, texts[:100], variants)
         out["sets"][name] = row
     return out
 
 
-def one_record_costs(scorer: Any, texts: list[str], knn_cfg: Any, lex_cfg: Any) -> dict[str, float]:
+def one_record_costs(
+    scorer: Any, texts: list[str], variants: dict[str, tuple[float, Any]]
+) -> dict[str, float]:
     """Median ms of each stage for one record per call (what a lone /predict/job request pays)."""
-    from shared.model.signals import knn_probabilities
+    from shared.model.scorer import softmax
 
-    signals, n_codes = scorer.signals, len(scorer.codes)
-    costs: dict[str, list[float]] = {"encoder": [], "knn": [], "lexical": []}
+    costs: dict[str, list[float]] = {"encoder": [], **{v: [] for v in variants}}
     for text in texts:
         emb, t = _timed(lambda text=text: scorer.embed([text]))
         costs["encoder"].append(t)
-        if signals.knn is not None:
-            costs["knn"].append(
-                _timed(lambda emb=emb: knn_probabilities(emb, signals.knn, knn_cfg, n_codes))[1]
-            )
-        if signals.lexical is not None:
-            costs["lexical"].append(
-                _timed(lambda text=text: signals.lexical.probabilities([text], lex_cfg, n_codes))[1]
+        head = softmax(scorer.head_logits(emb) / scorer.temperature)
+        for variant, (_, fn) in variants.items():
+            costs[variant].append(
+                _timed(lambda fn=fn, text=text, emb=emb, head=head: fn([text], emb, head))[1]
             )
     return {k: 1000 * float(np.median(v)) for k, v in costs.items() if v}
 
@@ -126,19 +129,15 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"model {result['model']}; weights {result['weights']}; entries {result['index_entries']}")
     for name, row in result["sets"].items():
         costs = row["ms_per_record"]
-        total = sum(costs.values())
         print(f"\n{name} ({row['n']} records)")
-        print(
-            "  cost ms/record: "
-            + ", ".join(f"{k} {v:.3f} ({100 * v / total:.0f}%)" for k, v in costs.items())
-        )
+        print("  batched, ms/record: " + ", ".join(f"{k} {v:.3f}" for k, v in costs.items()))
         print(
             "  one record per call, median ms: "
             + ", ".join(f"{k} {v:.2f}" for k, v in row["one_record_ms"].items())
         )
         base = row["top1"]["head"]
         for variant, acc in row["top1"].items():
-            print(f"  top-1 {variant:<22} {acc:.3f} ({100 * (acc - base):+.1f} points)")
+            print(f"  top-1 {variant:<58} {acc:.3f} ({100 * (acc - base):+.1f} points)")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -111,9 +111,15 @@ class FinetuneConfig(BaseModel):
         description="fixed kNN mixing weight (chosen on held-out occupations); None = fit on val",
     )
     knn_tau: float = 0.05
+    knn_candidates: int = Field(
+        32, ge=0, description="kNN searches the entries of the head's N most probable groups (0: all)"
+    )
     lexical: bool = Field(True, description="store a character n-gram TF-IDF kNN signal with the model")
     lexical_k: int = 10
     lexical_tau: float = 0.05
+    lexical_max_df: float = Field(
+        0.05, gt=0, le=1, description="drop n-grams in more than this share of training texts (cost)"
+    )
     lexical_weight: float | None = Field(
         None, ge=0, le=0.9, description="fixed lexical mixing weight; None = fit on val"
     )
@@ -599,20 +605,35 @@ def signals_stage(state: TrainState) -> None:
             # replay sample.
             index = _merge_knn(state.parent_signals.knn, state.parent_label_map, index)
         state.knn_index = index
-        taus = (config.knn_tau,) if config.knn_weight is not None else (0.02, 0.05, 0.1)
+        # a fixed weight keeps the profile's vote temperature; otherwise it is searched with the weight
+        taus = sorted({config.knn_tau} | (set() if config.knn_weight is not None else {0.02, 0.05, 0.1}))
         fixed["knn"] = config.knn_weight
+        knn_config = KnnConfig(
+            k=config.knn_k,
+            tau=config.knn_tau,
+            weight=config.knn_weight or 0.0,
+            candidates=config.knn_candidates,
+        )
         if state.has_val:
-            assert state.val_embeddings is not None
+            assert state.val_embeddings is not None and state.val_logits is not None
+            val_head = softmax(state.val_logits / state.temperature)
             candidates["knn"] = {
                 tau: knn_probabilities(
-                    state.val_embeddings, index, KnnConfig(k=config.knn_k, tau=tau), len(codes)
+                    state.val_embeddings,
+                    index,
+                    knn_config.model_copy(update={"tau": tau}),
+                    len(codes),
+                    val_head,
                 )
                 for tau in taus
             }
-        state.knn_config = KnnConfig(k=config.knn_k, tau=config.knn_tau, weight=config.knn_weight or 0.0)
+        state.knn_config = knn_config
     if config.lexical:
         lexical_config = LexicalConfig(
-            k=config.lexical_k, tau=config.lexical_tau, weight=config.lexical_weight or 0.0
+            k=config.lexical_k,
+            tau=config.lexical_tau,
+            weight=config.lexical_weight or 0.0,
+            max_df=config.lexical_max_df,
         )
         if state.parent_signals is not None and state.parent_signals.lexical is not None:
             parent = state.parent_signals.lexical

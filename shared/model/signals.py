@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 KNN_FILE = "knn.safetensors"
 KNN_TEXTS_FILE = "knn_texts.json"
+PRUNE_MIN_DF = 100
 WEIGHT_GRID = tuple(round(0.05 * i, 2) for i in range(19))  # 0, 0.05, ..., 0.9
 
 
@@ -35,6 +36,10 @@ class KnnConfig(BaseModel):
     k: int = 10
     tau: float = 0.05
     weight: float = 0.0
+    # Search only the entries of the head's `candidates` most probable unit groups (0: all entries). One
+    # record against every entry is a memory-bound GEMV over the whole index (25k-60k x 384 floats); the
+    # candidates' entries are ~1/20 of it. Gain and cost measured by `python -m bench.signals`.
+    candidates: int = 32
     val_accuracy: float | None = None
 
 
@@ -47,6 +52,10 @@ class LexicalConfig(BaseModel):
     ngram_min: int = 2
     ngram_max: int = 4
     min_df: int = 2
+    # n-grams in more than this share of the training texts are dropped (their idf is low, but their posting
+    # lists are most of the sparse product's work); 1.0 keeps all. 0.05 measured: batched cost / 5-8, top-1
+    # within 0.1 point of all n-grams on both dev sets (`python -m bench.signals`)
+    max_df: float = 0.05
     val_accuracy: float | None = None
 
 
@@ -93,6 +102,43 @@ class KnnIndex:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def _by_label(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Entries sorted by label: embeddings, labels, entry ids, and each label's [start, end) offsets."""
+        cached = getattr(self, "_sorted", None)
+        if cached is None:
+            order = np.argsort(self.labels, kind="stable")
+            labels = self.labels[order]
+            starts = np.searchsorted(labels, np.arange(int(labels.max(initial=0)) + 2))
+            cached = self._sorted = (np.ascontiguousarray(self.embeddings[order]), labels, order, starts)
+        return cached
+
+    def search_among(
+        self, query: np.ndarray, k: int, candidates: np.ndarray, block: int = 256
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like `search`, over only the entries whose label is in each row of `candidates` (label ids).
+        Rows with fewer than k such entries get similarity 0 (no vote) in the remaining places."""
+        emb, labels, order, starts = self._by_label()
+        n_labels = len(starts) - 1
+        k = min(k, len(self))
+        ids = np.zeros((len(query), k), dtype=np.int64)
+        sims = np.zeros((len(query), k), dtype=np.float32)
+        for lo in range(0, len(query), block):
+            q, cand = query[lo : lo + block], candidates[lo : lo + block]
+            wanted = np.zeros((len(q), n_labels + 1), dtype=bool)
+            wanted[np.arange(len(q))[:, None], np.minimum(cand, n_labels)] = True
+            wanted[:, n_labels] = False  # label ids beyond the index: no entries
+            used = np.flatnonzero(wanted[:, :n_labels].any(axis=0))
+            pos = np.concatenate([np.arange(starts[c], starts[c + 1]) for c in used]) if len(used) else None
+            if pos is None or not len(pos):
+                continue
+            # one GEMM against the union of the rows' candidate entries, then each row keeps its own
+            block_sims = q @ emb[pos].T
+            block_sims[~wanted[:, labels[pos]]] = -np.inf
+            top, vals = top_k(block_sims, k)
+            ids[lo : lo + len(q), : top.shape[1]] = order[pos[top]]
+            sims[lo : lo + len(q), : top.shape[1]] = np.where(np.isfinite(vals), vals, 0.0)
+        return ids, sims
+
     def save(self, model_dir: Path) -> None:
         from safetensors.numpy import save_file
 
@@ -123,9 +169,21 @@ class KnnIndex:
         return ids, sims
 
 
-def knn_probabilities(query: np.ndarray, index: KnnIndex, config: KnnConfig, num_labels: int) -> np.ndarray:
-    """The kNN vote for normalised query embeddings."""
-    ids, sims = index.search(np.asarray(query, dtype=np.float32), config.k)
+def knn_probabilities(
+    query: np.ndarray,
+    index: KnnIndex,
+    config: KnnConfig,
+    num_labels: int,
+    head_probs: np.ndarray | None = None,
+) -> np.ndarray:
+    """The kNN vote for normalised query embeddings (among the head's top `config.candidates` groups when
+    `head_probs` is given and candidates > 0)."""
+    query = np.asarray(query, dtype=np.float32)
+    if head_probs is not None and 0 < config.candidates < num_labels:
+        candidates = np.argpartition(-head_probs, config.candidates - 1, axis=1)[:, : config.candidates]
+        ids, sims = index.search_among(query, config.k, candidates)
+    else:
+        ids, sims = index.search(query, config.k)
     return vote(index.labels[ids], sims, config.tau, num_labels)
 
 
@@ -161,7 +219,25 @@ class LexicalIndex:
     def build(cls, texts: list[str], labels: list[int] | np.ndarray, config: LexicalConfig) -> LexicalIndex:
         vectorizer = cls._vectorizer(config)
         matrix = vectorizer.fit_transform(texts)
-        return cls(vectorizer, matrix, np.asarray(labels))
+        return cls(vectorizer, matrix, np.asarray(labels)).pruned(config)
+
+    def pruned(self, config: LexicalConfig) -> LexicalIndex:
+        """Without the n-grams in more than `config.max_df` of the entries (and more than PRUNE_MIN_DF);
+        rows re-normalised."""
+        if config.max_df >= 1.0 or not len(self):
+            return self
+        from sklearn.preprocessing import normalize
+
+        df = np.diff(self.matrix.tocsc().indptr)
+        # a posting list of under PRUNE_MIN_DF entries is cheap: small (user) corpora keep every n-gram
+        keep = np.flatnonzero(df <= max(config.max_df * len(self), PRUNE_MIN_DF))
+        terms = sorted(self.vectorizer.vocabulary_.items(), key=lambda item: item[1])
+        vocabulary = {terms[j][0]: i for i, j in enumerate(keep)}
+        vectorizer = self._vectorizer(config, vocabulary)
+        vectorizer._validate_vocabulary()
+        vectorizer.idf_ = np.asarray(self.vectorizer.idf_[keep], dtype=np.float32)
+        matrix = normalize(self.matrix[:, keep].tocsr())
+        return LexicalIndex(vectorizer, matrix, self.labels)
 
     def extended(
         self, keep: np.ndarray, labels: np.ndarray, texts: list[str], new_labels: Any
@@ -195,13 +271,21 @@ class LexicalIndex:
 
     def probabilities(self, texts: list[str], config: LexicalConfig, num_labels: int) -> np.ndarray:
         """Similarity-weighted vote of the k lexically nearest training texts."""
-        out = np.zeros((len(texts), num_labels), dtype=np.float32)
+        k = config.k
+        ids = np.zeros((len(texts), k), dtype=np.int64)
+        sims = np.zeros((len(texts), k), dtype=np.float32)
         for start in range(0, len(texts), 256):
-            query = self.vectorizer.transform(texts[start : start + 256])
-            sims = (query @ self.matrix_t).toarray()
-            ids, top_sims = top_k(sims, config.k)
-            out[start : start + 256] = vote(self.labels[ids], top_sims, config.tau, num_labels)
-        return out
+            # sparse product; top-k from each row's non-zeros (no dense rows over every entry)
+            product = (self.vectorizer.transform(texts[start : start + 256]) @ self.matrix_t).tocsr()
+            for row in range(product.shape[0]):
+                lo, hi = product.indptr[row], product.indptr[row + 1]
+                if hi == lo:
+                    continue
+                row_ids, row_sims = top_k(product.data[None, lo:hi], k)
+                n = row_ids.shape[1]
+                ids[start + row, :n] = product.indices[lo:hi][row_ids[0]]
+                sims[start + row, :n] = row_sims[0]
+        return vote(self.labels[ids], sims, config.tau, num_labels)
 
 
 def mix_probabilities(head_probs: np.ndarray, parts: list[tuple[np.ndarray, float]]) -> np.ndarray:
@@ -241,7 +325,8 @@ class Signals:
             knn_config = KnnConfig(**meta["knn"]) if meta.get("knn") else None
         if (model_dir / "lexical.json").exists() and meta.get("lexical"):
             lexical_config = LexicalConfig(**meta["lexical"])
-            lexical = LexicalIndex.load(model_dir, lexical_config)
+            # models stored with every n-gram are pruned here (a no-op for indexes built pruned)
+            lexical = LexicalIndex.load(model_dir, lexical_config).pruned(lexical_config)
         return cls(num_labels, knn, knn_config, lexical, lexical_config)
 
     @property
@@ -274,7 +359,7 @@ class Signals:
             assert self.knn is not None and self.knn_config is not None
             parts.append(
                 (
-                    knn_probabilities(embeddings, self.knn, self.knn_config, self.num_labels),
+                    knn_probabilities(embeddings, self.knn, self.knn_config, self.num_labels, head_probs),
                     self.knn_config.weight,
                 )
             )
