@@ -279,3 +279,30 @@ def test_worker_and_inference_service_give_identical_results(trained: Path, tmp_
         body = {"records": [r.model_dump(exclude_none=True) for r in records], "top_k": 3}
         by_service = client.post("/v1/predict", json=body).json()["results"]
     assert by_service == [p.model_dump(mode="json") for p in by_worker]
+
+
+def test_isco_predict_on_onnx_agrees_with_torch_fp32(trained: Path, tmp_path: Path) -> None:
+    """`ISCO_BACKEND=onnx isco predict --model DIR` on the BERT- and the RoBERTa-based model."""
+    import csv
+
+    from typer.testing import CliRunner
+
+    from services.cli import build_app
+
+    source = tmp_path / "in.csv"
+    source.write_text("job_title\n" + "\n".join(q.strip() for q in QUERIES[:6]) + "\n", encoding="utf-8")
+    env = {"ISCO_ENV": "test", "ISCO_DATA_DIR": str(tmp_path / "var"), "COLUMNS": "200"}
+    env["ISCO_DATABASE_URL"] = f"sqlite:///{tmp_path / 'isco.db'}"
+    codes = {}
+    for backend, quantize in (("onnx", "int8"), ("onnx", "none"), ("torch", "none")):
+        out = tmp_path / f"{backend}-{quantize}.csv"
+        result = CliRunner().invoke(
+            build_app(),
+            ["predict", "-i", str(source), "-o", str(out), "--model", str(trained), "--no-progress"],
+            env={**env, "ISCO_BACKEND": backend, "ISCO_QUANTIZE": quantize},
+            catch_exceptions=False,
+        )
+        assert result.exit_code == 0, result.output
+        codes[backend, quantize] = [row["unit_code"] for row in csv.DictReader(out.open(encoding="utf-8"))]
+    assert codes["onnx", "int8"] == codes["onnx", "none"] == codes["torch", "none"]
+    assert codes["torch", "none"] == ["2221", "2221", "5120", "2512", "8322", "7411"]
