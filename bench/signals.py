@@ -11,8 +11,7 @@ head + lexical and head + both, mixed with the model's own weights (model.json; 
 weight 0 is scored at the profile weight given by --knn-weight / --lexical-weight). Writes
 bench/results/signals-<timestamp>.json.
 
-Measured (2-core machine shared with other jobs; quick-profile model, 25k kNN entries; default backend
-ONNX int8): see the "Signals" table in README.md, which is the output of this script.
+MEASURED_PLACEHOLDER
 """
 
 from __future__ import annotations

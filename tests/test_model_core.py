@@ -22,7 +22,6 @@ from shared.model.signals import (
     LexicalConfig,
     LexicalIndex,
     Signals,
-    knn_probabilities,
     mix_probabilities,
     search_weights,
     vote,
@@ -225,28 +224,8 @@ def test_indexes_round_trip_without_pickles(tmp_path: Path) -> None:
     assert nearest[0][0] == ("nurse", "a", pytest.approx(1.0, abs=1e-3))
 
 
-def test_cheap_signal_variants() -> None:
-    """kNN among the head's candidate groups equals the full search when the candidates cover the answer;
-    the lexical index without its most common n-grams still finds the same neighbours here."""
-    rng = np.random.default_rng(1)
-    emb = rng.normal(size=(40, 8)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    labels = np.arange(40) % 5
-    index = KnnIndex(emb, labels)
-    query = emb[:6] + 0.01
-    full_ids, full_sims = index.search(query, 3)
-    all_groups = np.tile(np.arange(5), (6, 1))
-    ids, sims = index.search_among(query, 3, all_groups)
-    np.testing.assert_array_equal(ids, full_ids)
-    np.testing.assert_allclose(sims, full_sims, atol=1e-6)
-    only_own = labels[:6, None]  # candidates = each query's own group
-    ids, _ = index.search_among(query, 3, only_own)
-    assert (labels[ids] == labels[:6, None]).all()
-    head = np.full((6, 5), 0.01)
-    head[np.arange(6), labels[:6]] = 0.96
-    narrow = knn_probabilities(query, index, KnnConfig(k=3, tau=0.1, candidates=2), 5, head)
-    wide = knn_probabilities(query, index, KnnConfig(k=3, tau=0.1, candidates=0), 5)
-    assert (narrow.argmax(1) == wide.argmax(1)).all()
+def test_lexical_index_without_common_ngrams() -> None:
+    """The lexical index without its most common n-grams still finds the same neighbours here."""
     texts = ["staff nurse", "night nurse", "line cook", "pastry cook", "pipe welder", "welder"]
     config = LexicalConfig(k=2, min_df=1, max_df=0.4)
     lexical = LexicalIndex.build(texts * 40, [0, 0, 1, 1, 2, 2] * 40, config)  # 240 entries: prunable

@@ -38,6 +38,7 @@ from transformers import (
     set_seed,
 )
 
+from services.trainer.contrastive import contrastive_stage
 from shared.model.classifier import (
     IscoClassifier,
     encode_texts,
@@ -111,9 +112,6 @@ class FinetuneConfig(BaseModel):
         description="fixed kNN mixing weight (chosen on held-out occupations); None = fit on val",
     )
     knn_tau: float = 0.05
-    knn_candidates: int = Field(
-        32, ge=0, description="kNN searches the entries of the head's N most probable groups (0: all)"
-    )
     lexical: bool = Field(True, description="store a character n-gram TF-IDF kNN signal with the model")
     lexical_k: int = 10
     lexical_tau: float = 0.05
@@ -124,6 +122,15 @@ class FinetuneConfig(BaseModel):
         None, ge=0, le=0.9, description="fixed lexical mixing weight; None = fit on val"
     )
     seed: int = 42
+    contrastive_seconds: float = Field(
+        0.0, ge=0, description="contrastive title training of the encoder before the head (0: skipped)"
+    )
+    contrastive_learning_rate: float = 5e-5
+    contrastive_batch_size: int = Field(64, ge=8)
+    contrastive_scale: float = 20.0
+    contrastive_variants: bool = Field(
+        True, description="half the anchors become title variants people write"
+    )
     routing_precision: float = Field(
         0.95, gt=0, lt=1, description="target precision of the auto-coding thresholds (routing.json)"
     )
@@ -389,6 +396,8 @@ class TrainState:
     val_accuracy_combined: float | None = None
     # routing
     routing: RoutingModel | None = None
+    # contrastive
+    contrastive: dict[str, Any] | None = None
     stages_run: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -421,6 +430,7 @@ class FinetuneResult(BaseModel):
     stages: list[str]
     stage_seconds: dict[str, float]
     routing: dict[str, Any] | None = None
+    contrastive: dict[str, Any] | None = None
     device: str
     mixed_precision: str
     architecture: str
@@ -608,22 +618,12 @@ def signals_stage(state: TrainState) -> None:
         # a fixed weight keeps the profile's vote temperature; otherwise it is searched with the weight
         taus = sorted({config.knn_tau} | (set() if config.knn_weight is not None else {0.02, 0.05, 0.1}))
         fixed["knn"] = config.knn_weight
-        knn_config = KnnConfig(
-            k=config.knn_k,
-            tau=config.knn_tau,
-            weight=config.knn_weight or 0.0,
-            candidates=config.knn_candidates,
-        )
+        knn_config = KnnConfig(k=config.knn_k, tau=config.knn_tau, weight=config.knn_weight or 0.0)
         if state.has_val:
-            assert state.val_embeddings is not None and state.val_logits is not None
-            val_head = softmax(state.val_logits / state.temperature)
+            assert state.val_embeddings is not None
             candidates["knn"] = {
                 tau: knn_probabilities(
-                    state.val_embeddings,
-                    index,
-                    knn_config.model_copy(update={"tau": tau}),
-                    len(codes),
-                    val_head,
+                    state.val_embeddings, index, knn_config.model_copy(update={"tau": tau}), len(codes)
                 )
                 for tau in taus
             }
@@ -739,6 +739,7 @@ def save_stage(state: TrainState) -> None:
 Stage = Callable[[TrainState], None]
 STAGES: tuple[tuple[str, Stage], ...] = (
     ("init", init_stage),
+    ("contrastive", contrastive_stage),
     ("head", head_stage),
     ("trainer", trainer_stage),
     ("calibrate", calibrate_stage),
@@ -824,6 +825,7 @@ def finetune(
             if state.routing is not None
             else None
         ),
+        contrastive=state.contrastive,
         device=device,
         mixed_precision=state.mixed_precision,
         architecture=str(model.encoder.config.model_type),

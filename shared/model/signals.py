@@ -36,10 +36,6 @@ class KnnConfig(BaseModel):
     k: int = 10
     tau: float = 0.05
     weight: float = 0.0
-    # Search only the entries of the head's `candidates` most probable unit groups (0: all entries). One
-    # record against every entry is a memory-bound GEMV over the whole index (25k-60k x 384 floats); the
-    # candidates' entries are ~1/20 of it. Gain and cost measured by `python -m bench.signals`.
-    candidates: int = 32
     val_accuracy: float | None = None
 
 
@@ -102,43 +98,6 @@ class KnnIndex:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _by_label(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Entries sorted by label: embeddings, labels, entry ids, and each label's [start, end) offsets."""
-        cached = getattr(self, "_sorted", None)
-        if cached is None:
-            order = np.argsort(self.labels, kind="stable")
-            labels = self.labels[order]
-            starts = np.searchsorted(labels, np.arange(int(labels.max(initial=0)) + 2))
-            cached = self._sorted = (np.ascontiguousarray(self.embeddings[order]), labels, order, starts)
-        return cached
-
-    def search_among(
-        self, query: np.ndarray, k: int, candidates: np.ndarray, block: int = 256
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Like `search`, over only the entries whose label is in each row of `candidates` (label ids).
-        Rows with fewer than k such entries get similarity 0 (no vote) in the remaining places."""
-        emb, labels, order, starts = self._by_label()
-        n_labels = len(starts) - 1
-        k = min(k, len(self))
-        ids = np.zeros((len(query), k), dtype=np.int64)
-        sims = np.zeros((len(query), k), dtype=np.float32)
-        for lo in range(0, len(query), block):
-            q, cand = query[lo : lo + block], candidates[lo : lo + block]
-            wanted = np.zeros((len(q), n_labels + 1), dtype=bool)
-            wanted[np.arange(len(q))[:, None], np.minimum(cand, n_labels)] = True
-            wanted[:, n_labels] = False  # label ids beyond the index: no entries
-            used = np.flatnonzero(wanted[:, :n_labels].any(axis=0))
-            pos = np.concatenate([np.arange(starts[c], starts[c + 1]) for c in used]) if len(used) else None
-            if pos is None or not len(pos):
-                continue
-            # one GEMM against the union of the rows' candidate entries, then each row keeps its own
-            block_sims = q @ emb[pos].T
-            block_sims[~wanted[:, labels[pos]]] = -np.inf
-            top, vals = top_k(block_sims, k)
-            ids[lo : lo + len(q), : top.shape[1]] = order[pos[top]]
-            sims[lo : lo + len(q), : top.shape[1]] = np.where(np.isfinite(vals), vals, 0.0)
-        return ids, sims
-
     def save(self, model_dir: Path) -> None:
         from safetensors.numpy import save_file
 
@@ -169,21 +128,9 @@ class KnnIndex:
         return ids, sims
 
 
-def knn_probabilities(
-    query: np.ndarray,
-    index: KnnIndex,
-    config: KnnConfig,
-    num_labels: int,
-    head_probs: np.ndarray | None = None,
-) -> np.ndarray:
-    """The kNN vote for normalised query embeddings (among the head's top `config.candidates` groups when
-    `head_probs` is given and candidates > 0)."""
-    query = np.asarray(query, dtype=np.float32)
-    if head_probs is not None and 0 < config.candidates < num_labels:
-        candidates = np.argpartition(-head_probs, config.candidates - 1, axis=1)[:, : config.candidates]
-        ids, sims = index.search_among(query, config.k, candidates)
-    else:
-        ids, sims = index.search(query, config.k)
+def knn_probabilities(query: np.ndarray, index: KnnIndex, config: KnnConfig, num_labels: int) -> np.ndarray:
+    """The kNN vote for normalised query embeddings."""
+    ids, sims = index.search(np.asarray(query, dtype=np.float32), config.k)
     return vote(index.labels[ids], sims, config.tau, num_labels)
 
 
@@ -359,7 +306,7 @@ class Signals:
             assert self.knn is not None and self.knn_config is not None
             parts.append(
                 (
-                    knn_probabilities(embeddings, self.knn, self.knn_config, self.num_labels, head_probs),
+                    knn_probabilities(embeddings, self.knn, self.knn_config, self.num_labels),
                     self.knn_config.weight,
                 )
             )
