@@ -47,6 +47,8 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
         prototype_max_per_class=5,
         disable_tqdm=True,
         knn_k=3,
+        contrastive_seconds=1.0,
+        contrastive_batch_size=8,
     )
     result = finetune(
         texts,
@@ -61,7 +63,10 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     assert result.temperature > 0
     assert len(result.epochs) == 1 and 0.0 <= result.val_accuracy <= 1.0
     assert result.seconds > 0
-    assert result.stages == ["init", "head", "trainer", "calibrate", "signals", "routing", "save"]
+    assert result.stages == [
+        "init", "contrastive", "head", "trainer", "calibrate", "signals", "routing", "save"
+    ]  # fmt: skip
+    assert result.contrastive is not None and result.contrastive["steps"] >= 1
     assert set(result.stage_seconds) == set(result.stages) and result.architecture == "bert"
     scorer = UnitScorer.load(tmp_path / "model", backend="torch", quantize="none", device="cpu")
     assert scorer.version == "t-1" and len(scorer.codes) == 436
