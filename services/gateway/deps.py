@@ -86,6 +86,8 @@ def _authenticate_in_session(request: Request, key: str, secret: str) -> Princip
 
 
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the commit runs before the response is sent, so a failed commit (the database went away)
+# is answered as an error (503) instead of after a 200 has already gone out, and the connection is kept.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ApiKeyDep = Annotated[Principal, Depends(require_api_key)]
 InferenceClientDep = Annotated[InferenceClient, Depends(get_inference_client)]
