@@ -68,10 +68,34 @@ def evaluate_model_dir(
         t = time.perf_counter()
         probs = scorer.unit_probabilities(texts)
         seconds = time.perf_counter() - t
-        metrics = compute_metrics(probs, scorer.codes, dev.gold, dev.accept)
+        routed = _routed(model_dir, scorer.codes, dev, probs)
+        metrics = compute_metrics(
+            probs,
+            scorer.codes,
+            dev.gold,
+            dev.accept,
+            routed_confidence=routed[0] if routed else None,
+            auto_coded=routed[1] if routed else None,
+        )
         metrics["texts_per_second"] = round(len(texts) / seconds, 1)
         out["sets"][name] = metrics
     return out
+
+
+def _routed(
+    model_dir: Path, codes: list[str], dev: EvalSet, probs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The model's router confidence and auto-coded records (routing.json), as the Predictor decides them."""
+    from shared.predictor import Hierarchy, level_probabilities
+    from shared.routing import RoutingModel, flagged, record_inputs
+
+    routing = RoutingModel.load(model_dir)
+    if routing is None:
+        return None
+    per_level = level_probabilities(probs, Hierarchy.from_codes(codes))
+    has_duties, n_words = record_inputs(dev.job_titles, dev.duties, dev.texts())
+    p4 = routing.probabilities(per_level, has_duties, n_words)[4]
+    return p4, (p4 >= routing.levels[4].threshold) & ~flagged(dev.job_titles, dev.duties)
 
 
 def evaluate_baseline(devsets: dict[str, EvalSet]) -> dict[str, Any]:
@@ -100,6 +124,21 @@ def evaluate_baseline(devsets: dict[str, EvalSet]) -> dict[str, Any]:
     return out
 
 
+def _routing_cells(m: dict[str, Any]) -> list[str]:
+    """ECE and coverage at 95% precision of the calibrated confidence (the router's when the model has
+    routing.json), and the share the model auto-codes with its precision."""
+    routing = m.get("routing")
+    if routing is None:
+        return [f"{m['ece']:.3f}", f"{m['coverage']['0.95']['unit_only']['coverage']:.3f}", "-", "-"]
+    precision = routing.get("auto_coded_precision")
+    return [
+        f"{routing['ece']:.3f}",
+        f"{routing['coverage']['0.95']['coverage']:.3f}",
+        f"{routing.get('auto_coded', 0):.3f}",
+        "-" if precision is None else f"{precision:.3f}",
+    ]
+
+
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     """One row per (dev set, system), one column per metric."""
     from rich.console import Console
@@ -112,6 +151,8 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
     for _, label in COLUMNS:
         table.add_column(label, justify="right")
     table.add_column("texts/s", justify="right")
+    for label in ("ECE", "cov@95%", "auto-coded", "its precision"):
+        table.add_column(label, justify="right")
     sets = sorted({s for r in results.values() for s in r["sets"]})
     for s in sets:
         for system, r in results.items():
@@ -119,7 +160,9 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
             if m is None:
                 continue
             speed = f"{m['texts_per_second']:.0f}" if "texts_per_second" in m else "-"
-            table.add_row(s, system, str(m["n"]), *(f"{m[key]:.3f}" for key, _ in COLUMNS), speed)
+            table.add_row(
+                s, system, str(m["n"]), *(f"{m[key]:.3f}" for key, _ in COLUMNS), speed, *_routing_cells(m)
+            )
     Console().print(table)
 
 
