@@ -64,7 +64,8 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     assert len(result.epochs) == 1 and 0.0 <= result.val_accuracy <= 1.0
     assert result.seconds > 0
     assert result.stages == [
-        "init", "contrastive", "head", "trainer", "calibrate", "signals", "routing", "save"
+        "init", "contrastive", "head", "trainer", "calibrate", "signals", "routing", "index_validation",
+        "save",
     ]  # fmt: skip
     assert result.contrastive is not None and result.contrastive["steps"] >= 1
     assert set(result.stage_seconds) == set(result.stages) and result.architecture == "bert"
@@ -116,8 +117,11 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     assert corrected.version == "t-2"
     # The parent's kNN and lexical entries are kept and the new texts added, not replaced by them.
     assert corrected.signals.knn is not None and corrected.signals.lexical is not None
-    assert len(corrected.signals.knn) == len(texts) + 10 and corrected.signals.knn.texts == texts + texts[:10]
-    assert len(corrected.signals.lexical) == len(texts) + 10
+    # (the parent's index holds its training and, once chosen on them, its validation records)
+    parent_entries = texts + sorted(val_texts, key=len)
+    assert len(corrected.signals.knn) == len(parent_entries) + 10
+    assert corrected.signals.knn.texts == parent_entries + texts[:10]
+    assert len(corrected.signals.lexical) == len(parent_entries) + 10
 
 
 def test_choose_batching_and_temperature():

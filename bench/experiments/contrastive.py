@@ -43,7 +43,7 @@ def mean_pool(model, batch):
     return F.normalize((h * m).sum(1) / m.sum(1), dim=-1)
 
 
-def build_pairs(records, train_idx, rng):
+def build_pairs(records, train_idx, rng, with_duties=False, duties_share=0.5):
     """(anchor, positive, label, minor) over training titles; positives from the same unit group."""
     by_code: dict[str, list[str]] = defaultdict(list)
     for i in train_idx:
@@ -58,6 +58,15 @@ def build_pairs(records, train_idx, rng):
             if not others:
                 continue
             pairs.append((t, rng.choice(others), code))
+    if with_duties:
+        # anchors with duties ("title : one sentence"), positives: another title of the group
+        for i in train_idx:
+            r = records[i]
+            titles = by_code.get(r.isco_code, [])
+            if r.duties_description and titles and rng.random() < duties_share:
+                pairs.append(
+                    (model_input(r.job_title, r.duties_description), rng.choice(titles), r.isco_code)
+                )
     rng.shuffle(pairs)
     return pairs, by_code
 
@@ -71,6 +80,7 @@ def main() -> None:
     ap.add_argument("--variants", action="store_true")
     ap.add_argument("--hard-negatives", action="store_true")
     ap.add_argument("--no-mask", action="store_true")
+    ap.add_argument("--with-duties", action="store_true", help="also anchors with duties (title : sentence)")
     ap.add_argument("--tag", default="c1")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -80,7 +90,7 @@ def main() -> None:
 
     records = build_default_corpus()
     train_idx, _ = occupation_split(records)
-    pairs, by_code = build_pairs(records, train_idx, rng)
+    pairs, by_code = build_pairs(records, train_idx, rng, with_duties=args.with_duties)
     codes = label_codes()
     pos = {c: i for i, c in enumerate(codes)}
     siblings: dict[str, list[str]] = defaultdict(list)
@@ -103,7 +113,10 @@ def main() -> None:
         if len(chunk) < 8:
             step += 1
             continue
-        anchors = [V.variant(a, rng) if args.variants and rng.random() < 0.5 else a for a, _, _ in chunk]
+        anchors = [
+            V.variant(a, rng) if args.variants and " : " not in a and rng.random() < 0.5 else a
+            for a, _, _ in chunk
+        ]
         positives = [p for _, p, _ in chunk]
         labels = torch.tensor([pos[c] for _, _, c in chunk])
         extra, extra_labels = [], []
@@ -118,7 +131,7 @@ def main() -> None:
         cand_labels = torch.cat([labels, torch.tensor(extra_labels, dtype=torch.long)])
         for g in opt.param_groups:
             g["lr"] = args.lr * min(1.0, (step + 1) / warm)
-        ea = mean_pool(model, tok(anchors, padding=True, truncation=True, max_length=24, return_tensors="pt"))
+        ea = mean_pool(model, tok(anchors, padding=True, truncation=True, max_length=48, return_tensors="pt"))
         ec = mean_pool(
             model, tok(cand_texts, padding=True, truncation=True, max_length=24, return_tensors="pt")
         )
@@ -141,7 +154,7 @@ def main() -> None:
         opt.step()
         step += 1
         seen += len(anchors)
-        if step % 20 == 0:
+        if step % 20 == 0 or step == 5:
             print(f"step {step} pairs {seen} loss {loss.item():.3f} {time.time() - t0:.0f}s", flush=True)
     train_min = (time.time() - t0) / 60
     print(
