@@ -1,4 +1,8 @@
-"""How much does holding out whole occupations cost on the dev sets? Frozen head + kNN trained on the occupation split, a record split, and all records (python -m bench.experiments.split_cost)."""
+"""How much does holding out whole occupations cost on the dev sets?
+
+Frozen head + kNN trained on the occupation split, a record split and all records, and the occupation split
+with the held-out records added to the kNN index only. python -m bench.experiments.split_cost
+"""
 
 import numpy as np
 
