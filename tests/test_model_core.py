@@ -221,7 +221,7 @@ def test_indexes_round_trip_without_pickles(tmp_path: Path) -> None:
     np.testing.assert_allclose(p[2], 1 / 3)
     assert not list(tmp_path.glob("*.pkl"))
     nearest = signals.nearest(emb[:1], ["a", "b", "c"], 2)
-    assert nearest[0][0] == ("nurse", "a", pytest.approx(1.0, abs=1e-3))
+    assert nearest[0][0] == ("nurse", "a", pytest.approx(1.0, abs=1e-2))  # int8 similarities
 
 
 def test_lexical_index_without_common_ngrams() -> None:

@@ -94,6 +94,7 @@ class KnnIndex:
         self.texts = texts
         if texts is not None and len(texts) != len(self.labels):
             raise ValueError(f"{len(texts)} texts for {len(self.labels)} kNN entries")
+        self._int8: Int8Similarity | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -118,14 +119,64 @@ class KnnIndex:
         return cls(tensors["embeddings"], tensors["labels"], texts)
 
     def search(self, query: np.ndarray, k: int, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """(entry ids, cosine similarities) of each query's k nearest entries, nearest first."""
+        """(entry ids, cosine similarities) of each query's k nearest entries, nearest first (int8
+        similarities, see `Int8Similarity`)."""
+        if self._int8 is None:
+            self._int8 = Int8Similarity(self.embeddings)
         ids = np.zeros((len(query), min(k, len(self))), dtype=np.int64)
         sims = np.zeros(ids.shape, dtype=np.float32)
         for start in range(0, len(query), block):  # bounds the (block x entries) similarity matrix
             ids[start : start + block], sims[start : start + block] = top_k(
-                query[start : start + block] @ self.embeddings.T, k
+                self._int8.similarities(query[start : start + block]), k
             )
         return ids, sims
+
+
+class Int8Similarity:
+    """Cosine similarities of queries with every index entry, both quantised to int8 with one scale per row,
+    multiplied as integers by ONNX Runtime (MatMulInteger).
+
+    One record against the float32 index is a memory-bound pass over entries x 384 floats (25,000 entries:
+    38 MB, measured 12 ms under load); int8 reads a quarter of that and runs integer kernels: 0.4 ms, and
+    0.15 instead of 1.2 ms per record in batches of 32. Error <= 0.003 in similarity, 99.6% of the top-10
+    neighbours the same. Per-row scales (not one per call) keep each query's similarities independent of
+    its batch-mates.
+    """
+
+    def __init__(self, embeddings: np.ndarray):
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        from shared.model.resources import cpu_share
+
+        self.scale = (np.abs(embeddings).max(axis=1) / 127.0).astype(np.float32)
+        entries = np.round(embeddings / np.maximum(self.scale, 1e-12)[:, None]).astype(np.int8)
+        dim, n = embeddings.shape[1], embeddings.shape[0]
+        graph = helper.make_graph(
+            [helper.make_node("MatMulInteger", ["query", "entries", "zero"], ["dot"])],
+            "knn",
+            [helper.make_tensor_value_info("query", TensorProto.UINT8, ["n", dim])],
+            [helper.make_tensor_value_info("dot", TensorProto.INT32, ["n", n])],
+            initializer=[
+                numpy_helper.from_array(np.ascontiguousarray(entries.T), "entries"),
+                numpy_helper.from_array(np.array(128, dtype=np.uint8), "zero"),
+            ],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = cpu_share()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+
+    def similarities(self, query: np.ndarray) -> np.ndarray:
+        """(len(query), entries) approximate cosine similarities of normalised query embeddings."""
+        query = np.asarray(query, dtype=np.float32)
+        scale = np.maximum(np.abs(query).max(axis=1) / 127.0, 1e-12).astype(np.float32)
+        quantised = (np.round(query / scale[:, None]) + 128).astype(np.uint8)
+        dot = self.session.run(["dot"], {"query": quantised})[0]
+        return dot.astype(np.float32) * scale[:, None] * self.scale[None, :]
 
 
 def knn_probabilities(query: np.ndarray, index: KnnIndex, config: KnnConfig, num_labels: int) -> np.ndarray:
