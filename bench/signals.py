@@ -11,27 +11,30 @@ head + lexical and head + both, mixed with the model's own weights (model.json; 
 weight 0 is scored at the profile weight given by --knn-weight / --lexical-weight). Writes
 bench/results/signals-<timestamp>.json.
 
-Measured 05:05 UTC in one run, load average 3.1 on the 2 cores (other jobs running, so costs are noisy; the
+Measured 05:27 UTC in one run, load average 3.4-4.9 on the 2 cores (other jobs running: costs are noisy, the
 accuracy is not): quick-profile model v20261201-041936-2d1b (25,000 kNN entries, 45,627 lexical entries,
-weights 0.2 / 0.05), default backend ONNX int8 (encoder 2.6 / 8.7 ms per record batched in the same run).
+weights 0.2 / 0.05), default backend ONNX int8 (encoder 2.4 / 6.2 ms per record batched in the same run).
 Top-1 ILO titles / O*NET; cost in ms per record, batched (one record per call in brackets):
 
 | signals | top-1 ILO / O*NET | ILO cost | O*NET cost |
 |---|---|---|---|
 | head only | 0.587 / 0.409 | - | - |
-| + kNN | 0.603 / 0.420 | 1.25 (10.3) | 1.20 (8.7) |
-| + lexical, all n-grams (as trained) | 0.591 / 0.416 | 2.43 (3.8) | 7.34 (12.3) |
-| + lexical, n-grams in <= 5% of texts (`max_df` 0.05, default) | 0.591 / 0.411 | 0.36 (1.6) | 1.56 (3.2) |
-| + lexical, `max_df` 0.01 | 0.591 / 0.409 | 0.11 (0.8) | 0.54 (1.5) |
-| + kNN + lexical all n-grams (the old pipeline) | 0.605 / 0.426 | 3.7 | 8.5 |
-| + kNN + lexical `max_df` 0.05 (the pipeline now) | 0.605 / 0.425 | 1.6 | 2.8 |
+| + kNN (int8 similarities) | 0.603 / 0.420 | 0.61 (1.1) | 0.50 (1.3) |
+| + lexical, all n-grams (as trained) | 0.591 / 0.416 | 1.96 (2.6) | 5.56 (7.7) |
+| + lexical, n-grams in <= 5% of texts (`max_df` 0.05, default) | 0.591 / 0.411 | 0.25 (0.9) | 1.39 (3.2) |
+| + lexical, `max_df` 0.01 | 0.591 / 0.409 | 0.07 (0.7) | 0.46 (1.7) |
+| + kNN + lexical all n-grams | 0.606 / 0.425 | 2.6 | 6.1 |
+| + kNN + lexical `max_df` 0.05 (the pipeline now) | 0.606 / 0.424 | 0.9 | 1.9 |
 
-Kept: kNN (+1.6 / +1.1 points for about half the encoder's batched time on ILO titles, 1/7 on O*NET); the
-lexical signal pruned to n-grams in at most 5% of the training texts (+0.2 / +0.5 points on top of kNN at a
-fifth of its former cost; with all n-grams it cost as much as the encoder on O*NET records).
+The old pipeline (float32 kNN, all n-grams), measured 05:05 in the same way: 0.605 / 0.426, kNN 1.25 / 1.20 ms
+per record batched and 10.3 / 8.7 ms one record per call, lexical 2.43 / 7.34 ms.
+
+Kept: kNN (+1.6 / +1.1 points for a quarter / a twelfth of the encoder's time), with int8 similarities (same
+top-1 as float32, a fifth to an eighth of the time for one record); the lexical signal pruned to n-grams in at
+most 5% of the training texts (+0.3 / +0.4 points on top of kNN at a quarter of its former cost; with all
+n-grams it cost about as much as the encoder on O*NET records).
 Tried and dropped: kNN over only the entries of the head's 16-64 most probable groups (same top-1, but those
-groups hold most entries, so one record cost 8 ms instead of 2 ms). One record per call, the kNN GEMV over all
-25,000 x 384 float32 entries is memory-bound (2 ms idle, up to 10 ms under load): an int8 index would be next.
+groups hold most entries, so one record cost 8 ms instead of 2 ms).
 """
 
 from __future__ import annotations
