@@ -151,32 +151,20 @@ def choose_level(best_per_level: dict[int, tuple[str, float]], thresholds: Thres
     return None
 
 
-def review_fields(choice: LevelChoice | None, record: JobRecord | None = None) -> dict[str, Any]:
-    """`needs_review` and its reasons: only a 4-digit answer that cleared its threshold is auto-coded, and
-    never an answer that is not an occupation or not in English (`shared.routing`)."""
+def review_fields(
+    choice: LevelChoice | None, record: JobRecord | None = None, routed_unit: bool | None = None
+) -> dict[str, Any]:
+    """`needs_review` and its reasons: only a 4-digit answer is auto-coded, only when the model's router says
+    it is right with the fitted precision (`routed_unit`; None: no routing.json), and never an answer that is
+    not an occupation or not in English (`shared.routing`)."""
     level = choice.level if choice is not None else None
+    if level == 4 and routed_unit is False:
+        level = 3  # a 4-digit answer below the router's threshold: reviewed like a fallback
     if record is None:
         reasons = ["not_coded"] if level is None else ["below_threshold"] if level < 4 else []
     else:
         reasons = review_reasons(record.job_title, record.duties_description, level)
     return {"needs_review": bool(reasons), "review_reasons": reasons}
-
-
-def routed_choice(
-    routed: dict[int, np.ndarray],
-    best_idx: dict[int, np.ndarray],
-    hierarchy: Hierarchy,
-    routing: RoutingModel,
-    r: int,
-) -> LevelChoice | None:
-    """The deepest level whose router probability reaches that level's fitted threshold, or None."""
-    for level in LEVELS_DEEPEST_FIRST:
-        router = routing.levels.get(level)
-        if router is not None and routed[level][r] >= router.threshold:
-            return LevelChoice(
-                level, hierarchy.group_codes[level][best_idx[level][r]], float(routed[level][r])
-            )
-    return None
 
 
 def _conf(x: float) -> float:
@@ -199,10 +187,11 @@ def build_predictions(
 ) -> list[Prediction]:
     """Turn a (n_records, n_units) probability matrix into Predictions (pure: no model involved).
 
-    With `routing` (the model's routing.json) and the `records` and their model `texts`, the level answered
-    is the deepest whose router probability (calibrated: the answer is right) reaches its fitted threshold,
-    and `confidence` is that probability; `thresholds` are then not used. With `records`, review reasons
-    include non-occupation answers and non-English input.
+    The level answered is the deepest whose probability reaches its level's threshold. With `routing` (the
+    model's routing.json) and the `records` and their model `texts`, `routing_confidence` is the router's
+    calibrated probability that the 4-digit answer is right, and only answers at or above its fitted
+    threshold are auto-coded (`needs_review` false). With `records`, review reasons include non-occupation
+    answers and non-English input.
     """
     taxonomy = taxonomy or get_taxonomy()
     n = unit_probs.shape[0]
@@ -228,10 +217,10 @@ def build_predictions(
             )
             for level in (4, 3, 2, 1)
         }
+        choice = choose_level(best, thresholds)
+        routed_unit = None
         if routed is not None and routing is not None:
-            choice = routed_choice(routed, best_idx, hierarchy, routing, r)
-        else:
-            choice = choose_level(best, thresholds)
+            routed_unit = bool(routed[4][r] >= routing.levels[4].threshold)
         unit_code, unit_conf = best[4]
         row_top = sorted(top[r], key=lambda j: -per_level[4][r, j])
         alternatives = [
@@ -267,7 +256,8 @@ def build_predictions(
                 path=path,
                 model_version=model_version,
                 truncated=bool(truncated[r]),
-                **review_fields(choice, records[r] if records is not None else None),
+                routing_confidence=_conf(routed[4][r]) if routed is not None else None,
+                **review_fields(choice, records[r] if records is not None else None, routed_unit),
             )
         )
     return results
@@ -437,8 +427,7 @@ class Predictor:
             options = options or PredictOptions()
             end = start + len(records)
             thresholds = options.thresholds or self.config.thresholds
-            # thresholds given with the request win over the model's routing
-            routing = self.routing if options.thresholds is None else None
+            routing = self.routing
             results.append(
                 build_predictions(
                     probs[start:end],

@@ -88,6 +88,11 @@ class Prediction(BaseModel):
     path: list[GroupRef] = Field(description="major -> sub-major -> minor -> unit of the best unit group")
     model_version: str
     truncated: bool = Field(False, description="input was longer than the limit and was truncated")
+    routing_confidence: float | None = Field(
+        None,
+        description="calibrated probability that the 4-digit answer is right (the model's router, fitted on "
+        "held-out occupations); auto-coded only at or above the threshold fitted for the target precision",
+    )
     needs_review: bool = Field(
         True, description="true when the record should go to a human coder instead of being auto-coded"
     )

@@ -94,11 +94,12 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     assert student.needs_review and "not_an_occupation" in student.review_reasons
     assert german.needs_review and "not_english" in german.review_reasons
     assert nurse.needs_review == bool(nurse.review_reasons)
-    if nurse.coded:  # the confidence is the router's probability of the level answered
-        p_level = routing.probabilities(
-            level_probabilities(predictor.probabilities(["nurse"]), predictor.hierarchy), [False], [1]
-        )[nurse.level]
-        assert nurse.confidence == pytest.approx(float(p_level[0]), abs=1e-5)
+    # the router's probability that the 4-digit answer is right; auto-coded only at or above its threshold
+    p_unit = routing.probabilities(
+        level_probabilities(predictor.probabilities(["nurse"]), predictor.hierarchy), [False], [1]
+    )[4]
+    assert nurse.routing_confidence == pytest.approx(float(p_unit[0]), abs=1e-5)
+    assert nurse.needs_review == (float(p_unit[0]) < routing.levels[4].threshold or nurse.level != 4)
 
     # Corrections: start from the model just written.
     again = finetune(

@@ -162,3 +162,38 @@ def test_evaluate_reports_routing_and_draws_the_curve(tmp_path):
     pytest.importorskip("matplotlib")
     png = plot_coverage_precision({"test": {"confidence": conf, "correct": correct}}, tmp_path / "curve.png")
     assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def _constant_routing(probability: float, threshold: float = 0.5) -> RoutingModel:
+    from shared.routing import FEATURES, LevelRouter
+
+    n = len(FEATURES)
+    logit = float(np.log(probability / (1 - probability)))
+    router = LevelRouter(mean=[0.0] * n, std=[1.0] * n, coef=[0.0] * n, intercept=logit, threshold=threshold)
+    return RoutingModel(levels={level: router for level in (4, 3, 2, 1)})
+
+
+def test_predictions_auto_code_only_what_the_router_clears():
+    from shared.predictor import Hierarchy, build_predictions
+    from shared.schemas import JobRecord, Thresholds
+
+    codes = ["2211", "2221", "5131", "8332"]
+    hierarchy = Hierarchy.from_codes(codes)
+    probs = np.array([[0.9, 0.05, 0.03, 0.02]] * 3)
+    records = [JobRecord(job_title="GP"), JobRecord(job_title="Student"), JobRecord(job_title="Busfahrer")]
+    texts = [model_input(r.job_title, "") for r in records]
+
+    def predict(routing):
+        return build_predictions(
+            probs, hierarchy, Thresholds(), 3, "v", records=records, routing=routing, texts=texts
+        )
+
+    sure = predict(_constant_routing(0.99))
+    assert [p.needs_review for p in sure] == [False, True, True]
+    assert sure[0].routing_confidence == pytest.approx(0.99) and sure[0].isco_code == "2211"
+    assert sure[1].review_reasons == ["not_an_occupation"] and sure[2].review_reasons == ["not_english"]
+    unsure = predict(_constant_routing(0.6, threshold=0.9))
+    # still answered at 4 digits (the level thresholds), but reviewed: the router is below its threshold
+    assert unsure[0].isco_code == "2211" and unsure[0].review_reasons == ["below_threshold"]
+    no_routing = predict(None)
+    assert no_routing[0].routing_confidence is None and not no_routing[0].needs_review
