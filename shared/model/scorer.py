@@ -121,8 +121,8 @@ class UnitScorer:
         return self.probabilities_from_embeddings(texts, self.embed(texts, batch_size))
 
     def nearest_examples(self, texts: list[str], k: int = 5) -> list[list[tuple[str, str, float]]]:
-        """Per text: the k most similar training texts of the kNN index (text, unit code, cosine similarity),
-        most similar first; empty lists when the model stores no training texts."""
+        """Per text: the k most similar training texts of the kNN index (text, unit code, cosine similarity
+        from the int8 index, within ~0.01), most similar first; empty lists when the model stores no texts."""
         if self.signals.knn is None or self.signals.knn.texts is None:
             return [[] for _ in texts]
         return self.signals.nearest(self.embed(list(texts)), self.codes, k)
