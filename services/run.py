@@ -370,6 +370,8 @@ def run(args: argparse.Namespace) -> int:
         )
         worker = supervisor.start(Child("worker", procfile["worker"], "35", ready_marker=" ready."))
         supervisor.start(Child("gateway", procfile["gateway"], "33"))
+        if args.with_trainer:  # "Retrain with corrections" needs a consumer of the `training` queue
+            supervisor.start(Child("trainer", procfile["trainer"], "34"))
         base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{gateway_port}"
         supervisor.wait_until("gateway", lambda: http_ready(f"{base_url}/ready") is not None, 120)
         supervisor.wait_until("worker", worker.ready.is_set, 180)
@@ -403,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--no-train", action="store_true", help="fail instead of training when no model exists"
+    )
+    parser.add_argument(
+        "--with-trainer",
+        action="store_true",
+        default=os.environ.get("ISCO_RUN_TRAINER", "").lower() in ("1", "true", "yes"),
+        help="also start a Celery worker on the training queue (retraining from the review page)",
     )
     return run(parser.parse_args(argv))
 

@@ -183,6 +183,19 @@ def test_gpu_worker_reserves_an_nvidia_device_under_a_profile(services: dict[str
     assert services["worker"]["environment"]["ISCO_WORKER_TYPE"] == "cpu"
 
 
+def test_a_training_worker_consumes_the_training_queue(services: dict[str, Any]) -> None:
+    """Retraining from the review page is a task on the `training` queue: compose and `make run
+    --with-trainer` both run a consumer of it, with the training worker config."""
+    training = services["worker-training"]
+    assert "profiles" not in training, "always on: the review page's retrain button needs it"
+    assert "worker -Q training" in command_text(training)
+    assert training["environment"]["ISCO_WORKER_TYPE"] == "training"
+    from services.run import read_procfile
+
+    trainer = read_procfile()["trainer"]
+    assert "ISCO_WORKER_TYPE=training" in trainer and "-Q training" in trainer
+
+
 def test_gateway_is_replicated_behind_nginx(services: dict[str, Any]) -> None:
     gateway = services["gateway"]
     assert int(default_of(gateway["deploy"]["replicas"])) >= 2
@@ -416,7 +429,7 @@ def test_procfile_runs_the_same_entry_points_as_compose(services: dict[str, Any]
     from services.run import read_procfile
 
     procfile = read_procfile()
-    assert set(procfile) == {"inference", "gateway", "worker"}
+    assert set(procfile) == {"inference", "gateway", "worker", "trainer"}
     assert "services.inference.app:create_app --factory" in procfile["inference"]
     assert "services.gateway.app:create_app --factory" in procfile["gateway"]
     assert "celery -A services.worker.celery_app worker -Q cpu" in procfile["worker"]
