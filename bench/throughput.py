@@ -9,7 +9,7 @@ In one run, on the same records (O*NET title + duties from the dev set, ~44 toke
 here for speed only):
 - naive: Hugging Face `pipeline("feature-extraction")` called one record at a time, then pooling and the head;
 - core fp32: `Predictor.predict` (sorted length batches, dynamic padding, no gradients), cache off;
-- fast paths: torch int8 dynamic quantisation, ONNX Runtime fp32 and ONNX Runtime int8;
+- fast paths: torch int8 dynamic quantisation, ONNX Runtime fp32 and ONNX Runtime int8 (static, batched);
 - top-1 of every path on both dev sets and its difference to fp32 (points);
 - p50/p99 latency of POST /predict/job through the gateway (real uvicorn processes, API key auth, model cache
   off so every request runs the model) with 1 and 16 concurrent clients;

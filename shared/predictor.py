@@ -62,7 +62,9 @@ class PredictorConfig(BaseModel):
     backend: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="auto: torch on CUDA, else ONNX Runtime (CPU); the same default in every service"
     )
-    quantize: Literal["none", "int8"] = Field("int8", description="int8 dynamic quantisation (CPU only)")
+    quantize: Literal["none", "int8"] = Field(
+        "int8", description="int8 on CPU: ONNX Runtime static (batched), torch dynamic (one record per call)"
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="intra-op threads; default: this process's CPU share"
     )

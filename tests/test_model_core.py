@@ -136,6 +136,23 @@ def test_batching_does_not_change_answers(trained: Path) -> None:
         np.testing.assert_allclose(together, alone, atol=1e-5, err_msg=str(kw))
 
 
+def test_onnx_int8_is_batched_and_each_row_ignores_its_batch_mates(trained: Path) -> None:
+    """The default CPU path (ONNX static int8: activation scales fixed at export) scores whole batches, and a
+    record scored alone or among 31 others, longer and shorter, gets the same probabilities."""
+    scorer = UnitScorer.load(trained, device="cpu", backend="onnx", quantize="int8")
+    assert not scorer.encoder.per_record
+    assert list((trained / "onnx").glob("*.int8static-*.onnx"))  # the cached static export
+    mates = [f"{q} {word}" for q in QUERIES for word in ("assistant", "senior supervisor of the night shift")]
+    batch = (QUERIES + mates * 4)[:32]
+    calls: list[int] = []
+    embed = scorer.encoder.embed
+    scorer.encoder.embed = lambda inputs: calls.append(len(inputs["input_ids"])) or embed(inputs)  # type: ignore[method-assign]
+    together = scorer.unit_probabilities(batch, batch_size=32)
+    assert calls == [32]  # one call for the whole batch
+    alone = np.vstack([scorer.unit_probabilities([q]) for q in QUERIES])
+    np.testing.assert_allclose(together[: len(QUERIES)], alone, atol=1e-6, rtol=0)
+
+
 def test_nearest_examples_are_training_texts(trained: Path) -> None:
     predictor = Predictor.load(trained, PredictorConfig(cache_size=0))
     nearest = predictor.nearest_examples(["staff nurse", "grill cook"], k=4)

@@ -25,7 +25,9 @@ class InferenceSettings(CommonSettings):
     backend: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="auto: torch on CUDA, else ONNX Runtime (the same default as the workers)"
     )
-    quantize: Literal["none", "int8"] = Field("int8", description="int8 dynamic quantisation (CPU only)")
+    quantize: Literal["none", "int8"] = Field(
+        "int8", description="int8 on CPU: ONNX Runtime static (batched), torch dynamic (one record per call)"
+    )
     torch_threads: int | None = Field(None, ge=1, description="default: the CPUs this process may use")
     batch_size: int = Field(32, ge=1, description="texts per forward pass")
     cache_size: int = Field(20_000, ge=0, description="LRU entries of text -> probabilities")
