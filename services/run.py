@@ -37,7 +37,7 @@ from services.supervisor import (
     Supervisor,
     free_port,
     port_is_free,
-    signal_group,
+    stop_process,
 )
 from services.supervisor import read_procfile as _read_procfile
 from shared.db.session import session_scope
@@ -201,13 +201,7 @@ def train_quick_model(
                 raise KeyboardInterrupt
             time.sleep(0.2)
     finally:
-        if proc.poll() is None:
-            signal_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                signal_group(proc, signal.SIGKILL)
-                proc.wait(timeout=5)
+        stop_process(proc, STOP_TIMEOUT_S)
     if proc.returncode != 0:
         raise StartupError(f"training failed (exit code {proc.returncode}); see the output above")
     console.say(f"model trained in {(time.monotonic() - started) / 60:.1f} minutes")
