@@ -7,6 +7,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shared import csvio, jobs
 from shared.db.session import session_scope
@@ -87,30 +88,10 @@ def finished_csv_job(
                 for i, c in enumerate(cases, start=1)
             ),
         )
-    with session_scope(db_url) as session:
-        jobs.create_job(
-            session,
-            job_id=job_id,
-            kind="csv",
-            owner_key_id=owner_key_id,
-            input_file=input_file,
-            rows_total=len(cases),
-            options={"top_k": 5, "thresholds": None, "filename": "survey.csv"},
-            settings=settings,
-        )
-        jobs.transition(
-            session, job_id, JobStatus.running, only_from=(JobStatus.queued,), started_at=utcnow()
-        )
-        jobs.transition(
-            session,
-            job_id,
-            JobStatus.succeeded,
-            only_from=(JobStatus.running,),
-            rows_done=len(cases),
-            result_path=str(result),
-            model_version="tiny-review-1",
-            finished_at=utcnow(),
-        )
+    _record_succeeded_job(
+        db_url, settings, job_id, "csv", owner_key_id, input_file, result, len(cases),
+        {"top_k": 5, "thresholds": None, "filename": "survey.csv"}, model_version="tiny-review-1",
+    )  # fmt: skip
     return job_id
 
 
@@ -152,15 +133,35 @@ def finished_batch_job(
     result = jobs.result_path(settings, job_id, "batch")
     result.parent.mkdir(parents=True, exist_ok=True)
     result.write_text("".join(prediction(c).model_dump_json() + "\n" for c in cases), encoding="utf-8")
+    _record_succeeded_job(
+        db_url, settings, job_id, "batch", owner_key_id, input_file, result, len(cases),
+        {"top_k": 5, "thresholds": None},
+    )  # fmt: skip
+    return job_id
+
+
+def _record_succeeded_job(
+    db_url: str,
+    settings: jobs.JobSettings,
+    job_id: str,
+    kind: str,
+    owner_key_id: int | None,
+    input_file: Path,
+    result: Path,
+    rows: int,
+    options: dict[str, Any],
+    **finished: Any,
+) -> None:
+    """The job row, taken queued -> running -> succeeded through the job module, as a worker would."""
     with session_scope(db_url) as session:
         jobs.create_job(
             session,
             job_id=job_id,
-            kind="batch",
+            kind=kind,
             owner_key_id=owner_key_id,
             input_file=input_file,
-            rows_total=len(cases),
-            options={"top_k": 5, "thresholds": None},
+            rows_total=rows,
+            options=options,
             settings=settings,
         )
         jobs.transition(
@@ -171,8 +172,8 @@ def finished_batch_job(
             job_id,
             JobStatus.succeeded,
             only_from=(JobStatus.running,),
-            rows_done=len(cases),
+            rows_done=rows,
             result_path=str(result),
             finished_at=utcnow(),
+            **finished,
         )
-    return job_id
