@@ -93,8 +93,11 @@ class JobSettings(CommonSettings):
 
 
 def new_job_id() -> str:
-    """An unguessable job id (192 random bits, URL-safe)."""
-    return secrets.token_urlsafe(24)
+    """An unguessable job id (192 random bits, URL-safe) that does not start with "-": command lines
+    (`isco jobs get ID`) would read such an id as an option."""
+    while (job_id := secrets.token_urlsafe(24)).startswith("-"):
+        pass
+    return job_id
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -325,3 +325,10 @@ def test_result_rows_and_final_codes_for_the_review_page(settings: WorkerSetting
             select(ReviewEvent).where(ReviewEvent.job_id == "review").order_by(ReviewEvent.id)
         ).all()
         assert [(e.previous_code, e.final_code) for e in events] == [(None, "2221"), ("2221", None)]
+
+
+def test_job_ids_never_look_like_a_command_line_option() -> None:
+    """`isco jobs get ID` must not read an id as an option: about 1 in 64 URL-safe tokens starts with "-"."""
+    ids = [jobs.new_job_id() for _ in range(2000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert len(set(ids)) == len(ids) and all(len(i) == 32 for i in ids)
