@@ -40,19 +40,34 @@ class Terminated(Exception):
     """SIGTERM arrived: unwind (removing the partial output) and exit like a terminated process."""
 
 
+class _Termination:
+    """Remembers a SIGTERM so that a `Terminated` swallowed on its way up still stops the run."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+
+    def check(self) -> None:
+        # The handler's exception can land inside a `__del__` (a regex object's, a file's), where Python
+        # prints "Exception ignored" and carries on; checking the flag between chunks makes SIGTERM certain.
+        if self.signalled:
+            raise Terminated(signal.SIGTERM)
+
+
 @contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
+def _sigterm_unwinds() -> Iterator[_Termination]:
     """While active, SIGTERM raises `Terminated` in the main thread, so `finally` blocks run."""
+    termination = _Termination()
 
     def raise_terminated(signum: int, _frame: object) -> None:
+        termination.signalled = True
         raise Terminated(signum)
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
-        yield
+        yield termination
         return
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        yield
+        yield termination
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -103,7 +118,7 @@ def predict(
     output.parent.mkdir(parents=True, exist_ok=True)
     coded = failed = 0
     memo = Memo(20_000)
-    with _sigterm_unwinds():
+    with _sigterm_unwinds() as termination:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
         try:
             with (
@@ -132,8 +147,10 @@ def predict(
                             coded += 1
                     csvio.write_rows(out, rows, layout.delimiter)
                     bar.advance(task, len(chunk))
+                    termination.check()
                 out.flush()
                 os.fsync(out.fileno())
+            termination.check()
             os.replace(tmp_name, output)
         except csvio.CsvFormatError as exc:
             raise _fail(f"{input}: {exc}") from None
