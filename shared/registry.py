@@ -5,8 +5,9 @@ written to the model store, and only then is the row marked `ready` (or `failed`
 is the best; services poll `best_model` and hot-reload when its version changes.
 
 Promotion rule: a candidate replaces the best only if it scores higher on the *same* evaluation data
-(equal `eval_data_hash`). When the hashes differ the caller may re-score the current best on the candidate's
-evaluation data and pass that score in; otherwise promotion is refused with the reason. Helpers here only
+(equal `eval_data_hash`). When the hashes differ the caller may score both on the candidate's evaluation
+records that the best never saw (a `Rescore`: another split's test records may be the best's training
+records) and pass that in; otherwise promotion is refused with the reason. Helpers here only
 flush: the caller commits (CLI command, training task).
 """
 
@@ -53,6 +54,16 @@ class PromotionDecision:
             "previous_best_score": self.best_score,
             "previous_best_rescored": self.rescored,
         }
+
+
+@dataclass(frozen=True)
+class Rescore:
+    """Both models scored on the same records: the candidate's test records the current best never saw."""
+
+    best_version: str
+    candidate_score: float
+    best_score: float
+    records: int
 
 
 def new_version_name(now: datetime | None = None) -> str:
@@ -201,13 +212,13 @@ def decide_promotion(
     candidate: ModelVersion,
     best: ModelVersion | None,
     *,
-    best_score_on_candidate_data: float | None = None,
+    rescore: Rescore | None = None,
     min_delta: float = 0.0,
 ) -> PromotionDecision:
     """Apply the promotion rule without changing anything.
 
-    `best_score_on_candidate_data`: the current best re-scored on the candidate's evaluation data, for when
-    the two were evaluated on different data (different `eval_data_hash`).
+    `rescore`: both models scored on the same records, for when they were evaluated on different data
+    (different `eval_data_hash`).
     """
     if candidate.status != ModelStatus.ready:
         return PromotionDecision(False, f"{candidate.version} is {candidate.status}, not ready")
@@ -222,11 +233,12 @@ def decide_promotion(
         )
     if best.eval_data_hash == candidate.eval_data_hash and best.eval_score is not None:
         best_score, rescored, where = best.eval_score, False, "the same evaluation data"
-    elif best_score_on_candidate_data is not None:
-        best_score, rescored = best_score_on_candidate_data, True
+    elif rescore is not None and rescore.best_version == best.version:
+        score, best_score, rescored = rescore.candidate_score, rescore.best_score, True
         where = (
-            f"the candidate's evaluation data (the best was evaluated on other data, hash "
-            f"{(best.eval_data_hash or 'none')[:12]} vs {candidate.eval_data_hash[:12]}, so it was re-scored)"
+            f"{rescore.records:,} of the candidate's test records the best never saw (the best was evaluated "
+            f"on other data, hash {(best.eval_data_hash or 'none')[:12]} vs {candidate.eval_data_hash[:12]}, "
+            "so both were re-scored)"
         )
     else:
         return PromotionDecision(
@@ -275,15 +287,13 @@ def promote(
     version: str,
     *,
     force: bool = False,
-    best_score_on_candidate_data: float | None = None,
+    rescore: Rescore | None = None,
     min_delta: float = 0.0,
 ) -> PromotionDecision:
     """Promote `version` to best if it beats the current best on the same evaluation data (or with force)."""
     candidate = require_version(session, version)
     best = best_model(session)
-    decision = decide_promotion(
-        candidate, best, best_score_on_candidate_data=best_score_on_candidate_data, min_delta=min_delta
-    )
+    decision = decide_promotion(candidate, best, rescore=rescore, min_delta=min_delta)
     if not decision.promote and force:
         if candidate.status != ModelStatus.ready:
             return decision

@@ -138,6 +138,13 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
     assert finetune["train_size"] + finetune["val_size"] == 50 and finetune["train_size"] >= 36
     for name in ("model.json", "labels.json", "metrics.json", "training.json", "preprocess.json"):
         assert (model_dir / name).is_file(), name
+    # after scoring, the test records joined the indexes: every train, validation and test record is known
+    assert metrics["test_records_indexed"] == 10
+    from shared.model.directory import ModelDir
+
+    signals = ModelDir.read(model_dir).signals()  # both signals are on by default
+    assert signals.knn is not None and signals.knn.texts is not None and len(signals.knn) == 60
+    assert signals.lexical is not None and len(signals.lexical) == 60
     report = Path(env["ISCO_DATA_DIR"]) / "runs" / first / "invalid_rows.csv"
     assert "'99999' is not an ISCO-08 code" in report.read_text()
 
@@ -176,14 +183,16 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
             "correction_repeats": 2,
         }
 
-    # Other evaluation data (another split): the current best is re-scored on the candidate's test split.
+    # Other evaluation data (another split): both are scored on the candidate's test records that the best
+    # never saw (the best trained on or indexed every record of the first split, so none are left).
     resplit = _run({**env, "ISCO_PREPROCESS__TEST_FRACTION": "0.3"}, "train", "--data", env["DATA_CSV"])
     assert resplit.exit_code == 0, resplit.output
     with session_scope(env["ISCO_DATABASE_URL"]) as s:
         newest = registry.list_versions(s)[0]
         assert newest.eval_data_hash != first_hash
         promotion = newest.metrics["promotion"]
-        assert promotion["previous_best_rescored"] is True and "re-scored" in promotion["reason"]
+        assert promotion["promoted"] is False and "not comparable" in promotion["reason"]
+    assert "has seen every test record" in resplit.output
 
     with session_scope(env["ISCO_DATABASE_URL"]) as s:
         best_now = registry.best_model(s).version  # type: ignore[union-attr]

@@ -67,8 +67,10 @@ def test_promotion_only_when_better_on_same_data(db_url: str, tmp_path: Path) ->
         assert not registry.promote(s, "equal").promote  # must beat, not tie
         decision = registry.promote(s, "other_data")
         assert not decision.promote and "not comparable" in decision.reason
-        # re-scored on the candidate's data, the current best loses
-        assert registry.promote(s, "other_data", best_score_on_candidate_data=0.95).promote is False
+        # both re-scored on the candidate's records the best never saw: the candidate loses there
+        lost = registry.Rescore(best_version="v1", candidate_score=0.80, best_score=0.95, records=100)
+        decision = registry.promote(s, "other_data", rescore=lost)
+        assert decision.promote is False and decision.candidate_score == 0.80 and "100 of" in decision.reason
     assert _best(db_url) == "v1"
     with session_scope(db_url) as s:
         decision = registry.promote(s, "better")
@@ -77,7 +79,13 @@ def test_promotion_only_when_better_on_same_data(db_url: str, tmp_path: Path) ->
         )
     assert _best(db_url) == "better"
     with session_scope(db_url) as s:
-        decision = registry.promote(s, "other_data", best_score_on_candidate_data=0.50)
+        decision = registry.promote(
+            s,
+            "other_data",
+            rescore=registry.Rescore(
+                best_version="better", candidate_score=0.85, best_score=0.50, records=100
+            ),
+        )
         assert decision.promote and decision.rescored
     assert _best(db_url) == "other_data"
     with session_scope(db_url) as s:

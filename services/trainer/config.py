@@ -105,6 +105,12 @@ class TrainerSettings(CommonSettings):
         None, ge=1, description="cap on training examples (a stratified sample), for quick runs"
     )
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    index_test: bool = Field(
+        True,
+        description="once the test split is scored (and the current best re-scored on it), add its "
+        "records to the model's kNN and lexical indexes: the product then knows every labelled title; dev "
+        "sets are scored after that",
+    )
     devsets_dir: Path = Field(DEVSETS_DIR, description="extra evaluation sets (*.csv); never trained on")
     replay_size: int = Field(
         5000, ge=0, description="original training examples mixed into a corrections run"

@@ -55,6 +55,7 @@ from shared.model.signals import (
     LexicalConfig,
     LexicalIndex,
     Signals,
+    extend_indexes,
     knn_probabilities,
     search_weights,
 )
@@ -718,22 +719,13 @@ def routing_stage(state: TrainState) -> None:
 def index_validation_stage(state: TrainState) -> None:
     """Validation records join the kNN and lexical indexes once everything has been chosen on them: the split
     holds out whole occupations, and a model without them loses ~2 points of dev top-1 (measured with
-    bench/experiments/split_cost.py; a kNN over all records recovers most of it). Test records never join."""
-    if not state.config.index_validation or not state.has_val:
+    bench/experiments/split_cost.py; a kNN over all records recovers most of it). Test records join only
+    after the test split is scored (`services.trainer.pipeline`)."""
+    if not state.config.index_validation or not state.has_val or state.val_embeddings is None:
         return
-    if state.knn_index is not None and state.val_embeddings is not None:
-        index = state.knn_index
-        texts = (index.texts or []) + state.val_texts if index.texts is not None else None
-        state.knn_index = KnnIndex(
-            np.concatenate([index.embeddings, state.val_embeddings]),
-            np.concatenate([index.labels, state.val_labels]),
-            texts,
-        )
-    if state.lexical_index is not None:
-        lexical = state.lexical_index
-        state.lexical_index = lexical.extended(
-            np.arange(len(lexical.labels)), lexical.labels, state.val_texts, state.val_labels
-        )
+    state.knn_index, state.lexical_index = extend_indexes(
+        state.knn_index, state.lexical_index, state.val_texts, state.val_embeddings, state.val_labels
+    )
 
 
 def save_stage(state: TrainState) -> None:

@@ -9,8 +9,11 @@ at any point marks the row `failed` with the error. Reports of every run (invali
 metrics) are kept under `settings.runs_dir/<version>/`, also for failed runs.
 
 Evaluation: the test split decides promotion (the registry compares models only on the same evaluation data:
-when the current best was evaluated on other data, it is re-scored on the candidate's test split first). The
-development sets in `settings.devsets_dir` are scored as extra metrics and are never read for training.
+when the current best was evaluated on other data, both are scored on the candidate's test records that the
+best never saw, so a split change cannot favour the old model). Then, with `index_test`, the test records join
+the model's kNN and lexical indexes (a production model should know every labelled title; its test figures
+were taken before). The development sets in `settings.devsets_dir` are scored last, as extra metrics, and are
+never read for training.
 
 Corrections: the current best (or `--base-model VERSION`) is fine-tuned on the corrected records, repeated
 `correction_repeats` times, mixed with a replay sample of the original training split. Corrections only ever
@@ -184,20 +187,32 @@ def _load_rows(
 def _evaluate_model(
     model_dir: Path,
     settings: TrainerSettings,
-    test_set: EvalSet,
+    test: Sequence[Example],
+    best: tuple[str, Path] | None,
     train_texts: set[str],
     say: Reporter,
     corrections: EvalSet | None = None,
-) -> dict[str, Any]:
-    """Test split, dev sets and (for a corrections run) how well the corrections were learnt."""
+) -> tuple[dict[str, Any], registry.Rescore | None]:
+    """Test split, the re-scoring of the current `best` (version, directory; given when it was evaluated on
+    other data), indexing of the test records, dev sets and (for a corrections run) how well the corrections
+    were learnt."""
     from shared.predictor import Predictor
 
     predictor = Predictor.load(model_dir)
     started = time.monotonic()
-    metrics: dict[str, Any] = {"test": evaluate_set(predictor, test_set), "devsets": {}}
+    metrics: dict[str, Any] = {
+        "test": evaluate_set(predictor, eval_set_from_examples("test", test)),
+        "devsets": {},
+    }
     if corrections is not None:
         fit = evaluate_set(predictor, corrections)
         metrics["corrections_fit"] = {"n": fit["n"], "accuracy": fit["accuracy"]}
+    rescore = _rescore_best(best, predictor, test, say) if best is not None else None
+    if settings.index_test:
+        _index_records(model_dir, test)
+        metrics["test_records_indexed"] = len(test)
+        say(f"{len(test):,} test records added to the kNN and lexical indexes (after scoring the test split)")
+        predictor = Predictor.load(model_dir)
     for path in sorted(settings.devsets_dir.glob("*.csv")) if settings.devsets_dir.is_dir() else []:
         dev = load_eval_csv(path, skip_invalid=True)
         dev_metrics = evaluate_set(predictor, dev)
@@ -205,25 +220,60 @@ def _evaluate_model(
         dev_metrics["texts_also_in_training"] = sum(1 for t in dev.texts() if t in train_texts)
         metrics["devsets"][dev.name] = dev_metrics
     say(f"evaluated in {time.monotonic() - started:.0f}s")
-    return metrics
+    return metrics, rescore
+
+
+def _index_records(model_dir: Path, examples: Sequence[Example]) -> None:
+    """Add labelled records to a model directory's kNN and lexical indexes (embedded like training did)."""
+    import numpy as np
+
+    from shared.model.scorer import UnitScorer
+    from shared.model.signals import extend_indexes
+
+    scorer = UnitScorer.load(model_dir, backend="torch", device="cpu", quantize="none")
+    texts = [e.text for e in examples]
+    label_of = {code: i for i, code in enumerate(scorer.codes)}
+    labels = np.array([label_of[e.code] for e in examples], dtype=np.int64)
+    knn, lexical = extend_indexes(
+        scorer.signals.knn, scorer.signals.lexical, texts, scorer.embed(texts), labels
+    )
+    if knn is not None:
+        knn.save(model_dir)
+    if lexical is not None:
+        lexical.save(model_dir)
 
 
 def _rescore_best(
-    settings: TrainerSettings, best: Any, test_set: EvalSet, candidate_hash: str, say: Reporter
-) -> float | None:
-    """The current best's 4-digit accuracy on the candidate's test split (None when it cannot be loaded)."""
-    if best is None or best.eval_data_hash == candidate_hash:
-        return None
+    best: tuple[str, Path], candidate: Any, test: Sequence[Example], say: Reporter
+) -> registry.Rescore | None:
+    """Candidate and current best scored on the candidate's test records that the best never saw (the texts
+    of its kNN index: every record it trained on or indexed); None when the best cannot be loaded."""
+    from shared.model.signals import KNN_TEXTS_FILE
     from shared.predictor import Predictor
 
+    version, best_dir = best
     try:
-        predictor = Predictor.load(registry.resolve_model_dir(settings, best))
+        best_predictor = Predictor.load(best_dir)
     except Exception as exc:  # a missing or broken directory must not fail the new model's run
-        say(f"[yellow]could not load the current best {best.version} to re-score it: {exc}[/yellow]")
+        say(f"[yellow]could not load the current best {version} to re-score it: {exc}[/yellow]")
         return None
-    score = float(evaluate_set(predictor, test_set)["accuracy"])
-    say(f"current best {best.version} re-scored on this run's test split: {score:.4f}")
-    return score
+    seen_path = best_dir / KNN_TEXTS_FILE
+    seen = set(json.loads(seen_path.read_text())) if seen_path.exists() else set()
+    unseen = eval_set_from_examples("test", [e for e in test if e.text not in seen])
+    if not len(unseen):
+        say(f"[yellow]the current best {version} has seen every test record: it cannot be re-scored[/yellow]")
+        return None
+    rescore = registry.Rescore(
+        best_version=version,
+        candidate_score=float(evaluate_set(candidate, unseen)["accuracy"]),
+        best_score=float(evaluate_set(best_predictor, unseen)["accuracy"]),
+        records=len(unseen),
+    )
+    say(
+        f"on the {rescore.records:,} test records {version} never saw: "
+        f"candidate {rescore.candidate_score:.4f}, {version} {rescore.best_score:.4f}"
+    )
+    return rescore
 
 
 def run_training(
@@ -338,12 +388,19 @@ def run_training(
         training_info["finetune"] = finetune_result.model_dump(mode="json")
         timings["finetune_s"] = round(time.monotonic() - t0, 1)
         t0 = time.monotonic()
-        test_set = eval_set_from_examples("test", prepared.test)
+        with session_scope(settings.db_url) as session:
+            best = registry.best_model(session)
+            rescore_best = (
+                (best.version, registry.resolve_model_dir(settings, best))
+                if best is not None and best.eval_data_hash != prepared.eval_data_hash
+                else None
+            )
         fixes = [e for e in prepared.train if e.source == CORRECTION_SOURCE]
-        metrics = _evaluate_model(
+        metrics, rescore = _evaluate_model(
             model_dir,
             settings,
-            test_set,
+            prepared.test,
+            rescore_best,
             {e.text for e in train},
             say,
             corrections=eval_set_from_examples("corrections", fixes) if corrections is not None else None,
@@ -374,17 +431,7 @@ def run_training(
         raise
 
     with session_scope(settings.db_url) as session:
-        best = registry.best_model(session)
-        best_info = (best.version, best.eval_data_hash, best.path) if best else None
-    rescored = None
-    if best_info is not None and best_info[1] != prepared.eval_data_hash:
-        with session_scope(settings.db_url) as session:
-            best = registry.best_model(session)
-        rescored = _rescore_best(settings, best, test_set, prepared.eval_data_hash, say)
-    with session_scope(settings.db_url) as session:
-        decision = registry.promote(
-            session, version, best_score_on_candidate_data=rescored, min_delta=settings.promotion_min_delta
-        )
+        decision = registry.promote(session, version, rescore=rescore, min_delta=settings.promotion_min_delta)
         mv = registry.require_version(session, version)
         mv.metrics = {**metrics, "promotion": decision.as_dict()}
     metrics["promotion"] = decision.as_dict()

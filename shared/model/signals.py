@@ -118,6 +118,14 @@ class KnnIndex:
         texts = json.loads(texts_path.read_text()) if texts_path.exists() else None
         return cls(tensors["embeddings"], tensors["labels"], texts)
 
+    def extended(self, embeddings: np.ndarray, labels: np.ndarray, texts: list[str]) -> KnnIndex:
+        """This index followed by new entries."""
+        return KnnIndex(
+            np.concatenate([self.embeddings, embeddings]),
+            np.concatenate([self.labels, labels]),
+            self.texts + list(texts) if self.texts is not None else None,
+        )
+
     def search(self, query: np.ndarray, k: int, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """(entry ids, cosine similarities) of each query's k nearest entries, nearest first (int8
         similarities, see `Int8Similarity`)."""
@@ -284,6 +292,21 @@ class LexicalIndex:
                 ids[start + row, :n] = product.indices[lo:hi][row_ids[0]]
                 sims[start + row, :n] = row_sims[0]
         return vote(self.labels[ids], sims, config.tau, num_labels)
+
+
+def extend_indexes(
+    knn: KnnIndex | None,
+    lexical: LexicalIndex | None,
+    texts: list[str],
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+) -> tuple[KnnIndex | None, LexicalIndex | None]:
+    """Both indexes (those present) with the labelled records `texts` added."""
+    if knn is not None:
+        knn = knn.extended(embeddings, labels, texts)
+    if lexical is not None:
+        lexical = lexical.extended(np.arange(len(lexical.labels)), lexical.labels, texts, labels)
+    return knn, lexical
 
 
 def mix_probabilities(head_probs: np.ndarray, parts: list[tuple[np.ndarray, float]]) -> np.ndarray:
