@@ -69,7 +69,7 @@ def train_tiny(root: Path, architecture: str, config: FinetuneConfig | None = No
     finetune(
         texts,
         codes,
-        texts[::4],
+        [f"senior {t}" for t in texts[::4]],  # validation texts the training split does not hold
         codes[::4],
         codes=label_codes(),
         config=config,
@@ -103,8 +103,9 @@ def test_model_json_records_architecture_tokenizer_and_signals(trained: Path) ->
     assert meta["knn"]["weight"] > 0 or meta["lexical"]["weight"] > 0
     texts = json.loads((trained / "knn_texts.json").read_text())
     n_train = 2 * sum(len(t) for t in TITLES.values())
-    # training records, then the validation records (texts[::4]) once everything was chosen on them
+    # training records, then the validation records once everything was chosen on them
     assert len(texts) == n_train + len(range(0, n_train, 4))
+    assert all(t.startswith("senior ") for t in texts[n_train:])
 
 
 def test_every_backend_gives_the_same_answers_with_signals(trained: Path) -> None:
@@ -150,7 +151,9 @@ def test_onnx_int8_is_batched_and_each_row_ignores_its_batch_mates(trained: Path
     together = scorer.unit_probabilities(batch, batch_size=32)
     assert calls == [32]  # one call for the whole batch
     alone = np.vstack([scorer.unit_probabilities([q]) for q in QUERIES])
-    np.testing.assert_allclose(together[: len(QUERIES)], alone, atol=1e-6, rtol=0)
+    # float32 rounding of the numpy head and signals over other batch shapes only (dynamic activation scales
+    # would move probabilities by ~1e-2)
+    np.testing.assert_allclose(together[: len(QUERIES)], alone, atol=1e-5, rtol=0)
 
 
 def test_nearest_examples_are_training_texts(trained: Path) -> None:

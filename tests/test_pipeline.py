@@ -175,6 +175,7 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
         assert newest.status == "ready" and newest.parent_version == best_version
         assert newest.eval_data_hash == first_hash
         assert newest.metrics["corrections_fit"]["n"] == 2
+        assert newest.metrics["test_records_indexed"] == 0  # the parent's entries already hold them
         composition = newest.metrics["training"]["composition"]
         assert composition == {
             "train_examples": 2 * 2 + 20,

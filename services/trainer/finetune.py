@@ -723,7 +723,7 @@ def index_validation_stage(state: TrainState) -> None:
     after the test split is scored (`services.trainer.pipeline`)."""
     if not state.config.index_validation or not state.has_val or state.val_embeddings is None:
         return
-    state.knn_index, state.lexical_index = extend_indexes(
+    state.knn_index, state.lexical_index, _ = extend_indexes(
         state.knn_index, state.lexical_index, state.val_texts, state.val_embeddings, state.val_labels
     )
 

@@ -209,9 +209,8 @@ def _evaluate_model(
         metrics["corrections_fit"] = {"n": fit["n"], "accuracy": fit["accuracy"]}
     rescore = _rescore_best(best, predictor, test, say) if best is not None else None
     if settings.index_test:
-        _index_records(model_dir, test)
-        metrics["test_records_indexed"] = len(test)
-        say(f"{len(test):,} test records added to the kNN and lexical indexes (after scoring the test split)")
+        added = metrics["test_records_indexed"] = _index_records(model_dir, test)
+        say(f"{added:,} test records added to the kNN and lexical indexes (after scoring the test split)")
         predictor = Predictor.load(model_dir)
     for path in sorted(settings.devsets_dir.glob("*.csv")) if settings.devsets_dir.is_dir() else []:
         dev = load_eval_csv(path, skip_invalid=True)
@@ -223,8 +222,9 @@ def _evaluate_model(
     return metrics, rescore
 
 
-def _index_records(model_dir: Path, examples: Sequence[Example]) -> None:
-    """Add labelled records to a model directory's kNN and lexical indexes (embedded like training did)."""
+def _index_records(model_dir: Path, examples: Sequence[Example]) -> int:
+    """Add labelled records to a model directory's kNN and lexical indexes (embedded like training did);
+    returns how many were new to them."""
     import numpy as np
 
     from shared.model.scorer import UnitScorer
@@ -234,13 +234,14 @@ def _index_records(model_dir: Path, examples: Sequence[Example]) -> None:
     texts = [e.text for e in examples]
     label_of = {code: i for i, code in enumerate(scorer.codes)}
     labels = np.array([label_of[e.code] for e in examples], dtype=np.int64)
-    knn, lexical = extend_indexes(
+    knn, lexical, added = extend_indexes(
         scorer.signals.knn, scorer.signals.lexical, texts, scorer.embed(texts), labels
     )
     if knn is not None:
         knn.save(model_dir)
     if lexical is not None:
         lexical.save(model_dir)
+    return added
 
 
 def _rescore_best(

@@ -300,13 +300,21 @@ def extend_indexes(
     texts: list[str],
     embeddings: np.ndarray,
     labels: np.ndarray,
-) -> tuple[KnnIndex | None, LexicalIndex | None]:
-    """Both indexes (those present) with the labelled records `texts` added."""
+) -> tuple[KnnIndex | None, LexicalIndex | None, int]:
+    """Both indexes (those present) with the labelled records `texts` added, and how many were added: texts
+    the kNN index already holds are skipped (a corrections run keeps its parent's entries, which may hold
+    the same validation and test records)."""
+    known = set(knn.texts) if knn is not None and knn.texts is not None else set()
+    new = np.array([t not in known for t in texts], dtype=bool)
+    texts = [t for t, n in zip(texts, new, strict=True) if n]
+    if not texts:
+        return knn, lexical, 0
+    embeddings, labels = embeddings[new], np.asarray(labels)[new]
     if knn is not None:
         knn = knn.extended(embeddings, labels, texts)
     if lexical is not None:
         lexical = lexical.extended(np.arange(len(lexical.labels)), lexical.labels, texts, labels)
-    return knn, lexical
+    return knn, lexical, len(texts)
 
 
 def mix_probabilities(head_probs: np.ndarray, parts: list[tuple[np.ndarray, float]]) -> np.ndarray:
