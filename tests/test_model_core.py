@@ -257,6 +257,16 @@ def test_lexical_index_without_common_ngrams() -> None:
     assert list(p.argmax(1)) == [0, 1]
 
 
+def test_lexical_query_vectors_are_the_vectorizers() -> None:
+    """Queries are vectorised without the vectorizer's per-call overhead, to the same TF-IDF vectors as its
+    `transform` (repeated n-grams, unknown n-grams, an empty text)."""
+    texts = ["staff nurse", "night nurse", "line cook", "pastry cook", "pipe welder", "welder"]
+    lexical = LexicalIndex.build(texts, [0, 0, 1, 1, 2, 2], LexicalConfig(k=2, min_df=1))
+    queries = ["nurse nurse nurse", "Pastry COOK of the night", "", "zzzz"]
+    expected = lexical.vectorizer.transform(queries).toarray()
+    np.testing.assert_allclose(lexical.query_matrix(queries).toarray(), expected, atol=1e-6)
+
+
 def test_worker_and_inference_service_give_identical_results(trained: Path, tmp_path: Path) -> None:
     """Default settings of both services (no backend or quantize override): the same records, micro-batched
     by the service in one request, chunked by the worker, get the same answers."""

@@ -140,6 +140,7 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
         assert (model_dir / name).is_file(), name
     # after scoring, the test records joined the indexes: every train, validation and test record is known
     assert metrics["test_records_indexed"] == 10
+    assert metrics["head_refit"]["records"] == 60  # then the head was refitted on every indexed record
     from shared.model.directory import ModelDir
 
     signals = ModelDir.read(model_dir).signals()  # both signals are on by default
@@ -176,6 +177,7 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
         assert newest.eval_data_hash == first_hash
         assert newest.metrics["corrections_fit"]["n"] == 2
         assert newest.metrics["test_records_indexed"] == 0  # the parent's entries already hold them
+        assert "head_refit" not in newest.metrics  # a refit over every record would dilute the corrections
         composition = newest.metrics["training"]["composition"]
         assert composition == {
             "train_examples": 2 * 2 + 20,

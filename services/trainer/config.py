@@ -111,6 +111,13 @@ class TrainerSettings(CommonSettings):
         "records to the model's kNN and lexical indexes: the product then knows every labelled title; dev "
         "sets are scored after that",
     )
+    refit_head_epochs: int = Field(
+        3,
+        ge=0,
+        description="after indexing, train the cosine head this many epochs more on every indexed record "
+        "(train, validation, test embeddings in the kNN index); 0: off",
+    )
+    refit_head_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the head refit")
     devsets_dir: Path = Field(DEVSETS_DIR, description="extra evaluation sets (*.csv); never trained on")
     replay_size: int = Field(
         5000, ge=0, description="original training examples mixed into a corrections run"

@@ -11,9 +11,9 @@ metrics) are kept under `settings.runs_dir/<version>/`, also for failed runs.
 Evaluation: the test split decides promotion (the registry compares models only on the same evaluation data:
 when the current best was evaluated on other data, both are scored on the candidate's test records that the
 best never saw, so a split change cannot favour the old model). Then, with `index_test`, the test records join
-the model's kNN and lexical indexes (a production model should know every labelled title; its test figures
-were taken before). The development sets in `settings.devsets_dir` are scored last, as extra metrics, and are
-never read for training.
+the model's kNN and lexical indexes, and the head is refitted a few epochs on every indexed record (a
+production model should know every labelled title; its test figures were taken before). The development
+sets in `settings.devsets_dir` are scored last, as extra metrics, and are never read for training.
 
 Corrections: the current best (or `--base-model VERSION`) is fine-tuned on the corrected records, repeated
 `correction_repeats` times, mixed with a replay sample of the original training split. Corrections only ever
@@ -194,8 +194,8 @@ def _evaluate_model(
     corrections: EvalSet | None = None,
 ) -> tuple[dict[str, Any], registry.Rescore | None]:
     """Test split, the re-scoring of the current `best` (version, directory; given when it was evaluated on
-    other data), indexing of the test records, dev sets and (for a corrections run) how well the corrections
-    were learnt."""
+    other data), indexing of the test records and the head refit (not in a corrections run: the refit would
+    dilute the corrections), dev sets and (for a corrections run) how well the corrections were learnt."""
     from shared.predictor import Predictor
 
     predictor = Predictor.load(model_dir)
@@ -211,6 +211,13 @@ def _evaluate_model(
     if settings.index_test:
         added = metrics["test_records_indexed"] = _index_records(model_dir, test)
         say(f"{added:,} test records added to the kNN and lexical indexes (after scoring the test split)")
+    refit = settings.refit_head_epochs > 0 and corrections is None
+    if refit:
+        metrics["head_refit"] = _refit_head(
+            model_dir, settings.refit_head_epochs, settings.refit_head_lr, settings.preprocess.seed
+        )
+        say(f"head refitted on {metrics['head_refit']['records']:,} indexed records")
+    if settings.index_test or refit:
         predictor = Predictor.load(model_dir)
     for path in sorted(settings.devsets_dir.glob("*.csv")) if settings.devsets_dir.is_dir() else []:
         dev = load_eval_csv(path, skip_invalid=True)
@@ -242,6 +249,41 @@ def _index_records(model_dir: Path, examples: Sequence[Example]) -> int:
     if lexical is not None:
         lexical.save(model_dir)
     return added
+
+
+def _refit_head(model_dir: Path, epochs: int, lr: float, seed: int) -> dict[str, Any]:
+    """Train the cosine head a few epochs more on every record of the kNN index (training, validation and,
+    once scored, test records, embedded by the fine-tuned encoder), the encoder and temperature unchanged.
+
+    The held-out occupations are then known to the head too, not only to the kNN vote. Chosen on held-out
+    occupations (bench/experiments/refit_head.py: refit on train + test, scored on validation): 3 epochs at
+    3e-4 lowers validation log loss 1.750 -> 1.726 at the same top-1, so it costs nothing on unseen titles.
+    """
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import load_file, save_file
+
+    from shared.model.directory import ModelDir
+
+    knn = ModelDir.read(model_dir).signals().knn
+    if knn is None:
+        return {"records": 0}
+    tensors = load_file(str(model_dir / "head.safetensors"))
+    head = torch.nn.Parameter(tensors["head"].float())
+    scale = tensors["scale"].float().reshape(())
+    emb, y = torch.from_numpy(knn.embeddings), torch.from_numpy(knn.labels)
+    opt = torch.optim.Adam([head], lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(y), generator=gen)
+        for start in range(0, len(y), 1024):
+            i = perm[start : start + 1024]
+            loss = F.cross_entropy(scale * emb[i] @ F.normalize(head, dim=-1).T, y[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    save_file({**tensors, "head": head.detach().contiguous()}, str(model_dir / "head.safetensors"))
+    return {"records": len(y), "epochs": epochs, "learning_rate": lr}
 
 
 def _rescore_best(

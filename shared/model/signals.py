@@ -202,8 +202,10 @@ class LexicalIndex:
     def __init__(self, vectorizer: Any, matrix: Any, labels: np.ndarray):
         self.vectorizer = vectorizer
         self.matrix = matrix.tocsr().astype(np.float32)
-        self.matrix_t = self.matrix.T.tocsr()
+        self.matrix_t = self.matrix.T.tocsr()  # inverted index: n-gram -> (entry, weight) postings
         self.labels = np.asarray(labels, dtype=np.int64)
+        self.idf = np.asarray(vectorizer.idf_, dtype=np.float32)
+        self._analyzer = vectorizer.build_analyzer()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -275,14 +277,38 @@ class LexicalIndex:
         labels = np.load(model_dir / "lexical_labels.npy")
         return cls(vectorizer, load_npz(model_dir / "lexical.npz"), labels)
 
+    def query_vector(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The text's TF-IDF vector as (n-gram ids, weights): the arithmetic of the vectorizer's `transform`
+        (sublinear tf x idf, L2-normalised) without its per-call input validation, which cost more than the
+        arithmetic for one record."""
+        vocabulary = self.vectorizer.vocabulary_
+        found = [vocabulary[g] for g in self._analyzer(text) if g in vocabulary]
+        if not found:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        ids, counts = np.unique(np.asarray(found, dtype=np.int64), return_counts=True)
+        # float32 throughout, like the vectorizer (dtype float32), so the vectors are the same to the bit
+        weights = (np.log(counts.astype(np.float32)) + np.float32(1.0)) * self.idf[ids]
+        return ids, weights / np.sqrt(np.dot(weights, weights))
+
+    def query_matrix(self, texts: list[str]) -> Any:
+        """The texts' TF-IDF vectors as one sparse matrix (len(texts), n-grams)."""
+        from scipy.sparse import csr_matrix
+
+        vectors = [self.query_vector(t) for t in texts]
+        indptr = np.concatenate([[0], np.cumsum([len(ids) for ids, _ in vectors])])
+        ids = np.concatenate([ids for ids, _ in vectors]) if vectors else np.zeros(0, dtype=np.int64)
+        weights = np.concatenate([w for _, w in vectors]) if vectors else np.zeros(0, dtype=np.float32)
+        return csr_matrix((weights, ids, indptr), shape=(len(texts), self.matrix_t.shape[0]))
+
     def probabilities(self, texts: list[str], config: LexicalConfig, num_labels: int) -> np.ndarray:
         """Similarity-weighted vote of the k lexically nearest training texts."""
         k = config.k
         ids = np.zeros((len(texts), k), dtype=np.int64)
         sims = np.zeros((len(texts), k), dtype=np.float32)
         for start in range(0, len(texts), 256):
-            # sparse product; top-k from each row's non-zeros (no dense rows over every entry)
-            product = (self.vectorizer.transform(texts[start : start + 256]) @ self.matrix_t).tocsr()
+            # sparse product with the inverted index: the work is the query n-grams' posting lists; top-k
+            # from each row's non-zeros (no dense rows over every entry)
+            product = (self.query_matrix(texts[start : start + 256]) @ self.matrix_t).tocsr()
             for row in range(product.shape[0]):
                 lo, hi = product.indptr[row], product.indptr[row + 1]
                 if hi == lo:
