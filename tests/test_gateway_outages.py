@@ -65,9 +65,17 @@ def outage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         settings.ensure_dirs()
         with session_scope(pg.url) as session:
             key, _ = create_api_key(session, "outage", settings.secret_key)
+            unseen_key, _ = create_api_key(session, "not yet used", settings.secret_key)
         app = create_app(settings)
         with ServerThread(app) as url:
-            yield {"url": url, "key": key, "pg": pg, "broker": broker, "settings": settings}
+            yield {
+                "url": url,
+                "key": key,
+                "unseen_key": unseen_key,
+                "pg": pg,
+                "broker": broker,
+                "settings": settings,
+            }
     finally:
         get_engine(pg.url).dispose()
         pg.stop(cleanup=True)
@@ -97,6 +105,11 @@ def test_database_outage_is_503_json_and_keeps_the_connection(outage_stack: dict
             upload = c.post("/predict/csv", files={"file": ("in.csv", CSV, "text/csv")})
             assert _is_503_json(upload, "database")["error"] == "database_unavailable"
             assert _is_503_json(c.get("/jobs/nope"), "database")
+            # a key the gateway has not cached yet cannot be checked: the same 503, not a 401 or a 500
+            unseen = {"Authorization": f"Bearer {outage_stack['unseen_key']}"}
+            checked = c.get("/jobs", headers=unseen)
+            assert _is_503_json(checked, "database")["error"] == "database_unavailable"
+            assert checked.headers["retry-after"] == "5"
             ready = c.get("/ready")
             assert ready.status_code == 503
             body = ready.json()

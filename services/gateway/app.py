@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.auth import KeyCache
 from services.gateway.client import InferenceClient, InferenceError
+from services.gateway.deps import DATABASE_UNAVAILABLE, RETRY_AFTER_S
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.routes_predict import reject_large_batch
 from services.gateway.routes_predict import router as predict_router
@@ -198,17 +199,13 @@ BROKER_OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.TimeoutError,
     kombu.exceptions.OperationalError,
 )
-RETRY_AFTER_S = "5"
 
 
 async def db_outage_handler(request: Request, exc: Exception) -> JSONResponse:
     log.warning("database unavailable: %s", type(exc).__name__, extra={"path": request.url.path})
-    detail = {
-        "error": "database_unavailable",
-        "message": "the metadata database is unavailable; retry shortly",
-        "dependency": "database",
-    }
-    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+    return JSONResponse(
+        {"detail": DATABASE_UNAVAILABLE}, status_code=503, headers={"Retry-After": RETRY_AFTER_S}
+    )
 
 
 async def broker_outage_handler(request: Request, exc: Exception) -> JSONResponse:

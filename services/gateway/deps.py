@@ -27,6 +27,13 @@ from services.gateway.client import InferenceClient
 from services.gateway.settings import GatewaySettings
 from shared.db.session import transaction
 
+RETRY_AFTER_S = "5"  # what a 503 for a dependency outage tells the client to wait
+DATABASE_UNAVAILABLE = {
+    "error": "database_unavailable",
+    "message": "the metadata database is unavailable; retry shortly",
+    "dependency": "database",
+}
+
 
 def get_settings(request: Request) -> GatewaySettings:
     return request.app.state.settings
@@ -70,7 +77,7 @@ async def require_api_key(
         try:
             principal = await run_in_threadpool(_authenticate_in_session, request, key, settings.secret_key)
         except SQLAlchemyError as exc:  # the key store is down: the caller may retry, it is not their fault
-            raise HTTPException(503, "API key store unavailable; retry shortly") from exc
+            raise HTTPException(503, DATABASE_UNAVAILABLE, {"Retry-After": RETRY_AFTER_S}) from exc
         if principal is None:
             raise UNAUTHORIZED
         cache.put(key_hash, principal)
