@@ -20,8 +20,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared import csvio
-from shared.db.tables import Job, JobStatus, ReviewAction, ReviewDecision, ReviewEvent, utcnow
+from shared import csvio, jobs
+from shared.db.tables import Job, JobStatus, ReviewAction, ReviewDecision, ReviewEvent
 from shared.schemas import Prediction
 from shared.taxonomy import Taxonomy, get_taxonomy
 
@@ -234,36 +234,18 @@ def record_decision(
             raise ReviewError(f"{final} is not one of the model's alternatives for row {row.number}")
     if final is not None and (final not in taxonomy or taxonomy.group(final).level != 4):
         raise ReviewError(f"{final!r} is not an ISCO-08 unit group")
-    now = utcnow()
-    decision = session.scalar(
-        select(ReviewDecision).where(ReviewDecision.job_id == job.id, ReviewDecision.row_number == row.number)
+    decision: ReviewDecision = jobs.record_final_code(
+        session,
+        job,
+        row.number,
+        final,
+        action=str(action),
+        reviewer_name=reviewer_name,
+        reviewer_key_id=reviewer_key_id,
+        job_title=row.job_title,
+        duties_description=row.duties_description,
+        model_code=row.unit_code or None,
     )
-    previous = decision.final_code if decision is not None else None
-    if decision is None:
-        decision = ReviewDecision(job_id=job.id, row_number=row.number)
-        session.add(decision)
-    decision.job_title = row.job_title
-    decision.duties_description = row.duties_description
-    decision.model_code = row.unit_code or None
-    decision.final_code = final
-    decision.action = str(action)
-    decision.reviewer_key_id = reviewer_key_id
-    decision.reviewer_name = reviewer_name
-    decision.decided_at = now
-    session.add(
-        ReviewEvent(
-            job_id=job.id,
-            row_number=row.number,
-            model_code=row.unit_code or None,
-            previous_code=previous,
-            final_code=final,
-            action=str(action),
-            reviewer_key_id=reviewer_key_id,
-            reviewer_name=reviewer_name,
-            created_at=now,
-        )
-    )
-    session.flush()
     return decision
 
 
