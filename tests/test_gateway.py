@@ -340,7 +340,10 @@ def test_key_store_down_is_503(tmp_path: Path, inference: tuple[str, HeaderRecor
     down = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing?connect_timeout=2"
     with TestClient(create_app(gateway_settings(down, tmp_path, inference[0]))) as c:
         r = c.post("/predict/job", json={"job_title": "nurse"}, headers={"X-API-Key": "isco_whatever"})
-        assert r.status_code == 503 and "key store" in r.json()["detail"]
+        detail = r.json()["detail"]
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert detail["error"] == "database_unavailable" and detail["dependency"] == "database"
+        assert "key store" in detail["message"]
         assert c.get("/ready").status_code == 503
 
 

@@ -77,7 +77,11 @@ async def require_api_key(
         try:
             principal = await run_in_threadpool(_authenticate_in_session, request, key, settings.secret_key)
         except SQLAlchemyError as exc:  # the key store is down: the caller may retry, it is not their fault
-            raise HTTPException(503, DATABASE_UNAVAILABLE, {"Retry-After": RETRY_AFTER_S}) from exc
+            detail = {
+                **DATABASE_UNAVAILABLE,
+                "message": "the API key store (metadata database) is unavailable",
+            }
+            raise HTTPException(503, detail, {"Retry-After": RETRY_AFTER_S}) from exc
         if principal is None:
             raise UNAUTHORIZED
         cache.put(key_hash, principal)
