@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from services.trainer.finetune import train_head
 from shared.model.scorer import UnitScorer
 
 SCHEDULES = [(1, 1e-4), (2, 1e-4), (2, 3e-4), (3, 3e-4), (5, 3e-4), (2, 1e-3), (5, 1e-3)]
@@ -48,16 +49,8 @@ def main(model_dir: str) -> None:
     print(f"as trained: top-1 {top1:.4f}, log loss {loss:.4f}")
     for epochs, lr in SCHEDULES:
         head = torch.nn.Parameter(head0.clone())
-        opt = torch.optim.Adam([head], lr=lr)
-        gen = torch.Generator().manual_seed(0)
-        for _ in range(epochs):
-            perm = fit[torch.randperm(len(fit), generator=gen)]
-            for start in range(0, len(perm), 1024):
-                i = perm[start : start + 1024]
-                loss = F.cross_entropy(scorer.scale * emb[i] @ F.normalize(head, dim=-1).T, y[i])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        scale = torch.tensor(scorer.scale)
+        train_head(head, scale, emb[fit], y[fit], epochs=epochs, lr=lr, seed=0)  # the pipeline's refit
         top1, loss = val_score(head.detach())
         print(f"{epochs} epochs at {lr:g}: top-1 {top1:.4f}, log loss {loss:.4f}")
 

@@ -899,28 +899,57 @@ def _train_head_on_embeddings(
         )
     with torch.no_grad():
         model.head.copy_(F.normalize(proto, dim=-1))
-    head, scale = model.head, model.scale
-    opt = torch.optim.Adam([head, scale], lr=config.head_stage_lr)
-    gen = torch.Generator().manual_seed(config.seed)
     trained = torch.zeros(len(codes), dtype=torch.bool)
     trained[y] = True
-    for _ in range(config.head_epochs):
-        perm = torch.randperm(len(y), generator=gen)
-        for start in range(0, len(y), 1024):
-            i = perm[start : start + 1024]
-            logits = scale * emb[i] @ F.normalize(head, dim=-1).T
-            loss = F.cross_entropy(logits, y[i], label_smoothing=config.label_smoothing)
-            opt.zero_grad()
-            loss.backward()
-            head.grad[~trained] = 0  # type: ignore[index]  # keep title prototypes of unseen groups as they are
-            opt.step()
+    train_head(
+        model.head,
+        model.scale,
+        emb,
+        y,
+        epochs=config.head_epochs,
+        lr=config.head_stage_lr,
+        seed=config.seed,
+        label_smoothing=config.label_smoothing,
+        train_scale=True,
+        frozen_rows=~trained,  # keep title prototypes of unseen groups as they are
+    )
     log.info(
         "head stage: %d epochs on %d embeddings, scale %.1f, %d groups from their titles",
         config.head_epochs,
         len(y),
-        float(scale.detach()),
+        float(model.scale.detach()),
         len(missing),
     )
+
+
+def train_head(
+    head: torch.nn.Parameter,
+    scale: torch.Tensor,
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    seed: int,
+    label_smoothing: float = 0.0,
+    train_scale: bool = False,
+    frozen_rows: torch.Tensor | None = None,
+) -> None:
+    """Train the cosine head (and the scale with `train_scale`) in place on fixed embeddings: Adam, shuffled
+    batches of 1024; `frozen_rows` (a mask over the head's rows) are left as they are."""
+    opt = torch.optim.Adam([head, scale] if train_scale else [head], lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(labels), generator=gen)
+        for start in range(0, len(labels), 1024):
+            i = perm[start : start + 1024]
+            logits = scale * embeddings[i] @ F.normalize(head, dim=-1).T
+            loss = F.cross_entropy(logits, labels[i], label_smoothing=label_smoothing)
+            opt.zero_grad()
+            loss.backward()
+            if frozen_rows is not None:
+                head.grad[frozen_rows] = 0  # type: ignore[index]
+            opt.step()
 
 
 def _smoothed_loss(epsilon: float) -> Any:

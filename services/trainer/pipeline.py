@@ -260,28 +260,19 @@ def _refit_head(model_dir: Path, epochs: int, lr: float, seed: int) -> dict[str,
     3e-4 lowers validation log loss 1.750 -> 1.726 at the same top-1, so it costs nothing on unseen titles.
     """
     import torch
-    import torch.nn.functional as F
     from safetensors.torch import load_file, save_file
 
-    from shared.model.directory import ModelDir
+    from services.trainer.finetune import train_head
+    from shared.model.signals import KNN_FILE, KnnIndex
 
-    knn = ModelDir.read(model_dir).signals().knn
-    if knn is None:
+    if not (model_dir / KNN_FILE).exists():
         return {"records": 0}
+    knn = KnnIndex.load(model_dir)
     tensors = load_file(str(model_dir / "head.safetensors"))
     head = torch.nn.Parameter(tensors["head"].float())
     scale = tensors["scale"].float().reshape(())
     emb, y = torch.from_numpy(knn.embeddings), torch.from_numpy(knn.labels)
-    opt = torch.optim.Adam([head], lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(y), generator=gen)
-        for start in range(0, len(y), 1024):
-            i = perm[start : start + 1024]
-            loss = F.cross_entropy(scale * emb[i] @ F.normalize(head, dim=-1).T, y[i])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    train_head(head, scale, emb, y, epochs=epochs, lr=lr, seed=seed)
     save_file({**tensors, "head": head.detach().contiguous()}, str(model_dir / "head.safetensors"))
     return {"records": len(y), "epochs": epochs, "learning_rate": lr}
 
@@ -291,7 +282,6 @@ def _rescore_best(
 ) -> registry.Rescore | None:
     """Candidate and current best scored on the candidate's test records that the best never saw (the texts
     of its kNN index: every record it trained on or indexed); None when the best cannot be loaded."""
-    from shared.model.signals import KNN_TEXTS_FILE
     from shared.predictor import Predictor
 
     version, best_dir = best
@@ -300,8 +290,10 @@ def _rescore_best(
     except Exception as exc:  # a missing or broken directory must not fail the new model's run
         say(f"[yellow]could not load the current best {version} to re-score it: {exc}[/yellow]")
         return None
-    seen_path = best_dir / KNN_TEXTS_FILE
-    seen = set(json.loads(seen_path.read_text())) if seen_path.exists() else set()
+    # the kNN texts the loaded model already holds (models written before knn_texts.json have none)
+    signals = getattr(best_predictor.scorer, "signals", None)
+    knn = signals.knn if signals is not None else None
+    seen = set(knn.texts or []) if knn is not None else set()
     unseen = eval_set_from_examples("test", [e for e in test if e.text not in seen])
     if not len(unseen):
         say(f"[yellow]the current best {version} has seen every test record: it cannot be re-scored[/yellow]")
