@@ -11,28 +11,29 @@ head + lexical and head + both, mixed with the model's own weights (model.json; 
 weight 0 is scored at the profile weight given by --knn-weight / --lexical-weight). Writes
 bench/results/signals-<timestamp>.json.
 
-Measured 05:27 UTC in one run, load average 3.4-4.9 on the 2 cores (other jobs running: costs are noisy, the
-accuracy is not): quick-profile model v20261201-041936-2d1b (25,000 kNN entries, 45,627 lexical entries,
-weights 0.2 / 0.05), default backend ONNX int8 (encoder 2.4 / 6.2 ms per record batched in the same run).
-Top-1 ILO titles / O*NET; cost in ms per record, batched (one record per call in brackets):
+Measured 13:54 UTC in one run on an idle machine (load 1.3): the registered full model v20261201-130342-d8e5
+(50,649 kNN and lexical entries, weights 0.2 / 0.05, lexical index pruned at `max_df` 0.01), default backend
+ONNX int8; bench/results/signals-20261201-135444.json. Top-1 ILO titles / O*NET; cost in ms per record,
+batched (one record per call in brackets):
 
 | signals | top-1 ILO / O*NET | ILO cost | O*NET cost |
 |---|---|---|---|
-| head only | 0.587 / 0.409 | - | - |
-| + kNN (int8 similarities) | 0.603 / 0.420 | 0.61 (1.1) | 0.50 (1.3) |
-| + lexical, all n-grams (as trained) | 0.591 / 0.416 | 1.96 (2.6) | 5.56 (7.7) |
-| + lexical, n-grams in <= 5% of texts (`max_df` 0.05, default) | 0.591 / 0.411 | 0.25 (0.9) | 1.39 (3.2) |
-| + lexical, `max_df` 0.01 | 0.591 / 0.409 | 0.07 (0.7) | 0.46 (1.7) |
-| + kNN + lexical all n-grams | 0.606 / 0.425 | 2.6 | 6.1 |
-| + kNN + lexical `max_df` 0.05 (the pipeline now) | 0.606 / 0.424 | 0.9 | 1.9 |
+| encoder (not a signal: for scale) | - | 0.50 (2.1) | 2.90 (5.1) |
+| head only | 0.589 / 0.452 | 0.005 | 0.003 |
+| + kNN (int8 similarities) | 0.621 / 0.477 | 0.78 (1.1) | 0.72 (1.3) |
+| + lexical, `max_df` 0.01 | 0.592 / 0.461 | 0.07 (0.3) | 0.34 (0.8) |
+| + kNN + lexical (the model) | 0.629 / 0.479 | 0.85 | 1.06 |
 
-The old pipeline (float32 kNN, all n-grams), measured 05:05 in the same way: 0.605 / 0.426, kNN 1.25 / 1.20 ms
-per record batched and 10.3 / 8.7 ms one record per call, lexical 2.43 / 7.34 ms.
+Earlier, on the quick model v20261201-041936-2d1b (05:27 UTC, load 3.4-4.9, so its costs are noisy): head only
+0.587 / 0.409; + lexical with all n-grams 0.591 / 0.416 at 1.96 / 5.56 ms per record batched (about the
+encoder's cost on O*NET records); `max_df` 0.05 0.591 / 0.411 at 0.25 / 1.39 ms; `max_df` 0.01 0.591 / 0.409
+at 0.07 / 0.46 ms. The old pipeline (float32 kNN, all n-grams) cost 1.25 / 1.20 ms per record batched and
+10.3 / 8.7 ms one record per call for kNN, 2.43 / 7.34 ms for lexical.
 
-Kept: kNN (+1.6 / +1.1 points for a quarter / a twelfth of the encoder's time), with int8 similarities (same
-top-1 as float32, a fifth to an eighth of the time for one record); the lexical signal pruned to n-grams in at
-most 5% of the training texts (+0.3 / +0.4 points on top of kNN at a quarter of its former cost; with all
-n-grams it cost about as much as the encoder on O*NET records).
+Kept: kNN (+3.2 / +2.5 points; a quarter of the encoder's time on title + duties records, more than the
+encoder on short titles), with int8 similarities (same top-1 as float32, a fifth to an eighth of the time for
+one record); the lexical signal pruned to n-grams in at most 1% of the training texts (+0.8 / +0.2 points on
+top of kNN at a fifteenth of its cost with every n-gram; the profiles' `lexical_max_df`).
 Tried and dropped: kNN over only the entries of the head's 16-64 most probable groups (same top-1, but those
 groups hold most entries, so one record cost 8 ms instead of 2 ms).
 """
@@ -88,7 +89,8 @@ def measure(
         variants["knn"] = (w_knn, lambda t, e, h: knn_probabilities(e, signals.knn, knn_cfg, n_codes))
     if signals.lexical is not None:
         stored = LexicalIndex.load(model_dir, lex_cfg)  # as stored: the scorer's copy may be pruned already
-        for max_df in (1.0, 0.05, 0.01):
+        # the index is stored pruned at the model's own max_df: only stricter pruning can be measured from it
+        for max_df in sorted({lex_cfg.max_df, *(m for m in (1.0, 0.05, 0.01) if m < lex_cfg.max_df)})[::-1]:
             cfg = lex_cfg.model_copy(update={"max_df": max_df})
             index = stored.pruned(cfg)
             variants[f"lexical max_df {max_df}"] = (
@@ -113,6 +115,7 @@ def measure(
         row["ms_per_record"]["head"] = 1000 * t_head / len(texts)
         probs: dict[str, np.ndarray] = {}
         for variant, (_, fn) in variants.items():
+            fn(texts[:16], emb[:16], head[:16])  # warm-up: the int8 kNN index is built on first use
             probs[variant], seconds = _timed(lambda fn=fn, t=texts, e=emb, h=head: fn(t, e, h))
             row["ms_per_record"][variant] = 1000 * seconds / len(texts)
         mixes = {"head": head}

@@ -117,7 +117,7 @@ class FinetuneConfig(BaseModel):
     lexical_k: int = 10
     lexical_tau: float = 0.05
     lexical_max_df: float = Field(
-        0.05, gt=0, le=1, description="drop n-grams in more than this share of training texts (cost)"
+        0.01, gt=0, le=1, description="drop n-grams in more than this share of training texts (cost)"
     )
     lexical_weight: float | None = Field(
         None, ge=0, le=0.9, description="fixed lexical mixing weight; None = fit on val"

@@ -49,8 +49,9 @@ class LexicalConfig(BaseModel):
     ngram_max: int = 4
     min_df: int = 2
     # n-grams in more than this share of the training texts are dropped (their idf is low, but their posting
-    # lists are most of the sparse product's work); 1.0 keeps all. 0.05 measured: batched cost / 5-8, top-1
-    # within 0.1 point of all n-grams on both dev sets (`python -m bench.signals`)
+    # lists are most of the sparse product's work); 1.0 keeps all. Training stores its own value (profiles:
+    # 0.01, a fifteenth of the cost of all n-grams; 0.05: a fifth; top-1 within 0.2 point: `bench.signals`);
+    # this default prunes, at load, models stored with every n-gram before the setting existed
     max_df: float = 0.05
     val_accuracy: float | None = None
 
