@@ -246,6 +246,31 @@ def test_indexes_round_trip_without_pickles(tmp_path: Path) -> None:
     assert nearest[0][0] == ("nurse", "a", pytest.approx(1.0, abs=1e-2))  # int8 similarities
 
 
+def test_int8_knn_search_matches_float32() -> None:
+    """The int8 kNN graph (integer matmul, per-entry scale, TopK) finds float32's nearest entries, nearest
+    first, with similarities within 0.01; each query's answer ignores its batch-mates; k above the index size
+    returns every entry."""
+    rng = np.random.default_rng(1)
+    entries = rng.normal(size=(3000, 32)).astype(np.float32)
+    entries /= np.linalg.norm(entries, axis=1, keepdims=True)
+    queries = entries[:50] + 0.05 * rng.normal(size=(50, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    index = KnnIndex(entries, np.arange(3000) % 7)
+    ids, sims = index.search(queries, 10)
+    exact = queries @ entries.T
+    exact_ids = np.argsort(-exact, axis=1)[:, :10]
+    assert (ids[:, 0] == np.arange(50)).all()  # each query's own noisy source first
+    overlap = np.mean([len(set(a) & set(b)) for a, b in zip(ids, exact_ids, strict=True)]) / 10
+    assert overlap > 0.9
+    np.testing.assert_allclose(sims, np.take_along_axis(exact, ids, axis=1), atol=0.01)
+    assert (np.diff(sims, axis=1) <= 0).all()
+    alone_ids, alone_sims = index.search(queries[7:8], 10)
+    np.testing.assert_array_equal(alone_ids[0], ids[7])
+    np.testing.assert_array_equal(alone_sims[0], sims[7])
+    small = KnnIndex(entries[:4], np.arange(4))
+    assert small.search(queries[:2], 10)[0].shape == (2, 4)
+
+
 def test_lexical_index_without_common_ngrams() -> None:
     """The lexical index without its most common n-grams still finds the same neighbours here."""
     texts = ["staff nurse", "night nurse", "line cook", "pastry cook", "pipe welder", "welder"]
