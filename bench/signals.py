@@ -11,18 +11,21 @@ head + lexical and head + both, mixed with the model's own weights (model.json; 
 weight 0 is scored at the profile weight given by --knn-weight / --lexical-weight). Writes
 bench/results/signals-<timestamp>.json.
 
-Measured 13:54 UTC in one run on an idle machine (load 1.3): the registered full model v20261201-130342-d8e5
+Measured 14:01 UTC in one run on an idle machine (load 1.0): the registered full model v20261201-130342-d8e5
 (50,649 kNN and lexical entries, weights 0.2 / 0.05, lexical index pruned at `max_df` 0.01), default backend
-ONNX int8; bench/results/signals-20261201-135444.json. Top-1 ILO titles / O*NET; cost in ms per record,
-batched (one record per call in brackets):
+ONNX int8; bench/results/signals-20261201-140108.json. Top-1 ILO titles / O*NET; cost in ms per record,
+batched (one record per call, after its encoder pass, in brackets):
 
 | signals | top-1 ILO / O*NET | ILO cost | O*NET cost |
 |---|---|---|---|
-| encoder (not a signal: for scale) | - | 0.50 (2.1) | 2.90 (5.1) |
-| head only | 0.589 / 0.452 | 0.005 | 0.003 |
-| + kNN (int8 similarities) | 0.621 / 0.477 | 0.78 (1.1) | 0.72 (1.3) |
-| + lexical, `max_df` 0.01 | 0.592 / 0.461 | 0.07 (0.3) | 0.34 (0.8) |
-| + kNN + lexical (the model) | 0.629 / 0.479 | 0.85 | 1.06 |
+| encoder (not a signal: for scale) | - | 0.65 (2.2) | 3.15 (5.7) |
+| head only | 0.589 / 0.452 | 0.005 | 0.006 |
+| + kNN (int8 similarities, ranked by ONNX Runtime) | 0.621 / 0.477 | 0.13 (0.8) | 0.14 (1.0) |
+| + lexical, `max_df` 0.01 | 0.592 / 0.461 | 0.08 (0.4) | 0.36 (0.9) |
+| + kNN + lexical (the model) | 0.629 / 0.479 | 0.21 | 0.50 |
+
+With kNN ranked in numpy (argpartition over a float copy of the similarities; 13:54 UTC, same model,
+signals-20261201-135444.json) kNN cost 0.78 / 0.72 ms per record batched and 1.1 / 1.3 ms for one record.
 
 Earlier, on the quick model v20261201-041936-2d1b (05:27 UTC, load 3.4-4.9, so its costs are noisy): head only
 0.587 / 0.409; + lexical with all n-grams 0.591 / 0.416 at 1.96 / 5.56 ms per record batched (about the
@@ -30,10 +33,10 @@ encoder's cost on O*NET records); `max_df` 0.05 0.591 / 0.411 at 0.25 / 1.39 ms;
 at 0.07 / 0.46 ms. The old pipeline (float32 kNN, all n-grams) cost 1.25 / 1.20 ms per record batched and
 10.3 / 8.7 ms one record per call for kNN, 2.43 / 7.34 ms for lexical.
 
-Kept: kNN (+3.2 / +2.5 points; a quarter of the encoder's time on title + duties records, more than the
-encoder on short titles), with int8 similarities (same top-1 as float32, a fifth to an eighth of the time for
-one record); the lexical signal pruned to n-grams in at most 1% of the training texts (+0.8 / +0.2 points on
-top of kNN at a fifteenth of its cost with every n-gram; the profiles' `lexical_max_df`).
+Kept: kNN (+3.2 / +2.5 points for a twentieth of the encoder's time on title + duties records, a fifth on
+short titles), with int8 similarities ranked inside ONNX Runtime (same neighbours as float32); the lexical
+signal pruned to n-grams in at most 1% of the training texts (+0.8 / +0.2 points on top of kNN at a fifteenth of
+its cost with every n-gram; the profiles' `lexical_max_df`).
 Tried and dropped: kNN over only the entries of the head's 16-64 most probable groups (same top-1, but those
 groups hold most entries, so one record cost 8 ms instead of 2 ms).
 """
