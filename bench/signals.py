@@ -33,10 +33,10 @@ encoder's cost on O*NET records); `max_df` 0.05 0.591 / 0.411 at 0.25 / 1.39 ms;
 at 0.07 / 0.46 ms. The old pipeline (float32 kNN, all n-grams) cost 1.25 / 1.20 ms per record batched and
 10.3 / 8.7 ms one record per call for kNN, 2.43 / 7.34 ms for lexical.
 
-Kept: kNN (+3.2 / +2.5 points for a twentieth of the encoder's time on title + duties records, a fifth on
-short titles), with int8 similarities ranked inside ONNX Runtime (same neighbours as float32); the lexical
-signal pruned to n-grams in at most 1% of the training texts (+0.8 / +0.2 points on top of kNN at a fifteenth of
-its cost with every n-gram; the profiles' `lexical_max_df`).
+Kept: kNN (+3.2 / +2.5 points for a twentieth of the encoder's time on title + duties records, a fifth
+on short titles), with int8 similarities ranked inside ONNX Runtime (same neighbours as float32); the
+lexical signal pruned to n-grams in at most 1% of the training texts (+0.8 / +0.2 points on top of kNN at
+a fifteenth of its cost with every n-gram; the profiles' `lexical_max_df`).
 Tried and dropped: kNN over only the entries of the head's 16-64 most probable groups (same top-1, but those
 groups hold most entries, so one record cost 8 ms instead of 2 ms).
 """
