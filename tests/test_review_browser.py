@@ -179,14 +179,28 @@ def _press(driver: Any, *keys: str) -> None:
     ActionChains(driver).send_keys(*keys).perform()
 
 
+def _gone(element: Any) -> Any:
+    """Wait condition: `element` has left the document. Like selenium's `staleness_of`, but Chromium may
+    report a node caught while it is being detached as an inspector error instead of a stale reference."""
+    from selenium.common.exceptions import WebDriverException
+
+    def check(_driver: Any) -> bool:
+        try:
+            element.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    return check
+
+
 def _decide_with(driver: Any, *keys: str) -> None:
     """Press keys on the row page and wait for the next row (or the end of the queue) to be shown."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
 
     old = driver.find_element(By.ID, "row")
     _press(driver, *keys)
-    _wait(driver, ec.staleness_of(old), "the next row after a decision")
+    _wait(driver, _gone(old), "the next row after a decision")
     _wait(driver, lambda d: d.find_elements(By.ID, "row") or d.find_elements(By.ID, "done"), "row page")
 
 
