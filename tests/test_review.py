@@ -411,6 +411,20 @@ def test_batch_jobs_are_reviewed_the_same_way(site: Site, tmp_path: Path) -> Non
         assert client.get(f"/review/jobs/{batch_id}/corrections.csv").text.splitlines()[1:] == [
             "staff nurse,cares for ward patients,2222"
         ]
+        # the API's result download says the same, as JSON (null where there is no final code yet) and CSV
+        api = {"X-API-Key": site.key_a}
+        answer = client.get(f"/jobs/{batch_id}/result", headers=api).json()
+        assert [(r["final_code"], r["coded_by"]) for r in answer["results"]] == [
+            ("2222", "reviewer"),
+            ("7212", "model"),
+            (None, None),  # still in the queue
+            (None, None),
+            ("2341", "model"),
+            (None, "reviewer"),  # uncodable
+        ]
+        assert answer["results"][0]["unit_code"] == "2221"  # the model's answer is kept beside the coder's
+        as_csv = read_csv(client.get(f"/jobs/{batch_id}/result", headers={**api, "Accept": "text/csv"}).text)
+        assert as_csv == rows
 
 
 def test_dev_mode_without_keys_reviews_jobs_without_owner(sqlite_url: str, tmp_path: Path) -> None:

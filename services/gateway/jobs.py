@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,7 +30,7 @@ from services.gateway.deps import ApiKeyDep, SessionDep
 from services.gateway.uploads import csv_error, receive_csv, upload_error
 from services.worker.client import send_job
 from shared import csvio, jobs, review
-from shared.db.tables import Job, JobStatus
+from shared.db.tables import Job, JobStatus, ReviewDecision
 from shared.jobs import JobAccepted, JobSettings, JobView
 from shared.schemas import Prediction, PredictRequest, Thresholds
 from shared.settings import CommonSettings
@@ -371,39 +371,61 @@ def get_job_result(request: Request, job_id: str, session: SessionDep, principal
     path = Path(job.result_path or "")
     if not path.is_file():
         raise HTTPException(410, detail={"error": "expired", "message": "the result file is gone"})
+    # reviewed jobs: every row also says `final_code` and `coded_by` (shared/review.py)
+    decisions = review.decisions_for_job(session, job.id) if review.has_decisions(session, job.id) else None
+    as_csv = job.kind == "csv" or "text/csv" in request.headers.get("accept", "")
+    if as_csv and decisions is not None:
+        return StreamingResponse(
+            review.iter_reviewed_csv(job, decisions),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="isco-{job.id}.csv"'},
+        )
     if job.kind == "csv":
-        if review.has_decisions(session, job.id):  # reviewed: final_code, coded_by added (shared/review.py)
-            return StreamingResponse(
-                review.iter_reviewed_csv(job, review.decisions_for_job(session, job.id)),
-                media_type="text/csv; charset=utf-8",
-                headers={"Content-Disposition": f'attachment; filename="isco-{job.id}.csv"'},
-            )
         return FileResponse(
             path,
             media_type="text/csv; charset=utf-8",
             filename=f"isco-{job.id}.csv",
             content_disposition_type="attachment",
         )
-    if "text/csv" in request.headers.get("accept", ""):
+    if as_csv:
         return StreamingResponse(
             _batch_csv(Path(job.input_path), path),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="isco-{job.id}.csv"'},
         )
-    return StreamingResponse(_batch_json(job, path), media_type="application/json")
+    return StreamingResponse(_batch_json(job, path, decisions), media_type="application/json")
 
 
-def _batch_json(job: Job, result: Path) -> Iterator[bytes]:
-    """{"job_id", "model_version", "results": [...]} streamed from the JSON lines result."""
+def _batch_json(
+    job: Job, result: Path, decisions: dict[int, ReviewDecision] | None = None
+) -> Iterator[bytes]:
+    """{"job_id", "model_version", "results": [...]} streamed from the JSON lines result; with review
+    `decisions`, each result also says `final_code` and `coded_by` (null where there is none yet)."""
     yield json.dumps({"job_id": job.id, "model_version": job.model_version})[:-1].encode() + b', "results": ['
-    with open(result, "rb") as f:
-        first = True
-        for line in f:
-            line = line.strip()
-            if line:
-                yield (b"" if first else b",") + line
-                first = False
+    if decisions is None:
+        with open(result, "rb") as f:
+            lines: Iterator[bytes] = (line.strip() for line in f)
+            yield from _joined(line for line in lines if line)
+    else:
+        yield from _joined(_reviewed_lines(job, result, decisions))
     yield b"]}"
+
+
+def _joined(items: Iterable[bytes]) -> Iterator[bytes]:
+    first = True
+    for item in items:
+        yield (b"" if first else b",") + item
+        first = False
+
+
+def _reviewed_lines(job: Job, result: Path, decisions: dict[int, ReviewDecision]) -> Iterator[bytes]:
+    with open(result, encoding="utf-8") as f:
+        lines = (line for line in f if line.strip())
+        for row, line in zip(review.iter_result_rows(job), lines, strict=False):
+            final_code, coded_by = review.final_cells(row, decisions.get(row.number))
+            outcome = json.loads(line)
+            outcome.update(final_code=final_code or None, coded_by=coded_by or None)
+            yield json.dumps(outcome, ensure_ascii=False).encode()
 
 
 BATCH_CSV_INPUT = ["id", csvio.TITLE, csvio.DUTIES]
