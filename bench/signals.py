@@ -93,7 +93,8 @@ def measure(
     if signals.lexical is not None:
         stored = LexicalIndex.load(model_dir, lex_cfg)  # as stored: the scorer's copy may be pruned already
         # the index is stored pruned at the model's own max_df: only stricter pruning can be measured from it
-        for max_df in sorted({lex_cfg.max_df, *(m for m in (1.0, 0.05, 0.01) if m < lex_cfg.max_df)})[::-1]:
+        stricter = (m for m in (1.0, 0.05, 0.01) if m < lex_cfg.max_df)
+        for max_df in sorted({lex_cfg.max_df, *stricter}, reverse=True):
             cfg = lex_cfg.model_copy(update={"max_df": max_df})
             index = stored.pruned(cfg)
             variants[f"lexical max_df {max_df}"] = (

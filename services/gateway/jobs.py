@@ -420,8 +420,8 @@ def _joined(items: Iterable[bytes]) -> Iterator[bytes]:
 
 def _reviewed_lines(job: Job, result: Path, decisions: dict[int, ReviewDecision]) -> Iterator[bytes]:
     with open(result, encoding="utf-8") as f:
-        lines = (line for line in f if line.strip())
-        for row, line in zip(review.iter_result_rows(job), lines, strict=False):
+        # line for line, as `iter_result_rows` pairs them with the input records
+        for row, line in zip(review.iter_result_rows(job), f, strict=False):
             final_code, coded_by = review.final_cells(row, decisions.get(row.number))
             outcome = json.loads(line)
             outcome.update(final_code=final_code or None, coded_by=coded_by or None)
