@@ -65,6 +65,8 @@ def train_tiny(root: Path, architecture: str, config: FinetuneConfig | None = No
         lexical_k=3,
         knn_weight=0.3,  # fixed, as the profiles do: the tiny model must use both signals
         lexical_weight=0.1,
+        rerank=True,  # and the second stage, so every backend is compared through it
+        rerank_k=5,
     )
     finetune(
         texts,
@@ -111,9 +113,9 @@ def test_model_json_records_architecture_tokenizer_and_signals(trained: Path) ->
 def test_every_backend_gives_the_same_answers_with_signals(trained: Path) -> None:
     scorers = {name: UnitScorer.load(trained, device="cpu", **kw) for name, kw in BACKENDS.items()}
     reference = scorers["torch-fp32"]
-    # the model has both signals, and every backend uses them
-    assert set(reference.signals.describe()) == {"knn", "lexical"}
-    signals = Signals(len(reference.codes), reference.signals.knn, KnnConfig(weight=0.4, k=3))
+    # the model has both signals and the reranker, and every backend uses them
+    assert set(reference.signals.describe()) == {"knn", "lexical", "rerank"}
+    signals = Signals(reference.codes, reference.signals.knn, KnnConfig(weight=0.4, k=3))
     head_only = reference.probabilities_from_embeddings(QUERIES, reference.embed(QUERIES))
     assert not np.allclose(head_only, signals.mix(QUERIES, reference.embed(QUERIES), head_only))
     expected = reference.unit_probabilities(QUERIES)
@@ -233,7 +235,7 @@ def test_indexes_round_trip_without_pickles(tmp_path: Path) -> None:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     KnnIndex(emb, labels, texts).save(tmp_path)
     meta = {"knn": KnnConfig(k=2, weight=0.2).model_dump(), "lexical": config.model_dump()}
-    signals = Signals.load(tmp_path, meta, 3)
+    signals = Signals.load(tmp_path, meta, ["1111", "2221", "3111"])
     assert signals.knn is not None and signals.knn.texts == texts
     np.testing.assert_allclose(signals.knn.embeddings, emb, atol=1e-3)  # float16 on disk
     lexical = signals.lexical_config

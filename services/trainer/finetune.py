@@ -9,7 +9,8 @@ embeddings is stored with the model (kNN signal) and the blend weights are chose
 `shared.model.scorer.UnitScorer` combines them for every consumer.
 
 Stages (`STAGES`, plain functions over one `TrainState`):
-init -> head -> trainer -> calibrate -> signals -> save.
+init -> contrastive -> head -> trainer -> calibrate -> signals -> rerank -> routing -> index_validation
+-> save.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from shared.model.classifier import (
     save_model_dir,
 )
 from shared.model.directory import ModelDir
+from shared.model.rerank import Reranker, fit_reranker
 from shared.model.resources import cpu_share, default_base_model
 from shared.model.scorer import softmax
 from shared.model.signals import (
@@ -137,6 +139,12 @@ class FinetuneConfig(BaseModel):
         description="after weights, temperature and routing are chosen on validation, add its records to the "
         "kNN and lexical indexes (the held-out occupations would otherwise be missing from the model)",
     )
+    rerank: bool = Field(
+        False,
+        description="second stage: rerank the top candidates with a learned fusion of the signals and the "
+        "hierarchy, fitted on validation (shared.model.rerank)",
+    )
+    rerank_k: int = Field(20, ge=2, description="candidates the reranker rescores")
     routing_precision: float = Field(
         0.95, gt=0, lt=1, description="target precision of the auto-coding thresholds (routing.json)"
     )
@@ -400,6 +408,7 @@ class TrainState:
     lexical_index: LexicalIndex | None = None
     lexical_config: LexicalConfig | None = None
     val_accuracy_combined: float | None = None
+    reranker: Reranker | None = None
     # routing
     routing: RoutingModel | None = None
     # contrastive
@@ -435,6 +444,7 @@ class FinetuneResult(BaseModel):
     gradient_accumulation: int
     stages: list[str]
     stage_seconds: dict[str, float]
+    rerank: dict[str, Any] | None = None
     routing: dict[str, Any] | None = None
     contrastive: dict[str, Any] | None = None
     device: str
@@ -680,6 +690,34 @@ def signals_stage(state: TrainState) -> None:
             state.lexical_config.weight = parent_lex.weight if parent_lex is not None else 0.0
 
 
+def rerank_stage(state: TrainState) -> None:
+    """The second stage (`rerank`): a conditional-logit fusion of the top candidates' signal probabilities and
+    group masses, fitted on validation with the signals as they stand (the held-out occupations are not in
+    the indexes yet), so its weights and probabilities are those of titles the model has not seen."""
+    config = state.config
+    if not config.rerank or not state.has_val or state.val_logits is None or state.val_embeddings is None:
+        return
+    signals = Signals(
+        state.codes, state.knn_index, state.knn_config, state.lexical_index, state.lexical_config
+    )
+    mixed, parts = signals.first_stage(
+        state.val_texts, state.val_embeddings, softmax(state.val_logits / state.temperature)
+    )
+    state.reranker = fit_reranker(
+        state.codes,
+        mixed,
+        parts,
+        state.val_labels,
+        k=config.rerank_k,
+        fitted_on=f"validation split ({len(state.val_labels)} records, held-out occupations)",
+    )
+    log.info(
+        "reranker: validation top-1 %.4f -> %.4f",
+        state.reranker.val_accuracy_before,
+        state.reranker.val_accuracy_after,
+    )
+
+
 def routing_stage(state: TrainState) -> None:
     """Routers for auto-coding: on validation (held-out occupations: titles like those users send), the
     probability that the answer at each level is right from score features, and per-level thresholds that
@@ -688,7 +726,7 @@ def routing_stage(state: TrainState) -> None:
         return
     codes = state.codes
     signals = Signals(
-        len(codes), state.knn_index, state.knn_config, state.lexical_index, state.lexical_config
+        codes, state.knn_index, state.knn_config, state.lexical_index, state.lexical_config, state.reranker
     )
     probs = signals.mix(state.val_texts, state.val_embeddings, softmax(state.val_logits / state.temperature))
     hierarchy = Hierarchy.from_codes(codes)
@@ -750,6 +788,8 @@ def save_stage(state: TrainState) -> None:
         knn_index=state.knn_index,
         lexical_index=state.lexical_index,
     )
+    if state.reranker is not None:
+        state.reranker.save(state.output_dir)
     if state.routing is not None:
         state.routing.save(state.output_dir)
 
@@ -762,6 +802,7 @@ STAGES: tuple[tuple[str, Stage], ...] = (
     ("trainer", trainer_stage),
     ("calibrate", calibrate_stage),
     ("signals", signals_stage),
+    ("rerank", rerank_stage),
     ("routing", routing_stage),
     ("index_validation", index_validation_stage),
     ("save", save_stage),
@@ -832,6 +873,7 @@ def finetune(
         gradient_accumulation=state.gradient_accumulation,
         stages=state.stages_run,
         stage_seconds=state.stage_seconds,
+        rerank=state.reranker.model_dump() if state.reranker is not None else None,
         routing=(
             {
                 str(level): {

@@ -9,6 +9,8 @@ calibration.json         temperature fitted on the validation split
 knn.safetensors          optional: normalised embeddings of training texts and their labels (kNN signal)
 knn_texts.json           optional: those training texts (evidence for reviewers)
 lexical.json/.npz/.npy   optional: character n-gram TF-IDF vocabulary + idf, vectors and labels
+rerank.json              optional: the second stage's weights (shared.model.rerank)
+routing.json             optional: routers and thresholds for auto-coding (shared.routing)
 onnx/                    written on first use by the ONNX backend (exported encoder graphs)
 """
 
@@ -97,7 +99,7 @@ class ModelDir:
         return head, float(tensors["scale"].reshape(-1)[0])
 
     def signals(self) -> Signals:
-        return Signals.load(self.path, self.meta, len(self.codes))
+        return Signals.load(self.path, self.meta, self.codes)
 
     def encoder_spec(self, tokenizer: Any) -> EncoderSpec:
         """What model.json records about the encoder (older directories: derived from its config)."""

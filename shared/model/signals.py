@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
+
+from shared.model.rerank import Reranker
 
 KNN_FILE = "knn.safetensors"
 KNN_TEXTS_FILE = "knn_texts.json"
@@ -71,6 +74,14 @@ def vote(top_labels: np.ndarray, top_sims: np.ndarray, tau: float, num_labels: i
     out = (out / np.clip(sums, 1e-12, None)).astype(np.float32)
     out[empty] = 1.0 / num_labels
     return out
+
+
+def best_similarity(top_labels: np.ndarray, top_sims: np.ndarray, num_labels: int) -> np.ndarray:
+    """(n, num_labels): each label's highest similarity among a row's neighbours (0 where none is near)."""
+    n = len(top_labels)
+    out = np.zeros(n * num_labels, dtype=np.float32)
+    np.maximum.at(out, (np.arange(n)[:, None] * num_labels + top_labels).ravel(), top_sims.ravel())
+    return out.reshape(n, num_labels)
 
 
 def top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -321,7 +332,12 @@ class LexicalIndex:
 
     def probabilities(self, texts: list[str], config: LexicalConfig, num_labels: int) -> np.ndarray:
         """Similarity-weighted vote of the k lexically nearest training texts."""
-        k = config.k
+        ids, sims = self.nearest(texts, config.k)
+        return vote(self.labels[ids], sims, config.tau, num_labels)
+
+    def nearest(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Entry ids and cosine similarities of each text's k lexically nearest entries (similarity 0 pads
+        rows with fewer matches)."""
         ids = np.zeros((len(texts), k), dtype=np.int64)
         sims = np.zeros((len(texts), k), dtype=np.float32)
         for start in range(0, len(texts), 256):
@@ -336,7 +352,7 @@ class LexicalIndex:
                 n = row_ids.shape[1]
                 ids[start + row, :n] = product.indices[lo:hi][row_ids[0]]
                 sims[start + row, :n] = row_sims[0]
-        return vote(self.labels[ids], sims, config.tau, num_labels)
+        return ids, sims
 
 
 def extend_indexes(
@@ -375,22 +391,26 @@ def mix_probabilities(head_probs: np.ndarray, parts: list[tuple[np.ndarray, floa
 
 
 class Signals:
-    """The kNN and lexical signals of one model and their weights (absent or weight 0: not computed)."""
+    """The kNN and lexical signals of one model, their weights (absent or weight 0: not computed) and the
+    optional second stage that reranks the mixed probabilities (`shared.model.rerank`)."""
 
     def __init__(
         self,
-        num_labels: int,
+        codes: Sequence[str],
         knn: KnnIndex | None = None,
         knn_config: KnnConfig | None = None,
         lexical: LexicalIndex | None = None,
         lexical_config: LexicalConfig | None = None,
+        reranker: Reranker | None = None,
     ):
-        self.num_labels = num_labels
+        self.codes = list(codes)
+        self.num_labels = len(self.codes)
         self.knn, self.knn_config = knn, knn_config
         self.lexical, self.lexical_config = lexical, lexical_config
+        self.reranker = reranker
 
     @classmethod
-    def load(cls, model_dir: Path, meta: dict[str, Any], num_labels: int) -> Signals:
+    def load(cls, model_dir: Path, meta: dict[str, Any], codes: Sequence[str]) -> Signals:
         """The signals model.json names and the model directory holds."""
         model_dir = Path(model_dir)
         knn = knn_config = lexical = lexical_config = None
@@ -401,7 +421,7 @@ class Signals:
             lexical_config = LexicalConfig(**meta["lexical"])
             # models stored with every n-gram are pruned here (a no-op for indexes built pruned)
             lexical = LexicalIndex.load(model_dir, lexical_config).pruned(lexical_config)
-        return cls(num_labels, knn, knn_config, lexical, lexical_config)
+        return cls(codes, knn, knn_config, lexical, lexical_config, Reranker.load(model_dir))
 
     @property
     def uses_knn(self) -> bool:
@@ -412,7 +432,7 @@ class Signals:
         return self.lexical is not None and self.lexical_config is not None and self.lexical_config.weight > 0
 
     def describe(self) -> dict[str, Any]:
-        """Which signals run, with their weights and index sizes (for logs and benchmarks)."""
+        """The signals in use with their weights and index sizes, and the reranker (logs, benchmarks)."""
         out: dict[str, Any] = {}
         if self.uses_knn:
             assert self.knn is not None and self.knn_config is not None
@@ -424,28 +444,56 @@ class Signals:
                 "k": self.lexical_config.k,
                 "entries": len(self.lexical),
             }
+        if self.reranker is not None:
+            out["rerank"] = {"k": self.reranker.k}
         return out
 
-    def mix(self, texts: list[str], embeddings: np.ndarray, head_probs: np.ndarray) -> np.ndarray:
-        """The head's probabilities mixed with the signals in use."""
-        parts: list[tuple[np.ndarray, float]] = []
+    def probabilities(self, texts: list[str], embeddings: np.ndarray) -> dict[str, np.ndarray]:
+        """Each signal in use ("knn", "lexical"): its probabilities over the unit groups, and each unit
+        group's best similarity among the signal's neighbours ("knn_similarity", "lexical_similarity")."""
+        out: dict[str, np.ndarray] = {}
         if self.uses_knn and len(texts):
             assert self.knn is not None and self.knn_config is not None
-            parts.append(
-                (
-                    knn_probabilities(embeddings, self.knn, self.knn_config, self.num_labels),
-                    self.knn_config.weight,
-                )
-            )
+            ids, sims = self.knn.search(np.asarray(embeddings, dtype=np.float32), self.knn_config.k)
+            labels = self.knn.labels[ids]
+            out["knn"] = vote(labels, sims, self.knn_config.tau, self.num_labels)
+            out["knn_similarity"] = best_similarity(labels, sims, self.num_labels)
         if self.uses_lexical and len(texts):
             assert self.lexical is not None and self.lexical_config is not None
-            parts.append(
-                (
-                    self.lexical.probabilities(texts, self.lexical_config, self.num_labels),
-                    self.lexical_config.weight,
-                )
-            )
-        return mix_probabilities(head_probs, parts)
+            ids, sims = self.lexical.nearest(texts, self.lexical_config.k)
+            labels = self.lexical.labels[ids]
+            out["lexical"] = vote(labels, sims, self.lexical_config.tau, self.num_labels)
+            out["lexical_similarity"] = best_similarity(labels, sims, self.num_labels)
+        return out
+
+    def weights(self) -> dict[str, float]:
+        """The mixing weight of each signal in use."""
+        out: dict[str, float] = {}
+        if self.uses_knn:
+            assert self.knn_config is not None
+            out["knn"] = self.knn_config.weight
+        if self.uses_lexical:
+            assert self.lexical_config is not None
+            out["lexical"] = self.lexical_config.weight
+        return out
+
+    def first_stage(
+        self, texts: list[str], embeddings: np.ndarray, head_probs: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The head's calibrated probabilities mixed with the signals in use, and each signal's own
+        probabilities ("head" and those in use): what the reranker reads."""
+        parts = self.probabilities(texts, embeddings)
+        weights = self.weights()
+        mixed = mix_probabilities(head_probs, [(parts[name], weights[name]) for name in weights])
+        return mixed, {"head": head_probs, **parts}
+
+    def mix(self, texts: list[str], embeddings: np.ndarray, head_probs: np.ndarray) -> np.ndarray:
+        """The model's probabilities over the unit groups: the first stage, then the reranker when the model
+        has one."""
+        mixed, parts = self.first_stage(texts, embeddings, head_probs)
+        if self.reranker is None or not len(texts):
+            return mixed
+        return self.reranker.rerank(self.codes, mixed, parts)
 
     def nearest(self, embeddings: np.ndarray, codes: list[str], k: int) -> list[list[tuple[str, str, float]]]:
         """(training text, its unit code, cosine similarity) of each query's k nearest kNN entries."""
