@@ -252,3 +252,21 @@ def test_split_keeps_an_occupations_titles_together() -> None:
     assert not (where["train"] & where["val"]) and not (where["train"] & where["test"])
     assert not (where["val"] & where["test"])
     assert split(examples, config.model_copy(update={"group_by": "record"}))[2] != test
+
+
+def test_validation_can_hold_new_titles_of_known_occupations() -> None:
+    from shared.corpus import load_esco_facts
+
+    config = PreprocessConfig(val_fraction=0.2, test_fraction=0.2)
+    facts = [f for f in load_esco_facts() if f[1] == "2221"][:12]
+    examples = [_example(label, "2221") for _, _, labels in facts for label in labels[:4]]
+    occupation = {label.lower(): uri for uri, _, labels in facts for label in labels[:4]}
+    train0, val0, test0 = split(examples, config)
+    train, val, test = split(examples, config.model_copy(update={"val_known_titles": 0.2}))
+    assert test == test0 and all(e in val for e in val0)  # test and the held-out occupations unchanged
+    known = [e for e in val if e not in val0]
+    assert 0 < len(known) <= 0.2 * len(train0) + 1
+    trained = {occupation[e.text.lower()] for e in train}
+    # each moved title's occupation still trains on another title
+    assert all(occupation[e.text.lower()] in trained for e in known)
+    assert sorted(e.text for e in train + known) == sorted(e.text for e in train0)

@@ -23,7 +23,7 @@ import numpy as np
 
 from bench.accuracy import _accepted, load_devsets
 from services.trainer.evaluate import expected_calibration_error
-from shared.model.rerank import fit_reranker
+from shared.model.rerank import FEATURES, fit_reranker
 from shared.model.scorer import UnitScorer, softmax
 from shared.model.signals import LexicalIndex, Signals
 from shared.routing import coverage_at_precision
@@ -51,6 +51,42 @@ def dev_scores(scorer: UnitScorer, reranker=None) -> dict[str, dict[str, float]]
                 "ece": round(expected_calibration_error(conf, hit[:, 0]), 4),
                 "coverage@95": round(coverage_at_precision(conf, hit[:, 0], 0.95), 4),
             }
+    return out
+
+
+FEATURE_SETS = {
+    "probabilities": ("head", "knn", "lexical"),
+    "+ group masses": ("head", "knn", "lexical", "minor", "sub_major", "major"),
+    "+ similarities": ("head", "knn", "lexical", "minor", "sub_major", "major", "knn_similarity",
+                       "lexical_similarity"),
+    "all": FEATURES,
+}  # fmt: skip
+
+
+def cross_validate(codes, mixed, parts, labels, k) -> dict[str, dict[str, float]]:
+    """Two folds of the validation records by unit group (no record's group in the fold it is scored on):
+    top-1, log loss and ECE of the first stage and of the reranker fitted on the other fold."""
+    fold = np.array([hash(codes[y]) % 2 for y in labels])  # str hash: seeded per process, fine for halves
+    rows = np.arange(len(labels))
+    out: dict[str, dict[str, float]] = {}
+    variants = {"first stage": None, **FEATURE_SETS}
+    for name, features in variants.items():
+        probs = np.zeros_like(mixed)
+        for f in (0, 1):
+            fit, score = fold != f, fold == f
+            if features is None:
+                probs[score] = mixed[score]
+                continue
+            reranker = fit_reranker(
+                codes, mixed[fit], {n: p[fit] for n, p in parts.items()}, labels[fit], k=k, features=features
+            )
+            probs[score] = reranker.rerank(codes, mixed[score], {n: p[score] for n, p in parts.items()})
+        correct = probs.argmax(1) == labels
+        out[name] = {
+            "top1": round(float(correct.mean()), 4),
+            "log_loss": round(float(-np.log(probs[rows, labels] + 1e-12).mean()), 4),
+            "ece": round(expected_calibration_error(probs.max(1), correct), 4),
+        }
     return out
 
 
@@ -82,6 +118,8 @@ def main() -> None:
     val_texts = [knn.texts[i] for i in val]
     head = softmax(scorer.head_logits(val_emb) / scorer.temperature)
     mixed, parts = held_out.first_stage(val_texts, val_emb, head)
+    for name, row in cross_validate(scorer.codes, mixed, parts, val_labels, args.k).items():
+        print(f"validation, 2 folds by unit group: {name:16s} {row}")
     reranker = fit_reranker(scorer.codes, mixed, parts, val_labels, k=args.k, fitted_on="bench")
     print(reranker.model_dump_json(indent=1))
     results = {"as trained": dev_scores(scorer, reranker)}

@@ -19,7 +19,10 @@ Steps (each reported, nothing dropped silently):
    ordered by a seeded hash of their key and the first ones go to test and validation, so a record keeps its
    split when other records are added (re-trained and corrected models are evaluated on the same records).
    Unit groups smaller than `min_group_size_to_split` and train-only sources (corrections) go to train.
-   `group_by: record` restores the per-record split.
+   `group_by: record` restores the per-record split. With `val_known_titles`, validation also gets a share of
+   the ESCO titles whose occupation keeps other titles in training (each title with all its records): users
+   send new titles of known occupations as well as new occupations, and what is chosen on validation (the
+   temperature, the reranker, the routing thresholds) should see both. Test stays occupations only.
 """
 
 from __future__ import annotations
@@ -81,6 +84,13 @@ class PreprocessConfig(BaseModel):
     min_group_size_to_split: int = Field(3, ge=1, description="smaller unit groups go wholly to train")
     group_by: Literal["occupation", "record"] = Field(
         "occupation", description="keep an occupation's (or a title's) records in one split, or split records"
+    )
+    val_known_titles: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="share of the training occupations' titles (each with its records) moved to validation: "
+        "new titles of occupations the model knows, which users send as often as new occupations",
     )
     seed: int = 13
     resolve_conflicts: bool = Field(True, description="keep one code per text (see module docstring)")
@@ -562,7 +572,31 @@ def split(
                 taken_val += len(group)
             else:
                 train.extend(group)
+    if config.val_known_titles > 0 and occupations:
+        train, known = _known_titles(train, occupations, train_only, config)
+        val.extend(known)
     return train, val, test
+
+
+def _known_titles(
+    train: list[Example], occupations: dict[str, str], train_only: set[str], config: PreprocessConfig
+) -> tuple[list[Example], list[Example]]:
+    """Move `val_known_titles` of the ESCO titles in training (a title with all its records, chosen by a
+    seeded hash) to validation, where the title's occupation keeps another title in training."""
+    titles: dict[str, list[int]] = defaultdict(list)
+    for i, e in enumerate(train):
+        title = e.job_title.strip().lower()
+        if e.source not in train_only and title in occupations:
+            titles[title].append(i)
+    kept_titles = Counter(occupations[t] for t in titles)
+    moved: set[int] = set()
+    for title in sorted(titles, key=lambda t: _split_key(config.seed, f"known:{t}")):
+        if len(moved) >= config.val_known_titles * len(train):
+            break
+        if kept_titles[occupations[title]] > 1:
+            kept_titles[occupations[title]] -= 1
+            moved.update(titles[title])
+    return [e for i, e in enumerate(train) if i not in moved], [train[i] for i in sorted(moved)]
 
 
 def prepare(rows: Iterable[RawRow], config: PreprocessConfig | None = None) -> PreparedData:

@@ -13,6 +13,7 @@ candidates and calibrates their probabilities for titles the model has not seen.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -121,10 +122,12 @@ def fit_reranker(
     *,
     k: int = 20,
     l2: float = 1e-3,
+    features: Sequence[str] = FEATURES,
     fitted_on: str = "",
 ) -> Reranker:
     """Maximum likelihood (L-BFGS, L2 on the change from the identity) of the candidates' weights on labelled
-    records; a record whose label is outside the top k is labelled "other"."""
+    records; a record whose label is outside the top k is labelled "other". Features not in `features` keep
+    weight 0 (the mixed probability always counts)."""
     from scipy.optimize import minimize  # training only
 
     labels = np.asarray(labels)
@@ -136,6 +139,7 @@ def fit_reranker(
     start = Reranker.identity(k)
     theta0 = np.array(start.weights + [start.other_bias, start.other_weight])
     n_feat, rows = len(FEATURES), np.arange(len(labels))
+    used = np.r_[[name == "mixed" or name in features for name in FEATURES], True, True]
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w, b, a = theta[:n_feat], theta[n_feat], theta[n_feat + 1]
@@ -147,10 +151,10 @@ def fit_reranker(
         grad_w = np.einsum("nk,nkf->f", d[:, :k], feats) / len(rows)
         grad = np.r_[grad_w, d[:, k].mean(), (d[:, k] * log_outside).mean()]
         delta = theta - theta0
-        return float(nll + l2 * delta @ delta), grad + 2 * l2 * delta
+        return float(nll + l2 * delta @ delta), (grad + 2 * l2 * delta) * used
 
     result = minimize(loss, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 500})
-    theta = result.x
+    theta = np.where(used, result.x, theta0)
     reranker = Reranker(
         k=k,
         weights=[round(float(x), 6) for x in theta[:n_feat]],
