@@ -110,6 +110,7 @@ def measure(
         },
         "sets": {},
     }
+    reranker = signals.reranker
     for name, dev in load_devsets(DEVSETS_DIR).items():
         texts, accept = dev.texts(), _accepted(dev)
         scorer.embed(texts[:16])  # warm-up
@@ -132,6 +133,13 @@ def measure(
                 mixes[f"head + {knn_name} + {lex_name}"] = mix_probabilities(
                     head, [(probs[knn_name], w_knn), (probs[lex_name], w_lex)]
                 )
+        if reranker is not None:  # the second stage reads the first stage's signals and their similarities
+            (mixed, parts), _ = _timed(lambda t=texts, e=emb, h=head: signals.first_stage(t, e, h))
+            mixes["first stage (the model's mix)"] = mixed
+            mixes["reranked (the model)"], seconds = _timed(
+                lambda m=mixed, p=parts: reranker.rerank(codes, m, p)
+            )
+            row["ms_per_record"]["rerank"] = 1000 * seconds / len(texts)
         row["top1"] = {k: topk_accuracy(p, accept, codes) for k, p in mixes.items()}
         row["one_record_ms"] = one_record_costs(scorer, texts[:100], variants)
         out["sets"][name] = row
@@ -144,11 +152,15 @@ def one_record_costs(
     """Median ms of each stage for one record per call (what a lone /predict/job request pays)."""
     from shared.model.scorer import softmax
 
-    costs: dict[str, list[float]] = {"encoder": [], **{v: [] for v in variants}}
+    costs: dict[str, list[float]] = {"encoder": [], **{v: [] for v in variants}, "rerank": []}
+    reranker = scorer.signals.reranker
     for text in texts:
         emb, t = _timed(lambda text=text: scorer.embed([text]))
         costs["encoder"].append(t)
         head = softmax(scorer.head_logits(emb) / scorer.temperature)
+        if reranker is not None:
+            mixed, parts = scorer.signals.first_stage([text], emb, head)
+            costs["rerank"].append(_timed(lambda m=mixed, p=parts: reranker.rerank(scorer.codes, m, p))[1])
         for variant, (_, fn) in variants.items():
             costs[variant].append(
                 _timed(lambda fn=fn, text=text, emb=emb, head=head: fn([text], emb, head))[1]

@@ -83,6 +83,8 @@ def env(tmp_path: Path, sqlite_url: str, tiny_base: Path) -> dict[str, str]:
                     "disable_tqdm": True,
                     "knn_k": 3,
                     "seed": 1,
+                    "rerank": True,
+                    "rerank_k": 3,
                 },
             }
         )
@@ -146,6 +148,7 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
     signals = ModelDir.read(model_dir).signals()  # both signals are on by default
     assert signals.knn is not None and signals.knn.texts is not None and len(signals.knn) == 60
     assert signals.lexical is not None and len(signals.lexical) == 60
+    assert signals.reranker is not None and signals.reranker.k == 3  # fitted on validation
     report = Path(env["ISCO_DATA_DIR"]) / "runs" / first / "invalid_rows.csv"
     assert "'99999' is not an ISCO-08 code" in report.read_text()
 
@@ -178,6 +181,11 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
         assert newest.metrics["corrections_fit"]["n"] == 2
         assert newest.metrics["test_records_indexed"] == 0  # the parent's entries already hold them
         assert "head_refit" not in newest.metrics  # a refit over every record would dilute the corrections
+        corrected_dir, parent_dir = Path(newest.path), Path(registry.require_version(s, best_version).path)
+    # no validation split in a corrections run: the parent's reranker is kept
+    assert (corrected_dir / "rerank.json").read_text() == (parent_dir / "rerank.json").read_text()
+    with session_scope(env["ISCO_DATABASE_URL"]) as s:
+        newest = registry.list_versions(s)[0]
         composition = newest.metrics["training"]["composition"]
         assert composition == {
             "train_examples": 2 * 2 + 20,

@@ -693,9 +693,13 @@ def signals_stage(state: TrainState) -> None:
 def rerank_stage(state: TrainState) -> None:
     """The second stage (`rerank`): a conditional-logit fusion of the top candidates' signal probabilities and
     group masses, fitted on validation with the signals as they stand (the held-out occupations are not in
-    the indexes yet), so its weights and probabilities are those of titles the model has not seen."""
+    the indexes yet), so its weights and probabilities are those of titles the model has not seen. A
+    corrections run (no validation split) keeps its parent's reranker."""
     config = state.config
-    if not config.rerank or not state.has_val or state.val_logits is None or state.val_embeddings is None:
+    if not config.rerank:
+        return
+    if not state.has_val or state.val_logits is None or state.val_embeddings is None:
+        state.reranker = state.parent_signals.reranker if state.parent_signals is not None else None
         return
     signals = Signals(
         state.codes, state.knn_index, state.knn_config, state.lexical_index, state.lexical_config
