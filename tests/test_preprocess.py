@@ -260,13 +260,24 @@ def test_validation_can_hold_new_titles_of_known_occupations() -> None:
     config = PreprocessConfig(val_fraction=0.2, test_fraction=0.2)
     facts = [f for f in load_esco_facts() if f[1] == "2221"][:12]
     examples = [_example(label, "2221") for _, _, labels in facts for label in labels[:4]]
+    described = [  # a title with its occupation's description as duties
+        Example(f"{e.job_title} : cares for patients", "2221", "esco_description", e.job_title,
+                "cares for patients", "test")
+        for e in examples
+    ]  # fmt: skip
     occupation = {label.lower(): uri for uri, _, labels in facts for label in labels[:4]}
-    train0, val0, test0 = split(examples, config)
-    train, val, test = split(examples, config.model_copy(update={"val_known_titles": 0.2}))
+    train0, val0, test0 = split(examples + described, config)
+    train, val, test = split(examples + described, config.model_copy(update={"val_known_titles": 0.2}))
     assert test == test0 and all(e in val for e in val0)  # test and the held-out occupations unchanged
     known = [e for e in val if e not in val0]
     assert 0 < len(known) <= 0.2 * len(train0) + 1
-    trained = {occupation[e.text.lower()] for e in train}
-    # each moved title's occupation still trains on another title
-    assert all(occupation[e.text.lower()] in trained for e in known)
-    assert sorted(e.text for e in train + known) == sorted(e.text for e in train0)
+    trained = {occupation[e.job_title.lower()] for e in train}
+    # each moved title's occupation still trains on another title; only the title alone is validated, and
+    # its records with duties leave training too
+    assert all(occupation[e.job_title.lower()] in trained for e in known)
+    assert all(not e.duties_description for e in known)
+    moved = {e.job_title for e in known}
+    assert not any(e.job_title in moved for e in train)
+    assert sorted(e.text for e in train + known) == sorted(
+        e.text for e in train0 if not (e.job_title in moved and e.duties_description)
+    )

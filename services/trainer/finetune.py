@@ -713,7 +713,7 @@ def rerank_stage(state: TrainState) -> None:
         parts,
         state.val_labels,
         k=config.rerank_k,
-        fitted_on=f"validation split ({len(state.val_labels)} records, held-out occupations)",
+        fitted_on=f"validation split ({len(state.val_labels)} records: unseen occupations and titles)",
     )
     log.info(
         "reranker: validation top-1 %.4f -> %.4f",
@@ -754,7 +754,7 @@ def routing_stage(state: TrainState) -> None:
         has_duties,
         n_words,
         target_precision=state.config.routing_precision,
-        fitted_on=f"validation split ({len(gold)} records, held-out occupations)",
+        fitted_on=f"validation split ({len(gold)} records: unseen occupations and titles)",
     )
 
 

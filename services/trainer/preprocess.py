@@ -20,7 +20,7 @@ Steps (each reported, nothing dropped silently):
    split when other records are added (re-trained and corrected models are evaluated on the same records).
    Unit groups smaller than `min_group_size_to_split` and train-only sources (corrections) go to train.
    `group_by: record` restores the per-record split. With `val_known_titles`, validation also gets a share of
-   the ESCO titles whose occupation keeps other titles in training (each title with all its records): users
+   the ESCO titles whose occupation keeps other titles in training (the title alone, `_known_titles`): users
    send new titles of known occupations as well as new occupations, and what is chosen on validation (the
    temperature, the reranker, the routing thresholds) should see both. Test stays occupations only.
 """
@@ -581,8 +581,10 @@ def split(
 def _known_titles(
     train: list[Example], occupations: dict[str, str], train_only: set[str], config: PreprocessConfig
 ) -> tuple[list[Example], list[Example]]:
-    """Move `val_known_titles` of the ESCO titles in training (a title with all its records, chosen by a
-    seeded hash) to validation, where the title's occupation keeps another title in training."""
+    """Move `val_known_titles` of the ESCO titles in training (chosen by a seeded hash) to validation, where
+    the title's occupation keeps another title in training. Only the title alone goes to validation; its
+    records with duties are dropped: their duties (the occupation's description) stay in training under the
+    occupation's other titles, so validation would see them nearly verbatim and over-trust duties."""
     titles: dict[str, list[int]] = defaultdict(list)
     for i, e in enumerate(train):
         title = e.job_title.strip().lower()
@@ -596,7 +598,8 @@ def _known_titles(
         if kept_titles[occupations[title]] > 1:
             kept_titles[occupations[title]] -= 1
             moved.update(titles[title])
-    return [e for i, e in enumerate(train) if i not in moved], [train[i] for i in sorted(moved)]
+    known = [train[i] for i in sorted(moved) if not train[i].duties_description.strip()]
+    return [e for i, e in enumerate(train) if i not in moved], known
 
 
 def prepare(rows: Iterable[RawRow], config: PreprocessConfig | None = None) -> PreparedData:

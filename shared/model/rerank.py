@@ -97,18 +97,19 @@ def candidate_features(
     k = min(k, mixed.shape[1])
     top = np.argpartition(-mixed, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(mixed, top, axis=1), axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)
+    rows = np.arange(n)[:, None]
+    top = top[rows, order]
     feats = np.zeros((n, k, len(FEATURES)), dtype=np.float64)
-    top_mixed = np.take_along_axis(mixed, top, axis=1)
+    top_mixed = mixed[rows, top]
     feats[..., 0] = np.log(top_mixed + _EPS)
     for name in ("head", "knn", "lexical", "knn_similarity", "lexical_similarity"):
         if name in signals:
-            value = np.take_along_axis(signals[name], top, axis=1)
+            value = signals[name][rows, top]
             feats[..., FEATURES.index(name)] = value if name.endswith("similarity") else np.log(value + _EPS)
     for j, digits in enumerate((3, 2, 1), start=FEATURES.index("minor")):
         columns, members = _groups(tuple(codes), digits)
         mass = mixed @ members  # (n, groups): the mixed probability of each group
-        feats[..., j] = np.log(np.take_along_axis(mass, columns[top], axis=1) + _EPS)
+        feats[..., j] = np.log(mass[rows, columns[top]] + _EPS)
     feats[..., FEATURES.index("rank")] = np.log1p(np.arange(k))[None, :]
     outside = np.clip(1.0 - top_mixed.sum(axis=1, keepdims=True), 0.0, 1.0)
     return top, feats, outside
