@@ -24,7 +24,7 @@ batched (one record per call, after its encoder pass, in brackets):
 | + lexical, `max_df` 0.01 | 0.592 / 0.461 | 0.08 (0.4) | 0.36 (0.9) |
 | + kNN + lexical (the model) | 0.629 / 0.479 | 0.21 | 0.50 |
 
-The second stage (`shared/model/rerank.py`), on the registered v20261201-155612-a092 (17:19 UTC, idle, load 0.4;
+The second stage (shared/model/rerank.py) on the registered v20261201-155612-a092 (17:19 UTC, idle, load 0.4;
 signals-20261201-171949.json): first stage 0.627 / 0.478, reranked 0.632 / 0.497 (+0.5 / +1.9 points) for
 0.016 / 0.011 ms per record batched and 0.22 ms for one record.
 
