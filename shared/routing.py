@@ -16,16 +16,18 @@ Pure numpy and standard library (no torch): the gateway, the workers and the tra
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike
 from pydantic import BaseModel, Field
+
+from shared.model.artifact import JsonArtifact
 
 ROUTING_FILE = "routing.json"
 DEFAULT_TARGET_PRECISION = 0.95
@@ -266,9 +268,10 @@ class LevelRouter(BaseModel):
         return _sigmoid(z @ np.asarray(self.coef) + self.intercept)
 
 
-class RoutingModel(BaseModel):
+class RoutingModel(JsonArtifact):
     """Per-level routers and the target precision they were fitted for (routing.json in a model directory)."""
 
+    file_name: ClassVar[str] = ROUTING_FILE
     target_precision: float = DEFAULT_TARGET_PRECISION
     features: list[str] = Field(default_factory=lambda: list(FEATURES))
     levels: dict[int, LevelRouter]
@@ -286,19 +289,6 @@ class RoutingModel(BaseModel):
 
     def thresholds(self) -> dict[int, float]:
         return {level: router.threshold for level, router in self.levels.items()}
-
-    def save(self, model_dir: Path) -> Path:
-        path = Path(model_dir) / ROUTING_FILE
-        path.write_text(self.model_dump_json(indent=1))
-        return path
-
-    @classmethod
-    def load(cls, model_dir: Path) -> RoutingModel | None:
-        """The model directory's routing.json, or None when it has none (models trained before routing)."""
-        path = Path(model_dir) / ROUTING_FILE
-        if not path.exists():
-            return None
-        return cls.model_validate(json.loads(path.read_text()))
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

@@ -12,13 +12,14 @@ candidates and calibrates their probabilities for titles the model has not seen.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from shared.model.artifact import JsonArtifact
 
 RERANK_FILE = "rerank.json"
 # per candidate: log probabilities of the mix and of each signal, its best similarity among each signal's
@@ -31,9 +32,10 @@ FEATURES = (
 _EPS = 1e-6
 
 
-class Reranker(BaseModel):
+class Reranker(JsonArtifact):
     """A fitted reranker (stored as rerank.json). Probabilities in, probabilities out (label order)."""
 
+    file_name: ClassVar[str] = RERANK_FILE
     k: int = Field(20, ge=2)
     weights: list[float]  # one per FEATURES
     other_bias: float = 0.0
@@ -58,16 +60,6 @@ class Reranker(BaseModel):
         out = mixed * (p[:, -1:] / np.maximum(outside, _EPS))
         np.put_along_axis(out, top, p[:, :-1], axis=1)
         return out.astype(np.float32, copy=False)
-
-    def save(self, model_dir: Path) -> Path:
-        path = Path(model_dir) / RERANK_FILE
-        path.write_text(self.model_dump_json(indent=2))
-        return path
-
-    @classmethod
-    def load(cls, model_dir: Path) -> Reranker | None:
-        path = Path(model_dir) / RERANK_FILE
-        return cls.model_validate(json.loads(path.read_text())) if path.exists() else None
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
