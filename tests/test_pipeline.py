@@ -181,9 +181,10 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
         assert newest.metrics["corrections_fit"]["n"] == 2
         assert newest.metrics["test_records_indexed"] == 0  # the parent's entries already hold them
         assert "head_refit" not in newest.metrics  # a refit over every record would dilute the corrections
-        corrected_dir, parent_dir = Path(newest.path), Path(registry.require_version(s, best_version).path)
-    # no validation split in a corrections run: the parent's reranker is kept
-    assert (corrected_dir / "rerank.json").read_text() == (parent_dir / "rerank.json").read_text()
+        corrected_dir = Path(newest.path)
+    # a corrections run keeps the original validation split, and refits its reranker there
+    reranker = ModelDir.read(corrected_dir).signals().reranker
+    assert reranker is not None and reranker.fitted_on.startswith("validation split")
     with session_scope(env["ISCO_DATABASE_URL"]) as s:
         newest = registry.list_versions(s)[0]
         composition = newest.metrics["training"]["composition"]

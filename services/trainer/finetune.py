@@ -694,7 +694,7 @@ def rerank_stage(state: TrainState) -> None:
     """The second stage (`rerank`): a conditional-logit fusion of the top candidates' signal probabilities and
     group masses, fitted on validation with the signals as they stand (the held-out occupations are not in
     the indexes yet), so its weights and probabilities are those of titles the model has not seen. A
-    corrections run (no validation split) keeps its parent's reranker."""
+    corrections run refits it on the original validation split; without one it keeps its parent's."""
     config = state.config
     if not config.rerank:
         return
