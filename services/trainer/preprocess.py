@@ -89,8 +89,9 @@ class PreprocessConfig(BaseModel):
         0.0,
         ge=0,
         lt=0.5,
-        description="share of the training occupations' titles (each with its records) moved to validation: "
-        "new titles of occupations the model knows, which users send as often as new occupations",
+        description="share of the training records moved to validation as ESCO titles alone (their records "
+        "with duties dropped): new titles of occupations the model knows, which users send as often as new "
+        "occupations",
     )
     seed: int = 13
     resolve_conflicts: bool = Field(True, description="keep one code per text (see module docstring)")

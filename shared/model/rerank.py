@@ -3,11 +3,12 @@ hierarchy.
 
 The first stage mixes the head, kNN and lexical probabilities with fixed weights (`mix_probabilities`). The
 reranker rescores the k most probable unit groups from features of each candidate: every signal's own
-probability, the mixed one, and the mass the mixed distribution puts on the candidate's minor, sub-major and
-major group (a unit group whose neighbours in the hierarchy also score is more likely). A linear
-conditional-logit model over the k candidates plus one "other" option (the mass outside the top k) is
-fitted by maximum likelihood on validation records, which hold out whole occupations: it reorders the
-candidates and calibrates their probabilities for titles the model has not seen. Pure numpy at inference.
+probability, the mixed one, the candidate's best similarity among each signal's neighbours, and the mass the
+mixed distribution puts on the candidate's minor, sub-major and major group (a unit group whose neighbours in
+the hierarchy also score is more likely). A linear conditional-logit model over the k candidates plus one
+"other" option (the mass outside the top k) is fitted by maximum likelihood on validation records (held-out
+occupations and new titles of known ones): it reorders the candidates and calibrates their probabilities for
+titles the model has not seen. Pure numpy at inference.
 """
 
 from __future__ import annotations
