@@ -139,6 +139,9 @@ GENDERED = [
     ("manageress", "manager"),
 ]
 SENIORITY = ["senior", "junior", "trainee", "lead", "chief", "head", "apprentice", "assistant", "principal"]
+# Added words must keep the unit group: ISCO codes trainees and apprentices to their occupation, while
+# "chief", "head" or "assistant" can make a title a supervisor, a manager or another occupation.
+ADDED_SENIORITY = ["senior", "junior", "trainee", "apprentice"]
 _WORD_BOUNDARY = r"(?<![a-z]){}(?![a-z])"
 
 
@@ -162,11 +165,12 @@ def gender_swap(title: str, rng: random.Random) -> str:
 
 
 def seniority(title: str, rng: random.Random) -> str:
-    """Add a seniority word in front ("senior", "trainee" ...) unless one is there."""
+    """Add a seniority word that keeps the unit group in front ("senior", "trainee" ...) unless one is
+    there."""
     first = title.split(" ", 1)[0]
     if first in SENIORITY:
         return title
-    return f"{rng.choice(SENIORITY[:5])} {title}"
+    return f"{rng.choice(ADDED_SENIORITY)} {title}"
 
 
 def invert(title: str, rng: random.Random) -> str:
@@ -175,7 +179,7 @@ def invert(title: str, rng: random.Random) -> str:
     if len(words) < 2 or len(words) > 5:
         return title
     head, qualifier = words[-1], " ".join(words[:-1])
-    return f"{head}{rng.choice([' - ', ', ', ' ('])}{qualifier}{')' if False else ''}".replace(" (", " - ")
+    return f"{head}{rng.choice([' - ', ', '])}{qualifier}"
 
 
 TRANSFORMS = (abbreviate, gender_swap, seniority, invert)

@@ -49,6 +49,7 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
         knn_k=3,
         contrastive_seconds=1.0,
         contrastive_batch_size=8,
+        title_variants=0.5,
     )
     result = finetune(
         texts,
@@ -124,6 +125,34 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     assert len(corrected.signals.knn) == len(parent_entries) + 10
     assert corrected.signals.knn.texts == parent_entries + texts[:10]
     assert len(corrected.signals.lexical) == len(parent_entries) + 10
+
+
+def test_title_variants_vary_titles_alone():
+    from transformers import AutoTokenizer
+
+    from services.trainer.finetune import _Encoded
+    from shared.model.resources import default_base_model
+
+    tokenizer = AutoTokenizer.from_pretrained(default_base_model())
+    texts = ["aircraft engine fitter", "salesman", "aircraft engine fitter : fits engines"]
+    plain = _Encoded(tokenizer, texts, [0, 1, 2], max_length=32)
+    varied = _Encoded(tokenizer, texts, [0, 1, 2], max_length=32, variants=1.0, seed=1)
+    shown = {i: set() for i in range(3)}
+    for _ in range(40):
+        for i in range(3):
+            item = varied[i]
+            assert item["labels"] == i
+            shown[i].add(tokenizer.decode(item["input_ids"], skip_special_tokens=True))
+    assert all(plain[i] == plain.items[i] for i in range(3))
+    assert shown[2] == {"aircraft engine fitter : fits engines"}  # a record with duties never varies
+    assert {"fitter - aircraft engine", "senior aircraft engine fitter"} <= shown[0]
+    assert "saleswoman" in shown[1]
+    # seniority words that would change the unit group are never added
+    assert not any(t.split()[0] in ("chief", "head", "lead", "assistant") for t in shown[0] | shown[1])
+    # deterministic given the seed
+    a = _Encoded(tokenizer, texts, [0, 1, 2], max_length=32, variants=1.0, seed=7)
+    b = _Encoded(tokenizer, texts, [0, 1, 2], max_length=32, variants=1.0, seed=7)
+    assert [a[0]["input_ids"] for _ in range(10)] == [b[0]["input_ids"] for _ in range(10)]
 
 
 def test_choose_batching_and_temperature():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import shutil
 import tempfile
 import time
@@ -64,6 +65,7 @@ from shared.model.signals import (
 from shared.predictor import Hierarchy, level_probabilities
 from shared.routing import RoutingModel, fit_routing
 from shared.taxonomy import get_taxonomy
+from shared.variants import expand_abbreviations, variant
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,13 @@ class FinetuneConfig(BaseModel):
         None, ge=0, le=0.9, description="fixed lexical mixing weight; None = fit on val"
     )
     seed: int = 42
+    title_variants: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the titles alone shown, each time they are drawn in fine-tuning, as a variant "
+        "people write (inverted, gender-swapped, abbreviated, with a seniority word; shared.variants)",
+    )
     contrastive_seconds: float = Field(
         0.0, ge=0, description="contrastive title training of the encoder before the head (0: skipped)"
     )
@@ -177,9 +186,21 @@ def choose_batching(n_train: int, device: str, config: FinetuneConfig) -> tuple[
 
 
 class _Encoded(torch.utils.data.Dataset):
+    """Tokenised training records. With `variants` > 0 a record that is a title alone is shown, with that
+    probability each time it is drawn, as a title variant people write (`shared.variants`: inverted "head -
+    qualifier", gender-swapped, abbreviated, with a seniority word), spelled out as inference reads it."""
+
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, texts: list[str], labels: list[int], max_length: int
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        texts: list[str],
+        labels: list[int],
+        max_length: int,
+        variants: float = 0.0,
+        seed: int = 0,
     ):
+        self.tokenizer, self.texts, self.max_length = tokenizer, texts, max_length
+        self.variants, self.rng = variants, random.Random(seed)
         if not texts:
             self.items: list[dict[str, Any]] = []
             return
@@ -197,7 +218,19 @@ class _Encoded(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.items[i]
+        item = self.items[i]
+        text = self.texts[i]
+        # model inputs join title and duties with " : " (shared.text.model_input): only titles alone vary
+        if self.variants and " : " not in text and self.rng.random() < self.variants:
+            shown = expand_abbreviations(variant(text, self.rng))
+            if shown != text:
+                enc = self.tokenizer(shown, truncation=True, max_length=self.max_length)
+                return {
+                    "input_ids": enc["input_ids"],
+                    "attention_mask": enc["attention_mask"],
+                    "labels": item["labels"],
+                }
+        return item
 
 
 class _CodeTrainer(Trainer):
@@ -526,7 +559,14 @@ def trainer_stage(state: TrainState) -> None:
     state.mixed_precision = "bf16" if bf16 else "fp16" if fp16 else "no"
     if config.epochs <= 0 or not state.train_texts:
         return
-    train_ds = _Encoded(tokenizer, state.train_texts, state.train_labels, config.max_length)
+    train_ds = _Encoded(
+        tokenizer,
+        state.train_texts,
+        state.train_labels,
+        config.max_length,
+        variants=config.title_variants,
+        seed=config.seed,
+    )
     val_ds = _Encoded(tokenizer, state.val_texts, state.val_labels.tolist(), config.max_length)
     output_dir = state.output_dir
     work = Path(
