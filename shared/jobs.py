@@ -10,7 +10,9 @@ the caller (request or task) commits.
 Faults: the DB row is the job. A worker holds a job through a lease in Redis (`Lease`, renewed by a
 heartbeat thread, lapsing `job_lock_ttl_s` after its holder stops), and every task sent for a job leaves a
 marker (`mark_sent`) until a worker picks it up. `reconcile` (Celery beat, and every worker at start-up)
-re-sends each queued or running job that has neither: its worker died, or the broker lost its task.
+re-sends each queued or running job that has neither: its worker died, or the broker lost its task. Training
+jobs hold a lease too; one that was running when its worker died is failed instead (a run is not resumable,
+and the same run may kill the next worker the same way).
 
 Review: `result_rows` reads a finished job's result rows; `record_final_code` records a reviewer's code.
 
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 JobKind = Literal["csv", "batch"]
 ACTIVE = (JobStatus.queued, JobStatus.running)
 RESUMABLE_KINDS = ("csv", "batch")  # training runs are not resumed chunk by chunk
+TRAINING = "training"
+TRAINING_LOST = "the worker running this training job was lost (killed or out of memory); submit it again"
 
 
 class JobSettings(CommonSettings):
@@ -394,36 +398,45 @@ def clear_sent(redis_client: Any, job_id: str) -> None:
     redis_client.delete(sent_key(job_id))
 
 
-def unattended(session: Session, redis_client: Any) -> list[str]:
-    """Queued or running (resumable) jobs with neither a live lease nor a task in the queue."""
-    ids = list(
-        session.scalars(
-            select(Job.id)
-            .where(Job.status.in_([str(s) for s in ACTIVE]), Job.kind.in_(RESUMABLE_KINDS))
-            .order_by(Job.created_at, Job.id)
-        )
-    )
-    if not ids:
+def unattended(session: Session, redis_client: Any) -> list[tuple[str, str, str]]:
+    """(id, kind, status) of the queued or running jobs with neither a live lease nor a task in the queue."""
+    rows = session.execute(
+        select(Job.id, Job.kind, Job.status)
+        .where(Job.status.in_([str(s) for s in ACTIVE]), Job.kind.in_((*RESUMABLE_KINDS, TRAINING)))
+        .order_by(Job.created_at, Job.id)
+    ).all()
+    if not rows:
         return []
     pipe = redis_client.pipeline(transaction=False)
-    for job_id in ids:
+    for job_id, _, _ in rows:
         pipe.exists(lease_key(job_id), sent_key(job_id))
-    return [job_id for job_id, held in zip(ids, pipe.execute(), strict=True) if not held]
+    return [
+        (job_id, kind, str(status))
+        for (job_id, kind, status), held in zip(rows, pipe.execute(), strict=True)
+        if not held
+    ]
 
 
 def reconcile(
-    session: Session, redis_client: Any, send: Callable[[str], None], settings: JobSettings
+    session: Session, redis_client: Any, send: Callable[[str, str], None], settings: JobSettings
 ) -> list[str]:
-    """Re-send every job that `unattended` finds (its worker died, or the broker lost its task); returns
-    their ids. A job sent twice is harmless: the lease lets one task run it, and a finished job is skipped."""
-    resent = []
-    for job_id in unattended(session, redis_client):
+    """Re-send (`send(job_id, kind)`) every job that `unattended` finds (its worker died, or the broker lost
+    its task), except a training run whose worker died, which is failed; returns the ids handled. A job sent
+    twice is harmless: the lease lets one task run it, and a finished job is skipped."""
+    resent, failed = [], []
+    for job_id, kind, status in unattended(session, redis_client):
+        if kind == TRAINING and status == str(JobStatus.running):
+            if fail(session, job_id, TRAINING_LOST, settings):
+                failed.append(job_id)
+            continue
         mark_sent(redis_client, job_id, settings)
-        send(job_id)
+        send(job_id, kind)
         resent.append(job_id)
     if resent:
         log.warning("re-sent %d job(s) that no worker held: %s", len(resent), ", ".join(resent))
-    return resent
+    if failed:
+        log.warning("failed %d training job(s) whose worker was lost: %s", len(failed), ", ".join(failed))
+    return resent + failed
 
 
 # ----------------------------------------------------------------------------------------------------

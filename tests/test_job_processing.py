@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -192,14 +193,38 @@ def test_reconcile_resends_only_unattended_jobs(settings: WorkerSettings) -> Non
             job.status = status
     r.set(jobs.lease_key("rc-held"), "a-live-worker", px=30_000)
     jobs.mark_sent(r, "rc-sent", settings)
-    sent: list[str] = []
+    sent: list[tuple[str, str]] = []
     with session_scope(settings.db_url) as session:
-        assert jobs.reconcile(session, r, sent.append, settings) == ["rc-lost"]
-    assert sent == ["rc-lost"] and r.exists(jobs.sent_key("rc-lost"))  # marked: not sent again
+        assert jobs.reconcile(session, r, lambda *job: sent.append(job), settings) == ["rc-lost"]
+    assert sent == [("rc-lost", "csv")] and r.exists(jobs.sent_key("rc-lost"))  # marked: not sent again
     with session_scope(settings.db_url) as session:
-        assert jobs.reconcile(session, r, sent.append, settings) == []
+        assert jobs.reconcile(session, r, lambda *job: sent.append(job), settings) == []
     r.delete(*(jobs.lease_key(f"rc-{j}") for j in ("held", "sent", "lost", "done")))
     r.delete(*(jobs.sent_key(f"rc-{j}") for j in ("held", "sent", "lost", "done")))
+
+
+def test_reconcile_resends_lost_training_tasks_and_fails_lost_runs(settings: WorkerSettings) -> None:
+    """A queued training job whose task the broker lost is sent again (to the training queue); a running one
+    whose worker died (no lease) is failed, since a run does not resume; a live run is left alone."""
+    r = redis.Redis.from_url(settings.redis_url)
+    names = ("queued-lost", "queued-sent", "running-lost", "running-live")
+    with session_scope(settings.db_url) as session:
+        for name in names:
+            status = JobStatus.running if name.startswith("running") else JobStatus.queued
+            session.add(Job(id=f"tr-{name}", kind="training", status=status, input_path="", options={}))
+    r.delete(*(jobs.lease_key(f"tr-{n}") for n in names), *(jobs.sent_key(f"tr-{n}") for n in names))
+    jobs.mark_sent(r, "tr-queued-sent", settings)
+    r.set(jobs.lease_key("tr-running-live"), "a-live-worker", px=30_000)
+    sent: list[tuple[str, str]] = []
+    with session_scope(settings.db_url) as session:
+        handled = jobs.reconcile(session, r, lambda *job: sent.append(job), settings)
+    assert handled == ["tr-queued-lost", "tr-running-lost"]
+    assert sent == [("tr-queued-lost", "training")]
+    assert job_row(settings, "tr-running-lost").status == JobStatus.failed
+    assert "submit it again" in (job_row(settings, "tr-running-lost").error or "")
+    assert job_row(settings, "tr-running-live").status == JobStatus.running
+    assert job_row(settings, "tr-queued-lost").status == JobStatus.queued
+    r.delete(*(jobs.lease_key(f"tr-{n}") for n in names), *(jobs.sent_key(f"tr-{n}") for n in names))
 
 
 def test_cancel_stops_before_the_next_chunk(settings: WorkerSettings) -> None:
@@ -277,19 +302,32 @@ def test_training_task_is_a_thin_call_to_run_training(
             def as_dict() -> dict[str, Any]:
                 return {"promoted": True, "reason": "better"}
 
+    r = redis.Redis.from_url(settings.redis_url)
+
     def fake_run_training(trainer_settings: Any, **kwargs: Any) -> Outcome:
         seen.update(kwargs, use_default_corpus=trainer_settings.use_default_corpus)
+        # while it runs, the job's lease says a live worker has it, and its sent marker is gone
+        seen["lease_pid"] = jobs.lease_holder_pid(r, "train-1")
+        seen["marked"] = bool(r.exists(jobs.sent_key("train-1")))
         return Outcome()
 
     monkeypatch.setattr(pipeline, "run_training", fake_run_training)
-    for name, value in {"ISCO_DATA_DIR": settings.data_dir, "ISCO_DATABASE_URL": settings.db_url}.items():
+    env = {
+        "ISCO_DATA_DIR": settings.data_dir,
+        "ISCO_DATABASE_URL": settings.db_url,
+        "ISCO_REDIS_URL": settings.redis_url,
+    }
+    for name, value in env.items():
         monkeypatch.setenv(name, str(value))
     with session_scope(settings.db_url) as session:
         options = {"settings": {"use_default_corpus": False}, "data_csv": "/data/coded.csv"}
         session.add(
             Job(id="train-1", kind="training", status=JobStatus.queued, input_path="", options=options)
         )
+    jobs.mark_sent(r, "train-1", settings)
     tasks.train_model.run("train-1")
+    assert seen["lease_pid"] == os.getpid() and not seen["marked"]
+    assert not r.exists(jobs.lease_key("train-1"))  # released at the end
     job = job_row(settings, "train-1")
     assert job.status == JobStatus.succeeded and job.model_version == "v-trained"
     assert job.options["outcome"] == {"version": "v-trained", "promoted": True, "reason": "better"}
@@ -299,6 +337,13 @@ def test_training_task_is_a_thin_call_to_run_training(
         session.add(Job(id="train-2", kind="training", status=JobStatus.running, input_path="", options={}))
     tasks.train_model.run("train-2")
     assert job_row(settings, "train-2").status == JobStatus.failed and not seen.get("again")
+    # a duplicate task of a run a live worker holds ends without touching the job
+    with session_scope(settings.db_url) as session:
+        session.add(Job(id="train-3", kind="training", status=JobStatus.running, input_path="", options={}))
+    r.set(jobs.lease_key("train-3"), "a-live-worker", px=30_000)
+    tasks.train_model.run("train-3")
+    assert job_row(settings, "train-3").status == JobStatus.running
+    r.delete(jobs.lease_key("train-3"))
 
 
 def test_result_rows_and_final_codes_for_the_review_page(settings: WorkerSettings) -> None:

@@ -64,6 +64,7 @@ def enqueue_training(
                 options=options,
             )
         )
+    jobs.mark_sent(redis_client(settings.redis_url), job_id, settings)
     celery_client(settings.redis_url).send_task(
         TASK_TRAIN, args=[job_id], queue=QUEUE_TRAINING, retry=True, retry_policy=PUBLISH_RETRY
     )

@@ -59,13 +59,15 @@ class Heartbeat:
     """Renews a lease every `interval_s` in a daemon thread while a job runs.
 
     `lost` is set when the lease was taken over or vanished (e.g. Redis restarted empty); the job loop then
-    re-takes it if it is free, or stops. Redis errors are retried at the next beat: the lease lapses on its
-    own if they last.
+    re-takes it if it is free, or stops. With `retake` the heartbeat re-takes a vanished lease itself (a
+    training run cannot stop half-way to do it). Redis errors are retried at the next beat: the lease lapses
+    on its own if they last.
     """
 
-    def __init__(self, lease: Lease, interval_s: float):
+    def __init__(self, lease: Lease, interval_s: float, retake: bool = False):
         self.lease = lease
         self.interval_s = interval_s
+        self.retake = retake
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{lease.key}")
@@ -81,7 +83,7 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                if not self.lease.renew():
+                if not self.lease.renew() and not (self.retake and self.lease.acquire()):
                     self.lost.set()
             except Exception as exc:  # Redis down: keep trying; the lease lapses by itself if it stays down
                 log.warning("lease %s: heartbeat failed: %s", self.lease.key, exc)

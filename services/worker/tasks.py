@@ -4,7 +4,8 @@ Retries: transient errors (DB or Redis unreachable, a timeout) are retried with 
 backoff; any other exception is a bug or bad data that would fail the same way again, so the job is marked
 failed at once with the error. A task that reaches its soft time limit sends a fresh task for the same job and
 ends; the fresh task resumes from the last chunk. A task that finds the job held by a live worker ends: if
-that worker dies, `reconcile_jobs` (beat, and each worker at start-up) re-sends the job once its lease lapses.
+that worker dies, `reconcile_jobs` (beat, and each worker at start-up) re-sends the job once its lease lapses
+(a training job that was running is failed instead: see `train_model`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ import sqlalchemy.exc
 from celery.exceptions import SoftTimeLimitExceeded
 
 from services.worker.celery_app import app
-from services.worker.constants import TASK_PROCESS_JOB, TASK_RECONCILE, TASK_SWEEP_EXPIRED, TASK_TRAIN
-from services.worker.processing import JobProcessor, LeaseHeld
+from services.worker.constants import (
+    QUEUE_TRAINING,
+    TASK_PROCESS_JOB,
+    TASK_RECONCILE,
+    TASK_SWEEP_EXPIRED,
+    TASK_TRAIN,
+)
+from services.worker.processing import Heartbeat, JobProcessor, LeaseHeld
 from services.worker.settings import WorkerSettings
 from shared import jobs
 from shared.db.session import session_scope
@@ -112,8 +119,11 @@ def reconcile_now(settings: WorkerSettings) -> list[str]:
     """Re-send every queued or running job that no live worker holds and no queued task names."""
     redis_client = processor()._redis()
 
-    def send(job_id: str) -> None:
-        process_job.apply_async(args=[job_id], queue=settings.job_queue)
+    def send(job_id: str, kind: str) -> None:
+        if kind == jobs.TRAINING:
+            train_model.apply_async(args=[job_id], queue=QUEUE_TRAINING)
+        else:
+            process_job.apply_async(args=[job_id], queue=settings.job_queue)
 
     with session_scope(settings.db_url) as session:
         return jobs.reconcile(session, redis_client, send, settings)
@@ -139,21 +149,39 @@ def train_model(self: Any, job_id: str) -> None:
     """A training run on the `training` queue (thin: the trainer's `run_training` does the work).
 
     The job row's options (services/worker/client.py `enqueue_training`) hold TrainerSettings overrides
-    and the data paths; the outcome (version, promotion decision) is recorded on the row. A run is not
-    resumable: a task redelivered after its worker died (status already running) fails the job instead of
-    starting a run that may kill the next worker the same way.
+    and the data paths; the outcome (version, promotion decision) is recorded on the row. The run holds the
+    job's lease (renewed by a heartbeat), so the reconciler can tell a live run from a lost one. A run is not
+    resumable: a task redelivered after its worker died (status running, lease lapsed) fails the job instead
+    of starting a run that may kill the next worker the same way; one that finds a live run ends.
     """
     settings = WorkerSettings()
-    with session_scope(settings.db_url) as session:
-        job = session.get(Job, job_id)
-        if job is None or JobStatus(job.status).finished:
-            return
-        if job.status == JobStatus.running:
-            lost = "the worker running this training job was lost (killed or out of memory); submit it again"
-            jobs.fail(session, job_id, lost, settings)
-            return
-        options = dict(job.options or {})
-        jobs.start_training(session, job_id)
+    redis_client = redis.Redis.from_url(settings.redis_url)
+    lease = jobs.Lease(redis_client, job_id, settings.job_lock_ttl_s)
+    # the lease first, then the sent marker goes: the reconciler always sees one of them
+    if not lease.acquire():
+        log.info("training job %s: a live worker runs it; this task ends", job_id)
+        return
+    jobs.clear_sent(redis_client, job_id)
+    try:
+        with session_scope(settings.db_url) as session:
+            job = session.get(Job, job_id)
+            if job is None or JobStatus(job.status).finished:
+                return
+            if job.status == JobStatus.running:
+                jobs.fail(session, job_id, jobs.TRAINING_LOST, settings)
+                return
+            options = dict(job.options or {})
+            jobs.start_training(session, job_id)
+        with Heartbeat(lease, settings.job_heartbeat_s, retake=True):
+            _run_training_job(settings, job_id, options)
+    finally:
+        try:
+            lease.release()
+        except Exception as exc:  # the lease lapses by itself
+            log.warning("training job %s: could not release the lease: %s", job_id, exc)
+
+
+def _run_training_job(settings: WorkerSettings, job_id: str, options: dict[str, Any]) -> None:
     try:
         # the trainer's own modules (heavy imports) load only on a training worker
         from services.trainer.config import TrainerSettings
