@@ -224,7 +224,8 @@ def build_predictions(
         if routed is not None and routing is not None:
             routed_unit = bool(routed[4][r] >= routing.levels[4].threshold)
         unit_code, unit_conf = best[4]
-        row_top = sorted(top[r], key=lambda j: -per_level[4][r, j])
+        # ties in label order, as argmax breaks them (argpartition's order differs between CPUs)
+        row_top = sorted(top[r], key=lambda j: (-per_level[4][r, j], j))
         alternatives = [
             Alternative(
                 code=hierarchy.unit_codes[j],

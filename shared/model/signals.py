@@ -152,7 +152,7 @@ class KnnIndex:
         return ids, sims
 
 
-QUERY_ZERO = 64  # queries quantised to 1..127 (see Int8Similarity)
+ENTRY_MAX = 63  # entries quantised to -63..63, queries to 0..255 (see Int8Similarity)
 
 
 class Int8Similarity:
@@ -167,9 +167,9 @@ class Int8Similarity:
     0.92 -> 0.11 ms per record in batches, the same neighbours. Error <= 0.003 in similarity, 99.5% of the
     top-10 neighbours the same as float32. Per-row scales (not one per call) keep each query's answer
     independent of its batch-mates; the query's own scale is positive, so it is applied to the k values only.
-    Queries take 7 bits (0..127 around a zero point of 64): x86 CPUs without VNNI (AVX2 only, e.g. AMD
-    Zen 3) multiply uint8 by int8 in pairs summed into int16 (vpmaddubsw), which saturates above 32,767;
-    127 x 127 x 2 stays below it, 255 x 127 x 2 does not (an identical vector scored 0.39 instead of 1.0).
+    Entries take 7 bits (-63..63): x86 CPUs without VNNI (AVX2 only, e.g. AMD Zen 3) multiply uint8 by
+    int8 in pairs summed into int16 (vpmaddubsw), which saturates above 32,767; 255 x 63 x 2 stays below
+    it, 255 x 127 x 2 does not (an identical vector scored 0.39 instead of 1.0 there).
     """
 
     def __init__(self, embeddings: np.ndarray):
@@ -178,7 +178,7 @@ class Int8Similarity:
 
         from shared.model.resources import cpu_share
 
-        scale = (np.abs(embeddings).max(axis=1) / 127.0).astype(np.float32)
+        scale = (np.abs(embeddings).max(axis=1) / ENTRY_MAX).astype(np.float32)
         entries = np.round(embeddings / np.maximum(scale, 1e-12)[:, None]).astype(np.int8)
         dim, n = embeddings.shape[1], embeddings.shape[0]
         graph = helper.make_graph(
@@ -199,7 +199,7 @@ class Int8Similarity:
             ],
             initializer=[
                 numpy_helper.from_array(np.ascontiguousarray(entries.T), "entries"),
-                numpy_helper.from_array(np.array(QUERY_ZERO, dtype=np.uint8), "zero"),
+                numpy_helper.from_array(np.array(128, dtype=np.uint8), "zero"),
                 numpy_helper.from_array(scale, "entry_scale"),
             ],
         )
@@ -216,8 +216,8 @@ class Int8Similarity:
         """(entry ids, approximate cosine similarities) of the k nearest entries of each normalised query
         embedding, nearest first."""
         query = np.asarray(query, dtype=np.float32)
-        scale = np.maximum(np.abs(query).max(axis=1) / (QUERY_ZERO - 1), 1e-12).astype(np.float32)
-        quantised = (np.round(query / scale[:, None]) + QUERY_ZERO).astype(np.uint8)
+        scale = np.maximum(np.abs(query).max(axis=1) / 127.0, 1e-12).astype(np.float32)
+        quantised = (np.round(query / scale[:, None]) + 128).astype(np.uint8)
         k = max(1, min(k, self.entries))
         values, ids = self.session.run(["values", "ids"], {"query": quantised, "k": np.array([k], np.int64)})
         return ids, values * scale[:, None]
