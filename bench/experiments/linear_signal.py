@@ -45,6 +45,7 @@ def fit() -> None:
 
 
 def mix(model_dir: Path) -> None:
+    from bench.accuracy import _accepted, load_devsets
     from services.trainer.evaluate import expected_calibration_error
     from shared.model.rerank import fit_reranker
     from shared.model.scorer import UnitScorer, softmax
@@ -93,8 +94,6 @@ def mix(model_dir: Path) -> None:
         print(f"reranked {label}: val in sample top-1 {ok.mean():.4f} ece {ece:.4f}")
         # dev: the shipped model's first stage, with the linear signal mixed in the same way
         out = {}
-        from bench.accuracy import _accepted, load_devsets
-
         for name, dev in load_devsets().items():
             texts = dev.texts()
             emb = scorer.embed(texts)
