@@ -6,7 +6,7 @@ import html
 import re
 import unicodedata
 
-from shared.variants import expand_abbreviations
+from shared.variants import normalise_title
 
 _TAG = re.compile(r"<[^>]{0,200}>")
 _SPACE = re.compile(r"\s+")
@@ -33,10 +33,11 @@ def model_input(job_title: str | None, duties_description: str | None) -> str:
     """The one text the model sees for a record: cleaned title and duties joined by a separator.
 
     Lower-cased because the default tokenizer is uncased; the title comes first because titles carry
-    most of the signal and truncation cuts from the end. Job-title abbreviations are spelled out
-    ("HGV1 driver" -> "heavy goods vehicle driver", `shared.variants`).
+    most of the signal and truncation cuts from the end. Titles are normalised (`shared.variants`): the
+    "head - qualifier" form reordered, abbreviations spelled out ("HGV1 driver" -> "heavy goods vehicle
+    driver").
     """
-    title = expand_abbreviations(clean_text(job_title).lower())
+    title = normalise_title(clean_text(job_title).lower())
     duties = clean_text(duties_description).lower()
     if title and duties:
         return f"{title} : {duties}"

@@ -1,10 +1,14 @@
 """Job titles as people write them (issue 10).
 
-- `expand_abbreviations`: the short forms of job boards and survey write-ins (HGV1, FLT, RGN, GP, snr ...)
-  spelled out before the model reads a title, so "Snr software dev" reads "senior software developer". Used by
-  `shared.text.model_input` for training and inference alike.
+- `normalise_title`: how the model reads every title, in training and inference alike
+  (`shared.text.model_input`):
+  - `head_last`: the "head - qualifier" form of occupation indexes and job boards ("machine operator - wood
+    grinding", "nurse - night shift") put back in the natural order ("wood grinding machine operator").
+    No ESCO title is written that way, so the model would otherwise meet the form only at inference;
+  - `expand_abbreviations`: the short forms of job boards and survey write-ins (HGV1, FLT, RGN, GP, snr ...)
+    spelled out, so "Snr software dev" reads "senior software developer".
 - `variant` and its transforms: random title variants (abbreviated, gender-swapped, with a seniority word,
-  inverted "head - qualifier") for training augmentation. Deterministic given the random generator.
+  inverted "head, qualifier") for training augmentation. Deterministic given the random generator.
 """
 
 from __future__ import annotations
@@ -59,6 +63,25 @@ EXPANSIONS: dict[str, str | tuple[str, str]] = {
     "hvac": "heating ventilation and air conditioning",
 }
 _TOKEN = re.compile(r"[a-z0-9]+|[^a-z0-9]+")
+
+
+def head_last(title: str) -> str:
+    """`head - qualifier` -> `qualifier head` ("machine operator - wood grinding" -> "wood grinding machine
+    operator"); any other title is left as it is. Only one spaced dash, between a head of at most 5 words
+    and a qualifier of at most 8: a hyphen inside a word ("setter-operator") is no separator, and longer
+    parts are more likely a sentence than a qualified title."""
+    parts = title.split(" - ")
+    if len(parts) != 2:
+        return title
+    head, qualifier = (p.strip() for p in parts)
+    if not head or not qualifier or len(head.split()) > 5 or len(qualifier.split()) > 8:
+        return title
+    return f"{qualifier} {head}"
+
+
+def normalise_title(title: str) -> str:
+    """A cleaned, lower-cased title as the model reads it: head last, abbreviations spelled out."""
+    return expand_abbreviations(head_last(title))
 
 
 def expand_abbreviations(title: str) -> str:
@@ -174,12 +197,13 @@ def seniority(title: str, rng: random.Random) -> str:
 
 
 def invert(title: str, rng: random.Random) -> str:
-    """`qualifier head` -> `head - qualifier` or `head, qualifier`, as indexes and job boards list titles."""
+    """`qualifier head` -> `head, qualifier`, as indexes list titles. (The `head - qualifier` form is not
+    drawn: `head_last` reads it back in the natural order before the model sees it.)"""
     words = title.split()
     if len(words) < 2 or len(words) > 5:
         return title
     head, qualifier = words[-1], " ".join(words[:-1])
-    return f"{head}{rng.choice([' - ', ', '])}{qualifier}"
+    return f"{head}, {qualifier}"
 
 
 TRANSFORMS = (abbreviate, gender_swap, seniority, invert)

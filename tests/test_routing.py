@@ -84,6 +84,26 @@ def test_abbreviations_are_spelled_out_for_the_model(written, read):
     assert model_input(written, "rep visits") == f"{read} : rep visits"
 
 
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("machine Operator - wood grinding (pulpmaking)", "wood grinding (pulpmaking) machine operator"),
+        ("Mistress - secondary education", "secondary education mistress"),
+        ("Snr software dev \u2013 London", "london senior software developer"),  # an en dash, abbreviations
+        # left alone: hyphens inside words, two dashes, a dangling dash, a qualifier that reads as a sentence
+        ("Setter-operator", "setter-operator"),
+        ("a - b - c", "a - b - c"),
+        ("welder -", "welder -"),
+        (
+            "welder - works on big ships in the harbour every day",
+            "welder - works on big ships in the harbour every day",
+        ),
+    ],
+)
+def test_head_qualifier_titles_are_read_head_last(written, read):
+    assert model_input(written, "") == read
+
+
 def test_unknown_words_are_left_alone():
     assert expand_abbreviations("dental hygienist") == "dental hygienist"
 

@@ -65,7 +65,7 @@ from shared.model.signals import (
 from shared.predictor import Hierarchy, level_probabilities
 from shared.routing import RoutingModel, fit_routing
 from shared.taxonomy import get_taxonomy
-from shared.variants import expand_abbreviations, variant
+from shared.variants import normalise_title, variant
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +187,9 @@ def choose_batching(n_train: int, device: str, config: FinetuneConfig) -> tuple[
 
 class _Encoded(torch.utils.data.Dataset):
     """Tokenised training records. With `variants` > 0 a record that is a title alone is shown, with that
-    probability each time it is drawn, as a title variant people write (`shared.variants`: inverted "head -
-    qualifier", gender-swapped, abbreviated, with a seniority word), spelled out as inference reads it."""
+    probability each time it is drawn, as a title variant people write (`shared.variants`: inverted "head,
+    qualifier", gender-swapped, abbreviated, with a seniority word), normalised as inference reads it (so a
+    "head - qualifier" variant is read back in the natural order)."""
 
     def __init__(
         self,
@@ -222,7 +223,7 @@ class _Encoded(torch.utils.data.Dataset):
         text = self.texts[i]
         # model inputs join title and duties with " : " (shared.text.model_input): only titles alone vary
         if self.variants and " : " not in text and self.rng.random() < self.variants:
-            shown = expand_abbreviations(variant(text, self.rng))
+            shown = normalise_title(variant(text, self.rng))
             if shown != text:
                 enc = self.tokenizer(shown, truncation=True, max_length=self.max_length)
                 return {
