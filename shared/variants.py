@@ -2,6 +2,8 @@
 
 - `normalise_title`: how the model reads every title, in training and inference alike
   (`shared.text.model_input`):
+  - `drop_alias`: a title given with its abbreviation in parentheses ("claims rep (claims representative)",
+    "lpc" beside "licensed professional counselor") read as the long form alone;
   - `head_last`: the "head - qualifier" form of occupation indexes and job boards ("machine operator - wood
     grinding", "nurse - night shift") put back in the natural order ("wood grinding machine operator").
     No ESCO title is written that way, so the model would otherwise meet the form only at inference;
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator
 
 # short form -> long form. Two forms where the word is a noun at the end ("software dev") and a modifier
 # before another word ("dev manager"). Only whole words of the title are replaced.
@@ -79,9 +82,60 @@ def head_last(title: str) -> str:
     return f"{qualifier} {head}"
 
 
+_ALIASED = re.compile(r"^(?P<outside>[^()]+?) \((?P<inside>[^()]+)\)$")
+_WORD = re.compile(r"[a-z0-9]+")
+_FILLERS = {"and", "of", "for", "in", "the"}
+
+
+def _readings(word: str, long: list[str]) -> Iterator[list[str]]:
+    """The rests of `long` after reading `word` from its start: as a prefix of its first word ("tech" of
+    "technician") or as the initials of its first words ("rn" of "registered nurse", fillers skipped)."""
+    if long and long[0].startswith(word):
+        yield long[1:]
+    if len(word) < 2:
+        return
+
+    def initials(i: int, j: int) -> Iterator[list[str]]:
+        if i == len(word):
+            yield long[j:]
+        elif j < len(long):
+            if long[j][0] == word[i]:
+                yield from initials(i + 1, j + 1)
+            if long[j] in _FILLERS:
+                yield from initials(i, j + 1)
+
+    yield from initials(0, 0)
+
+
+def _shortens(short: list[str], long: list[str]) -> bool:
+    """Whether `short` is `long` abbreviated, word by word, in order ("food gm" of "food general manager")."""
+    if not short:
+        return all(w in _FILLERS for w in long)
+    return any(_shortens(short[1:], rest) for rest in _readings(short[0], long))
+
+
+def drop_alias(title: str) -> str:
+    """`short form (long form)` or the reverse -> `long form` ("support tech (support technician)", "bha
+    (behavioral health aide)" -> "behavioral health aide"), as job boards and O*NET give a title with its
+    abbreviation. A qualifier in parentheses ("painter (construction)") is no alias and stays."""
+    match = _ALIASED.match(title)
+    if not match:
+        return title
+    outside, inside = match["outside"].strip(), match["inside"].strip()
+    out_words, in_words = _WORD.findall(outside), _WORD.findall(inside)
+    if not out_words or not in_words or out_words == in_words:
+        return title
+    if _shortens(in_words, out_words):
+        return outside
+    if _shortens(out_words, in_words):
+        return inside
+    return title
+
+
 def normalise_title(title: str) -> str:
-    """A cleaned, lower-cased title as the model reads it: head last, abbreviations spelled out."""
-    return expand_abbreviations(head_last(title))
+    """A cleaned, lower-cased title as the model reads it: an abbreviation given beside its long form
+    dropped, head last, abbreviations spelled out."""
+    return expand_abbreviations(head_last(drop_alias(title)))
 
 
 def expand_abbreviations(title: str) -> str:

