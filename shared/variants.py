@@ -117,13 +117,14 @@ def _shortens(short: list[str], long: list[str]) -> bool:
 def drop_alias(title: str) -> str:
     """`short form (long form)` or the reverse -> `long form` ("support tech (support technician)", "bha
     (behavioral health aide)" -> "behavioral health aide"), as job boards and O*NET give a title with its
-    abbreviation. A qualifier in parentheses ("painter (construction)") is no alias and stays."""
+    abbreviation. A qualifier in parentheses ("painter (construction)") is no alias and stays. Sides of
+    more than 8 words are left alone: they are no title, and the word-by-word match branches on each word."""
     match = _ALIASED.match(title)
     if not match:
         return title
     outside, inside = match["outside"].strip(), match["inside"].strip()
     out_words, in_words = _WORD.findall(outside), _WORD.findall(inside)
-    if not out_words or not in_words or out_words == in_words:
+    if not out_words or not in_words or out_words == in_words or max(len(out_words), len(in_words)) > 8:
         return title
     if _shortens(in_words, out_words):
         return outside

@@ -100,6 +100,7 @@ def test_abbreviations_are_spelled_out_for_the_model(written, read):
         ("Sheet Metal Assembler and Riveter (SMAR)", "sheet metal assembler and riveter"),
         ("Painter (construction)", "painter (construction)"),  # a qualifier, not an alias
         ("nurse (nurse practitioner)", "nurse (nurse practitioner)"),
+        ("and " * 40 + "(" + "a" * 20 + ")", "and " * 40 + "(" + "a" * 20 + ")"),  # no title: left, at once
         ("welder -", "welder -"),
         (
             "welder - works on big ships in the harbour every day",
