@@ -33,9 +33,9 @@ def model_input(job_title: str | None, duties_description: str | None) -> str:
     """The one text the model sees for a record: cleaned title and duties joined by a separator.
 
     Lower-cased because the default tokenizer is uncased; the title comes first because titles carry
-    most of the signal and truncation cuts from the end. Titles are normalised (`shared.variants`): the
-    "head - qualifier" form reordered, abbreviations spelled out ("HGV1 driver" -> "heavy goods vehicle
-    driver").
+    most of the signal and truncation cuts from the end. Titles are normalised (`shared.variants`
+    `normalise_title`): an abbreviation beside its long form dropped, the "head - qualifier" form
+    reordered, abbreviations spelled out ("HGV1 driver" -> "heavy goods vehicle driver").
     """
     title = normalise_title(clean_text(job_title).lower())
     duties = clean_text(duties_description).lower()
