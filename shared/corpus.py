@@ -2,12 +2,11 @@
 
 Sources (`CodedRecord.source`):
     esco_title        every ESCO preferred and alternative title, alone (facts table in shared/data)
-    esco_description  an ESCO title with its occupation description (or one sentence of it) as the duties,
-                      written as task statements (`as_task_statement`: "Use ...", not "Radiographers use ...")
+    esco_description  an ESCO title with its occupation description (or one sentence of it) as the duties
     isco_title        the official ISCO-08 unit-group title, alone
     isco_example      example titles ("Examples of the occupations classified here"), alone
     isco_related      titles listed as "classified elsewhere" with their code, alone, under that code
-    isco_definition   a unit-group title with its definition as the duties (as task statements too)
+    isco_definition   a unit-group title with its definition as the duties
     isco_task         a title of the group with one task line ("(a) ...") as the duties
 
 ESCO occupation descriptions and the ISCO-08 group texts (definitions, tasks, examples, as published with
@@ -122,50 +121,6 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.split(text) if len(s.strip()) > 3]
 
 
-# Words that make an English title plural (the last word only: "sheet metal workers", "chairmen").
-_PLURAL_ENDINGS = (("y", "ies"), ("man", "men"), ("person", "people"), ("fe", "ves"), ("f", "ves"))
-# After these a dropped subject leaves no task ("They are usually subject teachers"): left as written.
-_AUXILIARIES = {"are", "is", "can", "may", "might", "must", "should", "will", "would", "could", "have", "do"}
-
-
-def _plural_forms(word: str) -> set[str]:
-    forms = {word, word + "s", word + "es"}
-    forms.update(word[: -len(end)] + plural for end, plural in _PLURAL_ENDINGS if word.endswith(end))
-    return forms
-
-
-def as_task_statement(sentence: str, titles: list[str]) -> str:
-    """A description sentence as users and O*NET write duties: without its subject.
-
-    ESCO descriptions and ISCO definitions open on the occupation, in the plural ("Radiographers use a range
-    of technologies ...", "They also design ..."): a record with such duties names its own answer. People
-    describe what they do ("Use a range of technologies ..."), as task statements do. Sentences that open
-    otherwise, or whose rest does not start with a verb in lower case, are returned unchanged.
-    """
-    words = sentence.split()
-    lowered = [w.lower() for w in words]
-    rest: list[str] | None = None
-    if lowered[:1] == ["they"]:
-        rest = words[1:]
-    else:
-        for title in sorted(titles, key=lambda t: -len(t.split())):
-            title_words = title.lower().split()
-            n = len(title_words)
-            if n and len(lowered) > n and lowered[: n - 1] == title_words[:-1]:
-                if lowered[n - 1] in _plural_forms(title_words[-1]):
-                    rest = words[n:]
-                    break
-    if not rest or not rest[0][:1].islower() or rest[0].lower() in _AUXILIARIES:
-        return sentence
-    text = " ".join(rest)
-    return text[0].upper() + text[1:]
-
-
-def as_task_statements(text: str, titles: list[str]) -> str:
-    """Every sentence of a description as a task statement (`as_task_statement`)."""
-    return " ".join(as_task_statement(s, titles) for s in split_sentences(text)) or text
-
-
 def _parse_group_text(code: str, title: str, body_lines: list[str]) -> IscoGroupTexts:
     """Parse ISCO group text lines (definition, 'Tasks include', examples, related, notes)."""
     group = IscoGroupTexts(code=code, tasks=[], examples=[], related=[])
@@ -261,14 +216,12 @@ def build_default_corpus(
     sources: tuple[str, ...] | list[str] | None = None,
     description_sentences: bool = True,
     max_task_titles: int = 2,
-    task_statements: bool = True,
 ) -> list[CodedRecord]:
     """Build the default corpus (see module docstring), deterministic order, de-duplicated.
 
     `sources` limits the record kinds; `description_sentences` adds one record per description sentence
     (paired with the occupation's titles in turn) besides the full description; `max_task_titles` pairs each
-    ISCO task line with that many titles of the group; `task_statements` writes descriptions and definitions
-    as task statements (`as_task_statement`; False: as ESCO and ISCO write them, for comparison).
+    ISCO task line with that many titles of the group.
     """
     settings = settings or CommonSettings()
     wanted = set(sources or SOURCES)
@@ -288,8 +241,6 @@ def build_default_corpus(
         if "esco_title" in wanted:
             records += [CodedRecord(label, "", code, "esco_title") for label in labels]
         description = strip_labels(package.get(uri, ""), labels)
-        if task_statements:
-            description = as_task_statements(description, labels)
         if "esco_description" in wanted and description:
             records.append(CodedRecord(labels[0], description, code, "esco_description"))
             if description_sentences:
@@ -317,15 +268,7 @@ def build_default_corpus(
                     if other in taxonomy and taxonomy.group(other).level == 4:
                         records.append(CodedRecord(title, "", other, "isco_related"))
         if "isco_definition" in wanted:
-            records += [
-                CodedRecord(
-                    official,
-                    as_task_statements(d, [official]) if task_statements else d,
-                    code,
-                    "isco_definition",
-                )
-                for d in definitions
-            ]
+            records += [CodedRecord(official, d, code, "isco_definition") for d in definitions]
         if "isco_task" in wanted and tasks:
             # Pair each task line with titles users would write: examples first, then ESCO titles.
             pool = _unique(examples + titles_by_code.get(code, []) + [official])

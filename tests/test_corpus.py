@@ -1,12 +1,4 @@
-from shared.corpus import (
-    SOURCES,
-    as_task_statement,
-    as_task_statements,
-    build_default_corpus,
-    corpus_counts,
-    label_codes,
-    strip_labels,
-)
+from shared.corpus import SOURCES, build_default_corpus, corpus_counts, label_codes, strip_labels
 from shared.settings import CommonSettings
 from shared.taxonomy import get_taxonomy
 
@@ -44,24 +36,3 @@ def test_strip_labels():
     text = "cook  chef de partie Cooks prepare meals."
     assert strip_labels(text, ["cook", "chef de partie"]) == "Cooks prepare meals."
     assert strip_labels("chef de partie cook Cooks prepare.", ["cook", "chef de partie"]) == "Cooks prepare."
-
-
-def test_descriptions_read_as_task_statements():
-    # The occupation as subject is dropped, as people and O*NET write duties; other openings stay.
-    titles = ["radiographer", "x-ray technician"]
-    assert as_task_statement("Radiographers use imaging to treat patients.", titles) == (
-        "Use imaging to treat patients."
-    )
-    assert as_task_statement("They also train staff.", titles) == "Also train staff."
-    assert as_task_statement("X-ray technicians operate scanners.", titles) == "Operate scanners."
-    assert as_task_statement("Chairmen chair meetings.", ["chairman"]) == "Chair meetings."
-    unchanged = [
-        "They are usually employed by hospitals.",  # an auxiliary: no task left
-        "Their work involves shifts.",
-        "Radiographers, or radiologic technologists, scan patients.",  # the subject goes on
-        "In hospitals, radiographers scan patients.",
-    ]
-    assert [as_task_statement(s, titles) for s in unchanged] == unchanged
-    assert as_task_statements("Radiographers scan patients. They write reports.", titles) == (
-        "Scan patients. Write reports."
-    )
