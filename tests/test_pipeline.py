@@ -15,6 +15,8 @@ import yaml
 from typer.testing import CliRunner
 
 from services.cli import build_app
+from services.trainer.pipeline import unseen_records
+from services.trainer.preprocess import Example
 from shared import registry
 from shared.db.session import session_scope
 from tests.tiny_model import build_tiny_model_dir
@@ -239,3 +241,23 @@ def test_train_refuses_bad_input(env: dict[str, str], tmp_path: Path) -> None:
     assert result.exit_code == 2 and "unknown profile" in result.output
     result = _run(env, "train", "--corrections", str(tmp_path))
     assert result.exit_code == 2 and "there is none" in result.output
+
+
+def test_a_model_is_re_scored_only_on_titles_it_never_saw() -> None:
+    def example(title: str, duties: str = "") -> Example:
+        text = f"{title} : {duties}" if duties else title
+        return Example(text, "2221", "user", title, duties, "test")
+
+    # the best indexed "radiographer" alone and with its description: the same title with duties worded
+    # otherwise (another corpus) is an occupation it knows
+    seen = ["radiographer", "radiographer : radiographers scan patients", "x-ray operator : operate scanners"]
+    test = [
+        example("radiographer", "scan patients"),
+        example("x-ray operator"),
+        example("sonographer"),
+        example("sonographer", "scan patients with ultrasound"),
+    ]
+    assert [e.text for e in unseen_records(test, seen)] == [
+        "sonographer",
+        "sonographer : scan patients with ultrasound",
+    ]

@@ -9,11 +9,12 @@ at any point marks the row `failed` with the error. Reports of every run (invali
 metrics) are kept under `settings.runs_dir/<version>/`, also for failed runs.
 
 Evaluation: the test split decides promotion (the registry compares models only on the same evaluation data:
-when the current best was evaluated on other data, both are scored on the candidate's test records that the
-best never saw, so a split change cannot favour the old model). Then, with `index_test`, the test records join
-the model's kNN and lexical indexes, and the head is refitted a few epochs on every indexed record (a
-production model should know every labelled title; its test figures were taken before). The development
-sets in `settings.devsets_dir` are scored last, as extra metrics, and are never read for training.
+when the current best was evaluated on other data, both are scored on the candidate's test records whose
+titles the best never saw, so a split or corpus change cannot favour the old model). Then, with `index_test`,
+the test records join the model's kNN and lexical indexes, and the head is refitted a few epochs on every
+indexed record (a production model should know every labelled title; its test figures were taken before).
+The development sets in `settings.devsets_dir` are scored last, as extra metrics, and are never read for
+training.
 
 Corrections: the current best (or `--base-model VERSION`) is fine-tuned on the corrected records, repeated
 `correction_repeats` times, mixed with a replay sample of the original training split. Corrections only ever
@@ -277,11 +278,19 @@ def _refit_head(model_dir: Path, epochs: int, lr: float, seed: int) -> dict[str,
     return {"records": len(y), "epochs": epochs, "learning_rate": lr}
 
 
+def unseen_records(examples: Sequence[Example], seen_texts: Sequence[str]) -> list[Example]:
+    """The examples whose title a model never saw, alone or with duties (`seen_texts`: its kNN texts, model
+    inputs "title : duties"). A model that indexed an occupation's titles knows that occupation, even where
+    another corpus words the duties differently: the text alone would let it be re-scored on what it knows."""
+    seen_titles = {text.split(" : ", 1)[0] for text in seen_texts}
+    return [e for e in examples if e.text.split(" : ", 1)[0] not in seen_titles]
+
+
 def _rescore_best(
     best: tuple[str, Path], candidate: Any, test: Sequence[Example], say: Reporter
 ) -> registry.Rescore | None:
-    """Candidate and current best scored on the candidate's test records that the best never saw (the texts
-    of its kNN index: every record it trained on or indexed); None when the best cannot be loaded."""
+    """Candidate and current best scored on the candidate's test records whose titles the best never saw (its
+    kNN index holds every record it trained on or indexed); None when the best cannot be loaded."""
     from shared.predictor import Predictor
 
     version, best_dir = best
@@ -293,8 +302,8 @@ def _rescore_best(
     # the kNN texts the loaded model already holds (models written before knn_texts.json have none)
     signals = getattr(best_predictor.scorer, "signals", None)
     knn = signals.knn if signals is not None else None
-    seen = set(knn.texts or []) if knn is not None else set()
-    unseen = eval_set_from_examples("test", [e for e in test if e.text not in seen])
+    seen = (knn.texts or []) if knn is not None else []
+    unseen = eval_set_from_examples("test", unseen_records(test, seen))
     if not len(unseen):
         say(f"[yellow]the current best {version} has seen every test record: it cannot be re-scored[/yellow]")
         return None
