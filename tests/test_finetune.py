@@ -3,7 +3,13 @@ import json
 import numpy as np
 import pytest
 
-from services.trainer.finetune import FinetuneConfig, choose_batching, finetune, fit_temperature
+from services.trainer.finetune import (
+    FinetuneConfig,
+    choose_batching,
+    code_loss,
+    finetune,
+    fit_temperature,
+)
 from shared.corpus import label_codes
 from shared.model.scorer import UnitScorer
 from shared.predictor import Predictor, level_probabilities
@@ -50,6 +56,7 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
         contrastive_seconds=1.0,
         contrastive_batch_size=8,
         title_variants=0.5,
+        minor_group_loss=0.5,
     )
     result = finetune(
         texts,
@@ -125,6 +132,22 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     assert len(corrected.signals.knn) == len(parent_entries) + 10
     assert corrected.signals.knn.texts == parent_entries + texts[:10]
     assert len(corrected.signals.lexical) == len(parent_entries) + 10
+
+
+def test_minor_group_loss_spares_a_wrong_answer_in_the_right_minor_group():
+    import torch
+
+    codes = ["2221", "2222", "5120"]
+    labels = torch.tensor([0])
+    near = {"logits": torch.tensor([[0.0, 3.0, 0.0]])}  # mass on 2222: the right minor group 222
+    far = {"logits": torch.tensor([[0.0, 0.0, 3.0]])}  # the same mass on 5120
+    plain = code_loss(codes)
+    assert plain(near, labels) == pytest.approx(float(plain(far, labels)))
+    loss = code_loss(codes, minor_weight=1.0)
+    assert float(loss(near, labels)) < float(loss(far, labels))
+    # near: the minor group 222 holds all but exp(0) / (2 exp(0) + exp(3)) of the mass
+    minor_nll = -np.log((1 + np.exp(3)) / (2 + np.exp(3)))
+    assert float(loss(near, labels)) == pytest.approx(float(plain(near, labels)) + minor_nll, rel=1e-5)
 
 
 def test_title_variants_vary_titles_alone():
