@@ -29,6 +29,9 @@ def clean_text(text: str | None) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
+TITLE_SEPARATOR = " : "  # between title and duties in a model input
+
+
 def model_input(job_title: str | None, duties_description: str | None) -> str:
     """The one text the model sees for a record: cleaned title and duties joined by a separator.
 
@@ -40,5 +43,5 @@ def model_input(job_title: str | None, duties_description: str | None) -> str:
     title = normalise_title(clean_text(job_title).lower())
     duties = clean_text(duties_description).lower()
     if title and duties:
-        return f"{title} : {duties}"
+        return f"{title}{TITLE_SEPARATOR}{duties}"
     return title or duties

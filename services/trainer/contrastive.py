@@ -21,13 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from shared import variants
+from shared.text import TITLE_SEPARATOR
 
 if TYPE_CHECKING:
     from services.trainer.finetune import TrainState
 
 log = logging.getLogger(__name__)
-
-TITLE_SEPARATOR = " : "  # shared.text.model_input joins title and duties with it
 
 
 def title_pairs(texts: list[str], labels: list[int], rng: random.Random) -> list[tuple[str, str, int]]:

@@ -65,6 +65,7 @@ from shared.model.signals import (
 from shared.predictor import Hierarchy, level_probabilities
 from shared.routing import RoutingModel, fit_routing
 from shared.taxonomy import get_taxonomy
+from shared.text import TITLE_SEPARATOR
 from shared.variants import normalise_title, variant
 
 log = logging.getLogger(__name__)
@@ -224,8 +225,8 @@ class _Encoded(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.items[i]
         text = self.texts[i]
-        # model inputs join title and duties with " : " (shared.text.model_input): only titles alone vary
-        if self.variants and " : " not in text and self.rng.random() < self.variants:
+        # only titles alone vary
+        if self.variants and TITLE_SEPARATOR not in text and self.rng.random() < self.variants:
             shown = normalise_title(variant(text, self.rng))
             if shown != text:
                 enc = self.tokenizer(shown, truncation=True, max_length=self.max_length)
@@ -789,8 +790,7 @@ def routing_stage(state: TrainState) -> None:
         )
         for level, p in per_level.items()
     }
-    # model inputs join title and duties with " : " (shared.text.model_input)
-    has_duties = np.array([" : " in t for t in state.val_texts])
+    has_duties = np.array([TITLE_SEPARATOR in t for t in state.val_texts])
     n_words = np.array([len(t.split()) for t in state.val_texts])
     state.routing = fit_routing(
         per_level,
@@ -1047,9 +1047,8 @@ def code_loss(codes: list[str], epsilon: float = 0.0, minor_weight: float = 0.0)
     times the cross entropy of the minor (3-digit) group, whose probability is the sum of its unit groups'. A
     coarse-level loss is worth 1-2 points in the literature (Beresewicz et al. 2024): a wrong answer in the
     right minor group costs less than one elsewhere."""
-    minors = sorted({c[:3] for c in codes})
-    minor_of = torch.tensor([minors.index(c[:3]) for c in codes])
-    member = F.one_hot(minor_of, len(minors)).float()  # (unit groups, minor groups)
+    member = torch.from_numpy(Hierarchy.from_codes(codes).indicators[3])  # (unit groups, minor groups)
+    minor_of = member.argmax(dim=1)
 
     def loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor, num_items_in_batch: Any = None) -> Any:
         logits = outputs["logits"]

@@ -52,6 +52,7 @@ from services.trainer.preprocess import (
 from shared import registry
 from shared.db.session import session_scope
 from shared.registry import PromotionDecision
+from shared.text import TITLE_SEPARATOR
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +283,8 @@ def unseen_records(examples: Sequence[Example], seen_texts: Sequence[str]) -> li
     """The examples whose title a model never saw, alone or with duties (`seen_texts`: its kNN texts, model
     inputs "title : duties"). A model that indexed an occupation's titles knows that occupation, even where
     another corpus words the duties differently: the text alone would let it be re-scored on what it knows."""
-    seen_titles = {text.split(" : ", 1)[0] for text in seen_texts}
-    return [e for e in examples if e.text.split(" : ", 1)[0] not in seen_titles]
+    seen_titles = {text.split(TITLE_SEPARATOR, 1)[0] for text in seen_texts}
+    return [e for e in examples if e.text.split(TITLE_SEPARATOR, 1)[0] not in seen_titles]
 
 
 def _rescore_best(
