@@ -72,7 +72,7 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     assert len(result.epochs) == 1 and 0.0 <= result.val_accuracy <= 1.0
     assert result.seconds > 0
     assert result.stages == [
-        "init", "contrastive", "head", "trainer", "calibrate", "signals", "rerank", "prior", "routing",
+        "init", "contrastive", "head", "trainer", "calibrate", "signals", "rerank", "routing",
         "index_validation", "save",
     ]  # fmt: skip
     assert result.contrastive is not None and result.contrastive["steps"] >= 1

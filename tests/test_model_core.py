@@ -67,7 +67,6 @@ def train_tiny(root: Path, architecture: str, config: FinetuneConfig | None = No
         lexical_weight=0.1,
         rerank=True,  # and the second stage, so every backend is compared through it
         rerank_k=5,
-        prior_correction=True,
     )
     finetune(
         texts,
@@ -114,8 +113,8 @@ def test_model_json_records_architecture_tokenizer_and_signals(trained: Path) ->
 def test_every_backend_gives_the_same_answers_with_signals(trained: Path) -> None:
     scorers = {name: UnitScorer.load(trained, device="cpu", **kw) for name, kw in BACKENDS.items()}
     reference = scorers["torch-fp32"]
-    # the model has both signals, the reranker and the prior correction, and every backend uses them
-    assert set(reference.signals.describe()) == {"knn", "lexical", "rerank", "prior"}
+    # the model has both signals and the reranker, and every backend uses them
+    assert set(reference.signals.describe()) == {"knn", "lexical", "rerank"}
     signals = Signals(reference.codes, reference.signals.knn, KnnConfig(weight=0.4, k=3))
     head_only = reference.probabilities_from_embeddings(QUERIES, reference.embed(QUERIES))
     assert not np.allclose(head_only, signals.mix(QUERIES, reference.embed(QUERIES), head_only))

@@ -9,8 +9,8 @@ embeddings is stored with the model (kNN signal) and the blend weights are chose
 `shared.model.scorer.UnitScorer` combines them for every consumer.
 
 Stages (`STAGES`, plain functions over one `TrainState`):
-init -> contrastive -> head -> trainer -> calibrate -> signals -> rerank -> prior -> routing
--> index_validation -> save.
+init -> contrastive -> head -> trainer -> calibrate -> signals -> rerank -> routing -> index_validation
+-> save.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from shared.model.classifier import (
     save_model_dir,
 )
 from shared.model.directory import ModelDir
-from shared.model.prior import PriorCorrection, fit_prior
 from shared.model.rerank import Reranker, fit_reranker
 from shared.model.resources import cpu_share, default_base_model
 from shared.model.scorer import softmax
@@ -159,11 +158,6 @@ class FinetuneConfig(BaseModel):
         "hierarchy, fitted on validation (shared.model.rerank)",
     )
     rerank_k: int = Field(20, ge=2, description="candidates the reranker rescores")
-    prior_correction: bool = Field(
-        False,
-        description="divide the probabilities by the training prior of the unit groups raised to a strength "
-        "fitted on validation for class-balanced accuracy (shared.model.prior)",
-    )
     routing_precision: float = Field(
         0.95, gt=0, lt=1, description="target precision of the auto-coding thresholds (routing.json)"
     )
@@ -453,7 +447,6 @@ class TrainState:
     lexical_config: LexicalConfig | None = None
     val_accuracy_combined: float | None = None
     reranker: Reranker | None = None
-    prior: PriorCorrection | None = None
     # routing
     routing: RoutingModel | None = None
     # contrastive
@@ -490,7 +483,6 @@ class FinetuneResult(BaseModel):
     stages: list[str]
     stage_seconds: dict[str, float]
     rerank: dict[str, Any] | None = None
-    prior: dict[str, Any] | None = None
     routing: dict[str, Any] | None = None
     contrastive: dict[str, Any] | None = None
     device: str
@@ -775,45 +767,6 @@ def rerank_stage(state: TrainState) -> None:
     )
 
 
-def prior_stage(state: TrainState) -> None:
-    """The prior correction (`prior_correction`): its strength fitted on validation, where the held-out
-    occupations are not in the indexes yet, for the class-balanced accuracy. A corrections run adds its
-    records to its parent's prior (the model still carries it), and keeps the parent's strength when it has
-    no validation split."""
-    if not state.config.prior_correction:
-        return
-    parent = state.parent_signals.prior if state.parent_signals is not None else None
-    if not state.has_val or state.val_logits is None or state.val_embeddings is None:
-        if parent is not None:
-            state.prior = PriorCorrection.from_labels(
-                state.codes, state.train_labels, parent.strength, parent.counts
-            ).model_copy(update={"fitted_on": parent.fitted_on})
-        return
-    signals = Signals(
-        state.codes,
-        state.knn_index,
-        state.knn_config,
-        state.lexical_index,
-        state.lexical_config,
-        state.reranker,
-    )
-    probs = signals.mix(state.val_texts, state.val_embeddings, softmax(state.val_logits / state.temperature))
-    state.prior = fit_prior(
-        state.codes,
-        state.train_labels,
-        probs,
-        state.val_labels,
-        fitted_on=f"validation split ({len(state.val_labels)} records: unseen occupations and titles)",
-        base_counts=parent.counts if parent is not None else None,
-    )
-    log.info(
-        "prior correction: strength %.1f, class-balanced validation top-1 %.4f -> %.4f",
-        state.prior.strength,
-        state.prior.val_balanced_before,
-        state.prior.val_balanced_after,
-    )
-
-
 def routing_stage(state: TrainState) -> None:
     """Routers for auto-coding: on validation (held-out occupations: titles like those users send), the
     probability that the answer at each level is right from score features, and per-level thresholds that
@@ -822,13 +775,7 @@ def routing_stage(state: TrainState) -> None:
         return
     codes = state.codes
     signals = Signals(
-        codes,
-        state.knn_index,
-        state.knn_config,
-        state.lexical_index,
-        state.lexical_config,
-        state.reranker,
-        state.prior,
+        codes, state.knn_index, state.knn_config, state.lexical_index, state.lexical_config, state.reranker
     )
     probs = signals.mix(state.val_texts, state.val_embeddings, softmax(state.val_logits / state.temperature))
     hierarchy = Hierarchy.from_codes(codes)
@@ -891,8 +838,6 @@ def save_stage(state: TrainState) -> None:
     )
     if state.reranker is not None:
         state.reranker.save(state.output_dir)
-    if state.prior is not None:
-        state.prior.save(state.output_dir)
     if state.routing is not None:
         state.routing.save(state.output_dir)
 
@@ -906,7 +851,6 @@ STAGES: tuple[tuple[str, Stage], ...] = (
     ("calibrate", calibrate_stage),
     ("signals", signals_stage),
     ("rerank", rerank_stage),
-    ("prior", prior_stage),
     ("routing", routing_stage),
     ("index_validation", index_validation_stage),
     ("save", save_stage),
@@ -978,7 +922,6 @@ def finetune(
         stages=state.stages_run,
         stage_seconds=state.stage_seconds,
         rerank=state.reranker.model_dump() if state.reranker is not None else None,
-        prior=state.prior.model_dump(exclude={"counts"}) if state.prior is not None else None,
         routing=(
             {
                 str(level): {

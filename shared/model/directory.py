@@ -10,7 +10,6 @@ knn.safetensors          optional: normalised embeddings of training texts and t
 knn_texts.json           optional: those training texts (evidence for reviewers)
 lexical.json/.npz/.npy   optional: character n-gram TF-IDF vocabulary + idf, vectors and labels
 rerank.json              optional: the second stage's weights (shared.model.rerank)
-prior.json               optional: training prior and the strength it is divided out with (shared.model.prior)
 routing.json             optional: routers and thresholds for auto-coding (shared.routing)
 onnx/                    written on first use by the ONNX backend (exported encoder graphs)
 """

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from shared.model.prior import PriorCorrection
 from shared.model.rerank import Reranker
 
 KNN_FILE = "knn.safetensors"
@@ -400,8 +399,7 @@ def mix_probabilities(head_probs: np.ndarray, parts: list[tuple[np.ndarray, floa
 
 class Signals:
     """The kNN and lexical signals of one model, their weights (absent or weight 0: not computed) and the
-    optional second stage that reranks the mixed probabilities (`shared.model.rerank`), then the optional
-    prior correction (`shared.model.prior`)."""
+    optional second stage that reranks the mixed probabilities (`shared.model.rerank`)."""
 
     def __init__(
         self,
@@ -411,14 +409,12 @@ class Signals:
         lexical: LexicalIndex | None = None,
         lexical_config: LexicalConfig | None = None,
         reranker: Reranker | None = None,
-        prior: PriorCorrection | None = None,
     ):
         self.codes = list(codes)
         self.num_labels = len(self.codes)
         self.knn, self.knn_config = knn, knn_config
         self.lexical, self.lexical_config = lexical, lexical_config
         self.reranker = reranker
-        self.prior = prior
 
     @classmethod
     def load(cls, model_dir: Path, meta: dict[str, Any], codes: Sequence[str]) -> Signals:
@@ -432,15 +428,7 @@ class Signals:
             lexical_config = LexicalConfig(**meta["lexical"])
             # models stored with every n-gram are pruned here (a no-op for indexes built pruned)
             lexical = LexicalIndex.load(model_dir, lexical_config).pruned(lexical_config)
-        return cls(
-            codes,
-            knn,
-            knn_config,
-            lexical,
-            lexical_config,
-            Reranker.load(model_dir),
-            PriorCorrection.load(model_dir),
-        )
+        return cls(codes, knn, knn_config, lexical, lexical_config, Reranker.load(model_dir))
 
     @property
     def uses_knn(self) -> bool:
@@ -465,8 +453,6 @@ class Signals:
             }
         if self.reranker is not None:
             out["rerank"] = {"k": self.reranker.k}
-        if self.prior is not None:
-            out["prior"] = {"strength": self.prior.strength}
         return out
 
     def probabilities(self, texts: list[str], embeddings: np.ndarray) -> dict[str, np.ndarray]:
@@ -509,12 +495,12 @@ class Signals:
         return mixed, {"head": head_probs, **parts}
 
     def mix(self, texts: list[str], embeddings: np.ndarray, head_probs: np.ndarray) -> np.ndarray:
-        """The model's probabilities over the unit groups: the first stage, then the reranker and the prior
-        correction when the model has them."""
+        """The model's probabilities over the unit groups: the first stage, then the reranker when the model
+        has one."""
         mixed, parts = self.first_stage(texts, embeddings, head_probs)
-        if self.reranker is not None and len(texts):
-            mixed = self.reranker.rerank(self.codes, mixed, parts)
-        return self.prior.apply(self.codes, mixed) if self.prior is not None else mixed
+        if self.reranker is None or not len(texts):
+            return mixed
+        return self.reranker.rerank(self.codes, mixed, parts)
 
     def nearest(self, embeddings: np.ndarray, codes: list[str], k: int) -> list[list[tuple[str, str, float]]]:
         """(training text, its unit code, cosine similarity) of each query's k nearest kNN entries."""
