@@ -1,10 +1,11 @@
 """What int8 costs on the dev sets, and how much keeping more FFN output projections in fp32 wins back.
 
-Usage: python -m bench.experiments.int8_layers MODEL_DIR [LAYERS ...]   (default: 2 3 4 6; -1 = ONNX fp32)
+Usage: python -m bench.experiments.int8_layers MODEL_DIR [LAYERS ...]   (default: 2 3 4 6)
 
-Scores both dev sets with the ONNX backend of the scorer every service uses, fp32 and int8 with the FFN output
-projections of the first LAYERS layers kept in fp32 (`int8_fp32_layers`, 2 by default in the services), and
-prints top-1 and records/s of each (one pass, so the speeds are rough: use bench.throughput for speed).
+Scores both dev sets with the ONNX backend of the scorer every service uses, fp32 first, then int8 with
+the FFN output projections of the first LAYERS layers kept in fp32 (`int8_fp32_layers`, 2 by default in the
+services), and prints top-1 and records/s of each (one pass, so the speeds are rough: use bench.throughput
+for speed).
 """
 
 from __future__ import annotations
