@@ -32,6 +32,11 @@ def clean_text(text: str | None) -> str:
 TITLE_SEPARATOR = " : "  # between title and duties in a model input
 
 
+def duties_part(text: str) -> str:
+    """The duties of a model input, "" for a title alone (the duties view: `shared.model.scorer`)."""
+    return text.partition(TITLE_SEPARATOR)[2]
+
+
 def model_input(job_title: str | None, duties_description: str | None) -> str:
     """The one text the model sees for a record: cleaned title and duties joined by a separator.
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from services.trainer.finetune import (
+    DUTIES_WEIGHT_GRID,
     FinetuneConfig,
     choose_batching,
     code_loss,
@@ -72,8 +73,8 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     assert len(result.epochs) == 1 and 0.0 <= result.val_accuracy <= 1.0
     assert result.seconds > 0
     assert result.stages == [
-        "init", "contrastive", "head", "trainer", "calibrate", "signals", "rerank", "routing",
-        "index_validation", "save",
+        "init", "contrastive", "head", "trainer", "calibrate", "signals", "rerank", "duties_view",
+        "routing", "index_validation", "save",
     ]  # fmt: skip
     assert result.contrastive is not None and result.contrastive["steps"] >= 1
     assert set(result.stage_seconds) == set(result.stages) and result.architecture == "bert"
@@ -90,6 +91,10 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
     assert meta["knn"]["k"] == 3 and meta["lexical"]["weight"] >= 0
     assert (tmp_path / "model" / "lexical.npz").exists()
+    # The duties view's weight: chosen on validation's records with duties, stored with the model.
+    assert result.duties_view is not None and result.duties_view["weight"] in DUTIES_WEIGHT_GRID
+    assert result.duties_view["val_records"] == sum(" : " in t for t in val_texts)
+    assert meta["duties_view"]["weight"] == result.duties_view["weight"] == scorer.duties_weight
     # Routing: routers and thresholds fitted on validation, stored with the model, used by the Predictor.
     routing = RoutingModel.load(tmp_path / "model")
     assert routing is not None and set(routing.levels) == {1, 2, 3, 4} and routing.target_precision == 0.95
@@ -124,6 +129,7 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     assert again.temperature == 1.0
     corrected = UnitScorer.load(tmp_path / "model2", device="cpu")
     assert corrected.version == "t-2"
+    assert corrected.duties_weight == scorer.duties_weight  # no validation: the parent's weight
     # The parent's kNN and lexical entries are kept and the new texts added, not replaced by them.
     assert corrected.signals.knn is not None and corrected.signals.lexical is not None
     # (the parent's index holds its training and validation records; here every validation text is also a

@@ -67,6 +67,7 @@ def train_tiny(root: Path, architecture: str, config: FinetuneConfig | None = No
         lexical_weight=0.1,
         rerank=True,  # and the second stage, so every backend is compared through it
         rerank_k=5,
+        duties_weight=0.3,  # and the duties view of records with duties
     )
     finetune(
         texts,
@@ -131,6 +132,22 @@ def test_every_backend_gives_the_same_answers_with_signals(trained: Path) -> Non
     assert [codes[i] for i in expected[:6].argmax(1)] == ["2221", "2221", "5120", "2512", "8322", "7411"]
 
 
+def test_a_record_with_duties_is_fused_with_its_duties_alone(trained: Path) -> None:
+    scorer = UnitScorer.load(trained, device="cpu", backend="torch", quantize="none")
+    assert scorer.duties_weight == 0.3  # model.json "duties_view", as training fixed it
+    duties = "works as a registered nurse every day"
+    record = f"cook : {duties}"  # a title and duties that disagree
+    fused = scorer.unit_probabilities([record, "nurse"])
+    scorer.duties_weight = 0.0
+    whole = scorer.unit_probabilities([record, "nurse"])
+    alone = scorer.unit_probabilities([duties])
+    log_whole, log_alone = (np.log(np.clip(p, 1e-12, None)) for p in (whole[0], alone[0]))
+    assert not np.allclose(np.log(fused[0]), log_whole, atol=0.1)  # (the tiny model is sure of both views)
+    expected = np.exp(0.7 * log_whole + 0.3 * log_alone)
+    np.testing.assert_allclose(fused[0], expected / expected.sum(), rtol=1e-4)
+    np.testing.assert_allclose(fused[1], whole[1], atol=1e-6)  # a title alone has one view
+
+
 def test_batching_does_not_change_answers(trained: Path) -> None:
     for kw in BACKENDS.values():
         scorer = UnitScorer.load(trained, device="cpu", **kw)
@@ -151,7 +168,8 @@ def test_onnx_int8_is_batched_and_each_row_ignores_its_batch_mates(trained: Path
     embed = scorer.encoder.embed
     scorer.encoder.embed = lambda inputs: calls.append(len(inputs["input_ids"])) or embed(inputs)  # type: ignore[method-assign]
     together = scorer.unit_probabilities(batch, batch_size=32)
-    assert calls == [32]  # one call for the whole batch
+    # one call for the whole batch, and one for the duties view of its records with duties
+    assert calls == [32, sum(" : " in t for t in batch)]
     alone = np.vstack([scorer.unit_probabilities([q]) for q in QUERIES])
     # float32 rounding of the numpy head and signals over other batch shapes only (dynamic activation scales
     # would move probabilities by ~1e-2)

@@ -9,8 +9,8 @@ embeddings is stored with the model (kNN signal) and the blend weights are chose
 `shared.model.scorer.UnitScorer` combines them for every consumer.
 
 Stages (`STAGES`, plain functions over one `TrainState`):
-init -> contrastive -> head -> trainer -> calibrate -> signals -> rerank -> routing -> index_validation
--> save.
+init -> contrastive -> head -> trainer -> calibrate -> signals -> rerank -> duties_view -> routing ->
+index_validation -> save.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from shared.model.classifier import (
 from shared.model.directory import ModelDir
 from shared.model.rerank import Reranker, fit_reranker
 from shared.model.resources import cpu_share, default_base_model
-from shared.model.scorer import softmax
+from shared.model.scorer import fuse_views, softmax
 from shared.model.signals import (
     KnnConfig,
     KnnIndex,
@@ -65,7 +65,7 @@ from shared.model.signals import (
 from shared.predictor import Hierarchy, level_probabilities
 from shared.routing import RoutingModel, fit_routing
 from shared.taxonomy import get_taxonomy
-from shared.text import TITLE_SEPARATOR
+from shared.text import TITLE_SEPARATOR, duties_part
 from shared.variants import normalise_title, variant
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,13 @@ class FinetuneConfig(BaseModel):
         "hierarchy, fitted on validation (shared.model.rerank)",
     )
     rerank_k: int = Field(20, ge=2, description="candidates the reranker rescores")
+    duties_weight: float | None = Field(
+        None,
+        ge=0,
+        le=0.5,
+        description="weight of a record's duties alone beside the whole record (shared.model.scorer "
+        "fuse_views); None = the best on validation's records with duties, 0 = off",
+    )
     routing_precision: float = Field(
         0.95, gt=0, lt=1, description="target precision of the auto-coding thresholds (routing.json)"
     )
@@ -425,6 +432,7 @@ class TrainState:
     base_model: str = ""
     parent_signals: Signals | None = None
     parent_label_map: np.ndarray | None = None  # parent label id -> new label id (-1: dropped)
+    parent_duties_weight: float = 0.0
     # head
     train_embeddings: np.ndarray | None = None  # of the encoder before the trainer stage
     # trainer
@@ -447,6 +455,11 @@ class TrainState:
     lexical_config: LexicalConfig | None = None
     val_accuracy_combined: float | None = None
     reranker: Reranker | None = None
+    # duties_view
+    duties_weight: float = 0.0
+    duties_view: dict[str, Any] | None = None
+    val_duties_rows: np.ndarray | None = None  # validation records with duties, and their duties alone
+    val_duties_probs: np.ndarray | None = None
     # routing
     routing: RoutingModel | None = None
     # contrastive
@@ -483,6 +496,7 @@ class FinetuneResult(BaseModel):
     stages: list[str]
     stage_seconds: dict[str, float]
     rerank: dict[str, Any] | None = None
+    duties_view: dict[str, Any] | None = None
     routing: dict[str, Any] | None = None
     contrastive: dict[str, Any] | None = None
     device: str
@@ -503,6 +517,7 @@ def init_stage(state: TrainState) -> None:
     parent_model, tokenizer = load_classifier(parent)
     label_of = {c: i for i, c in enumerate(codes)}
     state.parent_signals = parent.signals()
+    state.parent_duties_weight = parent.duties_weight
     state.parent_label_map = np.array([label_of.get(c, -1) for c in parent.codes], dtype=np.int64)
     state.base_model = str(state.init_model_dir)
     model = IscoClassifier(parent_model.encoder, len(codes), scale=float(parent_model.scale.detach()))
@@ -767,6 +782,73 @@ def rerank_stage(state: TrainState) -> None:
     )
 
 
+DUTIES_WEIGHT_GRID = tuple(round(0.05 * i, 2) for i in range(11))  # 0 .. 0.5
+
+
+def _signals(state: TrainState) -> Signals:
+    """The signals and reranker as they stand (the held-out occupations are not in the indexes yet)."""
+    return Signals(
+        state.codes,
+        state.knn_index,
+        state.knn_config,
+        state.lexical_index,
+        state.lexical_config,
+        state.reranker,
+    )
+
+
+def _val_probabilities(state: TrainState) -> np.ndarray:
+    """Validation probabilities of the whole model as it stands, before the duties view."""
+    assert state.val_logits is not None and state.val_embeddings is not None
+    head = softmax(state.val_logits / state.temperature)
+    return _signals(state).mix(state.val_texts, state.val_embeddings, head)
+
+
+def duties_view_stage(state: TrainState) -> None:
+    """The duties view's weight (`duties_weight`): validation's records with duties are scored on their duties
+    alone as well, and the weight of that view (0 - 0.5) is the one with the highest validation accuracy on
+    them, ties to the lower log loss, as the signal weights are chosen. Runs after the reranker, so the
+    views fused are what the services compute, and before routing, which is fitted on the fused
+    probabilities. A corrections run (no validation) keeps its parent's weight."""
+    fixed = state.config.duties_weight
+    if not state.has_val or state.val_logits is None or state.val_embeddings is None:
+        state.duties_weight = fixed if fixed is not None else state.parent_duties_weight
+        return
+    rows = np.array([i for i, t in enumerate(state.val_texts) if duties_part(t)], dtype=np.int64)
+    if len(rows) == 0 or fixed == 0:
+        state.duties_weight = fixed or 0.0
+        return
+    model, tokenizer = state.require_model()
+    duties = [duties_part(state.val_texts[i]) for i in rows]
+    embeddings = encode_texts(model, tokenizer, duties, device="cpu", max_length=state.config.max_length)
+    with torch.no_grad():
+        logits = model.logits_from_embeddings(torch.from_numpy(embeddings)).numpy()
+    alone = _signals(state).mix(duties, embeddings, softmax(logits / state.temperature))
+    whole = _val_probabilities(state)[rows]
+    labels = state.val_labels[rows]
+    grid = DUTIES_WEIGHT_GRID if fixed is None else (fixed,)
+    scores = {}
+    for weight in {0.0, *grid}:
+        p = fuse_views(whole, alone, weight)
+        nll = float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None)).mean())
+        scores[weight] = (round(float((p.argmax(1) == labels).mean()), 4), -nll)
+    state.duties_weight = max(grid, key=lambda w: scores[w])
+    state.val_duties_rows, state.val_duties_probs = rows, alone
+    state.duties_view = {
+        "weight": state.duties_weight,
+        "val_records": len(rows),
+        "val_accuracy_before": scores[0.0][0],
+        "val_accuracy_after": scores[state.duties_weight][0],
+    }
+    log.info(
+        "duties view: weight %.2f, validation top-1 on %d records with duties %.4f -> %.4f",
+        state.duties_weight,
+        len(rows),
+        scores[0.0][0],
+        scores[state.duties_weight][0],
+    )
+
+
 def routing_stage(state: TrainState) -> None:
     """Routers for auto-coding: on validation (held-out occupations: titles like those users send), the
     probability that the answer at each level is right from score features, and per-level thresholds that
@@ -774,10 +856,10 @@ def routing_stage(state: TrainState) -> None:
     if not state.has_val or state.val_logits is None or state.val_embeddings is None:
         return
     codes = state.codes
-    signals = Signals(
-        codes, state.knn_index, state.knn_config, state.lexical_index, state.lexical_config, state.reranker
-    )
-    probs = signals.mix(state.val_texts, state.val_embeddings, softmax(state.val_logits / state.temperature))
+    probs = _val_probabilities(state)
+    if state.val_duties_rows is not None and state.val_duties_probs is not None:
+        rows = state.val_duties_rows
+        probs[rows] = fuse_views(probs[rows], state.val_duties_probs, state.duties_weight)
     hierarchy = Hierarchy.from_codes(codes)
     per_level = level_probabilities(probs, hierarchy)
     gold = [codes[i] for i in state.val_labels]
@@ -825,6 +907,7 @@ def save_stage(state: TrainState) -> None:
         "config": state.config.model_dump(),
         "knn": state.knn_config.model_dump() if state.knn_config is not None else None,
         "lexical": state.lexical_config.model_dump() if state.lexical_config is not None else None,
+        "duties_view": {"weight": state.duties_weight},
     }
     save_model_dir(
         model,
@@ -851,6 +934,7 @@ STAGES: tuple[tuple[str, Stage], ...] = (
     ("calibrate", calibrate_stage),
     ("signals", signals_stage),
     ("rerank", rerank_stage),
+    ("duties_view", duties_view_stage),
     ("routing", routing_stage),
     ("index_validation", index_validation_stage),
     ("save", save_stage),
@@ -922,6 +1006,7 @@ def finetune(
         stages=state.stages_run,
         stage_seconds=state.stage_seconds,
         rerank=state.reranker.model_dump() if state.reranker is not None else None,
+        duties_view=state.duties_view,
         routing=(
             {
                 str(level): {

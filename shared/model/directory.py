@@ -4,7 +4,7 @@ encoder/                 Hugging Face encoder (config, weights) and its tokenize
 head.safetensors         cosine head (n_codes x hidden) and its scale
 labels.json              codes in label order, plus label2id / id2label maps
 model.json               version, base model, max_length, pooling, head, architecture, tokenizer kind,
-                         signal configs ("knn", "lexical")
+                         signal configs ("knn", "lexical"), the duties view's weight ("duties_view")
 calibration.json         temperature fitted on the validation split
 knn.safetensors          optional: normalised embeddings of training texts and their labels (kNN signal)
 knn_texts.json           optional: those training texts (evidence for reviewers)
@@ -87,6 +87,12 @@ class ModelDir:
     @property
     def max_length(self) -> int:
         return int(self.meta.get("max_length", 128))
+
+    @property
+    def duties_weight(self) -> float:
+        """Weight of a record's duties alone beside the whole record (`shared.model.scorer.fuse_views`); 0
+        for models trained before the duties view."""
+        return float((self.meta.get("duties_view") or {}).get("weight", 0.0))
 
     @cached_property
     def head(self) -> tuple[np.ndarray, float]:

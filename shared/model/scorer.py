@@ -1,6 +1,10 @@
 """One scorer for every backend: texts -> tokens (length-sorted batches) -> encoder -> cosine head ->
 temperature -> signals -> calibrated probabilities over the unit groups (label order = `codes`).
 
+A record with duties is also scored on its duties alone, and the two views are combined (`fuse_views`) with
+the weight fitted on validation in training (model.json "duties_view"): the whole text leans on the title,
+and a title that says little ("assistant", "beef tagger") then leans on what the duties say.
+
 Only the encoder differs between backends (`shared.model.encoders`); the rest is numpy here, so torch fp32,
 torch int8 and ONNX Runtime give the same probabilities up to the encoder's float error.
 """
@@ -16,12 +20,23 @@ from shared.model.batching import token_batches
 from shared.model.directory import EncoderSpec, ModelDir
 from shared.model.encoders import Encoder, load_encoder_backend
 from shared.model.signals import Signals
+from shared.text import duties_part
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     p = np.exp(z)
     return p / p.sum(axis=1, keepdims=True)
+
+
+def fuse_views(whole: np.ndarray, duties: np.ndarray, weight: float) -> np.ndarray:
+    """Weighted geometric mean of the probabilities of the whole records and of their duties alone,
+    renormalised: weight 0 keeps the whole records' probabilities, and the weights sum to one, so the
+    fusion does not sharpen what the temperature calibrated."""
+    if weight <= 0:
+        return whole
+    log = (1 - weight) * np.log(np.clip(whole, 1e-12, None)) + weight * np.log(np.clip(duties, 1e-12, None))
+    return softmax(log).astype(whole.dtype, copy=False)
 
 
 class UnitScorer:
@@ -46,6 +61,7 @@ class UnitScorer:
         self.version = model_dir.version
         self.max_length = model_dir.max_length
         self.temperature = model_dir.temperature
+        self.duties_weight = model_dir.duties_weight
         head, self.scale = model_dir.head
         self.head_t = np.ascontiguousarray(head.T)  # (hidden, n_codes)
 
@@ -116,9 +132,17 @@ class UnitScorer:
 
     def unit_probabilities(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """Calibrated probabilities (len(texts), len(codes)): temperature-scaled head softmax mixed with the
-        signals the model uses."""
+        signals the model uses; for records with duties, fused with those of the duties alone."""
         texts = list(texts)
-        return self.probabilities_from_embeddings(texts, self.embed(texts, batch_size))
+        rows = [i for i, t in enumerate(texts) if duties_part(t)] if self.duties_weight > 0 else []
+        duties = [duties_part(texts[i]) for i in rows]
+        # one pass over both views: length-sorted batches pad little, and each row is still its own
+        embeddings = self.embed(texts + duties, batch_size)
+        probs = self.probabilities_from_embeddings(texts, embeddings[: len(texts)])
+        if rows:
+            alone = self.probabilities_from_embeddings(duties, embeddings[len(texts) :])
+            probs[rows] = fuse_views(probs[rows], alone, self.duties_weight)
+        return probs
 
     def nearest_examples(self, texts: list[str], k: int = 5) -> list[list[tuple[str, str, float]]]:
         """Per text: the k most similar training texts of the kNN index (text, unit code, cosine similarity
