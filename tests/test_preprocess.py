@@ -281,3 +281,21 @@ def test_validation_can_hold_new_titles_of_known_occupations() -> None:
     assert sorted(e.text for e in train + known) == sorted(
         e.text for e in train0 if not (e.job_title in moved and e.duties_description)
     )
+
+
+def test_held_out_records_whose_duties_also_train_are_dropped() -> None:
+    """An ISCO task line is paired with two titles of its unit group, which may fall in different splits:
+    held out, its duties would give the code away, so validation and test keep only duties they never
+    trained on, and prepare() says how many it dropped."""
+    nurses = [f"nurse {i}" for i in range(20)]
+    rows = [_row(t, "2221") for t in nurses]
+    rows += [_row(t, "2221", duties="monitors patients on the ward") for t in nurses]
+    rows += [_row(t, "2221", duties=f"{t} cares for patients in ward {t[-1]}") for t in nurses]
+    prepared = prepare(rows, PreprocessConfig(val_fraction=0.2, test_fraction=0.2))
+    held_out = prepared.val + prepared.test
+    assert held_out and not any(e.duties_description == "monitors patients on the ward" for e in held_out)
+    assert any(e.duties_description.endswith(e.job_title[-1]) for e in held_out)  # duties of its own stay
+    dropped = prepared.stats["held_out_duties_seen_in_training_dropped"]
+    # one record dropped per held-out title: its shared task line (its title and own duties stay)
+    assert dropped["val"] + dropped["test"] == sum(not e.duties_description for e in held_out) > 0
+    assert any(e.duties_description == "monitors patients on the ward" for e in prepared.train)

@@ -1,13 +1,13 @@
-"""Duties-aware scoring (issue 10): does scoring the title alone, and the duties alone, beside the record as
-a whole add anything on records with duties?
+"""The duties view (issue 10, `duties_view` training stage): what scoring a record's duties alone beside the
+whole record adds on the O*NET dev records (title + task statement).
 
 Usage: python -m bench.experiments.duties_views MODEL_DIR
 
-For the O*NET dev records (title + task statement) the model scores three views: the record as one text (what
-the services do), the title alone and the duties alone. The views are combined as a product of experts,
-log p = log p_whole + a log p_title + b log p_duties (renormalised), over a grid of a and b. This is a
-diagnostic of the headroom, read on the dev set: weights for the services would have to be chosen on
-validation (held-out occupations), and the model's own validation records are in its indexes.
+The services fuse the two views as a weighted geometric mean, (1 - w) log p_whole + w log p_duties
+(`shared.model.scorer.fuse_views`), with the weight training chose on validation's records with duties
+(held-out ESCO occupations, never the dev sets). This prints the dev figures at that weight and at 0 (the
+record as one text), and, as a diagnostic of the headroom only, over a grid of weights and with a third view,
+the title alone. ILO titles have no duties: the duties view leaves them as they are.
 """
 
 from __future__ import annotations
@@ -19,15 +19,32 @@ import numpy as np
 
 from bench.accuracy import _accepted, load_devsets, topk_accuracy
 from services.trainer.evaluate import expected_calibration_error
-from shared.model.scorer import UnitScorer
+from shared.model.scorer import UnitScorer, softmax
 from shared.text import model_input
 
 
-def product(views: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    log = sum(w * np.log(np.clip(v, 1e-12, None)) for v, w in zip(views, weights, strict=True))
-    log = log - log.max(axis=1, keepdims=True)
-    p = np.exp(log)
-    return p / p.sum(axis=1, keepdims=True)
+def views(scorer: UnitScorer, titles: list[str], duties: list[str]) -> dict[str, np.ndarray]:
+    """Probabilities of the whole records, the duties alone and the titles alone (no fusion)."""
+    weight, scorer.duties_weight = scorer.duties_weight, 0.0
+    try:
+        return {
+            "whole": scorer.unit_probabilities(
+                [model_input(t, d) for t, d in zip(titles, duties, strict=True)]
+            ),
+            "duties": scorer.unit_probabilities([model_input("", d) for d in duties]),
+            "title": scorer.unit_probabilities([model_input(t, "") for t in titles]),
+        }
+    finally:
+        scorer.duties_weight = weight
+
+
+def fused(parts: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """Weighted geometric mean of the views (the whole record takes what the others leave)."""
+    rest = 1 - sum(weights.values())
+    log = rest * np.log(np.clip(parts["whole"], 1e-12, None))
+    for name, w in weights.items():
+        log = log + w * np.log(np.clip(parts[name], 1e-12, None))
+    return softmax(log)
 
 
 def main(model_dir: Path) -> None:
@@ -35,21 +52,25 @@ def main(model_dir: Path) -> None:
     codes = scorer.codes
     dev = load_devsets()["onet_jobs_dev"]
     accept = _accepted(dev)
-    whole = scorer.unit_probabilities(dev.texts())
-    title = scorer.unit_probabilities([model_input(t, "") for t in dev.job_titles])
-    duties = scorer.unit_probabilities([model_input("", d) for d in dev.duties])
-    for name, p in (("whole", whole), ("title alone", title), ("duties alone", duties)):
-        print(f"{name:14} top-1 {topk_accuracy(p, accept, codes, 1):.3f} top-3 {topk_accuracy(p, accept, codes, 3):.3f}")
-    for a in (0.0, 0.25, 0.5, 1.0):
-        for b in (0.0, 0.25, 0.5):
-            p = product([whole, title, duties], [1.0, a, b])
-            hit = np.array([codes[j] in ok for j, ok in zip(p.argmax(axis=1), accept, strict=True)])
-            print(
-                f"title {a:4.2f} duties {b:4.2f}: top-1 {hit.mean():.3f} "
-                f"top-3 {topk_accuracy(p, accept, codes, 3):.3f} "
-                f"ECE {expected_calibration_error(p.max(axis=1), hit):.3f}",
-                flush=True,
-            )
+    parts = views(scorer, dev.job_titles, dev.duties)
+
+    def row(label: str, p: np.ndarray) -> None:
+        hit = np.array([codes[j] in ok for j, ok in zip(p.argmax(axis=1), accept, strict=True)])
+        print(
+            f"  {label:34} top-1 {hit.mean():.3f}  top-3 {topk_accuracy(p, accept, codes, 3):.3f}  "
+            f"ECE {expected_calibration_error(p.max(axis=1), hit):.3f}",
+            flush=True,
+        )
+
+    print(f"{model_dir.name} ({scorer.backend}), O*NET dev, {len(dev)} records with duties")
+    for name, p in parts.items():
+        row(f"{name} alone" if name != "whole" else "whole record (weight 0)", p)
+    row(f"as the services do (weight {scorer.duties_weight:.2f})", scorer.unit_probabilities(dev.texts()))
+    print("diagnostic (dev, not for choosing):")
+    for w in (0.1, 0.2, 0.3, 0.4, 0.5):
+        row(f"duties {w:.2f}", fused(parts, {"duties": w}))
+    for a in (0.1, 0.2):
+        row(f"duties 0.20, title {a:.2f}", fused(parts, {"duties": 0.2, "title": a}))
 
 
 if __name__ == "__main__":
