@@ -102,7 +102,8 @@ def env(tmp_path: Path, sqlite_url: str, tiny_base: Path) -> dict[str, str]:
     for code, titles in TITLES.items():
         for title in titles:
             lines.append(f"{title},,{code},x")
-            lines.append(f"{title},{DUTIES[code]},{code},y")
+            # each title's own duties: held-out records whose duties also train are dropped (preprocess)
+            lines.append(f"{title},{DUTIES[code]} as a {title},{code},y")
     lines += ["broken row,,99999,z", ",,2221,empty"]
     data.write_text("\n".join(lines) + "\n")
     return {
