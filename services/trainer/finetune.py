@@ -797,11 +797,14 @@ def _signals(state: TrainState) -> Signals:
     )
 
 
-def _val_probabilities(state: TrainState) -> np.ndarray:
-    """Validation probabilities of the whole model as it stands, before the duties view."""
+def _val_probabilities(state: TrainState, rows: np.ndarray | None = None) -> np.ndarray:
+    """Validation probabilities (of `rows` only, when given) of the whole model as it stands, before the
+    duties view. Each row is scored on its own, so a subset reads as it would among all of validation."""
     assert state.val_logits is not None and state.val_embeddings is not None
-    head = softmax(state.val_logits / state.temperature)
-    return _signals(state).mix(state.val_texts, state.val_embeddings, head)
+    if rows is None:
+        rows = np.arange(len(state.val_texts))
+    head = softmax(state.val_logits[rows] / state.temperature)
+    return _signals(state).mix([state.val_texts[i] for i in rows], state.val_embeddings[rows], head)
 
 
 def duties_view_stage(state: TrainState) -> None:
@@ -824,7 +827,7 @@ def duties_view_stage(state: TrainState) -> None:
     with torch.no_grad():
         logits = model.logits_from_embeddings(torch.from_numpy(embeddings)).numpy()
     alone = _signals(state).mix(duties, embeddings, softmax(logits / state.temperature))
-    whole = _val_probabilities(state)[rows]
+    whole = _val_probabilities(state, rows)
     labels = state.val_labels[rows]
     grid = DUTIES_WEIGHT_GRID if fixed is None else (fixed,)
     scores = {}
