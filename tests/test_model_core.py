@@ -132,7 +132,7 @@ def test_every_backend_gives_the_same_answers_with_signals(trained: Path) -> Non
     assert [codes[i] for i in expected[:6].argmax(1)] == ["2221", "2221", "5120", "2512", "8322", "7411"]
 
 
-def test_a_record_with_duties_is_fused_with_its_duties_alone(trained: Path) -> None:
+def test_a_record_with_duties_is_fused_with_its_duties_view(trained: Path) -> None:
     scorer = UnitScorer.load(trained, device="cpu", backend="torch", quantize="none")
     assert scorer.duties_weight == 0.3  # model.json "duties_view", as training fixed it
     duties = "works as a registered nurse every day"
@@ -140,12 +140,38 @@ def test_a_record_with_duties_is_fused_with_its_duties_alone(trained: Path) -> N
     fused = scorer.unit_probabilities([record, "nurse"])
     scorer.duties_weight = 0.0
     whole = scorer.unit_probabilities([record, "nurse"])
-    alone = scorer.unit_probabilities([duties])
-    log_whole, log_alone = (np.log(np.clip(p, 1e-12, None)) for p in (whole[0], alone[0]))
+    view = scorer.probabilities_from_embeddings([duties], scorer.embed_views([record])[1])
+    log_whole, log_view = (np.log(np.clip(p, 1e-12, None)) for p in (whole[0], view[0]))
     assert not np.allclose(np.log(fused[0]), log_whole, atol=0.1)  # (the tiny model is sure of both views)
-    expected = np.exp(0.7 * log_whole + 0.3 * log_alone)
+    expected = np.exp(0.7 * log_whole + 0.3 * log_view)
     np.testing.assert_allclose(fused[0], expected / expected.sum(), rtol=1e-4)
     np.testing.assert_allclose(fused[1], whole[1], atol=1e-6)  # a title alone has one view
+
+
+@pytest.mark.parametrize("architecture", ["bert", "roberta"])
+def test_the_duties_view_pools_the_duties_tokens_of_the_records_own_pass(
+    tmp_path: Path, architecture: str
+) -> None:
+    """The duties view costs no second pass: the record's token states, mean-pooled over its duties tokens
+    only (WordPiece and byte-level BPE alike: the tokens are found by character offset)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModel, AutoTokenizer
+
+    from shared.model.classifier import IscoClassifier, encode_views
+
+    base = {"bert": tiny_bert_base, "roberta": tiny_roberta_base}[architecture](tmp_path / architecture)
+    encoder, tokenizer = AutoModel.from_pretrained(base).eval(), AutoTokenizer.from_pretrained(base)
+    model = IscoClassifier(encoder, num_labels=3).eval()  # (encode_views restores the mode it found)
+    record, title_alone = "cook : works as a registered nurse every day", "registered nurse"
+    whole, duties = encode_views(model, tokenizer, [record, title_alone], max_length=64)
+    encoded = tokenizer(record, return_tensors="pt")
+    title_tokens = len(tokenizer("cook :")["input_ids"]) - 1  # with the leading special token, not the last
+    with torch.inference_mode():
+        states = encoder(**encoded).last_hidden_state[0]
+    np.testing.assert_allclose(duties[0], F.normalize(states[title_tokens:-1].mean(0), dim=0), atol=1e-5)
+    np.testing.assert_allclose(whole[0], F.normalize(states.mean(0), dim=0), atol=1e-5)
+    assert not duties[1].any()  # a title alone has no duties view
 
 
 def test_batching_does_not_change_answers(trained: Path) -> None:
@@ -168,8 +194,7 @@ def test_onnx_int8_is_batched_and_each_row_ignores_its_batch_mates(trained: Path
     embed = scorer.encoder.embed
     scorer.encoder.embed = lambda inputs: calls.append(len(inputs["input_ids"])) or embed(inputs)  # type: ignore[method-assign]
     together = scorer.unit_probabilities(batch, batch_size=32)
-    # one call for the whole batch, and one for the duties view of its records with duties
-    assert calls == [32, sum(" : " in t for t in batch)]
+    assert calls == [32]  # one call for the whole batch, the duties view included
     alone = np.vstack([scorer.unit_probabilities([q]) for q in QUERIES])
     # float32 rounding of the numpy head and signals over other batch shapes only (dynamic activation scales
     # would move probabilities by ~1e-2)

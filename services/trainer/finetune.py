@@ -44,11 +44,12 @@ from services.trainer.contrastive import contrastive_stage
 from shared.model.classifier import (
     IscoClassifier,
     encode_texts,
+    encode_views,
     load_classifier,
     load_encoder,
     save_model_dir,
 )
-from shared.model.directory import ModelDir
+from shared.model.directory import DUTIES_VIEW, ModelDir
 from shared.model.rerank import Reranker, fit_reranker
 from shared.model.resources import cpu_share, default_base_model
 from shared.model.scorer import fuse_views, softmax
@@ -809,8 +810,9 @@ def _val_probabilities(state: TrainState, rows: np.ndarray | None = None) -> np.
 
 def duties_view_stage(state: TrainState) -> None:
     """The duties view's weight (`duties_weight`): validation's records with duties are scored on their duties
-    alone as well, and the weight of that view (0 - 0.5) is the one with the highest validation accuracy on
-    them, ties to the lower log loss, as the signal weights are chosen. Runs after the reranker, so the
+    tokens as well (`IscoClassifier.embed_views`: pooled apart in the record's own pass), and the weight of
+    that view (0 - 0.5) is the one with the highest validation accuracy on them, ties to the lower log loss,
+    as the signal weights are chosen. Runs after the reranker, so the
     views fused are what the services compute, and before routing, which is fitted on the fused
     probabilities. A corrections run (no validation) keeps its parent's weight."""
     fixed = state.config.duties_weight
@@ -822,8 +824,11 @@ def duties_view_stage(state: TrainState) -> None:
         state.duties_weight = fixed or 0.0
         return
     model, tokenizer = state.require_model()
+    texts = [state.val_texts[i] for i in rows]
+    embeddings = encode_views(model, tokenizer, texts, device="cpu", max_length=state.config.max_length)[1]
+    kept = embeddings.any(axis=1)  # duties truncated away have no view (as in the scorer)
+    rows, embeddings = rows[kept], embeddings[kept]
     duties = [duties_part(state.val_texts[i]) for i in rows]
-    embeddings = encode_texts(model, tokenizer, duties, device="cpu", max_length=state.config.max_length)
     with torch.no_grad():
         logits = model.logits_from_embeddings(torch.from_numpy(embeddings)).numpy()
     alone = _signals(state).mix(duties, embeddings, softmax(logits / state.temperature))
@@ -910,7 +915,7 @@ def save_stage(state: TrainState) -> None:
         "config": state.config.model_dump(),
         "knn": state.knn_config.model_dump() if state.knn_config is not None else None,
         "lexical": state.lexical_config.model_dump() if state.lexical_config is not None else None,
-        "duties_view": {"weight": state.duties_weight},
+        "duties_view": {"weight": state.duties_weight, "view": DUTIES_VIEW},
     }
     save_model_dir(
         model,

@@ -26,6 +26,12 @@ from shared.model.directory import EncoderSpec, ModelDir
 from shared.model.signals import KnnIndex, LexicalIndex
 
 
+def _mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L2-normalised mean of the masked token states (a zero vector where the mask is empty)."""
+    m = mask.unsqueeze(-1).to(states.dtype)
+    return F.normalize((states * m).sum(1) / m.sum(1).clamp(min=1e-6), dim=-1)
+
+
 class IscoClassifier(nn.Module):
     """Encoder + masked mean pooling + cosine-similarity head with a learnable scale."""
 
@@ -52,9 +58,20 @@ class IscoClassifier(nn.Module):
         """L2-normalised mean-pooled token embeddings."""
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(out.dtype)
-        pooled = (out * mask).sum(1) / mask.sum(1).clamp(min=1e-6)
-        return F.normalize(pooled, dim=-1)
+        return _mean_pool(out, attention_mask)
+
+    def embed_views(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        duties_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """From one pass: the records' embeddings, and their duties tokens' own (`duties_mask`, from
+        `shared.model.batching`; zero vectors for titles alone): the duties view of `shared.model.scorer`."""
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        return _mean_pool(out, attention_mask), _mean_pool(out, duties_mask)
 
     def logits_from_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
         return self.scale * emb @ F.normalize(self.head, dim=-1).T
@@ -152,17 +169,35 @@ def encode_texts(
     batch_size: int = 128,
 ) -> np.ndarray:
     """Normalised mean-pooled embeddings (len(texts), hidden) during training, batches sorted by length."""
+    return encode_views(model, tokenizer, texts, device=device, max_length=max_length, batch_size=batch_size)[
+        0
+    ]
+
+
+@torch.inference_mode()
+def encode_views(
+    model: IscoClassifier,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    *,
+    device: str = "cpu",
+    max_length: int = 128,
+    batch_size: int = 128,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`encode_texts`, and each record's duties view (`IscoClassifier.embed_views`) from the same pass."""
     from shared.model.batching import token_batches
 
     was_training = model.training
     model.eval()
     model.to(device)
     spec = EncoderSpec.of(model.encoder.config, tokenizer)
-    out = np.zeros((len(texts), model.encoder.config.hidden_size), dtype=np.float32)
+    whole = np.zeros((len(texts), model.encoder.config.hidden_size), dtype=np.float32)
+    duties = np.zeros_like(whole)
     for idx, batch in token_batches(
         tokenizer, texts, max_length, batch_size, spec.pad_token_id, spec.token_type_ids
     ):
         tensors = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
-        out[idx] = model.embed(**tensors).float().cpu().numpy()
+        views = model.embed_views(**tensors)
+        whole[idx], duties[idx] = (v.float().cpu().numpy() for v in views)
     model.train(was_training)
-    return out
+    return whole, duties

@@ -27,6 +27,9 @@ from pydantic import BaseModel
 
 from shared.model.signals import Signals
 
+# model.json "duties_view" "view": what its weight was fitted to (`shared.model.scorer` module docstring)
+DUTIES_VIEW = "duties_tokens"
+
 
 class EncoderSpec(BaseModel):
     """What the backends need to know about an encoder and its tokenizer (model.json "encoder")."""
@@ -90,9 +93,11 @@ class ModelDir:
 
     @property
     def duties_weight(self) -> float:
-        """Weight of a record's duties alone beside the whole record (`shared.model.scorer.fuse_views`); 0
-        for models trained before the duties view."""
-        return float((self.meta.get("duties_view") or {}).get("weight", 0.0))
+        """Weight of a record's duties view beside the whole record (`shared.model.scorer.fuse_views`); 0
+        for models trained before the view was pooled from the record's own pass (their weight was fitted to
+        a second pass over the duties alone, which nothing computes any more)."""
+        view = self.meta.get("duties_view") or {}
+        return float(view.get("weight", 0.0)) if view.get("view") == DUTIES_VIEW else 0.0
 
     @cached_property
     def head(self) -> tuple[np.ndarray, float]:

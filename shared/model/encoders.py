@@ -1,4 +1,5 @@
-"""Encoders: model inputs (int64 arrays) -> normalised mean-pooled embeddings (float32), one per backend.
+"""Encoders: model inputs (int64 arrays) -> normalised mean-pooled embeddings (float32) of the records and of
+their duties tokens alone (`IscoClassifier.embed_views`), one per backend.
 
 - `TorchEncoder`: fp32 (CUDA: bf16/fp16 autocast), or int8 dynamic quantisation of the linear layers (CPU).
 - `OnnxEncoder`: the encoder with mean pooling exported to ONNX (trace inputs made by the model's own
@@ -40,7 +41,7 @@ FFN_OUT_ONNX_NODE = re.compile(r"layer\.(\d+)/output/dense/MatMul")
 CALIBRATION_TEXTS = 256
 CALIBRATION_METHOD = "Percentile"
 CALIBRATION_OPTIONS: dict[str, Any] = {"CalibPercentile": 99.999}
-ONNX_EXPORT_REVISION = 2  # bump when the exported graph changes (file names carry it)
+ONNX_EXPORT_REVISION = 3  # bump when the exported graph changes (file names carry it)
 
 
 def keeps_fp32(name: str, fp32_layers: int, pattern: re.Pattern[str] = FFN_OUT_MODULE) -> bool:
@@ -62,7 +63,9 @@ class Encoder(Protocol):
     # jobs (chunks) would disagree. Such encoders get one unpadded record per call.
     per_record: bool
 
-    def embed(self, batch: dict[str, np.ndarray]) -> np.ndarray: ...
+    def embed(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(records' embeddings, their duties tokens' embeddings), both (batch, hidden)."""
+        ...
 
 
 class TorchEncoder:
@@ -88,14 +91,14 @@ class TorchEncoder:
         self.per_record = int8
         self.name = f"torch-{'int8' if int8 else 'fp32'}" + (f"-{self.device.type}" if self.autocast else "")
 
-    def embed(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def embed(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         with torch.inference_mode():
             tensors = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.autocast):
-                emb = self.model.embed(**tensors)
-            return emb.float().cpu().numpy()
+                whole, duties = self.model.embed_views(**tensors)
+            return whole.float().cpu().numpy(), duties.float().cpu().numpy()
 
 
 class OnnxEncoder:
@@ -129,8 +132,11 @@ class OnnxEncoder:
         # static int8: fixed activation scales, so rows are independent of their batch-mates -> batched
         self.per_record = False
 
-    def embed(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(["embedding"], {k: batch[k] for k in self.inputs})[0]
+    def embed(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        whole, duties = self.session.run(
+            ["embedding", "duties_embedding"], {k: batch[k] for k in self.inputs}
+        )
+        return whole, duties
 
 
 def export_onnx(
@@ -258,13 +264,13 @@ def _trace(model_dir: ModelDir, tokenizer: Any, spec: EncoderSpec, target: Path)
             self.inner = inner
 
         def forward(self, *inputs: Any) -> Any:
-            return self.inner.embed(*inputs)
+            return self.inner.embed_views(*inputs)
 
     # A padded batch made by the model's own tokenizer: valid ids for this vocabulary, its pad id, its special
     # tokens; the traced graph must handle padding and any batch/sequence size.
     samples = ["registered nurse : cares for patients on a hospital ward", "cook"]
     _, batch = next(token_batches(tokenizer, samples, 32, 2, spec.pad_token_id, spec.token_type_ids))
-    names = ["input_ids", "attention_mask"] + ["token_type_ids"] * spec.token_type_ids
+    names = ["input_ids", "attention_mask", "duties_mask"] + ["token_type_ids"] * spec.token_type_ids
     args = tuple(torch.from_numpy(batch[n]) for n in names)
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     with torch.no_grad():
@@ -273,10 +279,14 @@ def _trace(model_dir: ModelDir, tokenizer: Any, spec: EncoderSpec, target: Path)
             args,
             str(tmp),
             input_names=names,
-            output_names=["embedding"],
+            output_names=["embedding", "duties_embedding"],
             opset_version=17,
             dynamo=False,
-            dynamic_axes={**{n: {0: "batch", 1: "seq"} for n in names}, "embedding": {0: "batch"}},
+            dynamic_axes={
+                **{n: {0: "batch", 1: "seq"} for n in names},
+                "embedding": {0: "batch"},
+                "duties_embedding": {0: "batch"},
+            },
         )
     tmp.replace(target)
 
