@@ -1,13 +1,15 @@
-"""The duties view (issue 10, `duties_view` training stage): what scoring a record's duties alone beside the
-whole record adds on the O*NET dev records (title + task statement).
+"""The duties view (issue 10, `duties_view` training stage): what a record's duties add beside the whole
+record on the O*NET dev records (title + task statement).
 
 Usage: python -m bench.experiments.duties_views MODEL_DIR
 
-The services fuse the two views as a weighted geometric mean, (1 - w) log p_whole + w log p_duties
+The services fuse two views as a weighted geometric mean, (1 - w) log p_whole + w log p_duties
 (`shared.model.scorer.fuse_views`), with the weight training chose on validation's records with duties
-(held-out ESCO occupations, never the dev sets). This prints the dev figures at that weight and at 0 (the
-record as one text), and, as a diagnostic of the headroom only, over a grid of weights and with a third view,
-the title alone. ILO titles have no duties: the duties view leaves them as they are.
+(held-out ESCO occupations, never the dev sets); their duties view is the record's duties tokens pooled apart
+in its own encoder pass. This prints the dev figures as the services compute them and at weight 0 (the record
+as one text), and, as a diagnostic of the headroom only, with the duties encoded alone in a second pass (the
+form shipped before, at twice the cost: bench/experiments/duties_view_cost.py) over a grid of weights and with
+a third view, the title alone. ILO titles have no duties: the duties view leaves them as they are.
 """
 
 from __future__ import annotations

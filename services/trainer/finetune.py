@@ -163,8 +163,9 @@ class FinetuneConfig(BaseModel):
         None,
         ge=0,
         le=0.5,
-        description="weight of a record's duties alone beside the whole record (shared.model.scorer "
-        "fuse_views); None = the best on validation's records with duties, 0 = off",
+        description="weight of a record's duties view (its duties tokens pooled apart) beside the whole "
+        "record (shared.model.scorer fuse_views); None = the best on validation's records with duties, "
+        "0 = off",
     )
     routing_precision: float = Field(
         0.95, gt=0, lt=1, description="target precision of the auto-coding thresholds (routing.json)"
@@ -459,7 +460,7 @@ class TrainState:
     # duties_view
     duties_weight: float = 0.0
     duties_view: dict[str, Any] | None = None
-    val_duties_rows: np.ndarray | None = None  # validation records with duties, and their duties alone
+    val_duties_rows: np.ndarray | None = None  # validation records with duties, and their duties view
     val_duties_probs: np.ndarray | None = None
     # routing
     routing: RoutingModel | None = None

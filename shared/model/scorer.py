@@ -1,11 +1,13 @@
 """One scorer for every backend: texts -> tokens (length-sorted batches) -> encoder -> cosine head ->
 temperature -> signals -> calibrated probabilities over the unit groups (label order = `codes`).
 
-A record with duties is also scored on its duties alone, and the two views are combined (`fuse_views`) with
-the weight fitted on validation in training (model.json "duties_view"): the whole text leans on the title,
-and a title that says little ("assistant", "beef tagger") then leans on what the duties say. The duties view
-is the record's own duties tokens, pooled apart in the same encoder pass (`IscoClassifier.embed_views`):
-encoding the duties a second time cost ~0.85x the record's tokens again, and measured no better.
+A record with duties is also scored on its duties on their own, and the two views are combined
+(`fuse_views`) with the weight fitted on validation in training (model.json "duties_view"): the whole text
+leans on the title, and a title that says little ("assistant", "beef tagger") then leans on what the duties
+say. The duties view is the record's own duties tokens, pooled apart in the same encoder pass
+(`IscoClassifier.embed_views`). Encoding the duties a second time, alone, read ~2 points more O*NET records
+right but cost ~0.9x the record's tokens again, and the fast path fell under its speed target
+(bench/experiments/duties_view_cost.py).
 
 Only the encoder differs between backends (`shared.model.encoders`); the rest is numpy here, so torch fp32,
 torch int8 and ONNX Runtime give the same probabilities up to the encoder's float error.
@@ -32,7 +34,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def fuse_views(whole: np.ndarray, duties: np.ndarray, weight: float) -> np.ndarray:
-    """Weighted geometric mean of the probabilities of the whole records and of their duties alone,
+    """Weighted geometric mean of the probabilities of the whole records and of their duties view,
     renormalised: weight 0 keeps the whole records' probabilities, and the weights sum to one, so the
     fusion does not sharpen what the temperature calibrated."""
     if weight <= 0:
@@ -139,7 +141,7 @@ class UnitScorer:
 
     def unit_probabilities(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """Calibrated probabilities (len(texts), len(codes)): temperature-scaled head softmax mixed with the
-        signals the model uses; for records with duties, fused with those of the duties alone."""
+        signals the model uses; for records with duties, fused with those of their duties view."""
         texts = list(texts)
         embeddings, duties_embeddings = self.embed_views(texts, batch_size)
         probs = self.probabilities_from_embeddings(texts, embeddings)
