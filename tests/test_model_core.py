@@ -137,15 +137,16 @@ def test_a_record_with_duties_is_fused_with_its_duties_view(trained: Path) -> No
     assert scorer.duties_weight == 0.3  # model.json "duties_view", as training fixed it
     duties = "works as a registered nurse every day"
     record = f"cook : {duties}"  # a title and duties that disagree
-    fused = scorer.unit_probabilities([record, "nurse"])
+    cut_off = "x " * 80 + ": welds pipes"  # duties past max_length: no view, the record as one text
+    fused = scorer.unit_probabilities([record, "nurse", cut_off])
     scorer.duties_weight = 0.0
-    whole = scorer.unit_probabilities([record, "nurse"])
+    whole = scorer.unit_probabilities([record, "nurse", cut_off])
     view = scorer.probabilities_from_embeddings([duties], scorer.embed_views([record])[1])
     log_whole, log_view = (np.log(np.clip(p, 1e-12, None)) for p in (whole[0], view[0]))
     assert not np.allclose(np.log(fused[0]), log_whole, atol=0.1)  # (the tiny model is sure of both views)
     expected = np.exp(0.7 * log_whole + 0.3 * log_view)
     np.testing.assert_allclose(fused[0], expected / expected.sum(), rtol=1e-4)
-    np.testing.assert_allclose(fused[1], whole[1], atol=1e-6)  # a title alone has one view
+    np.testing.assert_allclose(fused[1:], whole[1:], atol=1e-6)  # a title alone has one view
 
 
 @pytest.mark.parametrize("architecture", ["bert", "roberta"])

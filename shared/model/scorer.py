@@ -145,13 +145,15 @@ class UnitScorer:
         texts = list(texts)
         embeddings, duties_embeddings = self.embed_views(texts, batch_size)
         probs = self.probabilities_from_embeddings(texts, embeddings)
+        if self.duties_weight <= 0:
+            return probs
         # duties cut off whole by truncation (a title of max_length tokens) have no view: a zero vector
         rows = [i for i, t in enumerate(texts) if duties_part(t) and duties_embeddings[i].any()]
-        if rows and self.duties_weight > 0:
-            alone = self.probabilities_from_embeddings(
+        if rows:
+            view = self.probabilities_from_embeddings(
                 [duties_part(texts[i]) for i in rows], duties_embeddings[rows]
             )
-            probs[rows] = fuse_views(probs[rows], alone, self.duties_weight)
+            probs[rows] = fuse_views(probs[rows], view, self.duties_weight)
         return probs
 
     def nearest_examples(self, texts: list[str], k: int = 5) -> list[list[tuple[str, str, float]]]:
