@@ -15,39 +15,20 @@ whole record's.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from bench.accuracy import _accepted, load_devsets, topk_accuracy
+from bench.experiments.exp_common import held_out_signals
 from services.trainer.evaluate import expected_calibration_error
 from shared.model.classifier import encode_views
 from shared.model.scorer import UnitScorer, fuse_views, softmax
-from shared.model.signals import KnnIndex, LexicalIndex, Signals
+from shared.model.signals import Signals
 from shared.text import duties_part
 
 GRID = [round(0.05 * i, 2) for i in range(11)]
-
-
-def held_out_signals(scorer: UnitScorer, model_dir: Path) -> tuple[Signals, list[str], np.ndarray]:
-    """The model's signals without validation's entries, validation's texts and labels."""
-    stats = json.loads((model_dir / "metrics.json").read_text())["training"]["preprocess"]
-    n_train, n_val = stats["train"], stats["val"]
-    knn, lexical = scorer.signals.knn, scorer.signals.lexical
-    assert knn is not None and knn.texts is not None and lexical is not None
-    val = np.arange(n_train, n_train + n_val)
-    keep = np.setdiff1d(np.arange(len(knn)), val)
-    signals = Signals(
-        scorer.codes,
-        KnnIndex(knn.embeddings[keep], knn.labels[keep], [knn.texts[i] for i in keep]),
-        scorer.signals.knn_config,
-        LexicalIndex(lexical.vectorizer, lexical.matrix[keep], lexical.labels[keep]),
-        scorer.signals.lexical_config,
-        scorer.signals.reranker,
-    )
-    return signals, [knn.texts[i] for i in val], knn.labels[val]
 
 
 def whole_and_span(scorer: UnitScorer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +75,10 @@ def token_share(scorer: UnitScorer, texts: list[str]) -> dict[str, float]:
 def main(model_dir: Path) -> None:
     scorer = UnitScorer.load(model_dir, backend="torch", quantize="none", device="cpu")
     codes = scorer.codes
-    signals, val_texts, val_labels = held_out_signals(scorer, model_dir)
+    signals, val = held_out_signals(scorer, model_dir)
+    knn = scorer.signals.knn
+    assert knn is not None and knn.texts is not None
+    val_texts, val_labels = [knn.texts[i] for i in val], knn.labels[val]
     rows = [i for i, t in enumerate(val_texts) if duties_part(t)]
     v_texts, v_labels = [val_texts[i] for i in rows], val_labels[rows]
     v_whole, v_views = views(scorer, signals, v_texts)

@@ -7,6 +7,10 @@ Embeddings come from var/cache (bench/experiments/cache_views.py, or an experime
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -113,3 +117,25 @@ def load_context(tag: str = "base") -> dict:
         "onet_duties": np.load(CACHE / f"{tag}_onet_duties.npy"),
     }
     return ctx
+
+
+def held_out_signals(scorer: Any, model_dir: Path) -> tuple[Any, np.ndarray]:
+    """A trained model's signals without validation's entries (as training's stages saw them: the pipeline
+    indexes validation after choosing on it), and validation's positions in the model's kNN index."""
+    from shared.model.signals import KnnIndex, LexicalIndex, Signals
+
+    stats = json.loads((model_dir / "metrics.json").read_text())["training"]["preprocess"]
+    n_train, n_val = stats["train"], stats["val"]
+    knn, lexical = scorer.signals.knn, scorer.signals.lexical
+    assert knn is not None and knn.texts is not None and lexical is not None
+    val = np.arange(n_train, n_train + n_val)
+    keep = np.setdiff1d(np.arange(len(knn)), val)
+    signals = Signals(
+        scorer.codes,
+        KnnIndex(knn.embeddings[keep], knn.labels[keep], [knn.texts[i] for i in keep]),
+        scorer.signals.knn_config,
+        LexicalIndex(lexical.vectorizer, lexical.matrix[keep], lexical.labels[keep]),
+        scorer.signals.lexical_config,
+        scorer.signals.reranker,
+    )
+    return signals, val

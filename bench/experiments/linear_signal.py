@@ -14,7 +14,6 @@ on validation, the reranker refitted on the mix; dev sets scored with the model 
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -46,28 +45,19 @@ def fit() -> None:
 
 def mix(model_dir: Path) -> None:
     from bench.accuracy import _accepted, load_devsets
+    from bench.experiments.exp_common import held_out_signals
     from services.trainer.evaluate import expected_calibration_error
     from shared.model.rerank import fit_reranker
     from shared.model.scorer import UnitScorer, softmax
-    from shared.model.signals import KnnIndex, LexicalIndex, Signals, mix_probabilities
+    from shared.model.signals import mix_probabilities
 
     scorer = UnitScorer.load(model_dir, backend="torch", quantize="none", device="cpu")
-    stats = json.loads((model_dir / "metrics.json").read_text())["training"]["preprocess"]
-    n_train, n_val = stats["train"], stats["val"]
-    knn, lexical = scorer.signals.knn, scorer.signals.lexical
-    assert knn is not None and knn.texts is not None and lexical is not None
-    val = np.arange(n_train, n_train + n_val)
+    held_out, val = held_out_signals(scorer, model_dir)
+    knn = scorer.signals.knn
+    assert knn is not None and knn.texts is not None
     val_texts = [knn.texts[i] for i in val]
     fitted_val = {t: i for i, t in enumerate((X / "linear_val_texts.txt").read_text().split("\n"))}
     assert set(fitted_val) == set(val_texts), "split differs from `fit`"
-    keep = np.setdiff1d(np.arange(len(knn)), val)
-    held_out = Signals(
-        scorer.codes,
-        KnnIndex(knn.embeddings[keep], knn.labels[keep], [knn.texts[i] for i in keep]),
-        scorer.signals.knn_config,
-        LexicalIndex(lexical.vectorizer, lexical.matrix[keep], lexical.labels[keep]),
-        scorer.signals.lexical_config,
-    )
     val_emb, labels = knn.embeddings[val], knn.labels[val]
     head = softmax(scorer.head_logits(val_emb) / scorer.temperature)
     mixed, parts = held_out.first_stage(val_texts, val_emb, head)

@@ -169,9 +169,10 @@ def encode_texts(
     batch_size: int = 128,
 ) -> np.ndarray:
     """Normalised mean-pooled embeddings (len(texts), hidden) during training, batches sorted by length."""
-    return encode_views(model, tokenizer, texts, device=device, max_length=max_length, batch_size=batch_size)[
-        0
-    ]
+    whole, _ = encode_views(
+        model, tokenizer, texts, device=device, max_length=max_length, batch_size=batch_size
+    )
+    return whole
 
 
 @torch.inference_mode()
