@@ -8,6 +8,7 @@ and ONNX) within 0.05 per probability and the same top-1 on the training titles 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,19 @@ def test_a_record_with_duties_is_fused_with_its_duties_view(trained: Path) -> No
     expected = np.exp(0.7 * log_whole + 0.3 * log_view)
     np.testing.assert_allclose(fused[0], expected / expected.sum(), rtol=1e-4)
     np.testing.assert_allclose(fused[1:], whole[1:], atol=1e-6)  # a title alone has one view
+
+
+def test_a_weight_fitted_to_a_second_pass_over_the_duties_reads_zero(trained: Path, tmp_path: Path) -> None:
+    """Models of 2026-12-02 encoded the duties again, alone, and stored their weight without "view": the
+    services no longer compute that view, so such a model scores each record as one text."""
+    from shared.model.directory import ModelDir
+
+    older = Path(shutil.copytree(trained, tmp_path / "older"))
+    meta = json.loads((older / "model.json").read_text())
+    meta["duties_view"] = {"weight": 0.3}
+    (older / "model.json").write_text(json.dumps(meta))
+    assert ModelDir.read(trained).duties_weight == 0.3
+    assert ModelDir.read(older).duties_weight == 0.0
 
 
 @pytest.mark.parametrize("architecture", ["bert", "roberta"])

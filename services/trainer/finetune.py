@@ -813,9 +813,9 @@ def duties_view_stage(state: TrainState) -> None:
     """The duties view's weight (`duties_weight`): validation's records with duties are scored on their duties
     tokens as well (`IscoClassifier.embed_views`: pooled apart in the record's own pass), and the weight of
     that view (0 - 0.5) is the one with the highest validation accuracy on them, ties to the lower log loss,
-    as the signal weights are chosen. Runs after the reranker, so the
-    views fused are what the services compute, and before routing, which is fitted on the fused
-    probabilities. A corrections run (no validation) keeps its parent's weight."""
+    as the signal weights are chosen. Runs after the reranker, so the views fused are what the services
+    compute, and before routing, which is fitted on the fused probabilities. A corrections run (no
+    validation) keeps its parent's weight."""
     fixed = state.config.duties_weight
     if not state.has_val or state.val_logits is None or state.val_embeddings is None:
         state.duties_weight = fixed if fixed is not None else state.parent_duties_weight
