@@ -447,6 +447,7 @@ class TrainState:
     train_seconds: float = 0.0
     # calibrate
     val_embeddings: np.ndarray | None = None
+    val_duties_embeddings: np.ndarray | None = None  # the duties view, from the same pass (zero: none)
     val_logits: np.ndarray | None = None
     temperature: float = 1.0
     val_accuracy: float = float("nan")
@@ -659,7 +660,7 @@ def calibrate_stage(state: TrainState) -> None:
         model.encoder.gradient_checkpointing_disable()
     if not state.has_val:
         return
-    state.val_embeddings = encode_texts(
+    state.val_embeddings, state.val_duties_embeddings = encode_views(
         model, tokenizer, state.val_texts, device="cpu", max_length=state.config.max_length
     )
     with torch.no_grad():
@@ -817,18 +818,19 @@ def duties_view_stage(state: TrainState) -> None:
     compute, and before routing, which is fitted on the fused probabilities. A corrections run (no
     validation) keeps its parent's weight."""
     fixed = state.config.duties_weight
-    if not state.has_val or state.val_logits is None or state.val_embeddings is None:
+    if not state.has_val or state.val_logits is None or state.val_duties_embeddings is None:
         state.duties_weight = fixed if fixed is not None else state.parent_duties_weight
         return
-    rows = np.array([i for i, t in enumerate(state.val_texts) if duties_part(t)], dtype=np.int64)
+    # duties truncated away have no view: a zero vector (as in the scorer)
+    has_view = np.asarray(state.val_duties_embeddings.any(axis=1))
+    rows = np.array(
+        [i for i, t in enumerate(state.val_texts) if duties_part(t) and has_view[i]], dtype=np.int64
+    )
     if len(rows) == 0 or fixed == 0:
         state.duties_weight = fixed or 0.0
         return
-    model, tokenizer = state.require_model()
-    texts = [state.val_texts[i] for i in rows]
-    embeddings = encode_views(model, tokenizer, texts, device="cpu", max_length=state.config.max_length)[1]
-    kept = embeddings.any(axis=1)  # duties truncated away have no view (as in the scorer)
-    rows, embeddings = rows[kept], embeddings[kept]
+    model, _ = state.require_model()
+    embeddings = state.val_duties_embeddings[rows]
     duties = [duties_part(state.val_texts[i]) for i in rows]
     with torch.no_grad():
         logits = model.logits_from_embeddings(torch.from_numpy(embeddings)).numpy()
