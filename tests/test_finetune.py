@@ -78,6 +78,7 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     ]  # fmt: skip
     assert result.contrastive is not None and result.contrastive["steps"] >= 1
     assert set(result.stage_seconds) == set(result.stages) and result.architecture == "bert"
+    assert result.mixed_precision == "no"  # fp32 on CPU unless the profile asks for bf16
     scorer = UnitScorer.load(tmp_path / "model", backend="torch", quantize="none", device="cpu")
     assert scorer.version == "t-1" and len(scorer.codes) == 436
     p = scorer.unit_probabilities(["nurse", "cook : prepares meals"])
@@ -114,19 +115,19 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     assert nurse.routing_confidence == pytest.approx(float(p_unit[0]), abs=1e-5)
     assert nurse.needs_review == (float(p_unit[0]) < routing.levels[4].threshold or nurse.level != 4)
 
-    # Corrections: start from the model just written.
+    # Corrections: start from the model just written (in bf16 autocast on CPU, as a profile may ask).
     again = finetune(
         texts[:10],
         codes[:10],
         [],
         [],
         codes=label_codes(),
-        config=config,
+        config=config.model_copy(update={"cpu_bf16": True}),
         output_dir=tmp_path / "model2",
         version="t-2",
         init_model_dir=tmp_path / "model",
     )
-    assert again.temperature == 1.0
+    assert again.temperature == 1.0 and again.mixed_precision == "bf16"
     corrected = UnitScorer.load(tmp_path / "model2", device="cpu")
     assert corrected.version == "t-2"
     assert corrected.duties_weight == scorer.duties_weight  # no validation: the parent's weight

