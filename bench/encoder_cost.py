@@ -5,6 +5,7 @@ because real roberta-base weights are not available offline. The cost does not d
 Usage:
     python -m bench.encoder_cost                          # roberta-base size, 128 tokens, batch 8
     python -m bench.encoder_cost --batch 16 --tokens 64 --checkpointing
+    python -m bench.encoder_cost --batch 32 --tokens 24 --bf16   # bf16 autocast, as `cpu_bf16: true` trains
 
 Each variant runs in a fresh process (peak RSS is per process): one warm-up step, then --steps timed steps.
 """
@@ -20,7 +21,7 @@ import time
 
 
 def one_run(
-    batch: int, tokens: int, steps: int, checkpointing: bool, threads: int | None
+    batch: int, tokens: int, steps: int, checkpointing: bool, threads: int | None, bf16: bool = False
 ) -> dict[str, float]:
     import torch
     from transformers import RobertaConfig, RobertaModel
@@ -44,7 +45,8 @@ def one_run(
     labels = torch.randint(0, 436, (batch,))
 
     def step() -> None:
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels)["loss"]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -71,24 +73,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--checkpointing", action="store_true", help="only with gradient checkpointing")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (the trainer's cpu_bf16)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(one_run(args.batch, args.tokens, args.steps, args.checkpointing, args.threads)))
+        print(
+            json.dumps(
+                one_run(args.batch, args.tokens, args.steps, args.checkpointing, args.threads, args.bf16)
+            )
+        )
         return
     import os
 
     for checkpointing in [True] if args.checkpointing else [False, True]:
         cmd = [sys.executable, "-m", "bench.encoder_cost", "--child", "--batch", str(args.batch)]
         cmd += ["--tokens", str(args.tokens), "--steps", str(args.steps)]
-        cmd += ["--checkpointing"] * checkpointing + (
-            ["--threads", str(args.threads)] if args.threads else []
+        cmd += (
+            ["--checkpointing"] * checkpointing
+            + ["--bf16"] * args.bf16
+            + (["--threads", str(args.threads)] if args.threads else [])
         )
         out = json.loads(
             subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
         )
         print(
-            f"roberta-base size, batch {args.batch} x {args.tokens} tokens, checkpointing {checkpointing}: "
+            f"roberta-base size, batch {args.batch} x {args.tokens} tokens, checkpointing {checkpointing}, "
+            f"bf16 {args.bf16}: "
             f"{out['seconds_per_step']} s/step ({out['records_per_s']} records/s), peak RSS "
             f"{out['peak_rss_gib']} GiB, {out['parameters_m']}M parameters; load {os.getloadavg()[0]:.2f}"
         )
