@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from services.trainer.evaluate import EvalSet, compute_metrics, load_eval_csv
+from services.trainer.evaluate import EvalSet, compute_metrics, load_eval_csv, routed_confidence
 from shared.corpus import label_codes
 from shared.settings import REPO_ROOT, CommonSettings
 
@@ -60,15 +60,18 @@ def evaluate_model_dir(
 ) -> dict[str, Any]:
     """Metrics of the model directory on each dev set (through the same scorer every service uses)."""
     from shared.model.scorer import UnitScorer
+    from shared.predictor import Hierarchy
+    from shared.routing import RoutingModel
 
     scorer = UnitScorer.load(model_dir, device="auto", threads=threads)
+    routing, hierarchy = RoutingModel.load(model_dir), Hierarchy.from_codes(scorer.codes)
     out: dict[str, Any] = {"version": scorer.version, "model_dir": str(model_dir), "sets": {}}
     for name, dev in devsets.items():
         texts = dev.texts()
         t = time.perf_counter()
-        probs = scorer.unit_probabilities(texts)
+        probs, nearest = scorer.unit_scores(texts)
         seconds = time.perf_counter() - t
-        routed = _routed(model_dir, scorer.codes, dev, probs)
+        routed = routed_confidence(routing, hierarchy, dev, probs, nearest)
         metrics = compute_metrics(
             probs,
             scorer.codes,
@@ -80,22 +83,6 @@ def evaluate_model_dir(
         metrics["texts_per_second"] = round(len(texts) / seconds, 1)
         out["sets"][name] = metrics
     return out
-
-
-def _routed(
-    model_dir: Path, codes: list[str], dev: EvalSet, probs: np.ndarray
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The model's router confidence and auto-coded records (routing.json), as the Predictor decides them."""
-    from shared.predictor import Hierarchy, level_probabilities
-    from shared.routing import RoutingModel, flagged, record_inputs
-
-    routing = RoutingModel.load(model_dir)
-    if routing is None:
-        return None
-    per_level = level_probabilities(probs, Hierarchy.from_codes(codes))
-    has_duties, n_words = record_inputs(dev.job_titles, dev.duties, dev.texts())
-    p4 = routing.probabilities(per_level, has_duties, n_words)[4]
-    return p4, (p4 >= routing.levels[4].threshold) & ~flagged(dev.job_titles, dev.duties)
 
 
 def evaluate_baseline(devsets: dict[str, EvalSet]) -> dict[str, Any]:

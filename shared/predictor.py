@@ -31,6 +31,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, Field
 
+from shared.model.signals import NearestMatch
 from shared.routing import RoutingModel, record_inputs, review_reasons
 from shared.schemas import (
     MAX_TEXT_CHARS,
@@ -186,14 +187,16 @@ def build_predictions(
     records: Sequence[JobRecord] | None = None,
     routing: RoutingModel | None = None,
     texts: Sequence[str] | None = None,
+    nearest: NearestMatch | None = None,
 ) -> list[Prediction]:
     """Turn a (n_records, n_units) probability matrix into Predictions (pure: no model involved).
 
     The level answered is the deepest whose probability reaches its level's threshold. With `routing` (the
     model's routing.json) and the `records` and their model `texts`, `routing_confidence` is the router's
     calibrated probability that the 4-digit answer is right, and only answers at or above its fitted
-    threshold are auto-coded (`needs_review` false). With `records`, review reasons include non-occupation
-    answers and non-English input.
+    threshold, or that the record's `nearest` training text agrees with (the match rule), are auto-coded
+    (`needs_review` false). With `records`, review reasons include non-occupation answers and non-English
+    input.
     """
     taxonomy = taxonomy or get_taxonomy()
     n = unit_probs.shape[0]
@@ -206,7 +209,7 @@ def build_predictions(
         has_duties, n_words = record_inputs(
             [r.job_title for r in records], [r.duties_description for r in records], texts
         )
-        routed = routing.probabilities(per_level, has_duties, n_words)
+        routed = routing.unit_routing(per_level, has_duties, n_words, nearest)
     k = min(top_k, unit_probs.shape[1])
     # argpartition then sort only the k candidates: O(n_units) per row instead of a full sort
     top = np.argpartition(-per_level[4], k - 1, axis=1)[:, :k]
@@ -220,9 +223,7 @@ def build_predictions(
             for level in (4, 3, 2, 1)
         }
         choice = choose_level(best, thresholds)
-        routed_unit = None
-        if routed is not None and routing is not None:
-            routed_unit = bool(routed[4][r] >= routing.levels[4].threshold)
+        routed_unit = bool(routed[1][r]) if routed is not None else None
         unit_code, unit_conf = best[4]
         # ties in label order, as argmax breaks them (argpartition's order differs between CPUs)
         row_top = sorted(top[r], key=lambda j: (-per_level[4][r, j], j))
@@ -259,7 +260,7 @@ def build_predictions(
                 path=path,
                 model_version=model_version,
                 truncated=bool(truncated[r]),
-                routing_confidence=_conf(routed[4][r]) if routed is not None else None,
+                routing_confidence=_conf(routed[0][r]) if routed is not None else None,
                 **review_fields(choice, records[r] if records is not None else None, routed_unit),
             )
         )
@@ -278,12 +279,16 @@ def record_text(record: JobRecord, limit: int = MAX_TEXT_CHARS) -> tuple[str, bo
 # ----------------------------------------------------------------------------------------------------
 
 
+# one scored text: its probability row (read-only, shared) and its nearest training text (label, similarity)
+ScoredText = tuple[np.ndarray, tuple[int, float]]
+
+
 class ProbabilityCache:
-    """Thread-safe LRU: model-input text -> probability row. Rows are stored read-only, shared."""
+    """Thread-safe LRU: model-input text -> its scores (`ScoredText`)."""
 
     def __init__(self, max_entries: int):
         self.max_entries = max_entries
-        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._data: OrderedDict[str, ScoredText] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -291,7 +296,7 @@ class ProbabilityCache:
     def __len__(self) -> int:
         return len(self._data)
 
-    def get_many(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    def get_many(self, texts: Sequence[str]) -> dict[str, ScoredText]:
         found = {}
         with self._lock:
             for t in texts:
@@ -303,13 +308,13 @@ class ProbabilityCache:
             self.misses += len(texts) - len(found)
         return found
 
-    def put_many(self, items: dict[str, np.ndarray]) -> None:
+    def put_many(self, items: dict[str, ScoredText]) -> None:
         if self.max_entries <= 0:
             return
         with self._lock:
-            for t, row in items.items():
-                row.flags.writeable = False
-                self._data[t] = row
+            for t, scored in items.items():
+                scored[0].flags.writeable = False
+                self._data[t] = scored
                 self._data.move_to_end(t)
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
@@ -324,7 +329,9 @@ class Scorer(Protocol):
     codes: list[str]
     version: str
 
-    def unit_probabilities(self, texts: list[str], batch_size: int | None = None) -> np.ndarray: ...
+    def unit_scores(
+        self, texts: list[str], batch_size: int | None = None
+    ) -> tuple[np.ndarray, NearestMatch]: ...
 
 
 def load_scorer(model_dir: Path, config: PredictorConfig) -> Any:
@@ -382,22 +389,23 @@ class Predictor:
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         """Calibrated unit-group probabilities (len(texts), len(codes)); repeated texts are scored once."""
+        return self.scores(texts)[0]
+
+    def scores(self, texts: Sequence[str]) -> tuple[np.ndarray, NearestMatch]:
+        """`probabilities`, and each text's nearest training text (routing's match rule reads it)."""
         texts = list(texts)
         if not texts:
-            return np.zeros((0, len(self.scorer.codes)), dtype=np.float32)
+            return np.zeros((0, len(self.scorer.codes)), dtype=np.float32), NearestMatch.none(0)
         unique = list(dict.fromkeys(texts))
         known = self.cache.get_many(unique) if self.config.cache_size > 0 else {}
         missing = [t for t in unique if t not in known]
         if missing:
-            probs = self._score(missing)
+            probs, nearest = self.scorer.unit_scores(missing, batch_size=self.config.batch_size)
             # copies: a cached row must not keep its whole batch matrix alive
-            fresh = {t: probs[i].copy() for i, t in enumerate(missing)}
+            fresh = {t: (probs[i].copy(), nearest.row(i)) for i, t in enumerate(missing)}
             self.cache.put_many(fresh)
             known.update(fresh)
-        return np.stack([known[t] for t in texts])
-
-    def _score(self, texts: list[str]) -> np.ndarray:
-        return self.scorer.unit_probabilities(texts, batch_size=self.config.batch_size)
+        return np.stack([known[t][0] for t in texts]), NearestMatch.stack([known[t][1] for t in texts])
 
     def nearest_examples(self, texts: Sequence[str], k: int = 5) -> list[list[tuple[str, str, float]]]:
         """Evidence for reviewers: per text, the k most similar training texts stored with the model's kNN
@@ -423,7 +431,7 @@ class Predictor:
                 text, cut = record_text(record)
                 texts.append(text)
                 truncated.append(cut)
-        probs = self.probabilities(texts)
+        probs, nearest = self.scores(texts)
         results: list[list[Prediction]] = []
         start = 0
         for records, options in groups:
@@ -444,6 +452,7 @@ class Predictor:
                     records=records,
                     routing=routing,
                     texts=texts[start:end],
+                    nearest=nearest.take(range(start, end)),
                 )
                 if records
                 else []

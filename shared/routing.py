@@ -10,7 +10,9 @@ Pure numpy and standard library (no torch): the gateway, the workers and the tra
 - `RoutingModel`: a calibrated probability that the answer at each level is right, from score features
   (top probability, margin, entropy, whether duties were given, input length), fitted as a small logistic
   regression per level on held-out ESCO occupations; per-level thresholds chosen for a target precision
-  (default 0.95). Saved in the model directory as `routing.json`, loaded by the Predictor.
+  (default 0.95); and a match rule: an answer that the record's nearest training text (kNN, cosine
+  similarity at or above a level fitted for the same precision) agrees with is auto-coded too. Saved in the
+  model directory as `routing.json`, loaded by the Predictor.
 - `coverage_precision_curve`, `coverage_at_precision`: the trade-off a statistical office chooses from.
 """
 
@@ -28,6 +30,7 @@ from numpy.typing import ArrayLike
 from pydantic import BaseModel, Field
 
 from shared.model.artifact import JsonArtifact
+from shared.model.signals import NearestMatch
 
 ROUTING_FILE = "routing.json"
 DEFAULT_TARGET_PRECISION = 0.95
@@ -277,6 +280,13 @@ class RoutingModel(JsonArtifact):
     levels: dict[int, LevelRouter]
     fitted_on: str = Field("", description="what the routers were fitted on (held-out ESCO occupations)")
     n_fitted: int = 0
+    match_similarity: float | None = Field(
+        None,
+        description="the match rule: a 4-digit answer is also auto-coded when the record's nearest training "
+        "text has that unit group at this cosine similarity or more (None: no rule)",
+    )
+    match_precision: float | None = Field(None, description="the match rule's precision on that split")
+    match_coverage: float | None = Field(None, description="share the match rule auto-codes on that split")
 
     def probabilities(
         self, per_level: dict[int, np.ndarray], has_duties: ArrayLike, n_words: ArrayLike
@@ -289,6 +299,28 @@ class RoutingModel(JsonArtifact):
 
     def thresholds(self) -> dict[int, float]:
         return {level: router.threshold for level, router in self.levels.items()}
+
+    def matched(self, answers: np.ndarray, nearest: NearestMatch | None) -> np.ndarray:
+        """Records whose 4-digit answer (label ids) the nearest training text agrees with, near enough."""
+        if nearest is None or self.match_similarity is None:
+            return np.zeros(len(answers), dtype=bool)
+        return (nearest.labels == answers) & (nearest.similarity >= self.match_similarity)
+
+    def unit_routing(
+        self,
+        per_level: dict[int, np.ndarray],
+        has_duties: ArrayLike,
+        n_words: ArrayLike,
+        nearest: NearestMatch | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per record: the calibrated probability that the 4-digit answer is right, and whether routing
+        auto-codes it (the router clears its threshold, or the match rule holds: then the probability is at
+        least the rule's fitted precision). Review rules (`review_reasons`) still apply on top."""
+        router = self.levels[4]
+        p4 = router.probability(routing_features(per_level[4], has_duties, n_words))
+        matched = self.matched(per_level[4].argmax(axis=1), nearest)
+        confidence = np.where(matched, np.maximum(p4, self.match_precision or 0.0), p4)
+        return confidence, (p4 >= router.threshold) | matched
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -374,12 +406,17 @@ def fit_routing(
     n_words: ArrayLike,
     target_precision: float = DEFAULT_TARGET_PRECISION,
     fitted_on: str = "",
+    nearest: NearestMatch | None = None,
 ) -> RoutingModel:
-    """Fit one router per level on held-out records.
+    """Fit one router per level on held-out records, and the match rule's similarity when `nearest` is given.
 
     `per_level`: level -> (n, n_groups) probabilities; `correct`: level -> (n,) whether the top group of that
     level is right. Thresholds reach `target_precision` on these same records (a small model with 7 weights
     per level: the optimism of fitting both on one split is small next to the split's own noise).
+    The match rule's similarity is the lowest at which the answers the nearest training text agrees with
+    reach `target_precision` (bench/experiments/routing_similarity.py: the router's own features, the
+    similarities included, rank answers no better on the dev sets; the rule auto-codes twice what the router
+    can at 95% precision on unseen ILO titles).
     """
     levels: dict[int, LevelRouter] = {}
     for level in LEVELS:
@@ -402,12 +439,25 @@ def fit_routing(
         router.fitted_coverage = float(accepted.mean()) if len(p) else 0.0
         router.fitted_precision = float(y[accepted].mean()) if accepted.any() else None
         levels[level] = router
-    return RoutingModel(
+    routing = RoutingModel(
         target_precision=target_precision,
         levels=levels,
         fitted_on=fitted_on,
         n_fitted=len(np.asarray(has_duties)),
     )
+    if nearest is not None:
+        agrees = nearest.labels == per_level[4].argmax(axis=1)
+        right = np.asarray(correct[4], dtype=bool)[agrees]
+        if agrees.sum() >= 20:  # threshold_for_precision's own floor: fewer is noise
+            similarity = nearest.similarity[agrees]
+            routing.match_similarity = threshold_for_precision(similarity, right, target_precision)
+            matched = similarity >= routing.match_similarity
+            if matched.any():  # else no similarity reached the target: no rule
+                routing.match_coverage = float(matched.sum() / len(agrees))
+                routing.match_precision = float(right[matched].mean())
+            else:
+                routing.match_similarity = None
+    return routing
 
 
 def record_inputs(

@@ -92,10 +92,10 @@ class SlowScorer:
     def __init__(self, inner):  # type: ignore[no-untyped-def]
         self.inner, self.codes, self.version, self.calls = inner, inner.codes, inner.version, []
 
-    def unit_probabilities(self, texts, batch_size=64):  # type: ignore[no-untyped-def]
+    def unit_scores(self, texts, batch_size=64):  # type: ignore[no-untyped-def]
         self.calls.append(len(texts))
         time.sleep(0.15)
-        return self.inner.unit_probabilities(texts, batch_size)
+        return self.inner.unit_scores(texts, batch_size)
 
 
 def test_concurrent_requests_are_micro_batched(tiny_dirs: tuple[Path, Path], tmp_path: Path) -> None:

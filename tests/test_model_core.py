@@ -226,6 +226,38 @@ def test_nearest_examples_are_training_texts(trained: Path) -> None:
     assert nearest[1][0][1] == "5120"
 
 
+def test_the_match_rule_auto_codes_answers_a_coded_training_text_agrees_with(trained: Path) -> None:
+    from shared.routing import RoutingModel
+    from shared.schemas import JobRecord
+
+    predictor = Predictor.load(trained)
+    titles = ["staff nurse", "line cook", "web developer", "grill cook"]
+    probs, nearest = predictor.scores(titles)
+    # the nearest training text comes from the scoring pass's own kNN search: nearest_examples agrees
+    examples = predictor.nearest_examples(titles, k=1)
+    assert [predictor.codes[j] for j in nearest.labels] == [row[0][1] for row in examples]
+    np.testing.assert_allclose(nearest.similarity, [row[0][2] for row in examples], atol=1e-5)
+    assert nearest.similarity[0] == pytest.approx(1.0, abs=1e-2)
+    cached_probs, cached = predictor.scores(titles)  # from the cache: the same scores
+    np.testing.assert_array_equal(cached_probs, probs)
+    np.testing.assert_array_equal(cached.labels, nearest.labels)
+    # a router that never clears its threshold: only the match rule can auto-code
+    fitted = RoutingModel.load(trained)
+    assert fitted is not None
+    never = fitted.levels[4].model_copy(update={"threshold": 2.0})
+    predictor.routing = fitted.model_copy(
+        update={"levels": {**fitted.levels, 4: never}, "match_similarity": 0.99, "match_precision": 0.97}
+    )
+    out = predictor.predict([JobRecord(job_title=t) for t in titles])
+    agrees = probs.argmax(1) == nearest.labels
+    assert agrees[:3].all()  # training titles: the model answers the code of their own text
+    for p, agree, similarity in zip(out, agrees, nearest.similarity, strict=True):
+        auto = bool(agree and similarity >= 0.99)
+        assert p.needs_review is not auto
+        assert (p.routing_confidence is not None and p.routing_confidence >= 0.97) is auto
+    assert not out[0].needs_review
+
+
 def test_gradient_checkpointing_and_128_token_profile(tmp_path: Path) -> None:
     import yaml
     from transformers import AutoTokenizer

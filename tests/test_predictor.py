@@ -164,10 +164,12 @@ def test_int8_keeps_the_first_ffn_output_projections_fp32() -> None:
 
 def test_probability_cache_is_lru() -> None:
     cache = ProbabilityCache(2)
-    cache.put_many({"a": np.zeros(2), "b": np.ones(2)})
+    cache.put_many({"a": (np.zeros(2), (0, 0.5)), "b": (np.ones(2), (1, 0.9))})
     assert set(cache.get_many(["a"])) == {"a"}  # a is now the most recent
-    cache.put_many({"c": np.ones(2)})
-    assert set(cache.get_many(["a", "b", "c"])) == {"a", "c"}
+    cache.put_many({"c": (np.ones(2), (-1, 0.0))})
+    found = cache.get_many(["a", "b", "c"])
+    assert set(found) == {"a", "c"} and found["a"][1] == (0, 0.5)
+    assert not found["a"][0].flags.writeable  # shared rows are read-only
     assert (cache.hits, cache.misses) == (3, 1)
 
 
@@ -188,9 +190,9 @@ class CountingScorer:
     def __init__(self, inner):  # type: ignore[no-untyped-def]
         self.inner, self.codes, self.version, self.calls = inner, inner.codes, inner.version, []
 
-    def unit_probabilities(self, texts, batch_size=64):  # type: ignore[no-untyped-def]
+    def unit_scores(self, texts, batch_size=64):  # type: ignore[no-untyped-def]
         self.calls.append(list(texts))
-        return self.inner.unit_probabilities(texts, batch_size)
+        return self.inner.unit_scores(texts, batch_size)
 
 
 def test_predictor_end_to_end_and_cache(tiny_dirs: tuple[Path, Path]) -> None:

@@ -176,6 +176,42 @@ def test_routing_is_calibrated_and_round_trips(tmp_path):
     assert RoutingModel.load(tmp_path / "missing") is None
 
 
+def test_the_match_rule_is_fitted_for_the_target_and_round_trips(tmp_path):
+    from shared.model.signals import NearestMatch
+
+    rng = np.random.default_rng(1)
+    n = 3000
+    probs = rng.dirichlet(np.ones(10) * 0.5, size=n)  # routers alone: unsure
+    answers = probs.argmax(1)
+    agrees = rng.uniform(size=n) < 0.5
+    similarity = rng.uniform(0.6, 1.0, size=n).astype(np.float32)
+    near = agrees & (similarity >= 0.95)
+    correct = np.where(near, rng.uniform(size=n) < 0.99, rng.uniform(size=n) < 0.4)
+    nearest = NearestMatch(np.where(agrees, answers, (answers + 1) % 10), similarity)
+    per_level = {level: probs for level in (4, 3, 2, 1)}
+    right = {level: correct for level in (4, 3, 2, 1)}
+    has_duties, n_words = np.zeros(n, bool), np.full(n, 3)
+    routing = fit_routing(per_level, right, has_duties, n_words, target_precision=0.95, nearest=nearest)
+    assert routing.match_similarity is not None and 0.9 <= routing.match_similarity <= 0.96
+    assert routing.match_precision is not None and routing.match_precision >= 0.95
+    confidence, auto = routing.unit_routing(per_level, has_duties, n_words, nearest)
+    matched = agrees & (similarity >= routing.match_similarity)
+    assert auto[matched].all() and (confidence[matched] >= routing.match_precision).all()
+    assert correct[auto].mean() >= 0.94
+    # a near text of another group does not match
+    other = NearestMatch((answers + 1) % 10, np.ones(n, np.float32))
+    assert not routing.matched(answers, other).any()
+    routing.save(tmp_path)
+    loaded = RoutingModel.load(tmp_path)
+    assert loaded is not None and loaded.match_similarity == routing.match_similarity
+    np.testing.assert_array_equal(loaded.unit_routing(per_level, has_duties, n_words, nearest)[1], auto)
+    # without `nearest`, or where similarity never reaches the target: no rule
+    assert fit_routing(per_level, right, has_duties, n_words).match_similarity is None
+    far = NearestMatch(nearest.labels, np.full(n, 0.5, np.float32))
+    unsure = {level: np.zeros(n, bool) | (rng.uniform(size=n) < 0.3) for level in (4, 3, 2, 1)}
+    assert fit_routing(per_level, unsure, has_duties, n_words, nearest=far).match_similarity is None
+
+
 def test_evaluate_reports_routing_and_draws_the_curve(tmp_path):
     from services.trainer.evaluate import compute_metrics, plot_coverage_precision, unit_answers
 

@@ -155,10 +155,10 @@ def evaluate(
     write_report(metrics, output)
     print_report({eval_set.name: metrics}, title=f"{predictor.version} on {data.name}")
     console.print(f"metrics written to {output}")
-    probs = predictor.probabilities(eval_set.texts())  # cached by the predictor: no second forward pass
+    probs, nearest = predictor.scores(eval_set.texts())  # cached by the predictor: no second forward pass
     confidence, correct = unit_answers(probs, predictor.codes, eval_set.gold, eval_set.accept)
     curves = {"top-1 probability": {"confidence": confidence, "correct": correct}}
-    routed = routed_confidence(predictor, eval_set, probs)
+    routed = routed_confidence(predictor.routing, predictor.hierarchy, eval_set, probs, nearest)
     if routed is not None:
         curves["router confidence"] = {"confidence": routed[0], "correct": correct}
     png = plot_coverage_precision(

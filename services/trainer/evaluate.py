@@ -21,11 +21,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shared.taxonomy import InvalidCode, get_taxonomy
+
+if TYPE_CHECKING:
+    from shared.model.signals import NearestMatch
+    from shared.predictor import Hierarchy
+    from shared.routing import RoutingModel
 
 PRECISION_TARGETS = (0.90, 0.95, 0.99)
 MAX_FALLBACK_THRESHOLDS = 512  # 4-digit thresholds scanned for the fallback policy (quantiles beyond this)
@@ -470,27 +475,29 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
 
 
 def routed_confidence(
-    predictor: Any, eval_set: EvalSet, probs: np.ndarray
+    routing: RoutingModel | None,
+    hierarchy: Hierarchy,
+    eval_set: EvalSet,
+    probs: np.ndarray,
+    nearest: NearestMatch | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The predictor's router confidence that each 4-digit answer is right, and which records it would
-    auto-code; None when the model directory has no routing.json."""
-    routing = getattr(predictor, "routing", None)
+    """The routing's calibrated probability that each 4-digit answer is right, and which records it would
+    auto-code, as the Predictor decides them; None without a routing model (no routing.json)."""
     if routing is None:
         return None
     from shared.predictor import level_probabilities
     from shared.routing import flagged, record_inputs
 
-    per_level = level_probabilities(probs, predictor.hierarchy)
+    per_level = level_probabilities(probs, hierarchy)
     has_duties, n_words = record_inputs(eval_set.job_titles, eval_set.duties, eval_set.texts())
-    p4 = routing.probabilities(per_level, has_duties, n_words)[4]
-    auto = (p4 >= routing.levels[4].threshold) & ~flagged(eval_set.job_titles, eval_set.duties)
-    return p4, auto
+    confidence, auto = routing.unit_routing(per_level, has_duties, n_words, nearest)
+    return confidence, auto & ~flagged(eval_set.job_titles, eval_set.duties)
 
 
 def evaluate_set(predictor: Any, eval_set: EvalSet) -> dict[str, Any]:
-    """Score an EvalSet with a loaded predictor (anything with `.probabilities(texts)` and `.codes`)."""
-    probs = predictor.probabilities(eval_set.texts())
-    routed = routed_confidence(predictor, eval_set, probs)
+    """Score an EvalSet with a loaded `shared.predictor.Predictor`."""
+    probs, nearest = predictor.scores(eval_set.texts())
+    routed = routed_confidence(predictor.routing, predictor.hierarchy, eval_set, probs, nearest)
     metrics = compute_metrics(
         probs,
         predictor.codes,

@@ -58,6 +58,7 @@ from shared.model.signals import (
     KnnIndex,
     LexicalConfig,
     LexicalIndex,
+    NearestMatch,
     Signals,
     extend_indexes,
     knn_probabilities,
@@ -805,14 +806,15 @@ def _signals(state: TrainState) -> Signals:
     )
 
 
-def _val_probabilities(state: TrainState, rows: np.ndarray | None = None) -> np.ndarray:
+def _val_scores(state: TrainState, rows: np.ndarray | None = None) -> tuple[np.ndarray, NearestMatch]:
     """Validation probabilities (of `rows` only, when given) of the whole model as it stands, before the
-    duties view. Each row is scored on its own, so a subset reads as it would among all of validation."""
+    duties view, and each record's nearest training text. Each row is scored on its own, so a subset reads
+    as it would among all of validation."""
     assert state.val_logits is not None and state.val_embeddings is not None
     if rows is None:
         rows = np.arange(len(state.val_texts))
     head = softmax(state.val_logits[rows] / state.temperature)
-    return _signals(state).mix([state.val_texts[i] for i in rows], state.val_embeddings[rows], head)
+    return _signals(state).score([state.val_texts[i] for i in rows], state.val_embeddings[rows], head)
 
 
 def duties_view_stage(state: TrainState) -> None:
@@ -840,7 +842,7 @@ def duties_view_stage(state: TrainState) -> None:
     with torch.no_grad():
         logits = model.logits_from_embeddings(torch.from_numpy(embeddings)).numpy()
     alone = _signals(state).mix(duties, embeddings, softmax(logits / state.temperature))
-    whole = _val_probabilities(state, rows)
+    whole = _val_scores(state, rows)[0]
     labels = state.val_labels[rows]
     grid = DUTIES_WEIGHT_GRID if fixed is None else (fixed,)
     scores = {}
@@ -867,12 +869,14 @@ def duties_view_stage(state: TrainState) -> None:
 
 def routing_stage(state: TrainState) -> None:
     """Routers for auto-coding: on validation (held-out occupations: titles like those users send), the
-    probability that the answer at each level is right from score features, and per-level thresholds that
-    reach `routing_precision` (shared.routing). Needs the combined probabilities, so it runs after signals."""
+    probability that the answer at each level is right from score features, per-level thresholds that
+    reach `routing_precision`, and the match rule's similarity (shared.routing). Needs the combined
+    probabilities, so it runs after signals; validation is not in the kNN index yet, so each record's
+    nearest training text is another record's, as a user's new answer would find."""
     if not state.has_val or state.val_logits is None or state.val_embeddings is None:
         return
     codes = state.codes
-    probs = _val_probabilities(state)
+    probs, nearest = _val_scores(state)
     if state.val_duties_rows is not None and state.val_duties_probs is not None:
         rows = state.val_duties_rows
         probs[rows] = fuse_views(probs[rows], state.val_duties_probs, state.duties_weight)
@@ -897,6 +901,7 @@ def routing_stage(state: TrainState) -> None:
         n_words,
         target_precision=state.config.routing_precision,
         fitted_on=f"validation split ({len(gold)} records: unseen occupations and titles)",
+        nearest=nearest,
     )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from shared.model.batching import token_batches
 from shared.model.directory import EncoderSpec, ModelDir
 from shared.model.encoders import Encoder, load_encoder_backend
-from shared.model.signals import Signals
+from shared.model.signals import NearestMatch, Signals
 from shared.text import duties_part
 
 
@@ -135,18 +135,28 @@ class UnitScorer:
         """Uncalibrated cosine-head logits."""
         return self.scale * (embeddings @ self.head_t)
 
-    def probabilities_from_embeddings(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
+    def scores_from_embeddings(
+        self, texts: list[str], embeddings: np.ndarray
+    ) -> tuple[np.ndarray, NearestMatch]:
         head = softmax(self.head_logits(embeddings) / self.temperature)
-        return self.signals.mix(texts, embeddings, head)
+        return self.signals.score(texts, embeddings, head)
+
+    def probabilities_from_embeddings(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
+        return self.scores_from_embeddings(texts, embeddings)[0]
 
     def unit_probabilities(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """Calibrated probabilities (len(texts), len(codes)): temperature-scaled head softmax mixed with the
         signals the model uses; for records with duties, fused with those of their duties view."""
+        return self.unit_scores(texts, batch_size)[0]
+
+    def unit_scores(self, texts: list[str], batch_size: int | None = None) -> tuple[np.ndarray, NearestMatch]:
+        """`unit_probabilities`, and each record's nearest kNN training text (what routing's match rule
+        reads), from the same encoder pass and search."""
         texts = list(texts)
         embeddings, duties_embeddings = self.embed_views(texts, batch_size)
-        probs = self.probabilities_from_embeddings(texts, embeddings)
+        probs, nearest = self.scores_from_embeddings(texts, embeddings)
         if self.duties_weight <= 0:
-            return probs
+            return probs, nearest
         # duties cut off whole by truncation (a title of max_length tokens) have no view: a zero vector
         rows = [i for i, t in enumerate(texts) if duties_part(t) and duties_embeddings[i].any()]
         if rows:
@@ -154,7 +164,7 @@ class UnitScorer:
                 [duties_part(texts[i]) for i in rows], duties_embeddings[rows]
             )
             probs[rows] = fuse_views(probs[rows], view, self.duties_weight)
-        return probs
+        return probs, nearest
 
     def nearest_examples(self, texts: list[str], k: int = 5) -> list[list[tuple[str, str, float]]]:
         """Per text: the k most similar training texts of the kNN index (text, unit code, cosine similarity

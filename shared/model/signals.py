@@ -397,6 +397,46 @@ def mix_probabilities(head_probs: np.ndarray, parts: list[tuple[np.ndarray, floa
     return out.astype(np.float32, copy=False)
 
 
+@dataclass(frozen=True)
+class NearestMatch:
+    """Each record's nearest training text in the kNN index: its unit group (label id; -1 where the model
+    has no kNN signal) and its cosine similarity. Routing auto-codes an answer that a coded text this near
+    agrees with (`shared.routing.RoutingModel.match_similarity`), as statistical offices auto-code answers
+    that match an already coded one."""
+
+    labels: np.ndarray  # (n,) int64
+    similarity: np.ndarray  # (n,) float32
+
+    @classmethod
+    def none(cls, n: int) -> NearestMatch:
+        return cls(np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.float32))
+
+    @classmethod
+    def from_best_similarity(cls, best: np.ndarray) -> NearestMatch:
+        """From each label's best similarity among a record's neighbours (`best_similarity`)."""
+        labels = best.argmax(axis=1).astype(np.int64)
+        similarity = best[np.arange(len(best)), labels].astype(np.float32)
+        return cls(np.where(similarity > 0, labels, -1), similarity)
+
+    @classmethod
+    def stack(cls, rows: Sequence[tuple[int, float]]) -> NearestMatch:
+        """From (label, similarity) pairs, one per record."""
+        return cls(
+            np.array([r[0] for r in rows], dtype=np.int64).reshape(-1),
+            np.array([r[1] for r in rows], dtype=np.float32).reshape(-1),
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def row(self, i: int) -> tuple[int, float]:
+        return int(self.labels[i]), float(self.similarity[i])
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> NearestMatch:
+        rows = np.asarray(rows, dtype=np.int64)
+        return NearestMatch(self.labels[rows], self.similarity[rows])
+
+
 class Signals:
     """The kNN and lexical signals of one model, their weights (absent or weight 0: not computed) and the
     optional second stage that reranks the mixed probabilities (`shared.model.rerank`)."""
@@ -497,10 +537,18 @@ class Signals:
     def mix(self, texts: list[str], embeddings: np.ndarray, head_probs: np.ndarray) -> np.ndarray:
         """The model's probabilities over the unit groups: the first stage, then the reranker when the model
         has one."""
+        return self.score(texts, embeddings, head_probs)[0]
+
+    def score(
+        self, texts: list[str], embeddings: np.ndarray, head_probs: np.ndarray
+    ) -> tuple[np.ndarray, NearestMatch]:
+        """`mix`, and each text's nearest kNN training text (from the same search)."""
         mixed, parts = self.first_stage(texts, embeddings, head_probs)
-        if self.reranker is None or not len(texts):
-            return mixed
-        return self.reranker.rerank(self.codes, mixed, parts)
+        best = parts.get("knn_similarity")
+        nearest = NearestMatch.none(len(texts)) if best is None else NearestMatch.from_best_similarity(best)
+        if self.reranker is not None and len(texts):
+            mixed = self.reranker.rerank(self.codes, mixed, parts)
+        return mixed, nearest
 
     def nearest(self, embeddings: np.ndarray, codes: list[str], k: int) -> list[list[tuple[str, str, float]]]:
         """(training text, its unit code, cosine similarity) of each query's k nearest kNN entries."""
