@@ -91,7 +91,9 @@ class Prediction(BaseModel):
     routing_confidence: float | None = Field(
         None,
         description="calibrated probability that the 4-digit answer is right (the model's router, fitted on "
-        "held-out occupations); auto-coded only at or above the threshold fitted for the target precision",
+        "held-out occupations); auto-coded only at or above the threshold fitted for the target precision, "
+        "or when the nearest training text (see `evidence`) has the answer's code at the similarity fitted "
+        "for that precision (then at least the precision that rule reached)",
     )
     needs_review: bool = Field(
         True, description="true when the record should go to a human coder instead of being auto-coded"

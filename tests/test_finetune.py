@@ -99,7 +99,8 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     # Routing: routers and thresholds fitted on validation, stored with the model, used by the Predictor.
     routing = RoutingModel.load(tmp_path / "model")
     assert routing is not None and set(routing.levels) == {1, 2, 3, 4} and routing.target_precision == 0.95
-    assert result.routing is not None and set(result.routing) == {"1", "2", "3", "4"}
+    assert result.routing is not None and set(result.routing) == {"1", "2", "3", "4", "match"}
+    assert result.routing["match"]["similarity"] == routing.match_similarity
     predictor = Predictor.load(tmp_path / "model")
     assert predictor.routing is not None and predictor.routing.thresholds() == routing.thresholds()
     student, nurse, german = predictor.predict(
@@ -108,12 +109,14 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     assert student.needs_review and "not_an_occupation" in student.review_reasons
     assert german.needs_review and "not_english" in german.review_reasons
     assert nurse.needs_review == bool(nurse.review_reasons)
-    # the router's probability that the 4-digit answer is right; auto-coded only at or above its threshold
-    p_unit = routing.probabilities(
-        level_probabilities(predictor.probabilities(["nurse"]), predictor.hierarchy), [False], [1]
-    )[4]
-    assert nurse.routing_confidence == pytest.approx(float(p_unit[0]), abs=1e-5)
-    assert nurse.needs_review == (float(p_unit[0]) < routing.levels[4].threshold or nurse.level != 4)
+    # the routing's probability that the 4-digit answer is right; auto-coded only at or above the router's
+    # threshold or by the match rule
+    probs, nearest = predictor.scores(["nurse"])
+    confidence, auto = routing.unit_routing(
+        level_probabilities(probs, predictor.hierarchy), [False], [1], nearest
+    )
+    assert nurse.routing_confidence == pytest.approx(float(confidence[0]), abs=1e-5)
+    assert nurse.needs_review == (not auto[0] or nurse.level != 4)
 
     # Corrections: start from the model just written (in bf16 autocast on CPU, as a profile may ask).
     again = finetune(

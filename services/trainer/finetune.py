@@ -946,6 +946,24 @@ def save_stage(state: TrainState) -> None:
         state.routing.save(state.output_dir)
 
 
+def _routing_summary(routing: RoutingModel) -> dict[str, Any]:
+    """Per level the threshold and what it auto-codes on validation, and the match rule ("match")."""
+    summary: dict[str, Any] = {
+        str(level): {
+            "threshold": round(r.threshold, 4),
+            "val_coverage": r.fitted_coverage,
+            "val_precision": r.fitted_precision,
+        }
+        for level, r in routing.levels.items()
+    }
+    summary["match"] = {
+        "similarity": routing.match_similarity,
+        "val_coverage": routing.match_coverage,
+        "val_precision": routing.match_precision,
+    }
+    return summary
+
+
 Stage = Callable[[TrainState], None]
 STAGES: tuple[tuple[str, Stage], ...] = (
     ("init", init_stage),
@@ -1028,18 +1046,7 @@ def finetune(
         stage_seconds=state.stage_seconds,
         rerank=state.reranker.model_dump() if state.reranker is not None else None,
         duties_view=state.duties_view,
-        routing=(
-            {
-                str(level): {
-                    "threshold": round(r.threshold, 4),
-                    "val_coverage": r.fitted_coverage,
-                    "val_precision": r.fitted_precision,
-                }
-                for level, r in state.routing.levels.items()
-            }
-            if state.routing is not None
-            else None
-        ),
+        routing=_routing_summary(state.routing) if state.routing is not None else None,
         contrastive=state.contrastive,
         device=device,
         mixed_precision=state.mixed_precision,
