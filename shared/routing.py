@@ -253,6 +253,12 @@ def routing_features(level_probs: np.ndarray, has_duties: ArrayLike, n_words: Ar
     ]
 
 
+def match_features(similarity: ArrayLike) -> np.ndarray:
+    """(n, 1): -log(1 - cosine similarity), which spreads out the near-duplicates where precision climbs
+    (a lower validation log loss than the similarity itself)."""
+    return -np.log(1.001 - np.clip(np.asarray(similarity, dtype=np.float64), -1.0, 1.0))[:, None]
+
+
 class LevelRouter(BaseModel):
     """Logistic regression on standardised features -> P(the level's top group is right), and a threshold."""
 
@@ -285,6 +291,11 @@ class RoutingModel(JsonArtifact):
         description="the match rule: a 4-digit answer is also auto-coded when the record's nearest training "
         "text has that unit group at this cosine similarity or more (None: no rule)",
     )
+    match_router: LevelRouter | None = Field(
+        None,
+        description="the probability that an answer its nearest training text agrees with is right, from "
+        "that text's similarity (logistic on `match_features`, fitted on the same split)",
+    )
     match_precision: float | None = Field(None, description="the match rule's precision on that split")
     match_coverage: float | None = Field(None, description="share the match rule auto-codes on that split")
 
@@ -302,7 +313,7 @@ class RoutingModel(JsonArtifact):
 
     def matched(self, answers: np.ndarray, nearest: NearestMatch | None) -> np.ndarray:
         """Records whose 4-digit answer (label ids) the nearest training text agrees with, near enough."""
-        if nearest is None or self.match_similarity is None:
+        if nearest is None or self.match_similarity is None or self.match_router is None:
             return np.zeros(len(answers), dtype=bool)
         return (nearest.labels == answers) & (nearest.similarity >= self.match_similarity)
 
@@ -315,12 +326,15 @@ class RoutingModel(JsonArtifact):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per record: the calibrated probability that the 4-digit answer is right, and whether routing
         auto-codes it (the router clears its threshold, or the match rule holds: then the probability is at
-        least the rule's fitted precision). Review rules (`review_reasons`) still apply on top."""
+        least the match router's, from the similarity). Review rules (`review_reasons`) still apply on top."""
         router = self.levels[4]
         p4 = router.probability(routing_features(per_level[4], has_duties, n_words))
         matched = self.matched(per_level[4].argmax(axis=1), nearest)
-        confidence = np.where(matched, np.maximum(p4, self.match_precision or 0.0), p4)
-        return confidence, (p4 >= router.threshold) | matched
+        if not matched.any():
+            return p4, p4 >= router.threshold
+        assert nearest is not None and self.match_router is not None
+        p_match = self.match_router.probability(match_features(nearest.similarity))
+        return np.where(matched, np.maximum(p4, p_match), p4), (p4 >= router.threshold) | matched
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -448,15 +462,19 @@ def fit_routing(
     if nearest is not None:
         agrees = nearest.labels == per_level[4].argmax(axis=1)
         right = np.asarray(correct[4], dtype=bool)[agrees]
-        if agrees.sum() >= 20:  # threshold_for_precision's own floor: fewer is noise
-            similarity = nearest.similarity[agrees]
-            routing.match_similarity = threshold_for_precision(similarity, right, target_precision)
-            matched = similarity >= routing.match_similarity
+        similarity = nearest.similarity[agrees].astype(np.float64)
+        # 20: threshold_for_precision's own floor (fewer is noise); both outcomes needed for a logistic
+        if len(right) >= 20 and 0 < right.sum() < len(right):
+            threshold = threshold_for_precision(similarity, right, target_precision)
+            matched = similarity >= threshold
             if matched.any():  # else no similarity reached the target: no rule
+                mean, std, w, b = fit_logistic(match_features(similarity), right.astype(np.float64))
+                routing.match_router = LevelRouter(
+                    mean=mean.tolist(), std=std.tolist(), coef=w.tolist(), intercept=b
+                )
+                routing.match_similarity = threshold
                 routing.match_coverage = float(matched.sum() / len(agrees))
                 routing.match_precision = float(right[matched].mean())
-            else:
-                routing.match_similarity = None
     return routing
 
 

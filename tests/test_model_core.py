@@ -227,7 +227,7 @@ def test_nearest_examples_are_training_texts(trained: Path) -> None:
 
 
 def test_the_match_rule_auto_codes_answers_a_coded_training_text_agrees_with(trained: Path) -> None:
-    from shared.routing import RoutingModel
+    from shared.routing import LevelRouter, RoutingModel
     from shared.schemas import JobRecord
 
     predictor = Predictor.load(trained)
@@ -245,8 +245,9 @@ def test_the_match_rule_auto_codes_answers_a_coded_training_text_agrees_with(tra
     fitted = RoutingModel.load(trained)
     assert fitted is not None
     never = fitted.levels[4].model_copy(update={"threshold": 2.0})
+    sure = LevelRouter(mean=[0.0], std=[1.0], coef=[0.0], intercept=3.5)  # 0.971 whatever the similarity
     predictor.routing = fitted.model_copy(
-        update={"levels": {**fitted.levels, 4: never}, "match_similarity": 0.99, "match_precision": 0.97}
+        update={"levels": {**fitted.levels, 4: never}, "match_similarity": 0.99, "match_router": sure}
     )
     out = predictor.predict([JobRecord(job_title=t) for t in titles])
     agrees = probs.argmax(1) == nearest.labels
