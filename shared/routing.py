@@ -429,8 +429,8 @@ def fit_routing(
     per level: the optimism of fitting both on one split is small next to the split's own noise).
     The match rule's similarity is the lowest at which the answers the nearest training text agrees with
     reach `target_precision` (bench/experiments/routing_similarity.py: the router's own features, the
-    similarities included, rank answers no better on the dev sets; the rule auto-codes twice what the router
-    can at 95% precision on unseen ILO titles).
+    similarities included, rank answers no better on the dev sets; with the rule, the share of unseen ILO
+    titles a threshold can auto-code at 95% precision goes from 8.9% to 27.1%).
     """
     levels: dict[int, LevelRouter] = {}
     for level in LEVELS:
