@@ -214,7 +214,7 @@ def test_the_match_rule_is_fitted_for_the_target_and_round_trips(tmp_path):
     # without `nearest`, or where similarity never reaches the target: no rule
     assert fit_routing(per_level, right, has_duties, n_words).match_similarity is None
     far = NearestMatch(nearest.labels, np.full(n, 0.5, np.float32))
-    unsure = {level: np.zeros(n, bool) | (rng.uniform(size=n) < 0.3) for level in (4, 3, 2, 1)}
+    unsure = {level: rng.uniform(size=n) < 0.3 for level in (4, 3, 2, 1)}
     assert fit_routing(per_level, unsure, has_duties, n_words, nearest=far).match_similarity is None
 
 

@@ -426,9 +426,6 @@ class NearestMatch:
             np.array([r[1] for r in rows], dtype=np.float32).reshape(-1),
         )
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def row(self, i: int) -> tuple[int, float]:
         return int(self.labels[i]), float(self.similarity[i])
 
