@@ -12,8 +12,9 @@ Layers, from pure to heavy:
 - `PredictorHolder`: the current Predictor of a long-running process; polls the registry for a new best model
   and swaps it in atomically (requests in flight keep the Predictor they started with).
 
-Over-long input: each field longer than `MAX_TEXT_CHARS` is cut to that length and the result says
-`truncated=true`; the model itself reads at most `max_length` tokens (model.json) of the joined text.
+Over-long input: each field longer than `MAX_TEXT_CHARS` (the industry: `INDUSTRY_MAX_CHARS`) is cut to
+that length and the result says `truncated=true`; the model itself reads at most `max_length` tokens
+(model.json) of the joined text. The industry is part of the model input text, so of the cache key too.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from shared.schemas import (
     Thresholds,
 )
 from shared.taxonomy import Taxonomy, get_taxonomy
-from shared.text import model_input
+from shared.text import INDUSTRY_MAX_CHARS, clean_text, model_input
 
 log = logging.getLogger(__name__)
 
@@ -268,10 +269,17 @@ def build_predictions(
 
 
 def record_text(record: JobRecord, limit: int = MAX_TEXT_CHARS) -> tuple[str, bool]:
-    """The model input for a record and whether a field had to be cut to `limit` characters."""
+    """The model input for a record and whether a field had to be cut: the title or duties to `limit`
+    characters, the industry to `INDUSTRY_MAX_CHARS` (cleaned, as `industry_phrase` reads it)."""
     title, duties = record.job_title or "", record.duties_description or ""
-    cut = len(title) > limit or len(duties) > limit
-    return model_input(title[:limit], duties[:limit]), cut
+    industry = (record.industry or "")[:limit]  # bounds the cleaning work; industry_phrase cuts to its limit
+    cut = (
+        len(title) > limit
+        or len(duties) > limit
+        or len(record.industry or "") > limit
+        or len(clean_text(industry).lower()) > INDUSTRY_MAX_CHARS
+    )
+    return model_input(title[:limit], duties[:limit], industry), cut
 
 
 # ----------------------------------------------------------------------------------------------------

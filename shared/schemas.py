@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.text import INDUSTRY_MAX_CHARS
+
 # Why a record is routed to a human coder (Prediction.review_reasons), in the order they are checked.
 REVIEW_REASONS = (
     "not_coded",  # no level cleared its threshold
@@ -16,7 +18,8 @@ MAX_TEXT_CHARS = 2000  # longer fields are truncated (and flagged): the model re
 
 
 class JobRecord(BaseModel):
-    """One job description to code: a title and/or a duties description."""
+    """One job description to code: a title and/or a duties description, optionally the employer's industry
+    (context only: a record with an industry and neither title nor duties is refused)."""
 
     id: str | None = Field(None, max_length=200, description="caller's identifier, echoed back")
     job_title: str = Field("", description="job title as written", examples=["primary school teacher"])
@@ -24,6 +27,12 @@ class JobRecord(BaseModel):
         "",
         description="main tasks and duties",
         examples=["teaches reading and arithmetic to children aged 6-11"],
+    )
+    industry: str = Field(
+        "",
+        description="the employer's main activity, e.g. 'paper manufacturing'; optional (empty or white "
+        f"space: absent; longer than {INDUSTRY_MAX_CHARS} characters: truncated and flagged)",
+        examples=["paper manufacturing"],
     )
 
     @model_validator(mode="after")

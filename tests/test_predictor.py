@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from shared.predictor import (
     Hierarchy,
@@ -21,6 +22,7 @@ from shared.predictor import (
 )
 from shared.schemas import MAX_TEXT_CHARS, JobRecord, PredictOptions, Thresholds
 from shared.taxonomy import get_taxonomy
+from shared.text import INDUSTRY_MAX_CHARS, model_input
 from tests.tiny_model import build_tiny_model_dir
 
 TAX = get_taxonomy()
@@ -149,6 +151,39 @@ def test_record_text_truncation_flag() -> None:
     assert record_text(JobRecord(job_title="a" * MAX_TEXT_CHARS))[1] is False
 
 
+def test_record_text_reads_the_industry() -> None:
+    plain = record_text(JobRecord(job_title="Inspector", duties_description="checks rolls"))
+    assert plain == ("inspector : checks rolls", False)
+    text, cut = record_text(
+        JobRecord(job_title="Inspector", duties_description="checks rolls", industry="Paper mfr")
+    )
+    assert (text, cut) == ("inspector (industry: paper manufacturing) : checks rolls", False)
+    assert text == model_input("Inspector", "checks rolls", "Paper mfr")  # the one text contract
+    for absent in ("", "   ", "\t\n"):  # empty or white space: as if not given
+        assert record_text(JobRecord(job_title="Inspector", industry=absent)) == ("inspector", False)
+    # longer than its limit (cleaned, as the model reads it): cut to the limit and flagged
+    long, cut = record_text(JobRecord(job_title="Inspector", industry="p" * (INDUSTRY_MAX_CHARS + 1)))
+    assert cut and long == f"inspector (industry: {'p' * INDUSTRY_MAX_CHARS})"
+    assert record_text(JobRecord(job_title="Inspector", industry="p" * INDUSTRY_MAX_CHARS))[1] is False
+    spaced = "  paper   " + " " * (
+        INDUSTRY_MAX_CHARS * 2
+    )  # long only in white space that cleaning folds away
+    assert record_text(JobRecord(job_title="Inspector", industry=spaced)) == (
+        "inspector (industry: paper)",
+        False,
+    )
+    huge, cut = record_text(JobRecord(job_title="Inspector", industry="q" * (MAX_TEXT_CHARS * 10)))
+    assert cut and huge == f"inspector (industry: {'q' * INDUSTRY_MAX_CHARS})"
+
+
+def test_industry_does_not_make_a_record() -> None:
+    with pytest.raises(ValidationError, match="both empty"):
+        JobRecord(industry="paper manufacturing")
+    with pytest.raises(ValidationError) as info:
+        JobRecord.model_validate({"job_title": "inspector", "industry": 5})
+    assert info.value.errors()[0]["loc"] == ("industry",)
+
+
 def test_int8_keeps_the_first_ffn_output_projections_fp32() -> None:
     from shared.model.encoders import FFN_OUT_ONNX_NODE, keeps_fp32
 
@@ -212,6 +247,14 @@ def test_predictor_end_to_end_and_cache(tiny_dirs: tuple[Path, Path]) -> None:
     assert scorer.calls == [["nurse", "welder : " + "w" * MAX_TEXT_CHARS]]  # duplicates scored once
     predictor.predict(records[:1], PredictOptions())
     assert len(scorer.calls) == 1  # cached
+    # the industry is part of the model input, so of the cache key: a new text, scored once
+    with_industry = [JobRecord(id="4", job_title="Nurse", industry="Hospital"), JobRecord(job_title="nurse")]
+    coded = predictor.predict(with_industry, PredictOptions())
+    assert scorer.calls[-1] == ["nurse (industry: hospital)"] and len(scorer.calls) == 2
+    assert coded[0].id == "4" and coded[0].truncated is False
+    assert "nurse (industry: hospital)" in predictor.cache.get_many(["nurse (industry: hospital)"])
+    predictor.predict(with_industry[:1], PredictOptions())
+    assert len(scorer.calls) == 2  # cached under its own text
     probs = predictor.probabilities(["nurse", "teacher"])
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert all(len(p.path) == 4 and p.alternatives[0].code == p.unit_code for p in out)
