@@ -9,6 +9,12 @@ Dev sets (evaluation only, never trained on): ../shared/data/devsets/ilo_titles_
 in ESCO) and onet_jobs_dev.csv (O*NET titles with task statements). A prediction is correct when it is one of
 the `accept` codes. Prints top-1, top-3, top-5 and 3-digit accuracy side by side; writes JSON to
 bench/results/accuracy-<timestamp>.json.
+
+Second table, per training source on the model's test split (ESCO titles, ONS index entries with and
+without their industry, ...): the model's figures are those its training run took before the test records
+joined its indexes (`metrics.json`, `test.per_source`; afterwards the model knows them); the TF-IDF peer is
+trained on the same training split (the split is deterministic: `prepare` with the model's preprocess
+config) and scored on the same test records.
 """
 
 from __future__ import annotations
@@ -111,6 +117,78 @@ def evaluate_baseline(devsets: dict[str, EvalSet]) -> dict[str, Any]:
     return out
 
 
+def test_split_report(model_dir: Path | None, baseline: bool = True) -> dict[str, Any]:
+    """Per-source metrics on the test split: the model's as its training run took them, the TF-IDF peer's
+    trained on the same training split (see the module docstring)."""
+    from services.trainer.evaluate import data_hash_of, per_source_metrics
+    from services.trainer.pipeline import eval_set_from_examples
+    from services.trainer.preprocess import PreprocessConfig, prepare, rows_from_corpus
+    from shared.corpus import build_default_corpus
+
+    out: dict[str, Any] = {}
+    config = PreprocessConfig()
+    if model_dir is not None and (Path(model_dir) / "metrics.json").exists():
+        metrics = json.loads((Path(model_dir) / "metrics.json").read_text())
+        test = metrics.get("test", {})
+        if "per_source" in test:
+            out["model"] = {"per_source": test["per_source"], "data_hash": test.get("data_hash")}
+        preprocess = Path(model_dir) / "preprocess.json"
+        if preprocess.exists():
+            config = PreprocessConfig.model_validate(json.loads(preprocess.read_text())["config"])
+    if baseline:
+        config.outliers.enabled = False  # reported only, never excluded by default: the split is the same
+        prepared = prepare(rows_from_corpus(build_default_corpus()), config)
+        from bench.baseline_svm import SvmBaseline
+
+        svm = SvmBaseline().fit([e.text for e in prepared.train], [e.code for e in prepared.train])
+        test_set = eval_set_from_examples("test", prepared.test)
+        codes = label_codes()
+        probs = _softmax(svm.scores(test_set.texts(), codes))
+        out["tfidf+svm on the same split"] = {
+            "per_source": per_source_metrics(probs, codes, test_set),
+            "data_hash": data_hash_of(test_set.texts(), test_set.gold),
+        }
+    return out
+
+
+def print_test_split(report: dict[str, Any]) -> None:
+    """One row per training source: n, then top-1 (top-3) of each system, and the model's auto-coding."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if not report:
+        return
+    table = Table(title="Test split per training source (model: as taken before the test records joined it)")
+    table.add_column("source")
+    table.add_column("n", justify="right")
+    for system in report:
+        table.add_column(f"{system} top-1", justify="right")
+        table.add_column("top-3", justify="right")
+    if "model" in report:
+        table.add_column("auto-coded", justify="right")
+        table.add_column("its precision", justify="right")
+    sources = sorted({s for r in report.values() for s in r["per_source"]})
+    for source in sources:
+        cells: list[str] = []
+        n = "-"
+        for r in report.values():
+            m = r["per_source"].get(source)
+            n = str(m["n"]) if m else n
+            cells += [f"{m['accuracy']:.3f}", f"{m['top3']:.3f}"] if m else ["-", "-"]
+        if "model" in report:
+            m = report["model"]["per_source"].get(source, {})
+            auto, precision = m.get("auto_coded"), m.get("auto_coded_precision")
+            cells += [
+                "-" if auto is None else f"{auto:.3f}",
+                "-" if precision is None else f"{precision:.3f}",
+            ]
+        table.add_row(source, n, *cells)
+    Console().print(table)
+    hashes = {r.get("data_hash") for r in report.values()}
+    if len(hashes) > 1:
+        print("warning: the systems were scored on different test records (the corpus or split changed)")
+
+
 def _routing_cells(m: dict[str, Any]) -> list[str]:
     """ECE and coverage at 95% precision of the calibrated confidence (the router's when the model has
     routing.json), and the share the model auto-codes with its precision."""
@@ -160,6 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model-dir", type=Path, help="model directory (default: the registered best model)")
     parser.add_argument("--devsets", type=Path, default=DEVSETS_DIR)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--no-test-split", action="store_true", help="skip the per-source test-split table")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", type=Path, help="JSON path (default: bench/results/accuracy-<time>.json)")
     args = parser.parse_args(argv)
@@ -181,10 +260,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_baseline:
         results["tfidf+svm baseline"] = evaluate_baseline(devsets)
     print_table(results)
+    test_split: dict[str, Any] = {}
+    if not args.no_test_split:
+        test_split = test_split_report(Path(model_dir) if model_dir else None, not args.no_baseline)
+        print_test_split(test_split)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = args.output or RESULTS_DIR / f"accuracy-{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"created": stamp, "machine": platform.node(), "results": results}
+    payload = {"created": stamp, "machine": platform.node(), "results": results, "test_split": test_split}
     path.write_text(json.dumps(payload, indent=1, default=float))
     print(f"wrote {path}")
     return payload

@@ -1,4 +1,5 @@
-"""Baseline: TF-IDF (word 1-2 grams + character 2-5 grams) and a linear SVM, trained on the default corpus.
+"""Baseline: TF-IDF (word 1-2 grams + character 2-5 grams) and a linear SVM, trained on the default corpus
+(ESCO, ISCO-08 and the ONS coding index, every record as the model reads it, industry included).
 
 The reference the fine-tuned model has to beat (bench/accuracy.py prints both side by side). Usage:
     python -m bench.baseline_svm            # train on the default corpus, print dev-set top-1
@@ -51,7 +52,7 @@ class SvmBaseline:
     @staticmethod
     def train_default(records: list[CodedRecord] | None = None) -> SvmBaseline:
         records = records if records is not None else build_default_corpus()
-        texts = [model_input(r.job_title, r.duties_description) for r in records]
+        texts = [model_input(r.job_title, r.duties_description, r.industry) for r in records]
         return SvmBaseline().fit(texts, [r.isco_code for r in records])
 
 

@@ -2,8 +2,11 @@
 
 - shared/data/isco08_groups.csv: ISCO-08 code, level, English title, parent (titles only, no definitions).
 - shared/data/esco_occupations.csv: ESCO occupation URI -> ISCO-08 unit group, preferred and alt titles.
+- shared/data/ons_coding_index.csv: the ONS SOC 2020 coding index, each entry's title, qualifier, the
+  industry in which it is coded that way, its SOC 2020 code and the ISCO-08 unit group ONS assigned to it.
 
-ESCO v1.2 (c) European Union, CC BY 4.0. ISCO-08 (c) International Labour Organization.
+ESCO v1.2 (c) European Union, CC BY 4.0. ISCO-08 (c) International Labour Organization. ONS SOC 2020
+Volume 2 coding index (c) Crown copyright, Office for National Statistics, Open Government Licence v3.0.
 Descriptions and definitions are deliberately not copied: they are loaded at run time.
 
 Usage: python scripts/build_facts.py [--source ../shared/data]
@@ -54,6 +57,23 @@ def build_occupations(occupations_csv: Path, out: Path) -> int:
     return n
 
 
+def build_ons_index(index_csv: Path, out: Path) -> int:
+    """The ONS coding index as it is published, white space folded, codes kept as 4-digit strings; rows
+    without a title or a code are left out. Order and repeated titles are kept: each row is one entry."""
+    n = 0
+    with index_csv.open(encoding="utf-8") as f, out.open("w", encoding="utf-8", newline="") as g:
+        w = csv.writer(g)
+        w.writerow(["job_title", "qualifier", "industry", "soc2020_ext", "isco_code"])
+        for row in csv.DictReader(f):
+            title, code = " ".join(row["job_title"].split()), row["isco_code"].strip()
+            if not title or not code:
+                continue
+            qualifier, industry = (" ".join(row[c].split()) for c in ("qualifier", "industry"))
+            w.writerow([title, qualifier, industry, row["soc2020_ext"].strip(), code.zfill(4)])
+            n += 1
+    return n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "data")
@@ -62,7 +82,12 @@ def main() -> None:
     data.mkdir(parents=True, exist_ok=True)
     g = build_groups(args.source / "isco08" / "isco08_structure_en.csv", data / "isco08_groups.csv")
     o = build_occupations(args.source / "esco" / "occupations_en.csv", data / "esco_occupations.csv")
-    print(f"isco08_groups.csv: {g} groups; esco_occupations.csv: {o} occupations")
+    ons = build_ons_index(
+        args.source / "ons" / "soc2020_coding_index_isco08.csv", data / "ons_coding_index.csv"
+    )
+    print(
+        f"isco08_groups.csv: {g} groups; esco_occupations.csv: {o} occupations; ons_coding_index.csv: {ons}"
+    )
 
 
 if __name__ == "__main__":

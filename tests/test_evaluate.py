@@ -161,3 +161,28 @@ def test_load_eval_csv_missing_column(tmp_path) -> None:
 def test_data_hash_is_order_independent() -> None:
     assert data_hash_of(["a", "b"], ["1111", "2222"]) == data_hash_of(["b", "a"], ["2222", "1111"])
     assert data_hash_of(["a", "b"], ["1111", "2222"]) != data_hash_of(["a", "b"], ["1111", "2221"])
+
+
+def test_per_source_metrics_by_hand() -> None:
+    from services.trainer.evaluate import EvalSet, per_source_metrics
+
+    # sources of r0..r4: a a b b a; top-1 hits T F F T T (table above); top-3 hits T T F T T
+    ev = EvalSet("t", [""] * 5, [""] * 5, GOLD, ACCEPT, [], sources=["a", "a", "b", "b", "a"])
+    auto = np.array([True, True, False, False, False])
+    out = per_source_metrics(PROBS, CODES, ev, (np.zeros(5), auto))
+    assert out["a"] == {
+        "n": 3,
+        "accuracy": pytest.approx(2 / 3),
+        "top3": 1.0,
+        "auto_coded": pytest.approx(2 / 3),
+        "auto_coded_precision": 0.5,
+    }
+    assert out["b"]["accuracy"] == 0.5 and out["b"]["auto_coded"] == 0.0
+    assert out["b"]["auto_coded_precision"] is None
+
+
+def test_load_eval_csv_reads_industry(tmp_path) -> None:
+    path = tmp_path / "dev.csv"
+    path.write_text("job_title,industry,isco_code\nbreaker,paper mfr,8171\nnurse,,2221\n", encoding="utf-8")
+    ev = load_eval_csv(path)
+    assert ev.texts() == ["breaker (industry: paper manufacturing)", "nurse"]

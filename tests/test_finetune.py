@@ -199,3 +199,14 @@ def test_choose_batching_and_temperature():
     logits[np.arange(400), labels] += 2.0
     t = fit_temperature(logits * 4, labels)  # over-confident logits need T > 1
     assert t > 2.0
+
+
+def test_knn_index_keeps_every_title_before_records_with_duties() -> None:
+    from services.trainer.finetune import index_entries
+
+    texts = [f"title {i}" for i in range(6)] + [f"title {i} : duties {i}" for i in range(6)]
+    kept = index_entries(texts, 8, seed=0)
+    assert list(kept) == sorted(kept) and len(kept) == 8
+    assert set(range(6)) <= set(kept)  # all six titles, then two of the six records with duties
+    assert len(index_entries(texts, 4, seed=0)) == 4 and max(index_entries(texts, 4, seed=0)) < 6
+    assert list(index_entries(texts, 100, seed=0)) == list(range(12))

@@ -299,3 +299,58 @@ def test_held_out_records_whose_duties_also_train_are_dropped() -> None:
     # one record dropped per held-out title: its shared task line (its title and own duties stay)
     assert dropped["val"] + dropped["test"] == sum(not e.duties_description for e in held_out) > 0
     assert any(e.duties_description == "monitors patients on the ward" for e in prepared.train)
+
+
+def test_coding_index_beats_esco_on_one_text_and_users_beat_both() -> None:
+    examples = [
+        _example("technical manager", "2654", "esco_title"),
+        _example("technical manager", "1321", "ons_title"),
+        _example("wire drawer", "8121", "esco_title"),
+        _example("wire drawer", "7221", "ons_title"),
+        _example("wire drawer", "8121", "user"),
+    ]
+    kept, _, conflicts = deduplicate(examples)
+    assert {(e.text, e.code, e.source) for e in kept} == {
+        ("technical manager", "1321", "ons_title"),
+        ("wire drawer", "8121", "user"),
+    }
+    assert len(conflicts) == 2
+
+
+def test_industry_is_read_and_becomes_part_of_the_model_input(tmp_path: Path) -> None:
+    path = tmp_path / "coded.csv"
+    path.write_text(
+        "job_title,industry,isco_code\nInspector,paper mfr,7543\nInspector,banking,3359\n", encoding="utf-8"
+    )
+    rows = read_coded_csv(path)
+    assert [r.industry for r in rows] == ["paper mfr", "banking"]
+    valid, invalid = validate(rows)
+    assert not invalid
+    assert [e.text for e in valid] == [
+        "inspector (industry: paper manufacturing)",
+        "inspector (industry: banking)",
+    ]
+    # one text per industry: neither is a duplicate or a conflict of the other
+    kept, duplicates, conflicts = deduplicate(valid)
+    assert len(kept) == 2 and duplicates == 0 and conflicts == []
+    # an industry alone is no record
+    _, refused = validate([RawRow("", "", "7543", "user", "x:1", "paper mfr")])
+    assert refused and "both empty" in refused[0].reason
+
+
+def test_split_holds_out_a_title_with_its_qualifiers_and_industries() -> None:
+    config = PreprocessConfig(val_fraction=0.2, test_fraction=0.2)
+    examples = []
+    for i in range(12):
+        title = f"sorter{i}"
+        examples += [
+            Example(f"{title}", "9329", "ons_title", title, "", "t"),
+            Example(f"{title} (metal)", "9329", "ons_title", f"{title} (metal)", "", "t"),
+            Example(f"{title} (industry: x)", "9329", "ons_industry", title, "", "t", "x"),
+        ]
+    train, val, test = split(examples, config)
+    base = {name: {e.job_title.split()[0] for e in part} for name, part in (("train", train), ("val", val))}
+    held = {e.job_title.split()[0] for e in test}
+    assert held and base["val"]
+    assert not (held & base["train"]) and not (base["val"] & base["train"])
+    assert all(sum(e.job_title.split()[0] == t for e in test) == 3 for t in held)

@@ -1,7 +1,7 @@
 import pytest
 
 from shared.taxonomy import InvalidCode, get_taxonomy
-from shared.text import clean_text, model_input
+from shared.text import INDUSTRY_MAX_CHARS, duties_part, industry_phrase, clean_text, model_input
 
 
 def test_counts_per_level():
@@ -79,3 +79,17 @@ def test_model_input_combines_title_and_duties():
     assert model_input("Nurse", "Cares for  patients") == "nurse : cares for patients"
     assert model_input("", "Cares for patients") == "cares for patients"
     assert model_input("Nurse", None) == "nurse"
+
+
+def test_model_input_reads_the_industry_beside_the_title():
+    # the industry qualifies the title, as a coding index prints it, and stays out of the duties
+    assert model_input("Inspector", "", "Paper mfr") == "inspector (industry: paper manufacturing)"
+    text = model_input("Inspector", "checks reels", "paper mfr")
+    assert text == "inspector (industry: paper manufacturing) : checks reels"
+    assert duties_part(text) == "checks reels"
+    # empty or white space: the record reads as without it
+    assert model_input("Nurse", "Cares", "   ") == model_input("Nurse", "Cares") == "nurse : cares"
+    # a colon in the industry cannot move the title/duties boundary; a long industry is cut
+    assert duties_part(model_input("Clerk", "", "banking : retail")) == ""
+    assert len(industry_phrase("x" * 500)) == INDUSTRY_MAX_CHARS
+    assert industry_phrase("Local GOVT dept") == "local government department"

@@ -62,7 +62,9 @@ def train(
     profile: str = typer.Option(
         None, "--profile", "-p", help="quick | full | a profile YAML (default: full)"
     ),
-    data: Path = typer.Option(None, "--data", help="coded CSV: job_title, duties_description, isco_code"),
+    data: Path = typer.Option(
+        None, "--data", help="coded CSV: job_title, duties_description, isco_code[, industry]"
+    ),
     corrections: Path = typer.Option(
         None,
         "--corrections",

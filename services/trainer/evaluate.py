@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,8 @@ class EvalSet:
     gold: list[str]
     accept: list[set[str]]
     skipped: list[tuple[int, str]]
+    industries: list[str] = field(default_factory=list)  # empty: no record has one
+    sources: list[str] = field(default_factory=list)  # training source of each record (the test split)
 
     def __len__(self) -> int:
         return len(self.gold)
@@ -57,7 +59,10 @@ class EvalSet:
     def texts(self) -> list[str]:
         from shared.text import model_input
 
-        return [model_input(t, d) for t, d in zip(self.job_titles, self.duties, strict=True)]
+        industries = self.industries or [""] * len(self.gold)
+        return [
+            model_input(t, d, i) for t, d, i in zip(self.job_titles, self.duties, industries, strict=True)
+        ]
 
 
 def _group_probabilities(
@@ -323,7 +328,7 @@ def _parse_accept(raw: str | None) -> set[str]:
 
 
 def load_eval_csv(path: Path, *, skip_invalid: bool = False) -> EvalSet:
-    """Read a coded CSV (job_title, duties_description, isco_code[, accept]) for evaluation.
+    """Read a coded CSV (job_title, duties_description, isco_code[, accept, industry]) for evaluation.
 
     Codes are normalised with the taxonomy. A bad row raises EvalDataError naming the row and field, unless
     `skip_invalid`, which skips it and lists it in `EvalSet.skipped`.
@@ -334,6 +339,7 @@ def load_eval_csv(path: Path, *, skip_invalid: bool = False) -> EvalSet:
         raise EvalDataError(f"{path}: file not found")
     titles: list[str] = []
     duties: list[str] = []
+    industries: list[str] = []
     gold: list[str] = []
     accept: list[set[str]] = []
     skipped: list[tuple[int, str]] = []
@@ -364,9 +370,10 @@ def load_eval_csv(path: Path, *, skip_invalid: bool = False) -> EvalSet:
             continue
         titles.append(title)
         duties.append(duty)
+        industries.append((row.get("industry") or "").strip())
         gold.append(code)
         accept.append(alternatives)
-    return EvalSet(path.stem, titles, duties, gold, accept, skipped)
+    return EvalSet(path.stem, titles, duties, gold, accept, skipped, industries if any(industries) else [])
 
 
 def data_hash_of(texts: Sequence[str], gold: Sequence[str]) -> str:
@@ -507,6 +514,37 @@ def evaluate_set(predictor: Any, eval_set: EvalSet) -> dict[str, Any]:
         auto_coded=routed[1] if routed else None,
     )
     metrics["data_hash"] = data_hash_of(eval_set.texts(), eval_set.gold)
+    if eval_set.sources:
+        metrics["per_source"] = per_source_metrics(probs, predictor.codes, eval_set, routed)
     if eval_set.skipped:
         metrics["skipped_rows"] = len(eval_set.skipped)
     return metrics
+
+
+def per_source_metrics(
+    probs: np.ndarray,
+    codes: Sequence[str],
+    eval_set: EvalSet,
+    routed: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Top-1 and top-3 per training source (`EvalSet.sources`), and, with routing, the share auto-coded and
+    its precision: a source that hurts, or that routing over-trusts, shows in its own row."""
+    out: dict[str, dict[str, Any]] = {}
+    top = np.argsort(-probs, axis=1)[:, :3]
+    accepted = [{g} | a for g, a in zip(eval_set.gold, eval_set.accept, strict=True)]
+    hit1 = np.array([codes[row[0]] in acc for row, acc in zip(top, accepted, strict=True)])
+    hit3 = np.array([any(codes[j] in acc for j in row) for row, acc in zip(top, accepted, strict=True)])
+    sources = np.asarray(eval_set.sources)
+    for source in sorted(set(eval_set.sources)):
+        rows = sources == source
+        entry: dict[str, Any] = {
+            "n": int(rows.sum()),
+            "accuracy": float(hit1[rows].mean()),
+            "top3": float(hit3[rows].mean()),
+        }
+        if routed is not None:
+            auto = routed[1][rows]
+            entry["auto_coded"] = float(auto.mean())
+            entry["auto_coded_precision"] = float(hit1[rows][auto].mean()) if auto.any() else None
+        out[source] = entry
+    return out

@@ -685,7 +685,7 @@ def signals_stage(state: TrainState) -> None:
     candidates: dict[str, dict[float, np.ndarray]] = {}
     fixed: dict[str, float | None] = {}
     if config.knn:
-        entries = _sample(len(state.train_texts), config.knn_max_index, config.seed)
+        entries = index_entries(state.train_texts, config.knn_max_index, config.seed)
         texts = [state.train_texts[i] for i in entries]
         if state.train_embeddings is not None and not state.trainer_ran:
             embeddings = state.train_embeddings[entries]  # the encoder did not change since they were made
@@ -1054,6 +1054,19 @@ def finetune(
     )
     log.info("finetune done: %s", result.model_dump(exclude={"epochs"}))
     return result
+
+
+def index_entries(texts: Sequence[str], max_items: int, seed: int) -> np.ndarray:
+    """Which training texts the kNN index keeps, at most `max_items`, in order: every title first (texts
+    without duties: ESCO labels and coding-index entries, with their industry), then a seeded sample of the
+    texts with duties. Users send titles; the nearest coded title is what the kNN vote and the routing match
+    rule read, and an index that sampled titles away would miss the very entries a survey answer repeats."""
+    titles = np.array([i for i, t in enumerate(texts) if not duties_part(t)], dtype=np.int64)
+    others = np.array([i for i, t in enumerate(texts) if duties_part(t)], dtype=np.int64)
+    if len(titles) >= max_items:
+        return titles[_sample(len(titles), max_items, seed)]
+    kept = others[_sample(len(others), max_items - len(titles), seed)]
+    return np.sort(np.concatenate([titles, kept]))
 
 
 def _sample(n: int, max_items: int, seed: int) -> np.ndarray:

@@ -100,6 +100,8 @@ def eval_set_from_examples(name: str, examples: Sequence[Example]) -> EvalSet:
         gold=[e.code for e in examples],
         accept=[set() for _ in examples],
         skipped=[],
+        industries=[e.industry for e in examples],
+        sources=[e.source for e in examples],
     )
 
 

@@ -32,6 +32,7 @@ import csv
 import hashlib
 import json
 import logging
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,9 +46,11 @@ from shared.text import clean_text, model_input
 
 log = logging.getLogger(__name__)
 
-# Higher wins when one text carries different codes.
-SOURCE_PRIORITY = {"correction": 3, "user": 2}
-DEFAULT_PRIORITY = 1  # default corpus sources (esco_title, isco_task, ...)
+# Higher wins when one text carries different codes. A coding index entry is a coder's decision for exactly
+# that text as a survey answer, where an ESCO label names an occupation that may be coded elsewhere when
+# written alone: the ONS index wins over ESCO and ISCO-08 texts, the user's own records over both.
+SOURCE_PRIORITY = {"correction": 4, "user": 3, "ons_title": 2, "ons_industry": 2}
+DEFAULT_PRIORITY = 1  # other default corpus sources (esco_title, isco_task, ...)
 CORRECTION_SOURCE = "correction"
 USER_SOURCE = "user"
 
@@ -112,6 +115,7 @@ class RawRow:
     isco_code: str
     source: str
     origin: str
+    industry: str = ""
 
 
 @dataclass
@@ -124,6 +128,7 @@ class Example:
     job_title: str
     duties_description: str
     origin: str
+    industry: str = ""
 
 
 @dataclass
@@ -246,7 +251,8 @@ def _open_csv(
 
 
 def read_coded_csv(path: Path, *, source: str = USER_SOURCE) -> list[RawRow]:
-    """Read a coded CSV: job_title, duties_description, isco_code (either text column may be absent).
+    """Read a coded CSV: job_title, duties_description, isco_code (either text column may be absent), and
+    optionally industry (the employer's activity, read beside the title).
 
     Header names are matched ignoring case and spaces. Raises DataError naming the missing field.
     """
@@ -265,6 +271,7 @@ def read_coded_csv(path: Path, *, source: str = USER_SOURCE) -> list[RawRow]:
             row.get("isco_code", ""),
             source,
             f"{path.name}:{line}",
+            row.get("industry", ""),
         )
         for line, row in rows
     ]
@@ -311,7 +318,14 @@ def read_corrections(path: Path) -> list[RawRow]:
 def rows_from_corpus(records: Iterable[Any]) -> list[RawRow]:
     """RawRows from `shared.corpus.CodedRecord`s (or anything with the same four fields)."""
     return [
-        RawRow(r.job_title, r.duties_description, r.isco_code, r.source, f"corpus:{r.source}")
+        RawRow(
+            r.job_title,
+            r.duties_description,
+            r.isco_code,
+            r.source,
+            f"corpus:{r.source}",
+            getattr(r, "industry", ""),
+        )
         for r in records
     ]
 
@@ -360,7 +374,12 @@ def validate(
                 )
             )
             continue
-        valid.append(Example(model_input(title, duties), code, row.source, title, duties, row.origin))
+        industry = clean_text(row.industry)
+        valid.append(
+            Example(
+                model_input(title, duties, industry), code, row.source, title, duties, row.origin, industry
+            )
+        )
     return valid, invalid
 
 
@@ -522,12 +541,21 @@ def _occupation_keys() -> dict[str, str]:
     return keys
 
 
+_QUALIFIER = re.compile(r"\s*\([^()]*\)$")
+
+
 def split_group(example: Example, occupations: dict[str, str]) -> str:
-    """The unit of the split: the ESCO occupation of the title, else the title, else the text."""
+    """The unit of the split: the ESCO occupation of the title, else the title, else the text.
+
+    The title is read without a trailing qualifier in parentheses and without its industry: a coding
+    index's "inspector (railways)" and "inspector" in banking are one title, held out together, so a held-out
+    title is one the model never saw in any context (as the dev sets' titles are). A title that is also an
+    ESCO label goes with that ESCO occupation."""
     title = example.job_title.strip().lower()
     if not title:
         return f"text:{example.text}"
-    return occupations.get(title, f"title:{title}")
+    base = _QUALIFIER.sub("", title) or title
+    return occupations.get(title, occupations.get(base, f"title:{base}"))
 
 
 def split(
