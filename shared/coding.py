@@ -29,7 +29,7 @@ class InputRow:
     cannot be coded, if any."""
 
     cells: list[str] | None
-    record: dict[str, Any]  # id, job_title, duties_description
+    record: dict[str, Any]  # id, job_title, duties_description, industry
     error: str | None = None
 
 
@@ -37,8 +37,9 @@ def csv_rows(path: Path, layout: csvio.CsvLayout) -> Iterator[InputRow]:
     """The data rows of a CSV as InputRows; a ragged row carries its error (`line N: row has ...`)."""
     for row in csvio.iter_rows(path, layout):
         title, duties = layout.texts(row.cells)
+        record = {"job_title": title, "duties_description": duties, "industry": layout.industry(row.cells)}
         error = f"line {row.line}: {row.error}" if row.error else None
-        yield InputRow(row.cells, {"job_title": title, "duties_description": duties}, error)
+        yield InputRow(row.cells, record, error)
 
 
 def chunks(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
@@ -48,17 +49,20 @@ def chunks(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
         yield chunk
 
 
+RecordKey = tuple[str, str, str]  # (title, duties, industry) as written
+
+
 class Memo:
-    """Results of (title, duties) pairs already coded in this file: repeated rows cost nothing."""
+    """Results of (title, duties, industry) already coded in this file: repeated rows cost nothing."""
 
     def __init__(self, max_entries: int):
         self.max_entries = max_entries
-        self.data: OrderedDict[tuple[str, str], Prediction] = OrderedDict()
+        self.data: OrderedDict[RecordKey, Prediction] = OrderedDict()
 
-    def get(self, key: tuple[str, str]) -> Prediction | None:
+    def get(self, key: RecordKey) -> Prediction | None:
         return self.data.get(key)
 
-    def put(self, key: tuple[str, str], value: Prediction) -> None:
+    def put(self, key: RecordKey, value: Prediction) -> None:
         if self.max_entries <= 0:
             return
         self.data[key] = value
@@ -73,10 +77,10 @@ def _record_error(exc: ValidationError) -> str:
 def code_rows(
     rows: Sequence[InputRow], predictor: Any, options: PredictOptions, memo: Memo
 ) -> list[Prediction | str]:
-    """A Prediction or a row error for each row, in order; each distinct (title, duties) goes to the model
-    once (and not at all when the memo knows it)."""
+    """A Prediction or a row error for each row, in order; each distinct (title, duties, industry) goes to the
+    model once (and not at all when the memo knows it). An industry alone does not make a row codable."""
     outcomes: list[Prediction | str | None] = [None] * len(rows)
-    todo: dict[tuple[str, str], list[int]] = {}
+    todo: dict[RecordKey, list[int]] = {}
     records: list[JobRecord] = []
     for i, row in enumerate(rows):
         if row.error:
@@ -87,7 +91,8 @@ def code_rows(
         if not title.strip() and not duties.strip():
             outcomes[i] = EMPTY_RECORD
             continue
-        key = (title, duties)
+        industry = str(row.record.get("industry") or "")
+        key = (title, duties, industry)
         known = memo.get(key)
         if known is not None:
             outcomes[i] = known
@@ -96,7 +101,7 @@ def code_rows(
             todo[key].append(i)
             continue
         try:
-            records.append(JobRecord(job_title=title, duties_description=duties))
+            records.append(JobRecord(job_title=title, duties_description=duties, industry=industry))
         except ValidationError as exc:  # e.g. a text over the length limit
             outcomes[i] = _record_error(exc)
             continue

@@ -4,9 +4,10 @@ Used by the gateway (upload checks), the workers (job input and results) and `is
 holds a whole file in memory, and nothing here imports the gateway or the model stack.
 
 Input: UTF-8 with or without a BOM; comma, semicolon or tab delimited (sniffed from the header line); a header
-with `job_title` and/or `duties_description`, matched case- and space-insensitively ("Job Title" works);
-extra columns pass through to the result. Problems raise `CsvFormatError` with a `code` a client can act on
-and a message a person can read.
+with `job_title` and/or `duties_description`, matched case- and space-insensitively ("Job Title" works), and
+optionally `industry` (the employer's activity, read as context; a file without it is coded as before);
+extra columns pass through to the result (the industry column too). Problems raise `CsvFormatError` with a
+`code` a client can act on and a message a person can read.
 
 Output: the input columns, then `RESULT_COLUMNS` (the predict CSV contract), then `row_error` for job results.
 Cells that a spreadsheet would evaluate as a formula are prefixed with an apostrophe.
@@ -28,6 +29,7 @@ from shared.schemas import Prediction
 TITLE = "job_title"
 DUTIES = "duties_description"
 TEXT_COLUMNS = (TITLE, DUTIES)
+INDUSTRY = "industry"  # optional context column: never enough on its own to code a row
 RESULT_COLUMNS = [
     "isco_code",
     "level",
@@ -97,6 +99,7 @@ class CsvLayout:
     header: list[str]  # as written in the file
     title_index: int | None
     duties_index: int | None
+    industry_index: int | None = None
 
     @property
     def width(self) -> int:
@@ -107,6 +110,10 @@ class CsvLayout:
         title = cells[self.title_index] if self.title_index is not None else ""
         duties = cells[self.duties_index] if self.duties_index is not None else ""
         return title, duties
+
+    def industry(self, cells: Sequence[str]) -> str:
+        """The employer's industry of a data row ("" where the file has no industry column)."""
+        return cells[self.industry_index] if self.industry_index is not None else ""
 
 
 @dataclass
@@ -250,7 +257,7 @@ def sniff_layout(sample: bytes, *, complete: bool = False, any_of: Sequence[str]
             required_any_of=list(any_of),
             found=shown,
         )
-    for column in {*TEXT_COLUMNS, *any_of}:
+    for column in {*TEXT_COLUMNS, INDUSTRY, *any_of}:
         if names.count(column) > 1:
             raise CsvFormatError(
                 "duplicate_columns",
@@ -263,6 +270,7 @@ def sniff_layout(sample: bytes, *, complete: bool = False, any_of: Sequence[str]
         header=header,
         title_index=names.index(TITLE) if TITLE in names else None,
         duties_index=names.index(DUTIES) if DUTIES in names else None,
+        industry_index=names.index(INDUSTRY) if INDUSTRY in names else None,
     )
 
 

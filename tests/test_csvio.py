@@ -55,6 +55,24 @@ def test_one_text_column_is_enough(tmp_path: Path) -> None:
     assert layout.texts(["welds pipes"]) == ("", "welds pipes")
 
 
+def test_optional_industry_column(tmp_path: Path) -> None:
+    path = write(tmp_path, b"Job Title;Industry;ref\ninspector;Paper mfr;1\n")
+    layout = csvio.read_layout(path)
+    assert layout.industry_index == 1 and layout.title_index == 0
+    (row,) = csvio.iter_rows(path, layout)
+    assert layout.texts(row.cells) == ("inspector", "") and layout.industry(row.cells) == "Paper mfr"
+    without = csvio.read_layout(write(tmp_path, b"job_title,ref\nwelder,1\n", "plain.csv"))
+    assert without.industry_index is None and without.industry(["welder", "1"]) == ""
+    # not a text column: an industry alone does not make a file codable, and it is read from one column only
+    assert error_of(write(tmp_path, b"industry,ref\npaper,1\n", "alone.csv")).code == "missing_columns"
+    twice = write(tmp_path, b"job_title,industry,INDUSTRY\na,b,c\n", "twice.csv")
+    assert error_of(twice).code == "duplicate_columns" and error_of(twice).details["duplicates"] == [
+        "industry"
+    ]
+    # it passes through to the result like any input column
+    assert csvio.result_header(["job_title", "industry"])[:2] == ["job_title", "industry"]
+
+
 def test_quoted_newlines_unicode_separators_and_line_numbers(tmp_path: Path) -> None:
     # U+2028 is legal inside a field: it must not split the row (str.splitlines would)
     path = write(tmp_path, 'job_title,ref\n"night\nnurse",1\n\nchef\u2028cook,2\r\nlast,3'.encode())

@@ -34,6 +34,7 @@ class CountingPredictors(PredictorCache):
     def __init__(self, settings: WorkerSettings, after_calls: int | None = None, action: Any = None):
         super().__init__(settings)
         self.records_seen: list[tuple[str, str]] = []
+        self.industries_seen: list[tuple[str, str]] = []  # (title, industry) of each record the model got
         self.calls = 0
         self.after_calls = after_calls
         self.action = action
@@ -50,6 +51,7 @@ class CountingPredictors(PredictorCache):
                 if outer.after_calls is not None and outer.calls > outer.after_calls:
                     outer.action()
                 outer.records_seen.extend((r.job_title, r.duties_description) for r in records)
+                outer.industries_seen.extend((r.job_title, r.industry) for r in records)
                 return real.predict(records, options)
 
         return Wrapped()
@@ -274,6 +276,82 @@ def test_batch_job_writes_json_lines_in_order(settings: WorkerSettings) -> None:
     lines = [json.loads(x) for x in Path(job.result_path).read_text().splitlines()]
     assert [x["id"] for x in lines] == [f"r{i}" for i in range(25)]
     assert all(len(x["alternatives"]) == 3 and x["level"] == 4 for x in lines)  # options reached the model
+
+
+def test_industry_column_is_read_and_its_absence_changes_nothing(settings: WorkerSettings) -> None:
+    """An optional `industry` column reaches the model (and is kept in the result); a file without it is coded
+    exactly as the records' titles and duties alone are, byte for byte."""
+    from shared import csvio
+    from shared.coding import EMPTY_RECORD
+    from shared.schemas import JobRecord, PredictOptions
+
+    texts = [
+        ("inspector", "checks"),
+        ("inspector", "checks"),
+        ("inspector", "checks"),
+        ("", ""),
+        ("cook", ""),
+    ]
+    industries = ["Paper mfr", "banking", "", "paper", "  "]
+    with_column = ["job_title,duties_description,Industry,ref"]
+    with_column += [f"{t},{d},{i},{n}" for n, ((t, d), i) in enumerate(zip(texts, industries, strict=True))]
+    plain = ["job_title,duties_description,ref"] + [f"{t},{d},{n}" for n, (t, d) in enumerate(texts)]
+    make_csv_job(settings, "industry", with_column)
+    make_csv_job(settings, "plain", plain)
+    predictors = CountingPredictors(settings)
+    processor = JobProcessor(settings, predictors)
+    assert processor.run("industry").status == JobStatus.succeeded
+    # the same title and duties in three industries are three records; an industry alone is no record
+    assert predictors.industries_seen == [
+        ("inspector", "Paper mfr"),
+        ("inspector", "banking"),
+        ("inspector", ""),
+        ("cook", "  "),
+    ]
+    rows = result_rows(settings, "industry")
+    assert [r["Industry"] for r in rows] == industries  # kept as written
+    assert rows[3]["row_error"] == EMPTY_RECORD and rows[3]["isco_code"] == ""
+    assert processor.run("plain").status == JobStatus.succeeded
+    plain_rows = result_rows(settings, "plain")
+    for row, plain_row in zip(rows, plain_rows, strict=True):  # no industry (or blank): the same coding
+        if not row["Industry"].strip():
+            assert {k: v for k, v in row.items() if k != "Industry"} == plain_row
+    # byte for byte what coding the titles and duties alone gives
+    predictor = processor.predictors.current
+    options = PredictOptions(top_k=5)
+    expected = csvio.header_line(csvio.result_header(plain[0].split(",")))
+    for n, (title, duties) in enumerate(texts):
+        cells = [title, duties, str(n)]
+        if not title and not duties:
+            expected += csvio.format_row(csvio.result_row(cells, EMPTY_RECORD))
+            continue
+        prediction = predictor.predict([JobRecord(job_title=title, duties_description=duties)], options)[0]
+        expected += csvio.format_row(csvio.result_row(cells, prediction))
+    assert Path(job_row(settings, "plain").result_path).read_bytes().decode("utf-8") == expected
+
+
+def test_batch_job_reads_the_industry(settings: WorkerSettings) -> None:
+    path = jobs.input_path(settings, "batch-industry", "batch")
+    records = [
+        {"id": "a", "job_title": "inspector", "duties_description": "", "industry": "paper"},
+        {"id": "b", "job_title": "inspector", "duties_description": ""},  # written before the field existed
+        {"id": "c", "job_title": "", "duties_description": "", "industry": "paper"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with session_scope(settings.db_url) as session:
+        jobs.create_job(
+            session, job_id="batch-industry", kind="batch", owner_key_id=None, input_file=path, rows_total=3,
+            options={"top_k": 3}, settings=settings,
+        )  # fmt: skip
+    predictors = CountingPredictors(settings)
+    assert JobProcessor(settings, predictors).run("batch-industry").status == JobStatus.succeeded
+    assert predictors.industries_seen == [("inspector", "paper"), ("inspector", "")]
+    lines = [
+        json.loads(x) for x in Path(job_row(settings, "batch-industry").result_path).read_text().splitlines()
+    ]
+    assert [x["id"] for x in lines] == ["a", "b", "c"]
+    assert "industry" not in lines[0]  # results echo the id only, as before
+    assert lines[2]["error"] == "job_title and duties_description are both empty"
 
 
 def test_missing_input_fails_the_job_with_the_reason(settings: WorkerSettings) -> None:

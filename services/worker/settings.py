@@ -41,7 +41,7 @@ class WorkerSettings(JobSettings):
     cache_size: int = Field(20_000, ge=0)
     thresholds: Thresholds = Field(default_factory=lambda: Thresholds())
     job_memo_entries: int = Field(
-        20_000, ge=0, description="results remembered per job for repeated (title, duties) pairs"
+        20_000, ge=0, description="results remembered per job for repeated (title, duties, industry) records"
     )
     retry_max: int = Field(
         5, ge=0, description="retries of a job task after a transient error (DB, Redis, disk)"
