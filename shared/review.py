@@ -30,6 +30,7 @@ CODED_BY_MODEL = "model"
 CODED_BY_REVIEWER = "reviewer"
 CORRECTIONS_HEADER = ["job_title", "duties_description", "corrected_isco_code"]
 BATCH_CSV_INPUT = ["id", csvio.TITLE, csvio.DUTIES]
+BATCH_INDUSTRY_OPTION = "industry"  # a batch job's option: some record of the batch gave an industry
 REVIEWABLE_KINDS = ("csv", "batch")
 
 
@@ -60,6 +61,7 @@ class ResultRow:
     review_reasons: list[str] = field(default_factory=list)
     row_error: str = ""
     cells: list[str] = field(default_factory=list)  # the row as the result CSV has it
+    industry: str = ""  # the employer's industry, when the input gave one
 
     @property
     def in_queue(self) -> bool:
@@ -90,6 +92,18 @@ def _candidates(codes: list[str], confidences: list[float | None], taxonomy: Tax
     return out
 
 
+def batch_csv_input(job: Job) -> list[str]:
+    """The input columns of a batch job's CSV form: id, job_title, duties_description, and industry only when
+    a record of the batch gave one (`BATCH_INDUSTRY_OPTION`), so a batch without it reads as it always did."""
+    with_industry = bool((job.options or {}).get(BATCH_INDUSTRY_OPTION))
+    return [*BATCH_CSV_INPUT, csvio.INDUSTRY] if with_industry else list(BATCH_CSV_INPUT)
+
+
+def batch_csv_cells(record: dict[str, object], columns: list[str]) -> list[str]:
+    """A batch record's input cells in the CSV form (`batch_csv_input` columns)."""
+    return [str(record.get(column) or "") for column in columns]
+
+
 def result_header(job: Job) -> list[str]:
     """The header of the job's result CSV (batch jobs: their CSV form)."""
     if job.kind == "csv":
@@ -97,7 +111,7 @@ def result_header(job: Job) -> list[str]:
             first = f.readline()
         layout = csvio.sniff_layout(first.encode("utf-8"), complete=True)
         return [_plain(h) for h in next(csv.reader([first], delimiter=layout.delimiter))]
-    return csvio.result_header(BATCH_CSV_INPUT)
+    return csvio.result_header(batch_csv_input(job))
 
 
 def iter_result_rows(job: Job, taxonomy: Taxonomy | None = None) -> Iterator[ResultRow]:
@@ -109,7 +123,7 @@ def iter_result_rows(job: Job, taxonomy: Taxonomy | None = None) -> Iterator[Res
     if job.kind == "csv":
         yield from _csv_rows(path, taxonomy)
     else:
-        yield from _batch_rows(Path(job.input_path), path, taxonomy)
+        yield from _batch_rows(Path(job.input_path), path, taxonomy, batch_csv_input(job))
 
 
 def _csv_rows(path: Path, taxonomy: Taxonomy) -> Iterator[ResultRow]:
@@ -137,6 +151,7 @@ def _csv_rows(path: Path, taxonomy: Taxonomy) -> Iterator[ResultRow]:
                 duties_description=cell(
                     layout.duties_index if layout.duties_index is not None else at.get(csvio.DUTIES)
                 ),
+                industry=cell(layout.industry_index).strip(),
                 isco_code=cell(result_at["isco_code"]),
                 unit_code=cell(result_at["unit_code"]),
                 candidates=_candidates(codes, _floats(cell(result_at["top_confidences"])), taxonomy),
@@ -147,15 +162,16 @@ def _csv_rows(path: Path, taxonomy: Taxonomy) -> Iterator[ResultRow]:
             )
 
 
-def _batch_rows(records: Path, results: Path, taxonomy: Taxonomy) -> Iterator[ResultRow]:
+def _batch_rows(records: Path, results: Path, taxonomy: Taxonomy, columns: list[str]) -> Iterator[ResultRow]:
     with open(records, encoding="utf-8") as inputs, open(results, encoding="utf-8") as outputs:
         for number, (record_line, result_line) in enumerate(zip(inputs, outputs, strict=False), start=1):
             record = json.loads(record_line)
             title, duties = record.get(csvio.TITLE) or "", record.get(csvio.DUTIES) or ""
+            industry = str(record.get(csvio.INDUSTRY) or "").strip()
             outcome = json.loads(result_line)
-            cells = [record.get("id") or "", title, duties]
+            cells = batch_csv_cells(record, columns)
             if "error" in outcome:
-                yield ResultRow(number, title, duties, "", "", row_error=outcome["error"],
+                yield ResultRow(number, title, duties, "", "", row_error=outcome["error"], industry=industry,
                                 cells=csvio.result_row(cells, outcome["error"]))  # fmt: skip
                 continue
             p = Prediction.model_validate(outcome)
@@ -172,6 +188,7 @@ def _batch_rows(records: Path, results: Path, taxonomy: Taxonomy) -> Iterator[Re
                 needs_review=p.needs_review,
                 review_reasons=list(p.review_reasons),
                 cells=csvio.result_row(cells, p),
+                industry=industry,
             )
 
 

@@ -211,6 +211,36 @@ def test_predict_batch_same_order(client: TestClient) -> None:
     assert all(len(p.alternatives) == 2 for p in data.results)
 
 
+def _model_inputs_seen(inference: tuple[str, HeaderRecorder]) -> set[str]:
+    """The model input texts the inference service has scored (its predictor's cache is keyed by them)."""
+    predictor = inference[1].app.state.holder.current
+    return set(predictor.cache._data)
+
+
+def test_industry_reaches_the_model_on_job_and_batch(
+    client: TestClient, inference: tuple[str, HeaderRecorder]
+) -> None:
+    r = client.post("/predict/job", json={"id": "j", "job_title": "Inspector", "industry": "Paper mfr"})
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == "j" and r.json()["truncated"] is False and "industry" not in r.json()
+    assert "inspector (industry: paper manufacturing)" in _model_inputs_seen(inference)
+    records = [
+        {"id": "1", "job_title": "Auditor", "industry": "local govt"},
+        {"id": "2", "job_title": "Auditor", "industry": "   "},  # white space: no industry
+        {"id": "3", "job_title": "Auditor", "industry": "b" * 500},  # cut and flagged
+    ]
+    r = client.post("/predict/batch", json={"records": records})
+    assert r.status_code == 200, r.text
+    results = PredictResponse.model_validate(r.json()).results
+    assert [p.id for p in results] == ["1", "2", "3"] and [p.truncated for p in results] == [
+        False,
+        False,
+        True,
+    ]
+    seen = _model_inputs_seen(inference)
+    assert {"auditor (industry: local government)", "auditor", f"auditor (industry: {'b' * 120})"} <= seen
+
+
 def test_batch_above_sync_limit(
     sqlite_url: str, tmp_path: Path, inference: tuple[str, HeaderRecorder]
 ) -> None:
@@ -252,6 +282,10 @@ def test_batch_above_sync_limit(
             "records.1.duties_description",
         ),
         ("/predict/batch", {}, "records"),
+        ("/predict/job", {"job_title": "x", "industry": 5}, "industry"),
+        ("/predict/job", {"job_title": "x", "industry": None}, "industry"),
+        ("/predict/job", {"industry": "paper manufacturing"}, "body"),  # context alone is not a record
+        ("/predict/batch", {"records": [{"job_title": "ok", "industry": ["paper"]}]}, "records.0.industry"),
     ],
 )
 def test_validation_errors_name_the_field(client: TestClient, path: str, body: Any, field: str) -> None:
@@ -267,6 +301,7 @@ def test_validation_errors_name_the_field(client: TestClient, path: str, body: A
     [
         (b'{"job_title": "caf\xe9"}', "application/json", 422, "body"),  # latin-1, not UTF-8
         (b'{"job_title": "a\\ud800"}', "application/json", 422, "job_title"),  # lone surrogate
+        (b'{"job_title": "a", "industry": "\\udfff"}', "application/json", 422, "industry"),
         (b'{"job_title": ', "application/json", 422, "body"),
         (b"", "application/json", 422, "body"),
         (b"job_title=nurse", "application/x-www-form-urlencoded", 422, "body"),
@@ -361,6 +396,8 @@ def test_openapi_has_examples(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     job = spec["paths"]["/predict/job"]["post"]
     assert job["requestBody"]["content"]["application/json"]["examples"]
+    industry = spec["components"]["schemas"]["JobRecord"]["properties"]["industry"]
+    assert "employer's main activity" in industry["description"] and "optional" in industry["description"]
     assert {"401", "422", "503"} <= set(job["responses"])
 
 

@@ -209,6 +209,35 @@ def test_batch_above_the_sync_limit_becomes_a_job(stack: Stack) -> None:
     rows = parse_csv(as_csv.text)
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(12)]
     assert [r["unit_code"] for r in rows] == [p["unit_code"] for p in body["results"]]
+    # no record gave an industry: the CSV form has the columns it always had
+    assert list(rows[0])[:4] == ["id", "job_title", "duties_description", "isco_code"]
+
+
+def test_industry_in_csv_and_batch_jobs(stack: Stack) -> None:
+    lines = ["ref,job_title,Industry", "1,inspector,paper mfr", "2,inspector,", "3,,paper mfr"]
+    response = stack.upload("\r\n".join(lines).encode("utf-8"), name="industry.csv")
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    assert stack.wait_status(job_id, ("succeeded", "failed"))["status"] == "succeeded"
+    rows = parse_csv(stack.client.get(f"/jobs/{job_id}/result", headers=stack.headers()).text)
+    assert list(rows[0])[:3] == ["ref", "job_title", "Industry"]  # kept, as written
+    assert [r["Industry"] for r in rows] == ["paper mfr", "", "paper mfr"]
+    assert rows[0]["unit_code"] and rows[1]["unit_code"] and not rows[0]["row_error"]
+    assert rows[2]["row_error"] == "job_title and duties_description are both empty"  # context alone
+
+    records = [
+        {"id": f"r{i}", "job_title": "inspector", "industry": ["paper", "", "bank"][i % 3]} for i in range(7)
+    ]
+    response = stack.client.post("/predict/batch", json={"records": records}, headers=stack.headers())
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    assert stack.wait_status(job_id, ("succeeded", "failed"))["status"] == "succeeded"
+    body = stack.client.get(f"/jobs/{job_id}/result", headers=stack.headers()).json()
+    assert [p["id"] for p in body["results"]] == [f"r{i}" for i in range(7)]
+    as_csv = stack.client.get(f"/jobs/{job_id}/result", headers={**stack.headers(), "Accept": "text/csv"})
+    rows = parse_csv(as_csv.text)
+    assert list(rows[0])[:5] == ["id", "job_title", "duties_description", "industry", "isco_code"]
+    assert [r["industry"] for r in rows] == [r["industry"] for r in records]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -157,7 +157,8 @@ MULTIPART_BODY = {
                             "type": "string",
                             "format": "binary",
                             "description": "UTF-8 CSV (comma, semicolon or tab) with job_title and/or "
-                            "duties_description; other columns are kept in the result",
+                            "duties_description, optionally industry (the employer's main activity, e.g. "
+                            "'paper manufacturing'); other columns are kept in the result",
                         }
                     },
                 }
@@ -269,6 +270,8 @@ async def submit_batch_job(request: Request, body: PredictRequest, principal: Pr
     path = jobs.input_path(settings, job_id, "batch")
     await run_in_threadpool(_write_records, path, body)
     options = _options(body.top_k, body.thresholds)
+    if any(record.industry.strip() for record in body.records):
+        options[review.BATCH_INDUSTRY_OPTION] = True  # the CSV form of the result gains an industry column
     job = await run_in_threadpool(
         _create, request, settings, job_id, "batch", principal, path, len(body.records), options
     )
@@ -389,7 +392,7 @@ def get_job_result(request: Request, job_id: str, session: SessionDep, principal
         )
     if as_csv:
         return StreamingResponse(
-            _batch_csv(Path(job.input_path), path),
+            _batch_csv(job, Path(job.input_path), path),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="isco-{job.id}.csv"'},
         )
@@ -428,17 +431,15 @@ def _reviewed_lines(job: Job, result: Path, decisions: dict[int, ReviewDecision]
             yield json.dumps(outcome, ensure_ascii=False).encode()
 
 
-BATCH_CSV_INPUT = ["id", csvio.TITLE, csvio.DUTIES]
-
-
-def _batch_csv(records: Path, result: Path) -> Iterator[bytes]:
-    """The CSV form of a batch result: id, job_title, duties_description, the result columns, row_error."""
-    yield csvio.header_line(csvio.result_header(BATCH_CSV_INPUT)).encode()
+def _batch_csv(job: Job, records: Path, result: Path) -> Iterator[bytes]:
+    """The CSV form of a batch result: id, job_title, duties_description (and industry when a record gave
+    one), the result columns, row_error."""
+    columns = review.batch_csv_input(job)
+    yield csvio.header_line(csvio.result_header(columns)).encode()
     with open(records, encoding="utf-8") as inputs, open(result, encoding="utf-8") as outputs:
         buffer: list[str] = []
         for record_line, result_line in zip(inputs, outputs, strict=False):
-            record = json.loads(record_line)
-            cells = [record.get("id") or "", record.get(csvio.TITLE) or "", record.get(csvio.DUTIES) or ""]
+            cells = review.batch_csv_cells(json.loads(record_line), columns)
             outcome = json.loads(result_line)
             value: Prediction | str = (
                 outcome["error"] if "error" in outcome else Prediction.model_validate(outcome)

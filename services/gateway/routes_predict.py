@@ -1,8 +1,8 @@
 """Synchronous coding: POST /predict/job (one record) and POST /predict/batch (a list, same order).
 
-Over-long text is truncated, not refused: a field longer than MAX_TEXT_CHARS characters is cut to that
-length and the result says `truncated: true` (the model reads at most ~128 tokens anyway). The request body
-as a whole is bounded by `max_body_bytes` (413).
+Over-long text is truncated, not refused: a field longer than MAX_TEXT_CHARS characters (the optional
+`industry`: INDUSTRY_MAX_CHARS) is cut to that length and the result says `truncated: true` (the model reads
+at most ~128 tokens anyway). The request body as a whole is bounded by `max_body_bytes` (413).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from services.gateway.auth import Principal
 from services.gateway.deps import ApiKeyDep, InferenceClientDep, SettingsDep
 from shared.schemas import MAX_TEXT_CHARS, JobRecord, Prediction, PredictRequest, PredictResponse, Thresholds
+from shared.text import INDUSTRY_MAX_CHARS
 
 router = APIRouter(tags=["predict"])
 
@@ -61,6 +62,10 @@ JOB_EXAMPLES = {
             "duties_description": "teaches reading, writing and arithmetic to children aged 6 to 11",
         },
     },
+    "with_industry": {
+        "summary": "title with the employer's industry",
+        "value": {"job_title": "inspector", "industry": "paper manufacturing"},
+    },
     "title_only": {
         "summary": "title only, stricter unit threshold",
         "value": {"job_title": "welder", "top_k": 3, "thresholds": {"unit": 0.7}},
@@ -69,7 +74,7 @@ JOB_EXAMPLES = {
 
 BATCH_EXAMPLES = {
     "two": {
-        "summary": "two records",
+        "summary": "three records, one with the employer's industry",
         "value": {
             "records": [
                 {
@@ -78,6 +83,7 @@ BATCH_EXAMPLES = {
                     "duties_description": "cares for patients on a ward",
                 },
                 {"id": "2", "job_title": "truck driver", "duties_description": "drives heavy goods vehicles"},
+                {"id": "3", "job_title": "inspector", "industry": "paper manufacturing"},
             ],
             "top_k": 3,
         },
@@ -85,11 +91,15 @@ BATCH_EXAMPLES = {
 }
 
 
+# a record's fields that /predict/job forwards to the inference service
+RECORD_FIELDS = ("id", "job_title", "duties_description", "industry")
+
+
 def ensure_encodable(records: Sequence[JobRecord], prefix: str) -> None:
     """422 for strings that cannot be written as UTF-8 (lone surrogates from JSON "\\ud800" escapes)."""
     errors = []
     for i, record in enumerate(records):
-        for name in ("id", "job_title", "duties_description"):
+        for name in RECORD_FIELDS:
             value = getattr(record, name)
             if value is None:
                 continue
@@ -139,7 +149,8 @@ async def _infer(request: Request, inference: InferenceClientDep, payload: dict[
     response_model=Prediction,
     responses=ERROR_RESPONSES,
     summary="Code one job description",
-    description=f"Fields longer than {MAX_TEXT_CHARS} characters are truncated and the result says so.",
+    description=f"Fields longer than {MAX_TEXT_CHARS} characters (`industry`: {INDUSTRY_MAX_CHARS}) are "
+    "truncated and the result says so. `industry`, the employer's main activity, is optional context.",
 )
 async def predict_job(
     body: Annotated[JobPredictRequest, Body(openapi_examples=JOB_EXAMPLES)],
@@ -149,7 +160,7 @@ async def predict_job(
 ) -> Response:
     ensure_encodable([body], "")
     payload = {
-        "records": [body.model_dump(mode="json", include={"id", "job_title", "duties_description"})],
+        "records": [body.model_dump(mode="json", include=set(RECORD_FIELDS))],
         "top_k": body.top_k,
         "thresholds": body.thresholds.model_dump() if body.thresholds else None,
         "explain": body.explain,
@@ -171,7 +182,8 @@ async def predict_job(
     responses={**ERROR_RESPONSES, 202: {"description": "large batch accepted as a job (see Location)"}},
     summary="Code a list of job descriptions (results in the same order)",
     description="Up to `sync_batch_limit` records (default 256) are answered synchronously. "
-    f"Fields longer than {MAX_TEXT_CHARS} characters are truncated and flagged.",
+    f"Fields longer than {MAX_TEXT_CHARS} characters (`industry`: {INDUSTRY_MAX_CHARS}) are truncated and "
+    "flagged.",
 )
 async def predict_batch(
     body: Annotated[PredictRequest, Body(openapi_examples=BATCH_EXAMPLES)],
