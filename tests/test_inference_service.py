@@ -74,6 +74,29 @@ def test_request_limits_and_validation(tiny_dirs: tuple[Path, Path], tmp_path: P
         assert r.status_code == 413 and "limit is 3" in r.json()["detail"]
         assert client.post("/v1/predict", json={"records": []}).status_code == 422
         assert client.post("/v1/predict", json={"records": [{"job_title": " "}]}).status_code == 422
+        assert client.post("/v1/predict", json={"records": [{"industry": "paper"}]}).status_code == 422
+        bad = client.post("/v1/predict", json={"records": [{"job_title": "x", "industry": 3}]})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "records", 0, "industry"]
+
+
+def test_industry_is_part_of_the_model_input(tiny_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path, model_dir=tiny_dirs[0]))
+    with ServerThread(app) as url, httpx.Client(base_url=url) as client:
+        records = [
+            {"id": "a", "job_title": "inspector", "industry": "Paper mfr"},
+            {"id": "b", "job_title": "inspector"},
+            {"id": "c", "job_title": "inspector", "industry": "x" * 121},
+        ]
+        r = client.post("/v1/predict", json={"records": records, "explain": True})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [p["truncated"] for p in results] == [False, False, True]
+        cached = set(app.state.holder.current.cache._data)
+        assert {
+            "inspector (industry: paper manufacturing)",
+            "inspector",
+            f"inspector (industry: {'x' * 120})",
+        } <= cached
 
 
 def test_not_ready_without_a_model(tmp_path: Path) -> None:

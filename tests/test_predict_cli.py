@@ -112,6 +112,39 @@ def test_predict_with_named_model_and_bad_input(env: dict[str, str], tmp_path: P
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
 
+def test_predict_reads_the_industry_column(env: dict[str, str], tmp_path: Path) -> None:
+    plain = tmp_path / "plain.csv"
+    plain.write_text("job_title,ref\ninspector,1\n", encoding="utf-8")
+    with_industry = tmp_path / "industry.csv"
+    with_industry.write_text("job_title,Industry,ref\ninspector,,1\ninspector,paper mfr,2\n,paper,3\n")
+    outs = tmp_path / "plain-out.csv", tmp_path / "industry-out.csv"
+    for source, out in zip((plain, with_industry), outs, strict=True):
+        result = _predict(env, "--input", str(source), "--output", str(out), "--no-progress")
+        assert result.exit_code == 0, result.output
+    plain_rows, rows = _read(outs[0]), _read(outs[1])
+    assert rows[0][:3] == ["job_title", "Industry", "ref"]  # the column is kept
+    assert rows[1][:1] + rows[1][2:] == plain_rows[1]  # a blank industry: coded as without the column
+    assert rows[3][-1] == "job_title and duties_description are both empty"  # an industry alone is no record
+
+
+def test_predict_one_record_with_industry(env: dict[str, str], tmp_path: Path) -> None:
+    from shared.schemas import Prediction
+
+    one = _predict(env, "--job-title", "Inspector", "--industry", "paper mfr", "--unit-threshold", "0")
+    assert one.exit_code == 0, one.output
+    prediction = Prediction.model_validate_json(one.stdout)
+    assert prediction.model_version == "tiny-1" and prediction.level == 4 and prediction.truncated is False
+    long = _predict(env, "--job-title", "Inspector", "--industry", "p" * 200)
+    assert long.exit_code == 0 and Prediction.model_validate_json(long.stdout).truncated is True
+    alone = _predict(env, "--industry", "paper mfr")
+    assert alone.exit_code == 2 and "--job-title and --duties are both empty" in alone.output
+    source = tmp_path / "in.csv"
+    source.write_text("job_title\nwelder\n")
+    both = _predict(env, "--input", str(source), "--output", str(tmp_path / "o.csv"), "--industry", "x")
+    assert both.exit_code == 2 and "not both" in both.output
+    assert _predict(env, "--input", str(source)).exit_code == 2  # a file needs --output
+
+
 def test_predict_without_a_model(tmp_path: Path, sqlite_url: str) -> None:
     source = tmp_path / "in.csv"
     source.write_text("job_title\nwelder\n")

@@ -1,25 +1,29 @@
-"""`isco predict --input IN.csv --output OUT.csv [--model VERSION]`: code a CSV file locally.
+"""`isco predict --input IN.csv --output OUT.csv [--model VERSION]`: code a CSV file locally;
+`isco predict --job-title T [--duties D] [--industry I]`: code one record and print its result as JSON.
 
-Input: a header with job_title and/or duties_description (case and spaces ignored; comma, semicolon or tab);
-extra columns are kept. Output: the input columns (a name that clashes with an output column gets an
-`input_` prefix), then isco_code, level, title, confidence, is_fallback, unit_code, unit_confidence,
-top_codes, top_confidences, needs_review, review_reasons (the predict CSV contract, `shared.csvio`), then
-row_error: a row that cannot be coded (both texts empty, wrong number of fields) keeps its place with empty
-results and the reason. Rows are coded by `shared.coding`, the engine the job workers use: the same results
-and the same row_error texts as a CSV job.
+Input: a header with job_title and/or duties_description (case and spaces ignored; comma, semicolon or tab),
+optionally industry (the employer's activity, read as context); extra columns (industry too) are kept.
+Output: the input columns (a name that clashes with an output column gets an `input_` prefix), then isco_code,
+level, title, confidence, is_fallback, unit_code, unit_confidence, top_codes, top_confidences, needs_review,
+review_reasons (the predict CSV contract, `shared.csvio`), then row_error: a row that cannot be coded (both
+texts empty, wrong number of fields) keeps its place with empty results and the reason. Rows are coded by
+`shared.coding`, the engine the job workers use: the same results and the same row_error texts as a CSV job.
 The file is streamed in chunks; memory does not grow with its size. The output appears only when complete:
 it is written to a hidden temp file that is renamed at the end, and removed on an error, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -72,24 +76,93 @@ def _sigterm_unwinds() -> Iterator[_Termination]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _model_dir(settings: Any, model: str | None) -> Path:
+    from shared.registry import RegistryError, model_dir_for
+
+    try:
+        return model_dir_for(settings, model or (str(settings.model_dir) if settings.model_dir else None))
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _options(settings: Any, unit_threshold: float | None) -> Any:
+    from shared.schemas import PredictOptions
+
+    thresholds = settings.thresholds.model_copy(
+        update={"unit": unit_threshold} if unit_threshold is not None else {}
+    )
+    return PredictOptions(top_k=5, thresholds=thresholds)
+
+
 @app.command()
 def predict(
-    input: Path = typer.Option(..., "--input", "-i", help="CSV with job_title and/or duties_description"),
-    output: Path = typer.Option(..., "--output", "-o", help="result CSV (written atomically)"),
+    input: Path = typer.Option(
+        None, "--input", "-i", help="CSV with job_title and/or duties_description, optionally industry"
+    ),
+    output: Path = typer.Option(None, "--output", "-o", help="result CSV (written atomically)"),
+    job_title: str = typer.Option(None, "--job-title", "-t", help="one record: its job title"),
+    duties: str = typer.Option(None, "--duties", "-d", help="one record: its duties description"),
+    industry: str = typer.Option(
+        None,
+        "--industry",
+        help="one record: the employer's main activity, e.g. 'paper manufacturing' (optional context; "
+        "a file gives it in an industry column)",
+    ),
     model: str = typer.Option(None, "--model", help="model version or directory (default: the best model)"),
     unit_threshold: float = typer.Option(
         None, "--unit-threshold", min=0.0, max=1.0, help="4-digit confidence below which the code falls back"
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
 ) -> None:
-    """Code every row of a CSV file with the best (or the given) model."""
+    """Code every row of a CSV file (--input, --output), or one record (--job-title and/or --duties,
+    optionally --industry; its result is printed as JSON), with the best (or the given) model."""
+    single = job_title is not None or duties is not None or industry is not None
+    if single:
+        if input is not None or output is not None:
+            raise _fail(
+                "give either --input/--output (a file; its industry column gives each row's industry) or "
+                "--job-title/--duties/--industry (one record), not both"
+            )
+        _predict_one(job_title or "", duties or "", industry or "", model, unit_threshold)
+        return
+    if input is None or output is None:
+        raise _fail("give --input and --output (a CSV file), or --job-title and/or --duties (one record)")
+    _predict_file(input, output, model, unit_threshold, progress)
+
+
+def _predict_one(
+    job_title: str, duties: str, industry: str, model: str | None, unit_threshold: float | None
+) -> None:
+    from pydantic import ValidationError
+
+    from services.inference.settings import InferenceSettings
+    from shared.schemas import JobRecord
+
+    try:
+        record = JobRecord(job_title=job_title, duties_description=duties, industry=industry)
+    except ValidationError as exc:
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise _fail(reasons.replace("job_title and duties_description", "--job-title and --duties")) from None
+    settings = InferenceSettings()
+    model_dir = _model_dir(settings, model)
+
+    from shared.predictor import Predictor
+
+    # stdout carries the JSON alone: what model loading prints (e.g. int8 calibration) goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        predictor = Predictor.load(model_dir, settings)
+        prediction = predictor.predict([record], _options(settings, unit_threshold))[0]
+    typer.echo(prediction.model_dump_json(indent=2, exclude={"evidence"}))
+
+
+def _predict_file(
+    input: Path, output: Path, model: str | None, unit_threshold: float | None, progress: bool
+) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from services.inference.settings import InferenceSettings
     from shared import csvio
     from shared.coding import Memo, chunks, code_rows, csv_rows
-    from shared.registry import RegistryError, model_dir_for
-    from shared.schemas import PredictOptions
 
     if not input.is_file():
         raise _fail(f"--input: {input} does not exist")
@@ -101,20 +174,12 @@ def predict(
         total = sum(1 for _ in csvio.iter_rows(input, layout))
     except csvio.CsvFormatError as exc:
         raise _fail(f"{input}: {exc}") from None
-    try:
-        model_dir = model_dir_for(
-            settings, model or (str(settings.model_dir) if settings.model_dir else None)
-        )
-    except RegistryError as exc:
-        raise _fail(str(exc)) from None
+    model_dir = _model_dir(settings, model)
 
     from shared.predictor import Predictor
 
     predictor = Predictor.load(model_dir, settings)
-    thresholds = settings.thresholds.model_copy(
-        update={"unit": unit_threshold} if unit_threshold is not None else {}
-    )
-    options = PredictOptions(top_k=5, thresholds=thresholds)
+    options = _options(settings, unit_threshold)
     output.parent.mkdir(parents=True, exist_ok=True)
     coded = failed = 0
     memo = Memo(20_000)
