@@ -24,6 +24,7 @@ class Case:
     duties: str
     ranked: tuple[tuple[str, float], ...]
     needs_review: bool
+    industry: str = ""  # the employer's industry; a job gets the column (field) when a case has one
 
 
 # rows 1..6 of the standard job: 1, 3, 4, 6 need review
@@ -69,13 +70,18 @@ def finished_csv_job(
     """A succeeded CSV job with a result file as the worker writes it (header + rows, RESULT columns)."""
     job_id = jobs.new_job_id()
     settings.ensure_dirs()
-    header = ["ref", "job_title", "duties_description"]
+    with_industry = any(c.industry for c in cases)
+    header = ["ref", "job_title", "duties_description"] + (["Industry"] if with_industry else [])
+
+    def cells(i: int, c: Case) -> list[str]:
+        return [f"r{i}", c.title, c.duties] + ([c.industry] if with_industry else [])
+
     input_file = jobs.input_path(settings, job_id, "csv")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(header)
     for i, case in enumerate(cases, start=1):
-        w.writerow([f"r{i}", case.title, case.duties])
+        w.writerow(cells(i, case))
     input_file.write_text(buf.getvalue(), encoding="utf-8")
     result = jobs.result_path(settings, job_id, "csv")
     result.parent.mkdir(parents=True, exist_ok=True)
@@ -83,10 +89,7 @@ def finished_csv_job(
         f.write(csvio.header_line(csvio.result_header(header)))
         csvio.write_rows(
             f,
-            (
-                csvio.result_row([f"r{i}", c.title, c.duties], prediction(c))
-                for i, c in enumerate(cases, start=1)
-            ),
+            (csvio.result_row(cells(i, c), prediction(c)) for i, c in enumerate(cases, start=1)),
         )
     _record_succeeded_job(
         db_url, settings, job_id, "csv", owner_key_id, input_file, result, len(cases),
@@ -125,8 +128,10 @@ def finished_batch_job(
     job_id = jobs.new_job_id()
     settings.ensure_dirs()
     input_file = jobs.input_path(settings, job_id, "batch")
+    with_industry = any(c.industry for c in cases)
     input_file.write_text(
-        "".join(json.dumps({"id": f"b{i}", "job_title": c.title, "duties_description": c.duties}) + "\n"
+        "".join(json.dumps({"id": f"b{i}", "job_title": c.title, "duties_description": c.duties}
+                           | ({"industry": c.industry} if with_industry else {})) + "\n"
                 for i, c in enumerate(cases, start=1)),
         encoding="utf-8",
     )  # fmt: skip
@@ -135,7 +140,7 @@ def finished_batch_job(
     result.write_text("".join(prediction(c).model_dump_json() + "\n" for c in cases), encoding="utf-8")
     _record_succeeded_job(
         db_url, settings, job_id, "batch", owner_key_id, input_file, result, len(cases),
-        {"top_k": 5, "thresholds": None},
+        {"top_k": 5, "thresholds": None} | ({"industry": True} if with_industry else {}),
     )  # fmt: skip
     return job_id
 

@@ -427,6 +427,49 @@ def test_batch_jobs_are_reviewed_the_same_way(site: Site, tmp_path: Path) -> Non
         assert as_csv == rows
 
 
+def test_the_row_shows_the_industry_beside_the_title(site: Site) -> None:
+    """CSV and batch jobs whose input gave the employer's industry: the row shows it (and asks for evidence
+    with it); a row without one shows none, and a batch's CSV form gains the column."""
+    from dataclasses import replace
+
+    from tests.review_support import CASES
+
+    cases = (replace(CASES[0], industry="Hospital services"), CASES[1], replace(CASES[2], industry="  "))
+    job_settings = JobSettings(env="test", data_dir=site.settings.data_dir, database_url=site.db_url)
+    csv_id = finished_csv_job(site.db_url, job_settings, site.id_a, cases)
+    batch_id = finished_batch_job(site.db_url, job_settings, site.id_a, cases)
+    with site.client() as client:
+        asked: list[dict[str, object]] = []
+
+        async def predict_raw(payload: dict[str, object]) -> bytes:  # the inference service's edge
+            asked.append(payload)
+            return json.dumps({"model_version": "tiny-review-1", "results": [{"evidence": []}]}).encode()
+
+        client.app.state.inference.predict_raw = predict_raw  # type: ignore[attr-defined]
+        site.sign_in(client, site.key_a)
+        for job_id in (csv_id, batch_id):
+            page = client.get(f"/review/jobs/{job_id}?row=1")
+            assert page.status_code == 200 and "staff nurse" in page.text
+            industry = re.search(r'<span class="industry" id="industry"[^>]*>([^<]*)</span>', page.text)
+            assert industry is not None and industry.group(1) == "in Hospital services"
+            assert asked[-1]["records"] == [  # type: ignore[comparison-overlap]
+                {
+                    "job_title": "staff nurse",
+                    "duties_description": "cares for ward patients",
+                    "industry": "Hospital services",
+                }
+            ]
+            blank = client.get(f"/review/jobs/{job_id}?row=3")  # white space only: no industry shown
+            assert "bookkeeper" in blank.text and 'id="industry"' not in blank.text
+        plain = client.get(f"/review/jobs/{site.job_id}?row=1")  # a job without the column
+        assert "staff nurse" in plain.text and 'id="industry"' not in plain.text
+        rows = read_csv(client.get(f"/review/jobs/{batch_id}/result.csv").text)
+        assert list(rows[0])[:4] == ["id", "job_title", "duties_description", "industry"]
+        assert [r["industry"] for r in rows] == ["Hospital services", "", "  "]
+        rows = read_csv(client.get(f"/review/jobs/{csv_id}/result.csv").text)
+        assert [r["Industry"] for r in rows] == ["Hospital services", "", "  "]
+
+
 def test_dev_mode_without_keys_reviews_jobs_without_owner(sqlite_url: str, tmp_path: Path) -> None:
     settings = GatewaySettings(
         env="dev", auth_disabled=True, data_dir=tmp_path / "data", database_url=sqlite_url,

@@ -172,7 +172,13 @@ def _evidence(request: Request, row: review.ResultRow) -> dict[str, list[Evidenc
     if time.monotonic() < getattr(state, "review_evidence_down_until", 0.0):
         return {}
     payload = {
-        "records": [{"job_title": row.job_title, "duties_description": row.duties_description}],
+        "records": [
+            {
+                "job_title": row.job_title,
+                "duties_description": row.duties_description,
+                "industry": row.industry,
+            }
+        ],
         "top_k": 5,
         "explain": True,
     }
