@@ -116,7 +116,9 @@ def submit(
     file: Annotated[
         Path,
         typer.Argument(
-            exists=True, dir_okay=False, help="UTF-8 CSV with job_title and/or duties_description"
+            exists=True,
+            dir_okay=False,
+            help="UTF-8 CSV with job_title and/or duties_description, optionally industry",
         ),
     ],
     wait: Annotated[
