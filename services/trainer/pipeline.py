@@ -32,7 +32,7 @@ import time
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,16 @@ def _evaluate_model(
         "test": evaluate_set(predictor, eval_set_from_examples("test", test)),
         "devsets": {},
     }
+    with_industry = [e for e in test if e.industry]
+    if with_industry:
+        # the same test records read without their industry: what the industry adds, measured on one model
+        without = eval_set_from_examples("test", [replace(e, industry="") for e in with_industry])
+        blind = evaluate_set(predictor, without)
+        metrics["test_industry_ignored"] = {
+            "n": blind["n"],
+            "accuracy": blind["accuracy"],
+            "top3": blind["top3"],
+        }
     if corrections is not None:
         fit = evaluate_set(predictor, corrections)
         metrics["corrections_fit"] = {"n": fit["n"], "accuracy": fit["accuracy"]}
