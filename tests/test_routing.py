@@ -267,3 +267,36 @@ def test_predictions_auto_code_only_what_the_router_clears():
     assert unsure[0].isco_code == "2211" and unsure[0].review_reasons == ["below_threshold"]
     no_routing = predict(None)
     assert no_routing[0].routing_confidence is None and not no_routing[0].needs_review
+
+
+def test_the_threshold_holds_the_precision_on_each_kind_of_record():
+    from shared.routing import strictest_threshold
+
+    rng = np.random.default_rng(2)
+    conf = rng.uniform(size=4000)
+    kinds = np.where(np.arange(4000) < 3000, "esco_title", "ons_title")
+    # the easy kind is right with its confidence + 0.15, the hard one with its confidence + 0.02
+    p_right = np.clip(conf + np.where(kinds == "esco_title", 0.15, 0.02), 0, 1)
+    correct = rng.uniform(size=4000) < p_right
+    pooled = threshold_for_precision(conf, correct, 0.95)
+    hard = kinds == "ons_title"
+    assert correct[hard & (conf >= pooled)].mean() < 0.95  # the mix carries the hard kind over the target
+    threshold, per_kind = strictest_threshold(conf, correct, 0.95, kinds.tolist())
+    assert set(per_kind) == {"esco_title", "ons_title"} and threshold == max(per_kind.values()) > pooled
+    for kind in per_kind:
+        rows = (kinds == kind) & (conf >= threshold)
+        assert correct[rows].mean() >= 0.95
+    # a kind with too few records to set a threshold of its own is pooled only
+    few = np.where(np.arange(4000) < 3950, "esco_title", "ons_title")
+    assert set(strictest_threshold(conf, correct, 0.95, few.tolist())[1]) == {"esco_title"}
+    # fit_routing applies it and says what each kind needed
+    per_level = {
+        level: np.c_[0.5 + conf / 2, 0.5 - conf / 2] for level in (4, 3, 2, 1)
+    }  # top-1 rises with conf
+    right = {level: correct for level in (4, 3, 2, 1)}
+    routing = fit_routing(
+        per_level, right, np.zeros(4000, bool), np.full(4000, 2), target_precision=0.95, kinds=kinds.tolist()
+    )
+    assert set(routing.levels[4].kind_thresholds) == {"esco_title", "ons_title"}
+    p4 = routing.probabilities(per_level, np.zeros(4000, bool), np.full(4000, 2))[4]
+    assert correct[hard & (p4 >= routing.levels[4].threshold)].mean() >= 0.95

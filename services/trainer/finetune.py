@@ -428,6 +428,7 @@ class TrainState:
     train_labels: list[int]
     val_texts: list[str]  # sorted by length (padding, and evaluation time, stay small)
     val_labels: np.ndarray
+    val_kinds: list[str] | None = None  # each validation record's training source (routing per kind)
     output_dir: Path
     version: str
     device: str
@@ -902,6 +903,7 @@ def routing_stage(state: TrainState) -> None:
         target_precision=state.config.routing_precision,
         fitted_on=f"validation split ({len(gold)} records: unseen occupations and titles)",
         nearest=nearest,
+        kinds=state.val_kinds,
     )
 
 
@@ -953,6 +955,7 @@ def _routing_summary(routing: RoutingModel) -> dict[str, Any]:
             "threshold": round(r.threshold, 4),
             "val_coverage": r.fitted_coverage,
             "val_precision": r.fitted_precision,
+            "kind_thresholds": {k: round(t, 4) for k, t in r.kind_thresholds.items()},
         }
         for level, r in routing.levels.items()
     }
@@ -960,6 +963,7 @@ def _routing_summary(routing: RoutingModel) -> dict[str, Any]:
         "similarity": routing.match_similarity,
         "val_coverage": routing.match_coverage,
         "val_precision": routing.match_precision,
+        "kind_similarities": {k: round(t, 4) for k, t in routing.match_kind_similarities.items()},
     }
     return summary
 
@@ -992,11 +996,13 @@ def finetune(
     version: str,
     init_model_dir: Path | None = None,
     stages: Sequence[tuple[str, Stage]] = STAGES,
+    val_kinds: Sequence[str] | None = None,
 ) -> FinetuneResult:
     """Fine-tune, calibrate and write the model directory `output_dir` by running `stages` in order.
 
     `codes` is the label order (all 436 unit groups for default models). `init_model_dir` starts from an
-    existing model directory (corrections fine-tuning) instead of the base model.
+    existing model directory (corrections fine-tuning) instead of the base model. `val_kinds` (each
+    validation record's source) lets routing hold its precision on each kind of record (`fit_routing`).
     """
     set_seed(config.seed)
     device = choose_device(config.device)
@@ -1014,6 +1020,7 @@ def finetune(
         train_labels=[label_of[c] for c in train_codes],
         val_texts=[val_texts[i] for i in val_order],
         val_labels=np.asarray([label_of[val_codes[i]] for i in val_order], dtype=np.int64),
+        val_kinds=[val_kinds[i] for i in val_order] if val_kinds is not None else None,
         output_dir=Path(output_dir),
         version=version,
         device=device,

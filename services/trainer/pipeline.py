@@ -438,6 +438,7 @@ def run_training(
             [e.code for e in prepared.val],
             codes=codes,
             config=config,
+            val_kinds=[e.source for e in prepared.val],
             output_dir=model_dir,
             version=version,
             init_model_dir=parent_dir,
