@@ -428,7 +428,6 @@ class TrainState:
     train_labels: list[int]
     val_texts: list[str]  # sorted by length (padding, and evaluation time, stay small)
     val_labels: np.ndarray
-    val_kinds: list[str] | None = None  # each validation record's training source (routing per kind)
     output_dir: Path
     version: str
     device: str
@@ -471,6 +470,7 @@ class TrainState:
     val_duties_probs: np.ndarray | None = None
     # routing
     routing: RoutingModel | None = None
+    val_kinds: list[str] | None = None  # each validation record's training source (routing per kind)
     # contrastive
     contrastive: dict[str, Any] | None = None
     stages_run: list[str] = field(default_factory=list)
