@@ -273,8 +273,8 @@ class LevelRouter(BaseModel):
     fitted_coverage: float | None = Field(None, description="share at or above the threshold on that split")
     kind_thresholds: dict[str, float] = Field(
         default_factory=dict,
-        description="the threshold each kind of fitting record (its training source) alone needs for the "
-        "target precision; `threshold` is the strictest of these and the split's own",
+        description="the threshold each kind of fitting record (its training source) alone would need for "
+        "the target precision (above 1: none reaches it); reported, not applied (see `kind_thresholds`)",
     )
 
     def probability(self, features: np.ndarray) -> np.ndarray:
@@ -304,7 +304,8 @@ class RoutingModel(JsonArtifact):
     match_precision: float | None = Field(None, description="the match rule's precision on that split")
     match_coverage: float | None = Field(None, description="share the match rule auto-codes on that split")
     match_kind_similarities: dict[str, float] = Field(
-        default_factory=dict, description="the similarity each kind of record alone needs (see LevelRouter)"
+        default_factory=dict,
+        description="the similarity each kind of record alone would need (reported, see LevelRouter)",
     )
 
     def probabilities(
@@ -395,31 +396,31 @@ def threshold_for_precision(confidence: np.ndarray, correct: np.ndarray, precisi
 MIN_KIND_RECORDS = 200  # a kind of record sets its own threshold from this many fitting records on
 
 
-def strictest_threshold(
+def kind_thresholds(
     confidence: np.ndarray,
     correct: np.ndarray,
     precision: float,
     kinds: Sequence[str] | None = None,
     min_records: int = MIN_KIND_RECORDS,
-) -> tuple[float, dict[str, float]]:
-    """The threshold that reaches `precision` on all records and on each kind of record alone (kinds with at
-    least `min_records`), and each kind's own threshold.
+) -> dict[str, float]:
+    """The threshold each kind of record alone (kinds with at least `min_records`) needs for `precision`.
 
     One threshold fitted on a mix holds its precision on the mix, not on each part: easy records (new titles
-    of known ESCO occupations) carry harder ones (survey-style coding-index titles, which users send) over
-    the target. The strictest of the per-kind thresholds holds it on each kind: a kind whose answers are less
-    reliable makes routing auto-code less."""
+    of known ESCO occupations) carry harder ones (survey-style coding-index titles) over the target.
+    Applying the strictest per-kind threshold was measured and auto-coded nothing (no threshold reaches 95%
+    on held-out ONS titles: bench/experiments/RESULTS-issue27.md), so the kinds' thresholds are reported in
+    routing.json and the training summary, to show which kinds fall short, and the mix's is applied."""
+    if kinds is None:
+        return {}
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
-    threshold = threshold_for_precision(confidence, correct, precision)
-    per_kind: dict[str, float] = {}
-    if kinds is not None:
-        labels = np.asarray(kinds)
-        for kind in sorted(set(labels.tolist())):
-            rows = labels == kind
-            if rows.sum() >= min_records:
-                per_kind[kind] = threshold_for_precision(confidence[rows], correct[rows], precision)
-    return max([threshold, *per_kind.values()]), per_kind
+    labels = np.asarray(kinds)
+    out: dict[str, float] = {}
+    for kind in sorted(set(labels.tolist())):
+        rows = labels == kind
+        if rows.sum() >= min_records:
+            out[kind] = threshold_for_precision(confidence[rows], correct[rows], precision)
+    return out
 
 
 def coverage_precision_curve(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -470,8 +471,7 @@ def fit_routing(
     reach `target_precision` (bench/experiments/routing_similarity.py: the router's own features, the
     similarities included, rank answers no better on the dev sets; with the rule, the share of unseen ILO
     titles a threshold can auto-code at 95% precision goes from 8.9% to 27.1%).
-    `kinds` (each record's training source): thresholds and the similarity reach the target on every kind
-    with enough records, not only on the mix (`strictest_threshold`).
+    `kinds` (each record's training source): what each kind alone would need is reported (`kind_thresholds`).
     """
     levels: dict[int, LevelRouter] = {}
     for level in LEVELS:
@@ -489,7 +489,8 @@ def fit_routing(
             mean, std, w, b = fit_logistic(x, y)
         router = LevelRouter(mean=mean.tolist(), std=std.tolist(), coef=w.tolist(), intercept=b)
         p = router.probability(x)
-        router.threshold, router.kind_thresholds = strictest_threshold(p, y, target_precision, kinds)
+        router.threshold = threshold_for_precision(p, y, target_precision)
+        router.kind_thresholds = kind_thresholds(p, y, target_precision, kinds)
         accepted = p >= router.threshold
         router.fitted_coverage = float(accepted.mean()) if len(p) else 0.0
         router.fitted_precision = float(y[accepted].mean()) if accepted.any() else None
@@ -506,8 +507,7 @@ def fit_routing(
         similarity = nearest.similarity[agrees].astype(np.float64)
         # 20: threshold_for_precision's own floor (fewer is noise); both outcomes needed for a logistic
         if len(right) >= 20 and 0 < right.sum() < len(right):
-            matched_kinds = np.asarray(kinds)[agrees] if kinds is not None else None
-            threshold, per_kind = strictest_threshold(similarity, right, target_precision, matched_kinds)
+            threshold = threshold_for_precision(similarity, right, target_precision)
             matched = similarity >= threshold
             if matched.any():  # else no similarity reached the target: no rule
                 mean, std, w, b = fit_logistic(match_features(similarity), right.astype(np.float64))
@@ -515,7 +515,10 @@ def fit_routing(
                     mean=mean.tolist(), std=std.tolist(), coef=w.tolist(), intercept=b
                 )
                 routing.match_similarity = threshold
-                routing.match_kind_similarities = per_kind
+                agreeing_kinds = np.asarray(kinds)[agrees].tolist() if kinds is not None else None
+                routing.match_kind_similarities = kind_thresholds(
+                    similarity, right, target_precision, agreeing_kinds
+                )
                 routing.match_coverage = float(matched.sum() / len(agrees))
                 routing.match_precision = float(right[matched].mean())
     return routing

@@ -269,8 +269,8 @@ def test_predictions_auto_code_only_what_the_router_clears():
     assert no_routing[0].routing_confidence is None and not no_routing[0].needs_review
 
 
-def test_the_threshold_holds_the_precision_on_each_kind_of_record():
-    from shared.routing import strictest_threshold
+def test_routing_reports_the_threshold_each_kind_of_record_needs():
+    from shared.routing import kind_thresholds
 
     rng = np.random.default_rng(2)
     conf = rng.uniform(size=4000)
@@ -281,22 +281,23 @@ def test_the_threshold_holds_the_precision_on_each_kind_of_record():
     pooled = threshold_for_precision(conf, correct, 0.95)
     hard = kinds == "ons_title"
     assert correct[hard & (conf >= pooled)].mean() < 0.95  # the mix carries the hard kind over the target
-    threshold, per_kind = strictest_threshold(conf, correct, 0.95, kinds.tolist())
-    assert set(per_kind) == {"esco_title", "ons_title"} and threshold == max(per_kind.values()) > pooled
-    for kind in per_kind:
-        rows = (kinds == kind) & (conf >= threshold)
-        assert correct[rows].mean() >= 0.95
-    # a kind with too few records to set a threshold of its own is pooled only
+    per_kind = kind_thresholds(conf, correct, 0.95, kinds.tolist())
+    assert set(per_kind) == {"esco_title", "ons_title"}
+    assert per_kind["esco_title"] < pooled < per_kind["ons_title"]
+    for kind, threshold in per_kind.items():
+        assert correct[(kinds == kind) & (conf >= threshold)].mean() >= 0.95
+    # a kind with too few records to set a threshold of its own is not reported; no kinds, no report
     few = np.where(np.arange(4000) < 3950, "esco_title", "ons_title")
-    assert set(strictest_threshold(conf, correct, 0.95, few.tolist())[1]) == {"esco_title"}
-    # fit_routing applies it and says what each kind needed
-    per_level = {
-        level: np.c_[0.5 + conf / 2, 0.5 - conf / 2] for level in (4, 3, 2, 1)
-    }  # top-1 rises with conf
+    assert set(kind_thresholds(conf, correct, 0.95, few.tolist())) == {"esco_title"}
+    assert kind_thresholds(conf, correct, 0.95) == {}
+    # fit_routing reports them and applies the threshold of the whole split
+    # the top-1 probability rises with conf
+    per_level = {level: np.c_[0.5 + conf / 2, 0.5 - conf / 2] for level in (4, 3, 2, 1)}
     right = {level: correct for level in (4, 3, 2, 1)}
-    routing = fit_routing(
-        per_level, right, np.zeros(4000, bool), np.full(4000, 2), target_precision=0.95, kinds=kinds.tolist()
-    )
-    assert set(routing.levels[4].kind_thresholds) == {"esco_title", "ons_title"}
-    p4 = routing.probabilities(per_level, np.zeros(4000, bool), np.full(4000, 2))[4]
-    assert correct[hard & (p4 >= routing.levels[4].threshold)].mean() >= 0.95
+    has_duties, n_words = np.zeros(4000, bool), np.full(4000, 2)
+    routing = fit_routing(per_level, right, has_duties, n_words, target_precision=0.95, kinds=kinds.tolist())
+    router = routing.levels[4]
+    assert set(router.kind_thresholds) == {"esco_title", "ons_title"}
+    p4 = routing.probabilities(per_level, has_duties, n_words)[4]
+    assert router.threshold == threshold_for_precision(p4, correct, 0.95)
+    assert router.kind_thresholds["ons_title"] > router.threshold
