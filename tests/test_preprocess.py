@@ -103,6 +103,10 @@ def test_read_corrections_both_layouts(tmp_path: Path) -> None:
         ("nurse", "2221", "correction", "a.csv:2"),
         ("welder : joins metal", "7212", "correction", "b.csv:2"),
     ]
+    (tmp_path / "with_industry.csv").write_text(
+        "job_title,industry,corrected_isco_code\ninspector,paper mfr,7543\n", encoding="utf-8"
+    )
+    assert [r.industry for r in read_corrections(tmp_path / "with_industry.csv")] == ["paper mfr"]
     (folder / "c.csv").write_text("text,isco_code\nx,1111\n")
     with pytest.raises(DataError, match="c.csv: missing column corrected_isco_code"):
         read_corrections(folder)

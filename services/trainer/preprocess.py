@@ -280,7 +280,8 @@ def read_coded_csv(path: Path, *, source: str = USER_SOURCE) -> list[RawRow]:
 def read_corrections(path: Path) -> list[RawRow]:
     """Read corrections from a CSV file or every *.csv in a directory.
 
-    Accepted layouts: job_title, duties_description, corrected_isco_code; or text, corrected_isco_code.
+    Accepted layouts: job_title, duties_description, corrected_isco_code (and optionally industry); or text,
+    corrected_isco_code.
     """
     path = Path(path)
     files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
@@ -310,6 +311,7 @@ def read_corrections(path: Path) -> list[RawRow]:
                     row.get("corrected_isco_code", ""),
                     CORRECTION_SOURCE,
                     f"{file.name}:{line}",
+                    row.get("industry", "") if has_fields else "",
                 )
             )
     return out
