@@ -1,7 +1,7 @@
 import pytest
 
 from shared.taxonomy import InvalidCode, get_taxonomy
-from shared.text import INDUSTRY_MAX_CHARS, duties_part, industry_phrase, clean_text, model_input
+from shared.text import INDUSTRY_MAX_CHARS, clean_text, duties_part, industry_phrase, model_input
 
 
 def test_counts_per_level():
