@@ -274,7 +274,7 @@ class LevelRouter(BaseModel):
     kind_thresholds: dict[str, float] = Field(
         default_factory=dict,
         description="the threshold each kind of fitting record (its training source) alone would need for "
-        "the target precision (above 1: none reaches it); reported, not applied (see `kind_thresholds`)",
+        "the target precision (above 1: none reaches it); reported, not applied (the function's docstring)",
     )
 
     def probability(self, features: np.ndarray) -> np.ndarray:

@@ -470,7 +470,7 @@ class TrainState:
     val_duties_probs: np.ndarray | None = None
     # routing
     routing: RoutingModel | None = None
-    val_kinds: list[str] | None = None  # each validation record's training source (routing per kind)
+    val_kinds: list[str] | None = None  # each validation record's training source (routing reports each)
     # contrastive
     contrastive: dict[str, Any] | None = None
     stages_run: list[str] = field(default_factory=list)
@@ -1002,7 +1002,7 @@ def finetune(
 
     `codes` is the label order (all 436 unit groups for default models). `init_model_dir` starts from an
     existing model directory (corrections fine-tuning) instead of the base model. `val_kinds` (each
-    validation record's source) lets routing hold its precision on each kind of record (`fit_routing`).
+    validation record's source): routing reports the threshold each kind would need (`fit_routing`).
     """
     set_seed(config.seed)
     device = choose_device(config.device)
