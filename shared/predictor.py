@@ -207,10 +207,8 @@ def build_predictions(
     best_idx = {level: per_level[level].argmax(axis=1) for level in (4, 3, 2, 1)}
     routed = None
     if routing is not None and records is not None and texts is not None:
-        has_duties, n_words = record_inputs(
-            [r.job_title for r in records], [r.duties_description for r in records], texts
-        )
-        routed = routing.unit_routing(per_level, has_duties, n_words, nearest)
+        inputs = record_inputs([r.job_title for r in records], [r.duties_description for r in records], texts)
+        routed = routing.unit_routing(per_level, inputs, nearest)
     k = min(top_k, unit_probs.shape[1])
     # argpartition then sort only the k candidates: O(n_units) per row instead of a full sort
     top = np.argpartition(-per_level[4], k - 1, axis=1)[:, :k]

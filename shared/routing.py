@@ -8,11 +8,13 @@ Pure numpy and standard library (no torch): the gateway, the workers and the tra
   (foreign function words, letters English does not use, long words no English job title contains), tuned to
   catch single-word titles such as German "Busfahrer" and leave English abbreviations (HGV, RGN, snr) alone.
 - `RoutingModel`: a calibrated probability that the answer at each level is right, from score features
-  (top probability, margin, entropy, whether duties were given, input length), fitted as a small logistic
-  regression per level on held-out ESCO occupations; per-level thresholds chosen for a target precision
-  (default 0.95); and a match rule: an answer that the record's nearest training text (kNN, cosine
-  similarity at or above a level fitted for the same precision) agrees with is auto-coded too. Saved in the
-  model directory as `routing.json`, loaded by the Predictor.
+  (top probability, margin, entropy, whether duties or an industry were given, input length), fitted as a
+  small logistic regression per level on held-out records; per-level thresholds chosen for a target precision
+  (default 0.95), one per record shape (`RecordInputs.shapes`: a title alone, a title with its industry,
+  a record with duties) where validation has enough of that shape; and a match rule: an answer that the
+  record's nearest training text (kNN, cosine similarity at or above a level fitted for the same precision,
+  per shape too) agrees with is auto-coded too. Saved in the model directory as `routing.json`, loaded by
+  the Predictor.
 - `coverage_precision_curve`, `coverage_at_precision`: the trade-off a statistical office chooses from.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
@@ -31,6 +34,7 @@ from pydantic import BaseModel, Field
 
 from shared.model.artifact import JsonArtifact
 from shared.model.signals import NearestMatch
+from shared.text import INDUSTRY_MARK, TITLE_SEPARATOR
 
 ROUTING_FILE = "routing.json"
 DEFAULT_TARGET_PRECISION = 0.95
@@ -229,14 +233,49 @@ def _english_derivation(word: str, vocab: frozenset[str]) -> bool:
 # Calibrated probability of being right, per level
 # ----------------------------------------------------------------------------------------------------
 
-FEATURES = ("log_top1", "top1", "margin", "log_ratio", "entropy", "has_duties", "log_words")
+FEATURES = ("log_top1", "top1", "margin", "log_ratio", "entropy", "has_duties", "log_words", "has_industry")
+
+# What a record shows, which the router's precision depends on: survey-style titles read with their industry
+# are coded differently (and less surely) than a title alone or a record with duties, so each shape gets the
+# threshold that reaches the target precision on its own validation records (`fit_routing`).
+SHAPES = ("title", "industry", "duties")
+MIN_SHAPE_RECORDS = 200  # a shape sets its own threshold from this many fitting records on
 
 
-def routing_features(level_probs: np.ndarray, has_duties: ArrayLike, n_words: ArrayLike) -> np.ndarray:
+@dataclass(frozen=True)
+class RecordInputs:
+    """What each record gave, as the router reads it (arrays of one value per record)."""
+
+    has_duties: np.ndarray
+    n_words: np.ndarray  # words of the model input
+    has_industry: np.ndarray
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str]) -> RecordInputs:
+        """From model inputs alone (`shared.text.model_input`), as training and evaluation see records."""
+        return cls(
+            has_duties=np.array([TITLE_SEPARATOR in t for t in texts], dtype=bool),
+            n_words=np.array([len(t.split()) for t in texts], dtype=np.int64),
+            has_industry=_has_industry(texts),
+        )
+
+    def __len__(self) -> int:
+        return len(self.n_words)
+
+    def shapes(self) -> np.ndarray:
+        """Each record's shape (`SHAPES`): duties given (with or without industry), else a title with its
+        industry, else a title alone."""
+        return np.where(self.has_duties, "duties", np.where(self.has_industry, "industry", "title"))
+
+
+def _has_industry(texts: Sequence[str]) -> np.ndarray:
+    return np.array([f"({INDUSTRY_MARK}" in t for t in texts], dtype=bool)
+
+
+def routing_features(level_probs: np.ndarray, inputs: RecordInputs) -> np.ndarray:
     """Score features of each record at one level: (n, len(FEATURES)).
 
-    `level_probs`: (n, n_groups) probabilities at that level; `has_duties`: the record gave duties;
-    `n_words`: words of the model input.
+    `level_probs`: (n, n_groups) probabilities at that level; `inputs`: what each record gave.
     """
     p = np.clip(np.asarray(level_probs, dtype=np.float64), 1e-12, 1.0)
     part = -np.partition(-p, 1, axis=1)[:, :2] if p.shape[1] > 1 else np.c_[p, np.zeros(len(p))]
@@ -248,8 +287,9 @@ def routing_features(level_probs: np.ndarray, has_duties: ArrayLike, n_words: Ar
         top1 - top2,
         np.log(top1) - np.log(top2),
         entropy,
-        np.asarray(has_duties, dtype=np.float64),
-        np.log1p(np.asarray(n_words, dtype=np.float64)),
+        np.asarray(inputs.has_duties, dtype=np.float64),
+        np.log1p(np.asarray(inputs.n_words, dtype=np.float64)),
+        np.asarray(inputs.has_industry, dtype=np.float64),
     ]
 
 
@@ -266,7 +306,15 @@ class LevelRouter(BaseModel):
     std: list[float]
     coef: list[float]
     intercept: float
-    threshold: float = Field(1.0, description="auto-accept at this level when the probability is >= this")
+    threshold: float = Field(
+        1.0,
+        description="auto-accept at this level when the probability is >= this (shapes without their own)",
+    )
+    shape_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="the threshold of each record shape (`RecordInputs.shapes`) with enough fitting records "
+        "(above 1: that shape never reaches the target precision, nothing of it is auto-coded)",
+    )
     fitted_precision: float | None = Field(
         None, description="precision at the threshold on the fitting split"
     )
@@ -281,12 +329,19 @@ class LevelRouter(BaseModel):
         z = (np.asarray(features, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.std)
         return _sigmoid(z @ np.asarray(self.coef) + self.intercept)
 
+    def thresholds_for(self, shapes: np.ndarray) -> np.ndarray:
+        """Each record's threshold: its shape's, else the one fitted on all records."""
+        return np.array([self.shape_thresholds.get(s, self.threshold) for s in shapes], dtype=np.float64)
+
 
 class RoutingModel(JsonArtifact):
     """Per-level routers and the target precision they were fitted for (routing.json in a model directory)."""
 
     file_name: ClassVar[str] = ROUTING_FILE
     target_precision: float = DEFAULT_TARGET_PRECISION
+    bound_z: float = Field(
+        0.0, description="the target held on the precision's lower bound this many SEs down"
+    )
     features: list[str] = Field(default_factory=lambda: list(FEATURES))
     levels: dict[int, LevelRouter]
     fitted_on: str = Field("", description="what the routers were fitted on (held-out ESCO occupations)")
@@ -307,43 +362,48 @@ class RoutingModel(JsonArtifact):
         default_factory=dict,
         description="the similarity each kind of record alone would need (reported, see LevelRouter)",
     )
+    match_shape_similarities: dict[str, float] = Field(
+        default_factory=dict,
+        description="the match rule's similarity for each record shape with enough fitting records "
+        "(as `LevelRouter.shape_thresholds`; other shapes use `match_similarity`)",
+    )
 
-    def probabilities(
-        self, per_level: dict[int, np.ndarray], has_duties: ArrayLike, n_words: ArrayLike
-    ) -> dict[int, np.ndarray]:
+    def _features(self, level_probs: np.ndarray, inputs: RecordInputs) -> np.ndarray:
+        # the features this model was fitted on, by name: models from before a feature was added still load
+        columns = [FEATURES.index(name) for name in self.features]
+        return routing_features(level_probs, inputs)[:, columns]
+
+    def probabilities(self, per_level: dict[int, np.ndarray], inputs: RecordInputs) -> dict[int, np.ndarray]:
         """level -> calibrated probability that the most likely group of that level is right, per record."""
         return {
-            level: router.probability(routing_features(per_level[level], has_duties, n_words))
+            level: router.probability(self._features(per_level[level], inputs))
             for level, router in self.levels.items()
         }
 
-    def thresholds(self) -> dict[int, float]:
-        return {level: router.threshold for level, router in self.levels.items()}
-
-    def matched(self, answers: np.ndarray, nearest: NearestMatch | None) -> np.ndarray:
-        """Records whose 4-digit answer (label ids) the nearest training text agrees with, near enough."""
+    def matched(self, answers: np.ndarray, nearest: NearestMatch | None, shapes: np.ndarray) -> np.ndarray:
+        """Records whose 4-digit answer (label ids) the nearest training text agrees with, near enough for
+        the record's shape."""
         if nearest is None or self.match_similarity is None or self.match_router is None:
             return np.zeros(len(answers), dtype=bool)
-        return (nearest.labels == answers) & (nearest.similarity >= self.match_similarity)
+        needed = np.array([self.match_shape_similarities.get(s, self.match_similarity) for s in shapes])
+        return (nearest.labels == answers) & (nearest.similarity >= needed)
 
     def unit_routing(
-        self,
-        per_level: dict[int, np.ndarray],
-        has_duties: ArrayLike,
-        n_words: ArrayLike,
-        nearest: NearestMatch | None = None,
+        self, per_level: dict[int, np.ndarray], inputs: RecordInputs, nearest: NearestMatch | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per record: the calibrated probability that the 4-digit answer is right, and whether routing
-        auto-codes it (the router clears its threshold, or the match rule holds: then the probability is at
-        least the match router's, from the similarity). Review rules (`review_reasons`) still apply on top."""
+        auto-codes it (the router clears its shape's threshold, or the match rule holds: then the probability
+        is at least the match router's, from the similarity). Review rules (`review_reasons`) still apply."""
         router = self.levels[4]
-        p4 = router.probability(routing_features(per_level[4], has_duties, n_words))
-        matched = self.matched(per_level[4].argmax(axis=1), nearest)
+        shapes = inputs.shapes()
+        p4 = router.probability(self._features(per_level[4], inputs))
+        auto = p4 >= router.thresholds_for(shapes)
+        matched = self.matched(per_level[4].argmax(axis=1), nearest, shapes)
         if not matched.any():
-            return p4, p4 >= router.threshold
+            return p4, auto
         assert nearest is not None and self.match_router is not None
         p_match = self.match_router.probability(match_features(nearest.similarity))
-        return np.where(matched, np.maximum(p4, p_match), p4), (p4 >= router.threshold) | matched
+        return np.where(matched, np.maximum(p4, p_match), p4), auto | matched
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -373,8 +433,25 @@ def fit_logistic(
     return mean, std, w[:-1], float(w[-1])
 
 
-def threshold_for_precision(confidence: np.ndarray, correct: np.ndarray, precision: float) -> float:
-    """Lowest threshold t such that records with confidence >= t are right at least `precision` of the time.
+def precision_lower_bound(hits: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
+    """Wilson score lower bound of a precision of `hits` right out of `n`, `z` standard errors below (0: the
+    observed precision)."""
+    hits = np.asarray(hits, dtype=np.float64)
+    n = np.maximum(np.asarray(n, dtype=np.float64), 1.0)
+    p = hits / n
+    if z <= 0:
+        return p
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
+
+
+def threshold_for_precision(
+    confidence: np.ndarray, correct: np.ndarray, precision: float, z: float = 0.0
+) -> float:
+    """Lowest threshold t such that records with confidence >= t are right at least `precision` of the time
+    (with `z` > 0: the precision's Wilson lower bound, `z` standard errors down, reaches it, so a threshold
+    chosen on few records, whose precision is a noisy estimate, is held stricter).
 
     Returns a value above every confidence (nothing auto-accepted, possibly > 1) when none reaches it.
     Only thresholds with at least 20 records above them count: precision over a handful is noise.
@@ -384,7 +461,7 @@ def threshold_for_precision(confidence: np.ndarray, correct: np.ndarray, precisi
     order = np.argsort(-confidence, kind="stable")
     hits = np.cumsum(correct[order])
     n = np.arange(1, len(order) + 1)
-    ok = (hits / n >= precision) & (n >= min(20, len(order)))
+    ok = (precision_lower_bound(hits, n, z) >= precision) & (n >= min(20, len(order)))
     # a threshold may only sit between distinct confidences
     last_of_tie = np.r_[confidence[order][1:] != confidence[order][:-1], True]
     ok &= last_of_tie
@@ -409,7 +486,8 @@ def kind_thresholds(
     of known ESCO occupations) carry harder ones (survey-style coding-index titles) over the target.
     Applying the strictest per-kind threshold was measured and auto-coded nothing (no threshold reaches 95%
     on held-out ONS titles: bench/experiments/RESULTS-issue27.md), so the kinds' thresholds are reported in
-    routing.json and the training summary, to show which kinds fall short, and the mix's is applied."""
+    routing.json and the training summary, to show which kinds fall short; what is applied is the threshold
+    of each record shape, which a user's record shows (`shape_thresholds`)."""
     if kinds is None:
         return {}
     confidence = np.asarray(confidence, dtype=np.float64)
@@ -452,30 +530,49 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(total)
 
 
+def shape_thresholds(
+    confidence: np.ndarray, correct: np.ndarray, precision: float, shapes: np.ndarray, z: float = 0.0
+) -> dict[str, float]:
+    """The threshold each record shape with at least `MIN_SHAPE_RECORDS` fitting records needs for
+    `precision` on its own records (`threshold_for_precision`; above 1 when none reaches it)."""
+    out: dict[str, float] = {}
+    for shape in SHAPES:
+        rows = shapes == shape
+        if rows.sum() >= MIN_SHAPE_RECORDS:
+            out[shape] = threshold_for_precision(confidence[rows], correct[rows], precision, z)
+    return out
+
+
 def fit_routing(
     per_level: dict[int, np.ndarray],
     correct: dict[int, np.ndarray],
-    has_duties: ArrayLike,
-    n_words: ArrayLike,
+    inputs: RecordInputs,
     target_precision: float = DEFAULT_TARGET_PRECISION,
     fitted_on: str = "",
     nearest: NearestMatch | None = None,
     kinds: Sequence[str] | None = None,
+    z: float = 0.0,
 ) -> RoutingModel:
     """Fit one router per level on held-out records, and the match rule's similarity when `nearest` is given.
 
     `per_level`: level -> (n, n_groups) probabilities; `correct`: level -> (n,) whether the top group of that
-    level is right. Thresholds reach `target_precision` on these same records (a small model with 7 weights
-    per level: the optimism of fitting both on one split is small next to the split's own noise).
+    level is right; `inputs`: what each record gave. Thresholds reach `target_precision` on these same
+    records (a small model with 8 weights per level: the optimism of fitting both on one split is small next
+    to the split's own noise), one for all records and one per record shape (`shape_thresholds`): one
+    threshold over a mix holds its precision on the mix, not on each part, and a user's record shows its
+    shape, so each shape is held to the target on its own (bench/experiments/RESULTS-issue27.md).
     The match rule's similarity is the lowest at which the answers the nearest training text agrees with
-    reach `target_precision` (bench/experiments/routing_similarity.py: the router's own features, the
-    similarities included, rank answers no better on the dev sets; with the rule, the share of unseen ILO
-    titles a threshold can auto-code at 95% precision goes from 8.9% to 27.1%).
+    reach `target_precision`, per shape likewise (bench/experiments/routing_similarity.py: the router's own
+    features, the similarities included, rank answers no better on the dev sets; with the rule, the share of
+    unseen ILO titles a threshold can auto-code at 95% precision goes from 8.9% to 27.1%).
     `kinds` (each record's training source): what each kind alone would need is reported (`kind_thresholds`).
+    `z`: thresholds hold the target on the precision's lower bound `z` standard errors down
+    (`threshold_for_precision`): a shape's threshold rests on a few hundred records at its top.
     """
+    shapes = inputs.shapes()
     levels: dict[int, LevelRouter] = {}
     for level in LEVELS:
-        x = routing_features(per_level[level], has_duties, n_words)
+        x = routing_features(per_level[level], inputs)
         y = np.asarray(correct[level], dtype=np.float64)
         if y.min(initial=1.0) == y.max(initial=0.0):  # all right or all wrong: a constant
             rate = float(np.clip(y.mean() if len(y) else 0.5, 1e-3, 1 - 1e-3))
@@ -489,17 +586,15 @@ def fit_routing(
             mean, std, w, b = fit_logistic(x, y)
         router = LevelRouter(mean=mean.tolist(), std=std.tolist(), coef=w.tolist(), intercept=b)
         p = router.probability(x)
-        router.threshold = threshold_for_precision(p, y, target_precision)
+        router.threshold = threshold_for_precision(p, y, target_precision, z)
+        router.shape_thresholds = shape_thresholds(p, y, target_precision, shapes, z)
         router.kind_thresholds = kind_thresholds(p, y, target_precision, kinds)
-        accepted = p >= router.threshold
+        accepted = p >= router.thresholds_for(shapes)
         router.fitted_coverage = float(accepted.mean()) if len(p) else 0.0
         router.fitted_precision = float(y[accepted].mean()) if accepted.any() else None
         levels[level] = router
     routing = RoutingModel(
-        target_precision=target_precision,
-        levels=levels,
-        fitted_on=fitted_on,
-        n_fitted=len(np.asarray(has_duties)),
+        target_precision=target_precision, bound_z=z, levels=levels, fitted_on=fitted_on, n_fitted=len(inputs)
     )
     if nearest is not None:
         agrees = nearest.labels == per_level[4].argmax(axis=1)
@@ -507,30 +602,33 @@ def fit_routing(
         similarity = nearest.similarity[agrees].astype(np.float64)
         # 20: threshold_for_precision's own floor (fewer is noise); both outcomes needed for a logistic
         if len(right) >= 20 and 0 < right.sum() < len(right):
-            threshold = threshold_for_precision(similarity, right, target_precision)
-            matched = similarity >= threshold
-            if matched.any():  # else no similarity reached the target: no rule
+            threshold = threshold_for_precision(similarity, right, target_precision, z)
+            if (similarity >= threshold).any():  # else no similarity reached the target: no rule
                 mean, std, w, b = fit_logistic(match_features(similarity), right.astype(np.float64))
                 routing.match_router = LevelRouter(
                     mean=mean.tolist(), std=std.tolist(), coef=w.tolist(), intercept=b
                 )
                 routing.match_similarity = threshold
+                routing.match_shape_similarities = shape_thresholds(
+                    similarity, right, target_precision, shapes[agrees], z
+                )
                 agreeing_kinds = np.asarray(kinds)[agrees].tolist() if kinds is not None else None
                 routing.match_kind_similarities = kind_thresholds(
                     similarity, right, target_precision, agreeing_kinds
                 )
+                matched = routing.matched(per_level[4].argmax(axis=1), nearest, shapes)[agrees]
                 routing.match_coverage = float(matched.sum() / len(agrees))
-                routing.match_precision = float(right[matched].mean())
+                routing.match_precision = float(right[matched].mean()) if matched.any() else None
     return routing
 
 
-def record_inputs(
-    job_titles: Sequence[str], duties: Sequence[str], texts: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """(has_duties, n_words) of records: the input-kind features of `routing_features`."""
-    has_duties = np.array([bool((d or "").strip()) for d in duties], dtype=bool)
-    n_words = np.array([len(t.split()) for t in texts], dtype=np.int64)
-    return has_duties, n_words
+def record_inputs(job_titles: Sequence[str], duties: Sequence[str], texts: Sequence[str]) -> RecordInputs:
+    """What records gave (`RecordInputs`), from their fields and their model inputs `texts`."""
+    return RecordInputs(
+        has_duties=np.array([bool((d or "").strip()) for d in duties], dtype=bool),
+        n_words=np.array([len(t.split()) for t in texts], dtype=np.int64),
+        has_industry=_has_industry(texts),
+    )
 
 
 def flagged(job_titles: Sequence[str], duties: Sequence[str]) -> np.ndarray:

@@ -14,7 +14,7 @@ from services.trainer.finetune import (
 from shared.corpus import label_codes
 from shared.model.scorer import UnitScorer
 from shared.predictor import Predictor, level_probabilities
-from shared.routing import RoutingModel
+from shared.routing import RecordInputs, RoutingModel
 from shared.schemas import JobRecord
 from tests.tiny_model import build_tiny_model_dir
 
@@ -102,7 +102,7 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     assert result.routing is not None and set(result.routing) == {"1", "2", "3", "4", "match"}
     assert result.routing["match"]["similarity"] == routing.match_similarity
     predictor = Predictor.load(tmp_path / "model")
-    assert predictor.routing is not None and predictor.routing.thresholds() == routing.thresholds()
+    assert predictor.routing is not None and predictor.routing.levels == routing.levels
     student, nurse, german = predictor.predict(
         [JobRecord(job_title="Student"), JobRecord(job_title="nurse"), JobRecord(job_title="Busfahrerin")]
     )
@@ -113,7 +113,7 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     # threshold or by the match rule
     probs, nearest = predictor.scores(["nurse"])
     confidence, auto = routing.unit_routing(
-        level_probabilities(probs, predictor.hierarchy), [False], [1], nearest
+        level_probabilities(probs, predictor.hierarchy), RecordInputs.from_texts(["nurse"]), nearest
     )
     assert nurse.routing_confidence == pytest.approx(float(confidence[0]), abs=1e-5)
     assert nurse.needs_review == (not auto[0] or nurse.level != 4)

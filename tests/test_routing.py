@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from shared.routing import (
+    RecordInputs,
     RoutingModel,
     coverage_at_precision,
     expected_calibration_error,
@@ -149,6 +150,13 @@ def test_threshold_reaches_precision():
     assert (conf >= threshold_for_precision(conf, np.zeros(200, bool), 0.95)).sum() == 0
 
 
+def _titles(n, words):
+    """RecordInputs of `n` titles alone of `words` words."""
+    return RecordInputs(
+        has_duties=np.zeros(n, bool), n_words=np.full(n, words), has_industry=np.zeros(n, bool)
+    )
+
+
 def _synthetic(n=2000, groups=20, seed=0):
     rng = np.random.default_rng(seed)
     logits = rng.normal(size=(n, groups)) * rng.uniform(0.5, 4, size=(n, 1))
@@ -162,18 +170,17 @@ def test_routing_is_calibrated_and_round_trips(tmp_path):
     probs, correct = _synthetic()
     per_level = {level: probs for level in (4, 3, 2, 1)}
     right = {level: correct for level in (4, 3, 2, 1)}
-    has_duties = np.zeros(len(probs), bool)
-    n_words = np.full(len(probs), 3)
-    routing = fit_routing(per_level, right, has_duties, n_words, target_precision=0.9, fitted_on="synthetic")
-    p4 = routing.probabilities(per_level, has_duties, n_words)[4]
+    inputs = _titles(len(probs), words=3)
+    routing = fit_routing(per_level, right, inputs, target_precision=0.9, fitted_on="synthetic")
+    p4 = routing.probabilities(per_level, inputs)[4]
     assert expected_calibration_error(p4, correct) < 0.05
     accepted = p4 >= routing.levels[4].threshold
     assert correct[accepted].mean() >= 0.9
     routing.save(tmp_path)
     loaded = RoutingModel.load(tmp_path)
     assert loaded is not None
-    assert loaded.thresholds() == routing.thresholds()
-    np.testing.assert_allclose(loaded.probabilities(per_level, has_duties, n_words)[4], p4)
+    assert loaded.levels == routing.levels
+    np.testing.assert_allclose(loaded.probabilities(per_level, inputs)[4], p4)
     assert RoutingModel.load(tmp_path / "missing") is None
 
 
@@ -192,11 +199,11 @@ def test_the_match_rule_is_fitted_for_the_target_and_round_trips(tmp_path):
     nearest = NearestMatch(np.where(agrees, answers, (answers + 1) % 10), similarity)
     per_level = {level: probs for level in (4, 3, 2, 1)}
     right = {level: correct for level in (4, 3, 2, 1)}
-    has_duties, n_words = np.zeros(n, bool), np.full(n, 3)
-    routing = fit_routing(per_level, right, has_duties, n_words, target_precision=0.95, nearest=nearest)
+    inputs = _titles(n, words=3)
+    routing = fit_routing(per_level, right, inputs, target_precision=0.95, nearest=nearest)
     assert routing.match_similarity is not None and 0.9 <= routing.match_similarity <= 0.99
     assert routing.match_precision is not None and routing.match_precision >= 0.95
-    confidence, auto = routing.unit_routing(per_level, has_duties, n_words, nearest)
+    confidence, auto = routing.unit_routing(per_level, inputs, nearest)
     matched = agrees & (similarity >= routing.match_similarity)
     assert auto[matched].all() and correct[auto].mean() >= 0.94
     # matched answers read the match router's probability, which climbs with the similarity
@@ -206,16 +213,16 @@ def test_the_match_rule_is_fitted_for_the_target_and_round_trips(tmp_path):
     assert p_match[0] < p_match[1] < p_match[2]
     # a near text of another group does not match
     other = NearestMatch((answers + 1) % 10, np.ones(n, np.float32))
-    assert not routing.matched(answers, other).any()
+    assert not routing.matched(answers, other, inputs.shapes()).any()
     routing.save(tmp_path)
     loaded = RoutingModel.load(tmp_path)
     assert loaded is not None and loaded.match_similarity == routing.match_similarity
-    np.testing.assert_array_equal(loaded.unit_routing(per_level, has_duties, n_words, nearest)[1], auto)
+    np.testing.assert_array_equal(loaded.unit_routing(per_level, inputs, nearest)[1], auto)
     # without `nearest`, or where similarity never reaches the target: no rule
-    assert fit_routing(per_level, right, has_duties, n_words).match_similarity is None
+    assert fit_routing(per_level, right, inputs).match_similarity is None
     far = NearestMatch(nearest.labels, np.full(n, 0.5, np.float32))
     unsure = {level: rng.uniform(size=n) < 0.3 for level in (4, 3, 2, 1)}
-    assert fit_routing(per_level, unsure, has_duties, n_words, nearest=far).match_similarity is None
+    assert fit_routing(per_level, unsure, inputs, nearest=far).match_similarity is None
 
 
 def test_evaluate_reports_routing_and_draws_the_curve(tmp_path):
@@ -290,14 +297,82 @@ def test_routing_reports_the_threshold_each_kind_of_record_needs():
     few = np.where(np.arange(4000) < 3950, "esco_title", "ons_title")
     assert set(kind_thresholds(conf, correct, 0.95, few.tolist())) == {"esco_title"}
     assert kind_thresholds(conf, correct, 0.95) == {}
-    # fit_routing reports them and applies the threshold of the whole split
+    # fit_routing reports them; records of one shape (titles alone) get the threshold of the whole split
     # the top-1 probability rises with conf
     per_level = {level: np.c_[0.5 + conf / 2, 0.5 - conf / 2] for level in (4, 3, 2, 1)}
     right = {level: correct for level in (4, 3, 2, 1)}
-    has_duties, n_words = np.zeros(4000, bool), np.full(4000, 2)
-    routing = fit_routing(per_level, right, has_duties, n_words, target_precision=0.95, kinds=kinds.tolist())
+    inputs = _titles(4000, words=2)
+    routing = fit_routing(per_level, right, inputs, target_precision=0.95, kinds=kinds.tolist())
     router = routing.levels[4]
     assert set(router.kind_thresholds) == {"esco_title", "ons_title"}
-    p4 = routing.probabilities(per_level, has_duties, n_words)[4]
+    assert router.shape_thresholds == {"title": router.threshold}
+    p4 = routing.probabilities(per_level, inputs)[4]
     assert router.threshold == threshold_for_precision(p4, correct, 0.95)
     assert router.kind_thresholds["ons_title"] > router.threshold
+
+
+def test_each_record_shape_is_held_to_the_target_on_its_own(tmp_path):
+    """Titles with their industry (survey-style index entries) are harder than titles alone: one threshold
+    over the mix lets them through below the target; each shape's own threshold holds it."""
+    rng = np.random.default_rng(3)
+    n = 6000
+    conf = rng.uniform(size=n)
+    has_industry = np.arange(n) >= 4500
+    p_right = np.clip(conf + np.where(has_industry, 0.0, 0.15), 0, 1)
+    correct = rng.uniform(size=n) < p_right
+    per_level = {level: np.c_[0.5 + conf / 2, 0.5 - conf / 2] for level in (4, 3, 2, 1)}
+    right = {level: correct for level in (4, 3, 2, 1)}
+    inputs = RecordInputs(has_duties=np.zeros(n, bool), n_words=np.full(n, 2), has_industry=has_industry)
+    assert (inputs.shapes() == np.where(has_industry, "industry", "title")).all()
+    routing = fit_routing(per_level, right, inputs, target_precision=0.95)
+    router = routing.levels[4]
+    assert set(router.shape_thresholds) == {"title", "industry"}
+    p4, auto = routing.unit_routing(per_level, inputs)
+    pooled = p4 >= router.threshold
+    assert correct[pooled & has_industry].mean() < 0.95  # the mix's threshold carries the harder shape
+    for shape in (has_industry, ~has_industry):
+        assert auto[shape].any() and correct[auto & shape].mean() >= 0.95
+    # a record with duties (no shape threshold fitted: too few such records) falls back to the mix's
+    duties = RecordInputs(has_duties=np.ones(n, bool), n_words=np.full(n, 2), has_industry=has_industry)
+    assert (router.thresholds_for(duties.shapes()) == router.threshold).all()
+    routing.save(tmp_path)
+    loaded = RoutingModel.load(tmp_path)
+    assert loaded is not None
+    np.testing.assert_array_equal(loaded.unit_routing(per_level, inputs)[1], auto)
+
+
+def test_a_routing_file_from_before_the_industry_feature_still_loads(tmp_path):
+    """routing.json names the features it was fitted on; a model fitted without `has_industry` reads the
+    same columns it was fitted on."""
+    probs, correct = _synthetic()
+    per_level = {level: probs for level in (4, 3, 2, 1)}
+    right = {level: correct for level in (4, 3, 2, 1)}
+    inputs = _titles(len(probs), words=3)
+    routing = fit_routing(per_level, right, inputs, target_precision=0.9)
+    old = routing.model_dump()
+    old["features"] = old["features"][:-1]  # as written before "has_industry" was appended
+    for router in old["levels"].values():
+        for key in ("mean", "std", "coef"):
+            router[key] = router[key][:-1]
+    (tmp_path / "routing.json").write_text(RoutingModel.model_validate(old).model_dump_json())
+    loaded = RoutingModel.load(tmp_path)
+    assert loaded is not None and "has_industry" not in loaded.features
+    # has_industry is constant 0 here, so dropping its column leaves the probabilities as they were
+    np.testing.assert_allclose(
+        loaded.probabilities(per_level, inputs)[4], routing.probabilities(per_level, inputs)[4]
+    )
+
+
+def test_a_threshold_on_the_precision_lower_bound_is_stricter_where_records_are_few():
+    from shared.routing import precision_lower_bound
+
+    # Wilson: 95 right of 100 has a lower bound well under 0.95; the point estimate is z = 0
+    assert precision_lower_bound(np.array([95]), np.array([100]), 0.0)[0] == pytest.approx(0.95)
+    assert precision_lower_bound(np.array([95]), np.array([100]), 1.28)[0] == pytest.approx(0.913, abs=0.002)
+    assert precision_lower_bound(np.array([950]), np.array([1000]), 1.28)[0] > 0.94  # more records, tighter
+    probs, correct = _synthetic(n=3000)
+    conf = probs.max(1)
+    point, bounded = (threshold_for_precision(conf, correct, 0.9, z) for z in (0.0, 1.28))
+    assert bounded > point
+    n_above = (conf >= bounded).sum()
+    assert precision_lower_bound(correct[conf >= bounded].sum(), n_above, 1.28) >= 0.9

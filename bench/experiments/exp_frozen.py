@@ -28,6 +28,7 @@ from bench.experiments.exp_common import (
 from shared.model.resources import default_base_model
 from shared.predictor import Hierarchy, level_probabilities
 from shared.routing import (
+    RecordInputs,
     coverage_at_precision,
     expected_calibration_error,
     fit_routing,
@@ -159,7 +160,11 @@ def main(tag: str = "base") -> None:
     gold_v = [codes[j] for j in y[va]]
     correct_v = {lv: _correct_level(per_v[lv], hierarchy, lv, [{g} for g in gold_v]) for lv in (4, 3, 2, 1)}
     routing = fit_routing(
-        per_v, correct_v, has_duties_v, words_v, 0.95, fitted_on="held-out ESCO occupations"
+        per_v,
+        correct_v,
+        RecordInputs(has_duties_v, words_v, np.zeros(len(words_v), bool)),
+        0.95,
+        fitted_on="held-out ESCO occupations",
     )
     print(
         "router thresholds", {lv: round(r.threshold, 3) for lv, r in routing.levels.items()},
@@ -171,7 +176,7 @@ def main(tag: str = "base") -> None:
         per = level_probabilities(p, hierarchy)
         has = np.array([" : " in t for t in dev_texts[k]]) if k == "ilo" else np.ones(len(p), bool)
         words = np.array([len(t.split()) for t in dev_texts[k]])
-        routed = routing.probabilities(per, has, words)[4]
+        routed = routing.probabilities(per, RecordInputs(has, words, np.zeros(len(words), bool)))[4]
         correct = _correct_level(per[4], hierarchy, 4, acc)
         raw = p.max(1)
         accepted = routed >= routing.levels[4].threshold

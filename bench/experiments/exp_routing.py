@@ -19,6 +19,7 @@ from bench.experiments.cache_views import CACHE
 from bench.experiments.exp_common import topk
 from shared.corpus import label_codes
 from shared.routing import (
+    RecordInputs,
     coverage_at_precision,
     expected_calibration_error,
     fit_logistic,
@@ -63,7 +64,7 @@ def main(tag: str = "base") -> None:
 
         def feats(part, has, words, variant=variant):
             f, h, k, lx = parts[part]
-            x = routing_features(f, has, words)
+            x = routing_features(f, RecordInputs(has, words, np.zeros(len(words), bool)))
             return np.c_[x, agreement(h, k, lx)] if variant == "+agreement" else x
 
         xv = feats("val", has_v, words_v)

@@ -50,7 +50,8 @@ def main(model_dir: Path, profile: str = "quick") -> None:
         )
         for lv, p in per.items()
     }
-    has, words = record_inputs([e.job_title for e in val], [e.duties_description for e in val], texts)
+    inputs = record_inputs([e.job_title for e in val], [e.duties_description for e in val], texts)
+    has = inputs.has_duties
     print(f"val n={len(val)} top-1 {correct[4].mean():.3f} (titles {correct[4][~has].mean():.3f}, "
           f"with duties {correct[4][has].mean():.3f})")  # fmt: skip
     devs = {}
@@ -61,19 +62,20 @@ def main(model_dir: Path, profile: str = "quick") -> None:
         devs[name] = (
             level_probabilities(p, hierarchy),
             ok,
-            *record_inputs(dev.job_titles, dev.duties, dev.texts()),
+            record_inputs(dev.job_titles, dev.duties, dev.texts()),
         )
     for target in (0.95, 0.97):
-        routing = fit_routing(per, correct, has, words, target_precision=target)
-        p_val = routing.probabilities(per, has, words)[4]
+        routing = fit_routing(per, correct, inputs, target_precision=target)
+        p_val = routing.probabilities(per, inputs)[4]
         # per input kind: a threshold for titles alone and one for titles with duties, each at the target
         by_kind = {
             k: threshold_for_precision(p_val[has == k], correct[4][has == k], target) for k in (False, True)
         }
         for variant in ("one threshold", "per input kind"):
             cells = []
-            for name, (dper, ok, dhas, dwords) in devs.items():
-                p4 = routing.probabilities(dper, dhas, dwords)[4]
+            for name, (dper, ok, dinputs) in devs.items():
+                dhas = dinputs.has_duties
+                p4 = routing.probabilities(dper, dinputs)[4]
                 if variant == "one threshold":
                     auto = p4 >= routing.levels[4].threshold
                 else:

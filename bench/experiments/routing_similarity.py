@@ -79,8 +79,7 @@ def inputs(scorer: UnitScorer, hierarchy: Hierarchy, titles, duties, texts, acce
     probs = scorer.unit_probabilities(texts)
     top1 = probs.argmax(axis=1)
     right = np.array([scorer.codes[j] in a for j, a in zip(top1, accepted, strict=True)])
-    has_duties, n_words = record_inputs(titles, duties, texts)
-    base = routing_features(level_probabilities(probs, hierarchy)[4], has_duties, n_words)
+    base = routing_features(level_probabilities(probs, hierarchy)[4], record_inputs(titles, duties, texts))
     return base, np.c_[base, similarity_features(scorer, texts, top1)], right, flagged(titles, duties)
 
 

@@ -496,8 +496,8 @@ def routed_confidence(
     from shared.routing import flagged, record_inputs
 
     per_level = level_probabilities(probs, hierarchy)
-    has_duties, n_words = record_inputs(eval_set.job_titles, eval_set.duties, eval_set.texts())
-    confidence, auto = routing.unit_routing(per_level, has_duties, n_words, nearest)
+    inputs = record_inputs(eval_set.job_titles, eval_set.duties, eval_set.texts())
+    confidence, auto = routing.unit_routing(per_level, inputs, nearest)
     return confidence, auto & ~flagged(eval_set.job_titles, eval_set.duties)
 
 
