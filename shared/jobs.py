@@ -32,11 +32,11 @@ import secrets
 import shutil
 import socket
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
@@ -516,6 +516,15 @@ def record_final_code(
 # ----------------------------------------------------------------------------------------------------
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A stored time as an aware UTC datetime: every stored time is UTC, and SQLite gives it back naive."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+# Serialised with its zone ("2025-05-01T09:30:00Z"), as RFC 3339 (the schema's `date-time`) requires.
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc), Field(description="UTC, RFC 3339 (ends in Z)")]
+
+
 class JobAccepted(BaseModel):
     """202 answer to a CSV upload or an over-size batch."""
 
@@ -538,10 +547,10 @@ class JobView(BaseModel):
     progress: float = Field(description="rows_done / rows_total, 0..1")
     model_version: str | None
     error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    expires_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    expires_at: UtcDatetime | None = Field(description="when the job's files are deleted (UTC)")
     expired: bool = False
     status_url: str
     result_url: str

@@ -2,8 +2,10 @@
 
 Rows come from the job's result file (CSV jobs: the result CSV; batch jobs: the JSON lines result beside the
 input records), so the worker's output is never rewritten. Decisions are rows in the metadata DB: one current
-`ReviewDecision` per row plus an append-only `ReviewEvent` for each change (the audit trail). The reviewed
-result adds `final_code` and `coded_by` at read time; the corrections export is the
+`ReviewDecision` per row plus an append-only `ReviewEvent` for each change (the audit trail). A coder decides
+the rows of the review queue, and may check a seeded sample of the auto-coded rows as well (`audit_key`):
+which rows are which is read from the result, so a decision needs no kind of its own. The reviewed result
+adds `final_code`, `coded_by` and `final_status` at read time; the corrections export is the
 `isco train --corrections` layout (job_title, duties_description, corrected_isco_code). Helpers flush; the
 caller commits. Nothing here imports the model stack.
 """
@@ -11,8 +13,13 @@ caller commits. Nothing here imports the model stack.
 from __future__ import annotations
 
 import csv
+import enum
+import hashlib
 import io
 import json
+import math
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,20 +29,36 @@ from sqlalchemy.orm import Session
 
 from shared import csvio, jobs
 from shared.db.tables import Job, JobStatus, ReviewAction, ReviewDecision, ReviewEvent
-from shared.schemas import Prediction
+from shared.schemas import REVIEW_REASONS, Prediction
 from shared.taxonomy import Taxonomy, get_taxonomy
 
-REVIEWED_COLUMNS = ["final_code", "coded_by"]
+REVIEWED_COLUMNS = ["final_code", "coded_by", "final_status"]
 CODED_BY_MODEL = "model"
 CODED_BY_REVIEWER = "reviewer"
+# Every reason routing gives says the model is not sure of a 4-digit answer, or that the answer is not an
+# occupation to code: such a row has no default answer on the review page (the coder picks one).
+UNSURE_REASONS = frozenset(REVIEW_REASONS)
+STATUS_REASONS = frozenset({"not_an_occupation"})  # student, retired ...: usually uncodable
 CORRECTIONS_HEADER = ["job_title", "duties_description", "corrected_isco_code"]
 BATCH_CSV_INPUT = ["id", csvio.TITLE, csvio.DUTIES]
+BATCH_SHOWN = (csvio.TITLE, csvio.DUTIES, csvio.INDUSTRY)  # a record's fields the row view shows apart
 BATCH_INDUSTRY_OPTION = "industry"  # a batch job's option: some record of the batch gave an industry
 REVIEWABLE_KINDS = ("csv", "batch")
 
 
 class ReviewError(ValueError):
     """A decision that cannot be recorded (unknown row, invalid code); the message says why."""
+
+
+class FinalStatus(enum.StrEnum):
+    """What the `final_code` of a reviewed result's row is (the `final_status` column)."""
+
+    auto_coded = "auto_coded"  # the model's code, not routed to review and not checked by a coder
+    reviewed = "reviewed"  # a coder kept the model's unit group
+    changed = "changed"  # a coder chose another unit group
+    uncodable = "uncodable"  # a coder found no code (final_code empty)
+    pending = "pending"  # in the review queue, not decided yet (final_code empty)
+    failed = "failed"  # the row could not be coded (row_error; final_code empty)
 
 
 @dataclass(frozen=True)
@@ -62,11 +85,30 @@ class ResultRow:
     row_error: str = ""
     cells: list[str] = field(default_factory=list)  # the row as the result CSV has it
     industry: str = ""  # the employer's industry, when the input gave one
+    record: list[tuple[str, str]] = field(default_factory=list)  # the input's other columns (name, value)
 
     @property
     def in_queue(self) -> bool:
         """Rows a coder settles: those routed to review (a row that failed has nothing to review)."""
         return self.needs_review and not self.row_error
+
+    @property
+    def auto_coded(self) -> bool:
+        """Rows the model coded alone (not routed to review, not failed): the audit sample's rows."""
+        return not self.needs_review and not self.row_error
+
+    @property
+    def default_code(self) -> str | None:
+        """The code Enter accepts on the review page: the model's own 4-digit answer, unless a review reason
+        says the model is not sure of it or the text is no occupation (`UNSURE_REASONS`); else None, and the
+        coder must choose. A row routed to review for another reason keeps the model's 4-digit answer."""
+        coded_at_unit = len(self.isco_code) == 4 and self.isco_code == self.unit_code
+        return self.isco_code if coded_at_unit and not UNSURE_REASONS & set(self.review_reasons) else None
+
+    @property
+    def status_answer(self) -> bool:
+        """An answer that names a status, not a job (student, retired ...): "uncodable" is the usual code."""
+        return bool(STATUS_REASONS & set(self.review_reasons))
 
 
 def _plain(cell: str) -> str:
@@ -137,6 +179,10 @@ def _csv_rows(path: Path, taxonomy: Taxonomy) -> Iterator[ResultRow]:
         at = {name: i for i, name in enumerate(header)}
         base = len(header) - len(csvio.JOB_RESULT_COLUMNS)
         result_at = {name: base + i for i, name in enumerate(csvio.JOB_RESULT_COLUMNS)}
+        title_at = layout.title_index if layout.title_index is not None else at.get(csvio.TITLE)
+        duties_at = layout.duties_index if layout.duties_index is not None else at.get(csvio.DUTIES)
+        shown = {title_at, duties_at, layout.industry_index}
+        others = [(header[i] or f"column {i + 1}", i) for i in range(base) if i not in shown]
         for number, cells in enumerate(reader, start=1):
             if not cells:
                 continue
@@ -147,10 +193,8 @@ def _csv_rows(path: Path, taxonomy: Taxonomy) -> Iterator[ResultRow]:
             codes = cell(result_at["top_codes"]).split("|")
             yield ResultRow(
                 number=number,
-                job_title=cell(layout.title_index if layout.title_index is not None else at.get(csvio.TITLE)),
-                duties_description=cell(
-                    layout.duties_index if layout.duties_index is not None else at.get(csvio.DUTIES)
-                ),
+                job_title=cell(title_at),
+                duties_description=cell(duties_at),
                 industry=cell(layout.industry_index).strip(),
                 isco_code=cell(result_at["isco_code"]),
                 unit_code=cell(result_at["unit_code"]),
@@ -159,6 +203,7 @@ def _csv_rows(path: Path, taxonomy: Taxonomy) -> Iterator[ResultRow]:
                 review_reasons=[r for r in cell(result_at["review_reasons"]).split("|") if r],
                 row_error=cell(result_at[csvio.ROW_ERROR]),
                 cells=list(cells),
+                record=[(name, cell(i)) for name, i in others],
             )
 
 
@@ -170,9 +215,10 @@ def _batch_rows(records: Path, results: Path, taxonomy: Taxonomy, columns: list[
             industry = str(record.get(csvio.INDUSTRY) or "").strip()
             outcome = json.loads(result_line)
             cells = batch_csv_cells(record, columns)
+            others = [(k, "" if v is None else str(v)) for k, v in record.items() if k not in BATCH_SHOWN]
             if "error" in outcome:
                 yield ResultRow(number, title, duties, "", "", row_error=outcome["error"], industry=industry,
-                                cells=csvio.result_row(cells, outcome["error"]))  # fmt: skip
+                                cells=csvio.result_row(cells, outcome["error"]), record=others)  # fmt: skip
                 continue
             p = Prediction.model_validate(outcome)
             yield ResultRow(
@@ -189,6 +235,7 @@ def _batch_rows(records: Path, results: Path, taxonomy: Taxonomy, columns: list[
                 review_reasons=list(p.review_reasons),
                 cells=csvio.result_row(cells, p),
                 industry=industry,
+                record=others,
             )
 
 
@@ -314,8 +361,25 @@ def final_cells(row: ResultRow, decision: ReviewDecision | None) -> list[str]:
     return [row.isco_code, CODED_BY_MODEL]
 
 
+def final_status(row: ResultRow, decision: ReviewDecision | None) -> FinalStatus:
+    """What the row's `final_code` is: the model's (auto_coded), a coder's (reviewed: the model's unit group
+    kept; changed; uncodable), or none yet (pending) or ever (failed)."""
+    if row.row_error:
+        return FinalStatus.failed
+    if decision is not None:
+        if decision.final_code is None:
+            return FinalStatus.uncodable
+        return FinalStatus.reviewed if decision.final_code == decision.model_code else FinalStatus.changed
+    return FinalStatus.pending if row.in_queue else FinalStatus.auto_coded
+
+
+def reviewed_cells(row: ResultRow, decision: ReviewDecision | None) -> list[str]:
+    """The `REVIEWED_COLUMNS` of a row."""
+    return [*final_cells(row, decision), str(final_status(row, decision))]
+
+
 def iter_reviewed_csv(job: Job, decisions: dict[int, ReviewDecision]) -> Iterator[str]:
-    """The job's result CSV with `final_code` and `coded_by` appended, as text chunks."""
+    """The job's result CSV with `final_code`, `coded_by` and `final_status` appended, as text chunks."""
     delimiter = ","
     if job.kind == "csv":
         with open(job.result_path or "", "rb") as f:
@@ -323,7 +387,9 @@ def iter_reviewed_csv(job: Job, decisions: dict[int, ReviewDecision]) -> Iterato
     yield csvio.header_line([*result_header(job), *REVIEWED_COLUMNS], delimiter)
     buffer: list[str] = []
     for row in iter_result_rows(job):
-        buffer.append(csvio.format_row([*row.cells, *final_cells(row, decisions.get(row.number))], delimiter))
+        buffer.append(
+            csvio.format_row([*row.cells, *reviewed_cells(row, decisions.get(row.number))], delimiter)
+        )
         if len(buffer) >= 500:
             yield "".join(buffer)
             buffer = []
@@ -365,20 +431,119 @@ def all_decisions(session: Session, job_id: str | None = None) -> list[ReviewDec
     return list(session.scalars(stmt.order_by(ReviewDecision.job_id, ReviewDecision.row_number)))
 
 
-def search_codes(query: str, limit: int = 20, taxonomy: Taxonomy | None = None) -> list[tuple[str, str]]:
-    """Unit groups whose code starts with the query or whose title contains all of its words."""
-    taxonomy = taxonomy or get_taxonomy()
-    q = query.strip().lower()
-    if not q:
-        return []
-    words = q.split()
-    hits: list[tuple[int, str, str]] = []
-    for code in taxonomy.unit_groups:
-        title = taxonomy.title(code)
-        low = title.lower()
-        if code.startswith(q):
-            hits.append((0, code, title))
-        elif all(w in low for w in words):
-            hits.append((1 if low.startswith(words[0]) else 2, code, title))
-    hits.sort()
-    return [(code, title) for _, code, title in hits[:limit]]
+# ----------------------------------------------------------------------------------------------------
+# The audit of auto-coded rows, and counts for the job list
+# ----------------------------------------------------------------------------------------------------
+
+AUDIT_SHARE = 0.05  # the audit sample's default size: this share of a job's auto-coded rows ...
+AUDIT_MIN_ROWS = 20  # ... but at least this many (all of them in a smaller job)
+AUDIT_MAX_ROWS = 2000  # the largest sample the page offers (the rows it keeps in memory per job)
+
+
+def audit_key(job_id: str, number: int) -> int:
+    """A row's place in its job's audit order: a keyed hash of the row number, seeded with the job id.
+
+    The sample of size k is the k auto-coded rows with the smallest keys, so it is the same for every coder
+    and every process, it is a uniform random sample, and a larger share only adds rows to a smaller one."""
+    digest = hashlib.blake2b(number.to_bytes(8, "little"), key=job_id.encode()[:64], digest_size=8)
+    return int.from_bytes(digest.digest(), "little")
+
+
+def audit_size(auto_coded: int, share: float | None = None, rows: int | None = None) -> int:
+    """How many auto-coded rows to check: `rows`, else `share` of them (rounded up), else the default
+    (`AUDIT_SHARE`, at least `AUDIT_MIN_ROWS`); never more than there are, nor than `AUDIT_MAX_ROWS`."""
+    if rows is not None:
+        wanted = rows
+    elif share is not None:
+        wanted = math.ceil(round(auto_coded * share, 6))  # rounded first: 100 * 0.07 is 7.000000000000001
+    else:
+        wanted = max(math.ceil(round(auto_coded * AUDIT_SHARE, 6)), AUDIT_MIN_ROWS)
+    return max(0, min(wanted, auto_coded, AUDIT_MAX_ROWS))
+
+
+@dataclass(frozen=True)
+class AuditCounts:
+    """Auto-coded rows a coder checked, and how many of them got another code (or none)."""
+
+    checked: int
+    changed: int
+
+
+def audit_counts(decisions: Iterable[ReviewDecision], queue: ResultCounts) -> AuditCounts:
+    """Decisions on rows outside the review queue are audit decisions (failed rows take none)."""
+    checked = changed = 0
+    for d in decisions:
+        if not queue.in_queue(d.row_number):
+            checked += 1
+            changed += d.final_code != d.model_code
+    return AuditCounts(checked, changed)
+
+
+@dataclass(frozen=True)
+class ResultCounts:
+    """A finished job's rows by route: auto-coded, in the review queue (their numbers), failed."""
+
+    total_rows: int
+    auto_coded: int
+    failed: int
+    queue_rows: array[int]  # row numbers in the review queue, ascending
+
+    def in_queue(self, number: int) -> bool:
+        at = bisect_left(self.queue_rows, number)
+        return at < len(self.queue_rows) and self.queue_rows[at] == number
+
+
+def count_result(job: Job) -> ResultCounts:
+    """Count a succeeded job's result by route, reading only the routing cells (much faster than
+    `iter_result_rows`, for the job list). Raises FileNotFoundError when the result is gone."""
+    path = Path(job.result_path or "")
+    if not path.is_file():
+        raise FileNotFoundError(f"the result of job {job.id} is gone")
+    total = failed = 0
+    queue = array("L")
+    if job.kind == "csv":
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            layout = csvio.sniff_layout(f.readline().encode("utf-8"), complete=True)
+            f.seek(0)
+            reader = csv.reader(f, delimiter=layout.delimiter)
+            width = len(next(reader))
+            review_at = width - len(csvio.JOB_RESULT_COLUMNS) + csvio.JOB_RESULT_COLUMNS.index("needs_review")
+            error_at = width - 1
+            for number, cells in enumerate(reader, start=1):
+                if not cells:
+                    continue
+                total += 1
+                if len(cells) > error_at and cells[error_at]:
+                    failed += 1
+                elif len(cells) > review_at and cells[review_at].lower() == "true":
+                    queue.append(number)
+    else:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                outcome = json.loads(line)
+                total += 1
+                if "error" in outcome:
+                    failed += 1
+                elif outcome.get("needs_review"):
+                    queue.append(number)
+    return ResultCounts(total, total - failed - len(queue), failed, queue)
+
+
+def decisions_by_job(session: Session, job_ids: Iterable[str]) -> dict[str, list[ReviewDecision]]:
+    """The current decisions of several jobs (the job list's counts), by job id."""
+    ids = list(job_ids)
+    out: dict[str, list[ReviewDecision]] = {job_id: [] for job_id in ids}
+    if ids:
+        for d in session.scalars(select(ReviewDecision).where(ReviewDecision.job_id.in_(ids))):
+            out[d.job_id].append(d)
+    return out
+
+
+def owner_jobs(session: Session, owner_key_id: int | None, offset: int, limit: int) -> tuple[list[Job], int]:
+    """One page of a key's jobs, newest first, and how many jobs the key has in all."""
+    owned = Job.owner_key_id.is_(None) if owner_key_id is None else Job.owner_key_id == owner_key_id
+    total = int(session.scalar(select(func.count()).select_from(Job).where(owned)) or 0)
+    page = session.scalars(
+        select(Job).where(owned).order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit)
+    )
+    return list(page), total

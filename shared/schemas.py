@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from shared.text import INDUSTRY_MAX_CHARS
 
@@ -16,10 +19,36 @@ REVIEW_REASONS = (
 
 MAX_TEXT_CHARS = 2000  # longer fields are truncated (and flagged): the model reads at most ~128 tokens anyway
 
+# "Has text": at least one character that is not white space. Python's `re` reads \S as `str.isspace` does,
+# so the schema's pattern (what clients and fuzzers see) and the validator below agree on every string.
+HAS_TEXT = r"\S"
+_HAS_TEXT = re.compile(HAS_TEXT)
+
+# The rule "a title or a duties description" as JSON schema, so that clients and fuzzers know it too.
+TEXT_REQUIRED: dict[str, Any] = {
+    "anyOf": [
+        {"required": ["job_title"], "properties": {"job_title": {"pattern": HAS_TEXT}}},
+        {"required": ["duties_description"], "properties": {"duties_description": {"pattern": HAS_TEXT}}},
+    ]
+}
+
+
+def _integral_float_as_int(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# JSON Schema's "integer" is any number without a fraction (9.0 included); strict pydantic refuses a float,
+# so an integral one is read as the integer it is before the strict check (which still refuses "5" and true).
+JsonInt = Annotated[int, BeforeValidator(_integral_float_as_int)]
+
 
 class JobRecord(BaseModel):
     """One job description to code: a title and/or a duties description, optionally the employer's industry
     (context only: a record with an industry and neither title nor duties is refused)."""
+
+    # Request models are strict: a JSON value of the wrong type is refused (422), never converted ("explain":
+    # 0, "top_k": "5" or true), so what the API accepts is what its JSON schema says.
+    model_config = ConfigDict(strict=True, json_schema_extra=TEXT_REQUIRED)
 
     id: str | None = Field(None, max_length=200, description="caller's identifier, echoed back")
     job_title: str = Field("", description="job title as written", examples=["primary school teacher"])
@@ -37,7 +66,7 @@ class JobRecord(BaseModel):
 
     @model_validator(mode="after")
     def _not_empty(self) -> JobRecord:
-        if not self.job_title.strip() and not self.duties_description.strip():
+        if not _HAS_TEXT.search(self.job_title) and not _HAS_TEXT.search(self.duties_description):
             raise ValueError("job_title and duties_description are both empty: at least one is required")
         return self
 
@@ -46,7 +75,7 @@ class Thresholds(BaseModel):
     """Minimum calibrated confidence to answer at each level (4 = unit group ... 1 = major group).
     Unknown keys are refused (422), so a typo such as `units` does not silently leave the default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     unit: float = Field(0.5, ge=0, le=1, description="4-digit threshold; below it the answer falls back")
     minor: float = Field(0.5, ge=0, le=1)
@@ -119,7 +148,9 @@ class Prediction(BaseModel):
 
 
 class PredictOptions(BaseModel):
-    top_k: int = Field(5, ge=1, le=20)
+    model_config = ConfigDict(strict=True)
+
+    top_k: JsonInt = Field(5, ge=1, le=20)
     thresholds: Thresholds | None = None
 
 
@@ -131,3 +162,34 @@ class PredictRequest(PredictOptions):
 class PredictResponse(BaseModel):
     model_version: str
     results: list[Prediction]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Errors: one shape for every error the public API sends
+# ----------------------------------------------------------------------------------------------------
+
+
+class FieldError(BaseModel):
+    """One problem with a request's input: where it is, what is wrong, and its kind."""
+
+    field: str = Field(description="where the problem is, e.g. `records.3.job_title`, or `body`")
+    reason: str = Field(description="what is wrong, for a person to read")
+    type: str = Field(description="the kind of problem, e.g. `missing`, `string_type`, `json_invalid`")
+
+
+class ErrorInfo(BaseModel):
+    """A refusal that is not about one input field: its kind, a sentence, and any details that help (a limit,
+    the job's status, the dependency that is down)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str = Field(description="the kind, e.g. `not_found`, `too_large`, `missing_columns`")
+    message: str = Field(description="what happened and what to do, for a person to read")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer (4xx, 5xx). `detail` is a list of FieldError when the request's input
+    is invalid (422), an ErrorInfo for a refusal with a kind (e.g. 404 `not_found`, 413 `too_large`, 422 for a
+    CSV file that cannot be coded, 503 `database_unavailable`), or a sentence (401, inference failures)."""
+
+    detail: list[FieldError] | ErrorInfo | str

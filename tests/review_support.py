@@ -25,6 +25,8 @@ class Case:
     ranked: tuple[tuple[str, float], ...]
     needs_review: bool
     industry: str = ""  # the employer's industry; a job gets the column (field) when a case has one
+    reasons: tuple[str, ...] | None = None  # review reasons; default: not_coded when it needs review
+    coded: bool | None = None  # answered at 4 digits; default: when it does not need review
 
 
 # rows 1..6 of the standard job: 1, 3, 4, 6 need review
@@ -45,7 +47,8 @@ def prediction(case: Case, version: str = "tiny-review-1") -> Prediction:
         GroupRef(code=g.code, level=g.level, title=g.title, confidence=confidence)
         for g in taxonomy.ancestors(code)
     ]
-    coded = not case.needs_review
+    coded = not case.needs_review if case.coded is None else case.coded
+    reasons = case.reasons if case.reasons is not None else ("not_coded",) if case.needs_review else ()
     return Prediction(
         coded=coded,
         isco_code=code if coded else None,
@@ -60,21 +63,33 @@ def prediction(case: Case, version: str = "tiny-review-1") -> Prediction:
         path=path,
         model_version=version,
         needs_review=case.needs_review,
-        review_reasons=["not_coded"] if case.needs_review else [],
+        review_reasons=list(reasons),
     )
 
 
 def finished_csv_job(
-    db_url: str, settings: jobs.JobSettings, owner_key_id: int | None, cases: tuple[Case, ...] = CASES
+    db_url: str,
+    settings: jobs.JobSettings,
+    owner_key_id: int | None,
+    cases: tuple[Case, ...] = CASES,
+    extra: tuple[str, ...] = (),
+    filename: str = "survey.csv",
 ) -> str:
-    """A succeeded CSV job with a result file as the worker writes it (header + rows, RESULT columns)."""
+    """A succeeded CSV job with a result file as the worker writes it (header + rows, RESULT columns); `extra`
+    names more input columns after the texts (row i's value: "NAME-i")."""
     job_id = jobs.new_job_id()
     settings.ensure_dirs()
     with_industry = any(c.industry for c in cases)
-    header = ["ref", "job_title", "duties_description"] + (["Industry"] if with_industry else [])
+    header = (
+        ["ref", "job_title", "duties_description"] + (["Industry"] if with_industry else []) + list(extra)
+    )
 
     def cells(i: int, c: Case) -> list[str]:
-        return [f"r{i}", c.title, c.duties] + ([c.industry] if with_industry else [])
+        return (
+            [f"r{i}", c.title, c.duties]
+            + ([c.industry] if with_industry else [])
+            + [f"{x}-{i}" for x in extra]
+        )
 
     input_file = jobs.input_path(settings, job_id, "csv")
     buf = io.StringIO()
@@ -93,9 +108,22 @@ def finished_csv_job(
         )
     _record_succeeded_job(
         db_url, settings, job_id, "csv", owner_key_id, input_file, result, len(cases),
-        {"top_k": 5, "thresholds": None, "filename": "survey.csv"}, model_version="tiny-review-1",
+        {"top_k": 5, "thresholds": None, "filename": filename}, model_version="tiny-review-1",
     )  # fmt: skip
     return job_id
+
+
+def audit_cases(auto: int, queued: int) -> tuple[Case, ...]:
+    """`auto` auto-coded rows and `queued` rows that need review: rows 5, 10, 15 ... (while they last)."""
+    assert 5 * queued <= auto + queued, "every fifth row needs review"
+    units = get_taxonomy().unit_groups
+    out = []
+    for i in range(auto + queued):
+        codes = [units[(11 * i + j * 17) % len(units)] for j in range(3)]
+        queue_row = i % 5 == 4 and i // 5 < queued
+        ranked = tuple(zip(codes, (0.4, 0.3, 0.1) if queue_row else (0.97, 0.02, 0.01), strict=True))
+        out.append(Case(f"job {i + 1}", f"duties of row {i + 1}", ranked, queue_row))
+    return tuple(out)
 
 
 def many_cases(n: int) -> tuple[Case, ...]:

@@ -1,15 +1,19 @@
 """The review page over HTTP (FastAPI TestClient on the real gateway app, SQLite and PostgreSQL).
 
 Covers: sign-in with an API key (signed, httpOnly, SameSite cookie; no key in it), CSRF on every form, the
-Origin check, revoked keys, decisions and their audit trail, the reviewed result (final_code, coded_by) on the
-page and on the API's result download, the corrections export read back by the trainer's reader, owner
-scoping (another key sees 404 and changes nothing), the code search and "retrain with corrections".
+Origin check, revoked keys, decisions and their audit trail, the reviewed result (final_code, coded_by,
+final_status) on the page and on the API's result download, the corrections export read back by the trainer's
+reader, owner scoping (another key sees 404 and changes nothing), no default answer where the model is unsure,
+the code search over the titles the model knows, the audit of auto-coded rows, the row's other input columns,
+the job list (names, submit times, counts, paging), the header's key label, the favicon and "retrain with
+corrections".
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +32,7 @@ from shared.db.session import session_scope
 from shared.db.tables import Job, ReviewDecision, ReviewEvent
 from shared.jobs import JobSettings
 from tests.conftest import REDIS_URL
-from tests.review_support import finished_batch_job, finished_csv_job, read_csv
+from tests.review_support import audit_cases, finished_batch_job, finished_csv_job, read_csv
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -196,11 +200,11 @@ def test_decisions_have_an_audit_trail_and_reach_the_result_and_the_export(
         assert "row=3" in err and "not+one+of" in err.replace("%20", "+")
         assert "unit+group+is+required" in decide(4, "search", "25")
         r = client.post(
-            f"/review/jobs/{site.job_id}/rows/2",
+            f"/review/jobs/{site.job_id}/rows/7",
             data={"action": "accept", "csrf_token": csrf},
             follow_redirects=False,
         )
-        assert r.status_code == 404  # row 2 was auto-coded: not in the queue
+        assert r.status_code == 404  # there is no row 7
 
         done = client.get(f"/review/jobs/{site.job_id}")
         assert 'id="done"' in done.text
@@ -231,22 +235,22 @@ def test_decisions_have_an_audit_trail_and_reach_the_result_and_the_export(
         reviewed = client.get(f"/review/jobs/{site.job_id}/result.csv")
         assert reviewed.status_code == 200 and reviewed.headers["content-type"].startswith("text/csv")
         rows = read_csv(reviewed.text)
-        assert list(rows[0])[-2:] == ["final_code", "coded_by"]
-        assert [(r["ref"], r["final_code"], r["coded_by"]) for r in rows] == [
-            ("r1", "3221", "reviewer"),
-            ("r2", "7212", "model"),
-            ("r3", "3313", "reviewer"),
-            ("r4", "7126", "reviewer"),
-            ("r5", "2341", "model"),
-            ("r6", "", "reviewer"),
+        assert list(rows[0])[-3:] == ["final_code", "coded_by", "final_status"]
+        assert [(r["ref"], r["final_code"], r["coded_by"], r["final_status"]) for r in rows] == [
+            ("r1", "3221", "reviewer", "changed"),
+            ("r2", "7212", "model", "auto_coded"),
+            ("r3", "3313", "reviewer", "changed"),
+            ("r4", "7126", "reviewer", "changed"),
+            ("r5", "2341", "model", "auto_coded"),
+            ("r6", "", "reviewer", "uncodable"),  # not "not yet reviewed": final_status says which
         ]
         assert rows[5]["job_title"] == "'=cmd"  # still neutralised
 
         # the API's own result download gains the same columns once the job has been reviewed
         api = client.get(f"/jobs/{site.job_id}/result", headers={"Authorization": f"Bearer {site.key_a}"})
         assert api.status_code == 200
-        assert [(r["final_code"], r["coded_by"]) for r in read_csv(api.text)] == [
-            (r["final_code"], r["coded_by"]) for r in rows
+        assert [(r["final_code"], r["coded_by"], r["final_status"]) for r in read_csv(api.text)] == [
+            (r["final_code"], r["coded_by"], r["final_status"]) for r in rows
         ]
 
         export = client.get(f"/review/jobs/{site.job_id}/corrections.csv")
@@ -299,15 +303,50 @@ def test_another_key_cannot_see_or_change_the_review(site: Site) -> None:
         assert session.scalar(select(func.count()).select_from(ReviewEvent)) == 1
 
 
-def test_code_search_finds_codes_and_titles(site: Site) -> None:
+def test_code_search_finds_the_titles_the_model_knows(site: Site) -> None:
+    """ESCO labels and ONS coding-index titles, not only words of the official titles: each hit is a unit
+    group with the title that matched; codes and official titles still work; a query takes < 50 ms."""
     with site.client() as client:
         assert client.get("/review/codes?q=nurs", follow_redirects=False).status_code == 303  # signed in only
         site.sign_in(client, site.key_a)
-        by_title = client.get("/review/codes", params={"q": "plumbers"}).json()
-        assert {"code": "7126", "title": "Plumbers and Pipe Fitters"} in by_title
-        by_code = client.get("/review/codes", params={"q": "222"}).json()
-        assert [h["code"] for h in by_code] == ["2221", "2222"]
-        assert client.get("/review/codes", params={"q": ""}).json() == []
+
+        def hits(q: str) -> list[dict[str, object]]:
+            answer = client.get("/review/codes", params={"q": q})
+            assert answer.status_code == 200
+            found: list[dict[str, object]] = answer.json()
+            return found
+
+        nurse = hits("nurse")
+        assert nurse[0]["code"] == "2221" and nurse[0]["title"] == "Nursing Professionals"
+        assert "nurse" in str(nurse[0]["matched"]).lower() and nurse[0]["source"] in ("ESCO", "ONS index")
+        assert {"2221", "3221", "5321"} <= {h["code"] for h in nurse[:8]}  # nurses, associates, aides
+        postman = hits("postman")
+        assert postman[0]["code"] == "4412" and str(postman[0]["matched"]).lower() == "postman"
+        army = hits("army")
+        assert army[0]["code"] == "0110" and "army" in str(army[0]["matched"]).lower()  # army officers
+        assert "0310" in {h["code"] for h in army[:5]}  # soldiers
+        assert hits("plumbers")[0]["code"] == "7126"  # a plural finds the singular titles
+        assert hits("Plumbers and Pipe Fitters")[0] == {
+            "code": "7126", "title": "Plumbers and Pipe Fitters", "matched": "Plumbers and Pipe Fitters",
+            "source": "ISCO-08", "industry": "", "matches": 1,
+        }  # fmt: skip
+        assert [h["code"] for h in hits("222")] == ["2221", "2222"]  # a code prefix
+        assert hits("ward nurs")[0]["code"] == "2221"  # words in any order, the last one typed in part
+        by_industry = next(h for h in hits("welder") if h["code"] == "8219")
+        assert (
+            by_industry["industry"] == "plastics goods mfr"
+        )  # a title the index codes by industry says which
+        assert hits("") == [] and hits("x") == [] and hits("retired") == []
+
+        from services.gateway.review.search import code_index
+
+        index = code_index()  # built once per process: the page's queries above built it
+        assert index is code_index()
+        queries = ["nurse", "postman", "army", "ma", "en", "teacher primary", "co", "manager", "2", "cleaner"]
+        started = time.perf_counter()
+        for q in queries:
+            index.search(q)
+        assert (time.perf_counter() - started) / len(queries) < 0.05
 
 
 def test_retrain_with_corrections_queues_a_training_job(site: Site) -> None:
@@ -400,13 +439,13 @@ def test_batch_jobs_are_reviewed_the_same_way(site: Site, tmp_path: Path) -> Non
             )
         rows = read_csv(client.get(f"/review/jobs/{batch_id}/result.csv").text)
         assert list(rows[0])[:3] == ["id", "job_title", "duties_description"]
-        assert [(r["id"], r["final_code"], r["coded_by"]) for r in rows] == [
-            ("b1", "2222", "reviewer"),
-            ("b2", "7212", "model"),
-            ("b3", "", ""),
-            ("b4", "", ""),
-            ("b5", "2341", "model"),
-            ("b6", "", "reviewer"),
+        assert [(r["id"], r["final_code"], r["coded_by"], r["final_status"]) for r in rows] == [
+            ("b1", "2222", "reviewer", "changed"),
+            ("b2", "7212", "model", "auto_coded"),
+            ("b3", "", "", "pending"),
+            ("b4", "", "", "pending"),
+            ("b5", "2341", "model", "auto_coded"),
+            ("b6", "", "reviewer", "uncodable"),
         ]
         assert client.get(f"/review/jobs/{batch_id}/corrections.csv").text.splitlines()[1:] == [
             "staff nurse,cares for ward patients,2222"
@@ -414,13 +453,13 @@ def test_batch_jobs_are_reviewed_the_same_way(site: Site, tmp_path: Path) -> Non
         # the API's result download says the same, as JSON (null where there is no final code yet) and CSV
         api = {"X-API-Key": site.key_a}
         answer = client.get(f"/jobs/{batch_id}/result", headers=api).json()
-        assert [(r["final_code"], r["coded_by"]) for r in answer["results"]] == [
-            ("2222", "reviewer"),
-            ("7212", "model"),
-            (None, None),  # still in the queue
-            (None, None),
-            ("2341", "model"),
-            (None, "reviewer"),  # uncodable
+        assert [(r["final_code"], r["coded_by"], r["final_status"]) for r in answer["results"]] == [
+            ("2222", "reviewer", "changed"),
+            ("7212", "model", "auto_coded"),
+            (None, None, "pending"),  # still in the queue
+            (None, None, "pending"),
+            ("2341", "model", "auto_coded"),
+            (None, "reviewer", "uncodable"),
         ]
         assert answer["results"][0]["unit_code"] == "2221"  # the model's answer is kept beside the coder's
         as_csv = read_csv(client.get(f"/jobs/{batch_id}/result", headers={**api, "Accept": "text/csv"}).text)
@@ -494,3 +533,256 @@ def test_dev_mode_without_keys_reviews_jobs_without_owner(sqlite_url: str, tmp_p
     with session_scope(sqlite_url) as session:
         decision = session.scalars(select(ReviewDecision)).one()
         assert decision.reviewer_key_id is None and decision.reviewer_name == "dev (auth disabled)"
+
+
+def _row_page(client: TestClient, url: str) -> str:
+    page = client.get(url)
+    assert page.status_code == 200, page.text
+    return page.text
+
+
+def test_enter_has_no_default_where_the_model_did_not_code_at_four_digits_or_flagged(site: Site) -> None:
+    """No `#accept` (the button and the key Enter press) on rows not coded at 4 digits or flagged; a row coded
+    at 4 digits and routed to review for another reason keeps it; a status answer offers Uncodable first."""
+    from tests.review_support import Case
+
+    nurse = (("2221", 0.55), ("3221", 0.2))
+    cases = (
+        Case(
+            "Retired", "", (("3421", 0.05), ("5321", 0.04)), True, reasons=("not_coded", "not_an_occupation")
+        ),
+        Case("staff nurse", "", nurse, True, reasons=("below_threshold",), coded=True),  # router unsure
+        Case("staff nurse", "", nurse, True, reasons=("not_coded",)),
+        Case("Krankenschwester", "", nurse, True, reasons=("not_english",), coded=True),
+        Case("staff nurse", "", nurse, True, reasons=("second_opinion",), coded=True),  # another reason
+        Case("staff nurse", "", nurse, True, reasons=(), coded=True),  # routed without a reason given
+    )
+    job_settings = JobSettings(env="test", data_dir=site.settings.data_dir, database_url=site.db_url)
+    job_id = finished_csv_job(site.db_url, job_settings, site.id_a, cases)
+    with site.client() as client:
+        csrf = site.sign_in(client, site.key_a)
+        pages = {n: _row_page(client, f"/review/jobs/{job_id}?row={n}") for n in range(1, 7)}
+        for n in (1, 2, 3, 4):
+            assert 'id="accept"' not in pages[n] and 'id="no-default"' in pages[n], n
+            assert 'data-default=""' in pages[n]
+        retired = pages[1]
+        assert 'id="status-answer"' in retired and "Accept 3421" not in retired
+        assert re.search(r'<button type="submit" class="primary"[^>]*id="uncodable"', retired)
+        for n in (5, 6):
+            assert re.search(r'id="accept"><kbd>Enter</kbd> Accept 2221', pages[n]), n
+            assert 'data-default="2221"' in pages[n]
+        # the explicit choices still work, also without JavaScript (the pressed button's `choice`)
+        posted = client.post(
+            f"/review/jobs/{job_id}/rows/1",
+            data={"choice": "uncodable:", "csrf_token": csrf},
+            follow_redirects=False,
+        )
+        assert posted.status_code == 303
+        client.post(
+            f"/review/jobs/{job_id}/rows/2",
+            data={"choice": "accept:2221", "csrf_token": csrf},
+            follow_redirects=False,
+        )
+    with session_scope(site.db_url) as session:
+        decided = {
+            d.row_number: (d.final_code, d.action)
+            for d in session.scalars(select(ReviewDecision).where(ReviewDecision.job_id == job_id))
+        }
+    assert decided == {1: (None, "uncodable"), 2: ("2221", "accept")}
+
+
+def test_auto_coded_rows_are_audited_on_a_seeded_sample(site: Site) -> None:
+    """A coder opens a seeded random sample of the auto-coded rows (default share, or a number / share of
+    rows), decides them like the queue's rows, and the job's page and the job list count the rows checked
+    and changed; the result says reviewed / changed / uncodable for them."""
+    from shared.review import AUDIT_MIN_ROWS, audit_key
+
+    job_settings = JobSettings(env="test", data_dir=site.settings.data_dir, database_url=site.db_url)
+    cases = audit_cases(auto=100, queued=10)
+    job_id = finished_csv_job(site.db_url, job_settings, site.id_a, cases)
+    queue_rows = set(range(5, 51, 5))
+    sample_re = re.compile(r'data-row="(\d+)"')
+
+    def sample(client: TestClient, query: str) -> list[int]:
+        """The sample's rows, walked with the page's own next links."""
+        page = _row_page(client, f"/review/jobs/{job_id}/audit{query}")
+        seen = [int(sample_re.search(page).group(1))]  # type: ignore[union-attr]
+        while (link := re.search(r'id="next" href="([^"]+)"', page)) is not None:
+            page = _row_page(client, link.group(1).replace("&amp;", "&"))
+            seen.append(int(sample_re.search(page).group(1)))  # type: ignore[union-attr]
+        return seen
+
+    with site.client() as client:
+        csrf = site.sign_in(client, site.key_a)
+        default = sample(client, "")
+        assert len(default) == AUDIT_MIN_ROWS == 20  # 5% of 100 is 5: at least 20
+        assert default == sorted(default) and not set(default) & queue_rows
+        auto_rows = [n for n in range(1, 111) if n not in queue_rows]
+        assert default == sorted(sorted(auto_rows, key=lambda n: audit_key(job_id, n))[:20])  # seeded
+        ten = sample(client, "?rows=10")
+        assert len(ten) == 10 and set(ten) <= set(default)  # a smaller sample is part of a larger one
+        assert len(sample(client, "?share=7")) == 7  # 7% of 100 auto-coded rows
+        assert client.get(f"/review/jobs/{job_id}/audit?rows=5000").status_code == 422
+    with site.client() as other_process:  # another app (process): the same sample
+        site.sign_in(other_process, site.key_a)
+        assert sample(other_process, "?rows=10") == ten
+
+    with site.client() as client:
+        csrf = site.sign_in(client, site.key_a)
+        three = sample(client, "?rows=3")
+        assert set(three) <= set(ten)
+        first = _row_page(client, f"/review/jobs/{job_id}/audit?rows=10&row={three[0]}")
+        assert f'data-row="{three[0]}"' in first and 'data-mode="audit"' in first
+        assert "without a coder" in first and 'class="reason auto"' in first
+        # Enter confirms the model's own code here: it coded the row at four digits, unflagged
+        model_code = cases[three[0] - 1].ranked[0][0]
+        assert f'data-default="{model_code}"' in first and f"Confirm {model_code}" in first
+        assert 'id="audit-checked">0</b>' in first
+
+        def decide(number: int, action: str, code: str = "") -> str:
+            r = client.post(
+                f"/review/jobs/{job_id}/rows/{number}",
+                data={"action": action, "code": code, "csrf_token": csrf, "audit_rows": "10"},
+                follow_redirects=False,
+            )
+            assert r.status_code == 303, r.text
+            return r.headers["location"]
+
+        after = decide(three[0], "accept")
+        following = next(n for n in ten if n > three[0])
+        assert after.endswith(f"/review/jobs/{job_id}/audit?rows=10&row={following}")  # the sample's next row
+        other_code = cases[three[1] - 1].ranked[1][0]
+        decide(three[1], "search", other_code)
+        decide(three[2], "uncodable")
+        page = _row_page(client, f"/review/jobs/{job_id}")
+        assert re.search(
+            r'id="audit-checked">3</b> of 100 auto-coded rows checked, <b id="audit-changed">2</b>', page
+        )
+        assert '<b id="count-decided">0</b> of <b id="count-queue">10</b>' in page  # the queue is untouched
+        home = client.get("/review").text
+        row = home[home.index(f'data-job="{job_id}"') :]
+        assert re.search(r'class="count-audited"[^>]*>3 checked, 2 changed', row)
+        assert re.search(r'class="count-reviewed"[^>]*>0 / 10', row)
+        result = {
+            int(r["ref"][1:]): r for r in read_csv(client.get(f"/review/jobs/{job_id}/result.csv").text)
+        }
+        unchecked = next(n for n in ten if n not in three)
+        assert [result[n]["final_status"] for n in (*three, unchecked)] == [
+            "reviewed",
+            "changed",
+            "uncodable",
+            "auto_coded",
+        ]
+        assert result[5]["final_status"] == "pending" and result[three[1]]["final_code"] == other_code
+        done = client.get(f"/review/jobs/{job_id}/audit?rows=3")
+        assert 'id="done"' in done.text and "All 3 sampled auto-coded rows are checked" in done.text
+        # a row that does not exist takes no decision
+        missing = client.post(
+            f"/review/jobs/{job_id}/rows/999",
+            data={"action": "accept", "csrf_token": csrf},
+            follow_redirects=False,
+        )
+        assert missing.status_code == 404
+
+
+def test_the_row_shows_the_records_other_columns(site: Site) -> None:
+    job_settings = JobSettings(env="test", data_dir=site.settings.data_dir, database_url=site.db_url)
+    csv_id = finished_csv_job(site.db_url, job_settings, site.id_a, extra=("respondent_id", "region", "age"))
+    batch_id = finished_batch_job(site.db_url, job_settings, site.id_a)
+    with site.client() as client:
+        site.sign_in(client, site.key_a)
+        page = _row_page(client, f"/review/jobs/{csv_id}?row=3")
+        record = re.search(r'<dl class="record" id="record">(.*?)</dl>', page, re.S)
+        assert record is not None
+        pairs = re.findall(r"<dt>([^<]*)</dt><dd>([^<]*)</dd>", record.group(1))
+        assert pairs == [
+            ("ref", "r3"),
+            ("respondent_id", "respondent_id-3"),
+            ("region", "region-3"),
+            ("age", "age-3"),
+        ]
+        batch = _row_page(client, f"/review/jobs/{batch_id}?row=1")
+        assert "<dt>id</dt><dd>b1</dd>" in batch
+
+
+def test_the_job_list_names_dates_counts_and_pages_every_job(site: Site) -> None:
+    from services.gateway.review import routes
+
+    job_settings = JobSettings(env="test", data_dir=site.settings.data_dir, database_url=site.db_url)
+    batch_id = finished_batch_job(site.db_url, job_settings, site.id_a)
+    for i in range(routes.JOBS_PER_PAGE):  # with the site's job and the batch: two pages
+        finished_csv_job(site.db_url, job_settings, site.id_a, filename=f"wave-{i}.csv")
+    with site.client() as client:
+        site.sign_in(client, site.key_a)
+        first = client.get("/review").text
+        rows = re.findall(r'<tr data-job="[^"]+">.*?</tr>', first, re.S)
+        assert len(rows) == routes.JOBS_PER_PAGE
+        for row in rows:  # every job shown has a name, a submit time and its counts
+            assert re.search(r'class="name">[^<]+<', row)
+            assert re.search(r'class="submitted"[^>]*>\d{4}-\d\d-\d\d \d\d:\d\d UTC<', row)
+            assert re.search(r'class="count-queue"[^>]*>4<', row) and re.search(r'count-auto"[^>]*>2<', row)
+        assert (
+            "wave-24.csv" in first and f"Jobs 1–{routes.JOBS_PER_PAGE} of {routes.JOBS_PER_PAGE + 2}" in first
+        )
+        older = re.search(r'id="older" href="([^"]+)"', first)
+        assert older is not None and 'id="newer"' not in first
+        second = client.get(older.group(1).replace("&amp;", "&")).text
+        assert 'id="newer"' in second and 'id="older"' not in second
+        assert f'data-job="{batch_id}"' in second and f'data-job="{site.job_id}"' in second
+        assert "Batch of 6 records: staff nurse, welder, …" in second and "survey.csv" in second
+        assert client.get("/review?page=0").status_code == 422
+
+
+def test_the_header_names_the_keys_label_and_the_page_has_a_favicon(site: Site) -> None:
+    from services.run import register_key
+
+    with session_scope(site.db_url) as session:
+        register_key(session, "isco_from-the-environment", site.settings.secret_key, name="ISCO_API_KEY")
+    with site.client() as client:
+        site.sign_in(client, site.key_a)
+        home = client.get("/review").text
+        assert '<b id="key-label">coder-a</b>' in home and f"{site.key_a[:12]}…" in home
+        icon = re.search(r'<link rel="icon" type="image/svg\+xml" href="([^"]+)">', home)
+        assert icon is not None
+        svg = client.get(icon.group(1))
+        assert (
+            svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml" and "<svg" in svg.text
+        )
+    with site.client() as client:
+        site.sign_in(client, "isco_from-the-environment")
+        home = client.get("/review").text
+        assert '<b id="key-label">start-up key</b>' in home and "ISCO_API_KEY" not in home
+
+
+def test_the_models_box_speaks_to_coders(site: Site) -> None:
+    from shared.db.tables import ModelStatus, ModelVersion
+
+    metrics = {
+        "test": {"accuracy": 0.71, "top5": 0.93, "macro_f1": 0.4, "routing": {"auto_coded": 0.4}},
+        "devsets": {
+            "ilo_titles_dev": {
+                "accuracy": 0.697,
+                "routing": {"auto_coded": 0.336, "auto_coded_precision": 0.958},
+            },
+            "onet_jobs_dev": {
+                "accuracy": 0.507,
+                "routing": {"auto_coded": 0.113, "auto_coded_precision": 0.88},
+            },
+        },
+    }
+    with session_scope(site.db_url) as session:
+        session.add(
+            ModelVersion(
+                version="v20261201-0412-ab12", path="/nowhere", base_model="tiny", status=ModelStatus.ready,
+                is_best=True, metrics=metrics, eval_score=0.71,
+            )
+        )  # fmt: skip
+    with site.client() as client:
+        site.sign_in(client, site.key_a)
+        home = client.get("/review").text
+        box = home[home.index('id="registry"') :]
+        assert "v20261201-0412-ab12" in box and "in use" in box
+        assert '69.7% <span class="muted">on ILO titles</span>' in box and "on O*NET jobs" in box
+        assert '33.6% <span class="muted">of ILO titles, 95.8% right</span>' in box
+        for raw in ("macro_f1", "top5", "auto_coded", "devsets", "eval_score"):
+            assert raw not in box

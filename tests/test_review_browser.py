@@ -1,10 +1,12 @@
 """The review page in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium)
 against a real gateway (uvicorn) on a migrated PostgreSQL, with finished jobs whose results need review.
 
-A coder signs in, settles three rows with the keyboard (Enter, a digit, and a search), exports the corrections
-and downloads the reviewed result; the DB and the files are checked. Another key sees nothing of it. The time
-for 20 rows settled with the keyboard is measured (page actions: key press -> decision stored -> next row
-shown) and printed. Screenshots of the page at 1280x800 go to docs/ with ISCO_UPDATE_SCREENSHOTS=1.
+A coder signs in, settles three rows with the keyboard (a digit where Enter has no default, a digit, and a
+search), exports the corrections and downloads the reviewed result; the DB and the files are checked. Another
+key sees nothing of it. A coder audits a sample of auto-coded rows (Enter confirms the model's code there) and
+finds codes by the titles the model knows; the pages fit a 420 px phone screen. The time for 20 rows settled
+with the keyboard is measured (page actions: key press -> decision stored -> next row shown) and printed.
+Screenshots of the page at 1280x800 go to docs/ with ISCO_UPDATE_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from shared.jobs import JobSettings
 from shared.settings import REPO_ROOT
 from tests.conftest import IN_CI, REDIS_URL
 from tests.jobs_support import register_best
-from tests.review_support import finished_csv_job, many_cases, read_csv
+from tests.review_support import audit_cases, finished_csv_job, many_cases, read_csv
 from tests.serving_helpers import ServerThread
 from tests.tiny_model import build_tiny_model_dir
 
@@ -107,7 +109,14 @@ def stack(postgres_server_url: str, tmp_path_factory: pytest.TempPathFactory) ->
 
         for mv in session.scalars(select(ModelVersion)):
             mv.eval_score = 0.62 if mv.is_best else 0.55
-            mv.metrics = {"top1": mv.eval_score, "top5": 0.88, "macro_f1": 0.41}
+            dev = {
+                "accuracy": mv.eval_score + 0.07,
+                "routing": {"auto_coded": 0.336, "auto_coded_precision": 0.958},
+            }
+            mv.metrics = {
+                "test": {"accuracy": mv.eval_score, "top5": 0.88, "macro_f1": 0.41},
+                "devsets": {"ilo_titles_dev": dev, "onet_jobs_dev": {"accuracy": 0.507}},
+            }
     # a real inference service (tiny model with stored training examples) gives the page its evidence
     model_dir = build_tiny_model_dir(root / "tiny-model", "tiny-review-1", signals=True)
     inference_settings = InferenceSettings(
@@ -277,8 +286,12 @@ def test_coder_reviews_three_rows_with_the_keyboard_and_a_search_then_exports(
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Lax" and cookie["path"] == "/review"
     assert browser.execute_script("return document.cookie") == ""  # httpOnly: invisible to scripts
     jobs_row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]')
-    assert "succeeded" in jobs_row.text and "6 / 6" in jobs_row.text
-    assert browser.find_elements(By.CSS_SELECTOR, "#registry .badge")  # the best model is marked
+    assert "succeeded" in jobs_row.text and "6 / 6" in jobs_row.text and "survey.csv" in jobs_row.text
+    assert browser.find_element(By.ID, "key-label").text == "coder-a"
+    registry = browser.find_element(By.ID, "registry").text
+    assert "69.0% on ILO titles" in registry and "33.6% of ILO titles, 95.8% right" in registry
+    assert "macro_f1" not in registry and "top5" not in registry
+    assert browser.find_elements(By.CSS_SELECTOR, "#registry .badge")  # the model in use is marked
     curves = browser.find_elements(By.CSS_SELECTOR, "#registry img.curve")
     assert len(curves) == 2 and all(
         browser.execute_script("return arguments[0].naturalWidth", c) for c in curves
@@ -297,7 +310,12 @@ def test_coder_reviews_three_rows_with_the_keyboard_and_a_search_then_exports(
     assert not browser.find_elements(By.CSS_SELECTOR, '.evidence[data-code="5321"]')  # none stored for it
     _screenshot(browser, "review-row.png")
 
-    _decide_with(browser, Keys.ENTER)  # accept the model's code
+    # the model did not code this row at four digits: no default, Enter opens the search instead
+    assert not browser.find_elements(By.ID, "accept") and browser.find_element(By.ID, "no-default")
+    _press(browser, Keys.ENTER)
+    assert browser.switch_to.active_element.get_attribute("id") == "search" and _row(browser) == "1"
+    _press(browser, Keys.ESCAPE)
+    _decide_with(browser, "1")  # the coder chooses the model's first answer
     assert _row(browser) == "3"
     _decide_with(browser, "2")  # the second alternative
     assert _row(browser) == "4"
@@ -336,13 +354,13 @@ def test_coder_reviews_three_rows_with_the_keyboard_and_a_search_then_exports(
         ("pipe fitter", "7126"),
     ]
     result = read_csv(_download(browser, "download-result", "reviewed"))
-    assert [(r["ref"], r["final_code"], r["coded_by"]) for r in result] == [
-        ("r1", "2221", "reviewer"),
-        ("r2", "7212", "model"),
-        ("r3", "3313", "reviewer"),
-        ("r4", "7126", "reviewer"),
-        ("r5", "2341", "model"),
-        ("r6", "", ""),  # still in the queue
+    assert [(r["ref"], r["final_code"], r["coded_by"], r["final_status"]) for r in result] == [
+        ("r1", "2221", "reviewer", "reviewed"),
+        ("r2", "7212", "model", "auto_coded"),
+        ("r3", "3313", "reviewer", "changed"),
+        ("r4", "7126", "reviewer", "changed"),
+        ("r5", "2341", "model", "auto_coded"),
+        ("r6", "", "", "pending"),  # still in the queue
     ]
 
     # another key, signed in in the same browser, sees neither the job nor its review
@@ -372,7 +390,6 @@ def test_coder_reviews_three_rows_with_the_keyboard_and_a_search_then_exports(
 
 def test_twenty_rows_settled_with_the_keyboard(stack: Stack, browser: Any) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     key_id = stack.keys["coder-a"][1]
     job_settings = JobSettings(**{k: getattr(stack.settings, k) for k in ("env", "data_dir", "database_url")})
@@ -383,7 +400,7 @@ def test_twenty_rows_settled_with_the_keyboard(stack: Stack, browser: Any) -> No
 
     plan: list[tuple[str, ...]] = []
     for i in range(20):
-        plan.append([(Keys.ENTER,), ("2",), ("3",), ("u",), ("/",)][i % 5])
+        plan.append([("1",), ("2",), ("3",), ("u",), ("/",)][i % 5])
     started = time.perf_counter()
     per_row = []
     for keys in plan:
@@ -432,4 +449,88 @@ def test_the_api_returns_evidence_on_request(stack: Stack) -> None:
         assert all(
             r["evidence"] is None
             for r in client.post("/predict/batch", json={"records": records}).json()["results"]
+        )
+
+
+def _fits(driver: Any) -> bool:
+    """Nothing on the page is wider than the screen (no sideways scrolling)."""
+    width: int = driver.execute_script("return document.documentElement.scrollWidth")
+    screen: int = driver.execute_script("return window.innerWidth")
+    return width <= screen
+
+
+def test_coder_audits_auto_coded_rows_searches_titles_and_the_page_fits_a_phone(
+    stack: Stack, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    key_id = stack.keys["coder-a"][1]
+    job_settings = JobSettings(**{k: getattr(stack.settings, k) for k in ("env", "data_dir", "database_url")})
+    cases = audit_cases(auto=40, queued=8)
+    job_id = finished_csv_job(
+        stack.db_url, job_settings, key_id, cases, extra=("respondent_id", "region"), filename="wave 3.csv"
+    )
+    _sign_in(browser, stack, "coder-a")
+    icon = browser.find_element(By.CSS_SELECTOR, "link[rel=icon]").get_attribute("href")
+    status = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1]; fetch(arguments[0]).then(r => done(r.status));", icon
+    )
+    assert status == 200
+
+    browser.get(f"{stack.url}/review/jobs/{job_id}")
+    _wait(browser, lambda d: _row(d) == "5", "the queue's first row")
+    record = browser.find_element(By.ID, "record").text
+    assert "respondent_id" in record and "respondent_id-5" in record and "region-5" in record
+    browser.find_element(By.ID, "audit-open").click()  # the default sample: 5% of 40, at least 20
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#row[data-mode="audit"]'), "the audit sample")
+    assert "of 20 in the audit sample" in browser.find_element(By.ID, "row").text
+    _screenshot(browser, "review-audit.png")
+
+    first = int(_row(browser) or 0)
+    _decide_with(browser, Keys.ENTER)  # Enter confirms the model's own code on an auto-coded row
+    second = int(_row(browser) or 0)
+    assert second != first and browser.find_elements(By.CSS_SELECTOR, '#row[data-mode="audit"]')
+    _press(browser, "/")
+    _press(browser, "nurse")
+    _wait(
+        browser,
+        lambda d: [li for li in d.find_elements(By.CSS_SELECTOR, "#search-results li.selected")
+                   if li.get_attribute("data-code") == "2221"],
+        "2221 first for nurse",
+    )  # fmt: skip
+    hit = browser.find_element(By.CSS_SELECTOR, "#search-results li.selected").text
+    assert "Nursing Professionals" in hit and "nurse" in hit.lower().split("professionals", 1)[1]
+    _decide_with(browser, Keys.ENTER)
+    assert browser.find_element(By.ID, "audit-checked").text == "2"
+    with session_scope(stack.db_url) as session:
+        decided = {
+            d.row_number: (d.model_code, d.final_code, d.action)
+            for d in session.scalars(select(ReviewDecision).where(ReviewDecision.job_id == job_id))
+        }
+    model_first = cases[first - 1].ranked[0][0]
+    assert decided == {
+        first: (model_first, model_first, "accept"),
+        second: (cases[second - 1].ranked[0][0], "2221", "search"),
+    }
+    audit_url = browser.current_url
+
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 420, "height": 860, "deviceScaleFactor": 1, "mobile": True},
+    )
+    try:
+        for url in (f"{stack.url}/review", f"{stack.url}/review/jobs/{job_id}", audit_url):
+            browser.get(url)
+            _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "main .card"), url)
+            assert browser.execute_script("return window.innerWidth") == 420
+            assert _fits(browser), f"{url} scrolls sideways at 420 px"
+        _press(browser, "/")
+        _press(browser, "army")
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#search-results li"), "search results")
+        assert _fits(browser), "the search results scroll sideways at 420 px"
+    finally:
+        browser.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
         )

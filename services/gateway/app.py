@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import kombu.exceptions
 import redis
@@ -26,10 +27,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.auth import KeyCache
@@ -41,6 +44,7 @@ from services.gateway.routes_predict import router as predict_router
 from services.gateway.settings import GatewaySettings
 from shared.db.session import get_engine
 from shared.logs import REQUEST_ID_HEADER, RequestContextMiddleware, RequestObserver, configure_logging
+from shared.schemas import ErrorResponse
 
 log = logging.getLogger("services.gateway")
 
@@ -128,7 +132,11 @@ class BodyGuardMiddleware:
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        detail = {"reason": f"request body is larger than {self.max_bytes} bytes", "limit": self.max_bytes}
+        detail = {
+            "error": "too_large",
+            "message": f"the request body is larger than {self.max_bytes} bytes",
+            "limit": self.max_bytes,
+        }
         await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
 
@@ -140,7 +148,8 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Error handlers: every client error is JSON with a reason; a validation error names the field
+# Error handlers: every error is JSON in the one shape of shared.schemas.ErrorResponse; a validation error
+# names the field
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -177,13 +186,50 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     return JSONResponse({"detail": errors}, status_code=422)
 
 
-async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    if exc.status_code == 400:  # the framework's "error parsing the body": a client input problem
-        return JSONResponse(
-            {"detail": [{"field": "body", "reason": str(exc.detail), "type": "body_parse"}]}, status_code=422
-        )
+    if exc.status_code == 400:  # a body that cannot be parsed (JSON, multipart): a client input problem
+        detail = exc.detail
+        if isinstance(detail, dict) and "message" in detail:
+            error = {"field": "body", "reason": str(detail["message"]), "type": str(detail.get("error", ""))}
+        else:
+            error = {"field": "body", "reason": str(detail), "type": "body_parse"}
+        return JSONResponse({"detail": [error]}, status_code=422)
+    if exc.status_code == 405:
+        allowed = allowed_methods(request.scope)
+        if allowed and request.method == "OPTIONS":  # no route answers OPTIONS: say what the path takes
+            return Response(status_code=204, headers={"Allow": ", ".join(allowed)})
+        headers = {**(exc.headers or {}), **({"Allow": ", ".join(allowed)} if allowed else {})}
+        return JSONResponse({"detail": exc.detail}, status_code=405, headers=headers)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(scope: Scope) -> list[str]:
+    """Every method some route answers at this path, plus OPTIONS (for `Allow`). The framework's own 405
+    names only the methods of the first route that matched the path, though a path such as /jobs/{id} has a
+    route per method. Empty when only a mount (static files, which say their own) matches."""
+    app = scope["app"]
+    probe_base = {
+        "type": "http",
+        "path": scope["path"],
+        "root_path": scope.get("root_path", ""),
+        "headers": [],
+        "query_string": b"",
+        "path_params": {},
+    }
+    allowed = []
+    for method in PROBED_METHODS:
+        probe = {**probe_base, "method": method}
+        for route in app.router.routes:
+            match, _ = route.matches(probe)
+            if match == Match.FULL:
+                if not isinstance(route, Mount):
+                    allowed.append(method)
+                break
+    return [*allowed, "OPTIONS"] if allowed else []
 
 
 # A dependency that is down is the server's problem for a while, not a bug: 503 with the reason and a hint to
@@ -229,6 +275,73 @@ async def inference_error_handler(request: Request, exc: Exception) -> JSONRespo
 # ---------------------------------------------------------------------------------------------------------
 
 
+class ReadyResponse(BaseModel):
+    """GET /ready: 200 when everything is up, 503 naming what is down."""
+
+    status: Literal["ready", "not ready"]
+    down: list[str] = Field(description="the dependencies that are down: database, broker, inference")
+    database: str = Field(description="`ok`, or why it is down")
+    broker: str = Field(description="`ok`, or why it is down")
+    inference: str = Field(description="`ok`, or why it is down")
+    model_version: str | None = Field(None, description="the model the inference service serves, when up")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# OpenAPI: every error answer references the one ErrorResponse schema
+# ---------------------------------------------------------------------------------------------------------
+
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+# what any operation may answer, by what it takes: added where a route does not say it itself
+IMPLIED_ERRORS = {
+    "401": "missing or invalid API key",
+    "413": "request body larger than the limit",
+    "422": "invalid input: `detail` lists each problem (field, reason, type)",
+    "503": "a dependency (database, job queue, inference service) is unavailable; retry after `Retry-After`",
+}
+
+
+def declare_error_shape(spec: dict[str, Any]) -> dict[str, Any]:
+    """Make every 4xx/5xx answer of every operation in `spec` reference ErrorResponse (FastAPI declares its
+    own {loc, msg, type} HTTPValidationError for 422, which this app never sends), and declare the errors an
+    operation can meet whether or not its route lists them: 401 and 503 (the key store) where it needs a key,
+    422 where it takes input, 413 where it takes a body."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(error_schema.pop("$defs", {}))
+    schemas["ErrorResponse"] = error_schema
+    for item in spec.get("paths", {}).values():
+        for method, operation in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            responses = operation.setdefault("responses", {})
+            implied = []
+            if operation.get("security"):
+                implied += ["401", "503"]
+            if operation.get("parameters") or operation.get("requestBody"):
+                implied.append("422")
+            if operation.get("requestBody"):
+                implied.append("413")
+            for status in implied:
+                responses.setdefault(status, {"description": IMPLIED_ERRORS[status]})
+            for status, response in responses.items():
+                if status[:1] not in ("4", "5") or _declares_own_body(response):
+                    continue
+                if response.get("description") == "Validation Error":  # FastAPI's wording for its own shape
+                    response["description"] = IMPLIED_ERRORS["422"]
+                response["content"] = {"application/json": {"schema": ERROR_REF}}
+    for name in ("HTTPValidationError", "ValidationError"):
+        if f'"#/components/schemas/{name}"' not in json.dumps(spec):
+            schemas.pop(name, None)
+    return spec
+
+
+def _declares_own_body(response: dict[str, Any]) -> bool:
+    """Whether an error response declares a body other than FastAPI's default validation error."""
+    default = {"$ref": "#/components/schemas/HTTPValidationError"}
+    return any(media.get("schema") != default for media in (response.get("content") or {}).values())
+
+
 def create_app(settings: GatewaySettings | None = None, *, inference_transport: Any = None) -> FastAPI:
     """Build the gateway. Tests pass their own settings (and optionally an httpx transport for inference)."""
     settings = settings or GatewaySettings()
@@ -256,7 +369,10 @@ def create_app(settings: GatewaySettings | None = None, *, inference_transport: 
         version="1.0",
         description="Codes job titles and duties descriptions to ISCO-08 with calibrated confidence, "
         "falling back to coarser groups when unsure. Authenticate with `Authorization: Bearer <key>` or "
-        "`X-API-Key: <key>` (keys: `isco keys create NAME`).",
+        "`X-API-Key: <key>` (keys: `isco keys create NAME`); every key a request presents must be valid, and "
+        "an `Authorization` header of another scheme is refused (401). Every error answer is "
+        '`{"detail": ...}` (schema `ErrorResponse`): a list of `{field, reason, type}` for invalid input, '
+        "an `{error, message}` object, or a sentence. Times are UTC (RFC 3339, ending in `Z`).",
         lifespan=lifespan,
         docs_url=None,  # served by _add_docs_routes from local assets (the default loads them from a CDN)
         redoc_url=None,
@@ -279,6 +395,14 @@ def create_app(settings: GatewaySettings | None = None, *, inference_transport: 
     _include_job_routers(app)
     _add_ops_routes(app)
     _add_docs_routes(app)
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = declare_error_shape(default_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, observe=_observer(metrics))  # outermost: sees every response
@@ -308,7 +432,13 @@ def _add_ops_routes(app: FastAPI) -> None:
         "/ready",
         tags=["ops"],
         summary="database, broker and inference service reachable, model loaded",
-        responses={503: {"description": "not ready: the body names each dependency that is down, and why"}},
+        response_model=ReadyResponse,
+        responses={
+            503: {
+                "model": ReadyResponse,
+                "description": "not ready: the body names each dependency that is down, and why",
+            }
+        },
     )
     async def ready(request: Request) -> JSONResponse:
         from starlette.concurrency import run_in_threadpool

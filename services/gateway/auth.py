@@ -1,5 +1,9 @@
 """API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`; only a salted SHA-256 hash is stored.
 
+A request may present both headers; every key it presents must be valid (the bearer token's key is the
+caller), and an `Authorization` header of any other scheme is refused, so one wrong credential is never
+outvoted by a right one.
+
 The salt is the deployment's `secret_key` (a server-side pepper): a per-key random salt would make the
 indexed lookup by hash impossible, and keys are 256-bit random tokens, so a dictionary attack has nothing to
 work on. Keys are shown once, at creation. Revoked keys stop working within `api_key_cache_s` seconds.
@@ -78,15 +82,22 @@ def lookup_api_key(session: Session, key: str, secret: str) -> ApiKey | None:
     return row
 
 
-def presented_key(request: Request) -> str | None:
-    """The key from `Authorization: Bearer` or `X-API-Key`, if any."""
+def presented_keys(request: Request) -> list[str]:
+    """Every key the request presents, the bearer token first: `Authorization: Bearer <key>`, `X-API-Key`.
+
+    Each must be valid for the request to pass. An `Authorization` header that is not a bearer token (Basic,
+    Digest, a bare value, an empty one, `Bearer` with nothing after it) is presented as "" (matches no key):
+    it is refused like a wrong bearer token, whatever its scheme and whatever `X-API-Key` says beside it.
+    """
+    keys = []
     auth = request.headers.get("authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    header = request.headers.get("x-api-key")
-    return header.strip() if header and header.strip() else None
+    if auth is not None:  # present, even empty or blank: a credential that matches no key
+        scheme, _, value = auth.strip().partition(" ")
+        keys.append(value.strip() if scheme.lower() == "bearer" else "")
+    header = request.headers.get("x-api-key", "").strip()
+    if header:
+        keys.append(header)
+    return list(dict.fromkeys(keys))
 
 
 class KeyCache:

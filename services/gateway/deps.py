@@ -21,7 +21,7 @@ from services.gateway.auth import (
     Principal,
     authenticate,
     hash_key,
-    presented_key,
+    presented_keys,
 )
 from services.gateway.client import InferenceClient
 from services.gateway.settings import GatewaySettings
@@ -53,7 +53,7 @@ def get_inference_client(request: Request) -> InferenceClient:
     return request.app.state.inference
 
 
-# Declared for the OpenAPI document (an "Authorize" button in /docs); the key itself is read by presented_key.
+# Declared for the OpenAPI document (an "Authorize" button in /docs); the keys are read by presented_keys.
 _bearer_scheme = HTTPBearer(auto_error=False, description="API key as a bearer token")
 _header_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
 
@@ -63,13 +63,28 @@ async def require_api_key(
     _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer_scheme)] = None,
     _header: Annotated[str | None, Security(_header_scheme)] = None,
 ) -> Principal:
-    """The caller's Principal; 401 without a valid key unless auth is disabled (dev mode, explicitly set)."""
+    """The caller's Principal; 401 unless every key presented is valid (auth disabled: dev mode, explicitly
+    set). The first key (the bearer token, when there is one) names the caller."""
     settings: GatewaySettings = request.app.state.settings
     if settings.auth_disabled:
         return DEV_PRINCIPAL
-    key = presented_key(request)
-    if key is None:
+    keys = presented_keys(request)
+    if not keys:
         raise UNAUTHORIZED
+    principals = []
+    for key in keys:
+        principal = await _principal(request, settings, key)
+        if principal is None:
+            raise UNAUTHORIZED
+        principals.append(principal)
+    request.state.principal = principals[0]
+    return principals[0]
+
+
+async def _principal(request: Request, settings: GatewaySettings, key: str) -> Principal | None:
+    """The key's Principal (cached for `api_key_cache_s`), None when no active key matches."""
+    if not key:
+        return None
     cache = request.app.state.key_cache
     key_hash = hash_key(key, settings.secret_key)
     principal = cache.get(key_hash)
@@ -82,10 +97,8 @@ async def require_api_key(
                 "message": "the API key store (metadata database) is unavailable",
             }
             raise HTTPException(503, detail, {"Retry-After": RETRY_AFTER_S}) from exc
-        if principal is None:
-            raise UNAUTHORIZED
-        cache.put(key_hash, principal)
-    request.state.principal = principal
+        if principal is not None:
+            cache.put(key_hash, principal)
     return principal
 
 

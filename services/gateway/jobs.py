@@ -307,7 +307,9 @@ def _view(request: Request, job: Job) -> JobView:
     return JobView.of(job, status_url, result_url)
 
 
-@router.get("/jobs", response_model=list[JobView], responses=JOB_ERRORS, summary="The caller's jobs")
+@router.get(
+    "/jobs", response_model=list[JobView], responses={401: JOB_ERRORS[401]}, summary="The caller's jobs"
+)
 def list_jobs(
     request: Request,
     session: SessionDep,
@@ -374,7 +376,7 @@ def get_job_result(request: Request, job_id: str, session: SessionDep, principal
     path = Path(job.result_path or "")
     if not path.is_file():
         raise HTTPException(410, detail={"error": "expired", "message": "the result file is gone"})
-    # reviewed jobs: every row also says `final_code` and `coded_by` (shared/review.py)
+    # reviewed jobs: every row also says `final_code`, `coded_by` and `final_status` (shared/review.py)
     decisions = review.decisions_for_job(session, job.id) if review.has_decisions(session, job.id) else None
     as_csv = job.kind == "csv" or "text/csv" in request.headers.get("accept", "")
     if as_csv and decisions is not None:
@@ -403,7 +405,8 @@ def _batch_json(
     job: Job, result: Path, decisions: dict[int, ReviewDecision] | None = None
 ) -> Iterator[bytes]:
     """{"job_id", "model_version", "results": [...]} streamed from the JSON lines result; with review
-    `decisions`, each result also says `final_code` and `coded_by` (null where there is none yet)."""
+    `decisions`, each result also says `final_code` and `coded_by` (null where there is none yet) and
+    `final_status` (auto_coded, reviewed, changed, uncodable, pending or failed)."""
     yield json.dumps({"job_id": job.id, "model_version": job.model_version})[:-1].encode() + b', "results": ['
     if decisions is None:
         with open(result, "rb") as f:
@@ -425,9 +428,9 @@ def _reviewed_lines(job: Job, result: Path, decisions: dict[int, ReviewDecision]
     with open(result, encoding="utf-8") as f:
         # line for line, as `iter_result_rows` pairs them with the input records
         for row, line in zip(review.iter_result_rows(job), f, strict=False):
-            final_code, coded_by = review.final_cells(row, decisions.get(row.number))
+            final_code, coded_by, status = review.reviewed_cells(row, decisions.get(row.number))
             outcome = json.loads(line)
-            outcome.update(final_code=final_code or None, coded_by=coded_by or None)
+            outcome.update(final_code=final_code or None, coded_by=coded_by or None, final_status=status)
             yield json.dumps(outcome, ensure_ascii=False).encode()
 
 

@@ -52,7 +52,13 @@ def _fail(response: httpx.Response) -> None:
         detail: Any = response.json().get("detail")
     except ValueError:
         detail = response.text[:500]
-    message = detail.get("message") or detail.get("reason") if isinstance(detail, dict) else detail
+    # the API's ErrorResponse: {error, message, ...}, a list of {field, reason, type}, or a sentence
+    if isinstance(detail, dict):
+        message = detail.get("message") or detail.get("reason")
+    elif isinstance(detail, list):
+        message = "; ".join(f"{e.get('field')}: {e.get('reason')}" for e in detail if isinstance(e, dict))
+    else:
+        message = detail
     err.print(f"[red]error {response.status_code}[/red]: {message if message else json.dumps(detail)}")
     raise typer.Exit(2)
 

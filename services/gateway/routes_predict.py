@@ -14,10 +14,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from services.gateway.auth import Principal
 from services.gateway.deps import ApiKeyDep, InferenceClientDep, SettingsDep
+from shared.jobs import JobAccepted
 from shared.schemas import MAX_TEXT_CHARS, JobRecord, Prediction, PredictRequest, PredictResponse, Thresholds
 from shared.text import INDUSTRY_MAX_CHARS
 
@@ -34,23 +35,14 @@ class JobPredictRequest(JobRecord):
     explain: bool = Field(False, description="add `evidence`: the nearest training examples")
 
 
-class FieldError(BaseModel):
-    field: str = Field(description="where the problem is, e.g. records.3.job_title")
-    reason: str
-    type: str
-
-
-class ErrorResponse(BaseModel):
-    detail: str | list[FieldError] | dict[str, Any]
-
-
+# Bodies: every one is shared.schemas.ErrorResponse (the app's OpenAPI declares it for every error answer).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "missing or invalid API key"},
-    413: {"model": ErrorResponse, "description": "request body or batch too large"},
-    422: {"model": ErrorResponse, "description": "invalid input: each error names the field and the reason"},
-    502: {"model": ErrorResponse, "description": "inference service failed"},
-    503: {"model": ErrorResponse, "description": "inference service unavailable or no model loaded"},
-    504: {"model": ErrorResponse, "description": "inference service timed out"},
+    401: {"description": "missing or invalid API key"},
+    413: {"description": "request body or batch too large"},
+    422: {"description": "invalid input: `detail` lists each problem (field, reason, type)"},
+    502: {"description": "inference service failed"},
+    503: {"description": "inference service unavailable or no model loaded"},
+    504: {"description": "inference service timed out"},
 }
 
 JOB_EXAMPLES = {
@@ -128,7 +120,8 @@ async def reject_large_batch(request: Request, body: PredictRequest, principal: 
     raise HTTPException(
         413,
         detail={
-            "reason": f"{len(body.records)} records is above the synchronous batch limit; send at most "
+            "error": "too_many_records",
+            "message": f"{len(body.records)} records is above the synchronous batch limit; send at most "
             f"{limit} per request or upload a CSV to /predict/csv",
             "limit": limit,
             "records": len(body.records),
@@ -179,7 +172,10 @@ async def predict_job(
 @router.post(
     "/predict/batch",
     response_model=PredictResponse,
-    responses={**ERROR_RESPONSES, 202: {"description": "large batch accepted as a job (see Location)"}},
+    responses={
+        **ERROR_RESPONSES,
+        202: {"model": JobAccepted, "description": "large batch accepted as a job (see Location)"},
+    },
     summary="Code a list of job descriptions (results in the same order)",
     description="Up to `sync_batch_limit` records (default 256) are answered synchronously. "
     f"Fields longer than {MAX_TEXT_CHARS} characters (`industry`: {INDUSTRY_MAX_CHARS}) are truncated and "

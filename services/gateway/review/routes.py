@@ -1,16 +1,23 @@
 """The review page: coders sign in with an API key and settle the rows the model routed to review.
 
-    GET  /review                              the key's jobs (progress, review counts), the model registry
+    GET  /review?page=N                       the key's jobs (25 a page: name, submit time, progress, review
+                                              and audit counts), the model registry
     GET  /review/login, POST /review/login    sign in with an API key (signed session cookie)
     POST /review/logout
     GET  /review/jobs/{id}?row=N              one row of the job's review queue (default: the next undecided)
+    GET  /review/jobs/{id}/audit?rows=K|share=P&row=N
+                                              one row of the audit sample: K (or P% of the) auto-coded rows,
+                                              a seeded random sample (shared/review.py `audit_key`)
     POST /review/jobs/{id}/rows/{n}           a decision: accept | alternative | search (+ code) | uncodable
-    GET  /review/jobs/{id}/result.csv         the result CSV with final_code and coded_by
+                                              (+ audit_rows: the row is in an audit sample of that size)
+    GET  /review/jobs/{id}/result.csv         the result CSV with final_code, coded_by and final_status
     GET  /review/jobs/{id}/corrections.csv    that job's decisions in the `isco train --corrections` format
     GET  /review/corrections.csv              all the key's decisions, same format
-    GET  /review/codes?q=                     ISCO-08 unit groups by code prefix or title words (JSON)
+    GET  /review/codes?q=                     unit groups by code prefix or by the titles the model knows
+                                              (ESCO labels, ONS coding index, ISCO-08 titles), ranked (JSON)
     POST /review/retrain                      queue a training run on the key's corrections (`training` queue)
     GET  /review/models/{version}/curve.png   a model version's coverage-precision curve
+    GET  /review/static/{name}                review.js, review.css, favicon.svg
 
 Owner-scoped like the API: another key's job answers 404, as a missing one does. Every POST needs the
 session's CSRF token. Pages are server-rendered; review.js adds the keyboard and the code search.
@@ -18,14 +25,18 @@ session's CSRF token. Pages are server-rendered; review.js adds the keyboard and
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import threading
 import time
+from array import array
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -33,15 +44,17 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
+from starlette.datastructures import URL
 from starlette.responses import Response
 
 from services.gateway.auth import DEV_PRINCIPAL, authenticate
 from services.gateway.deps import SessionDep, SettingsDep
+from services.gateway.review import search
 from services.gateway.review import session as web
 from services.gateway.review.retrain import queue_retraining
 from services.gateway.settings import GatewaySettings
 from shared import jobs, registry, review
-from shared.db.tables import Job, JobStatus, ReviewAction, ReviewDecision
+from shared.db.tables import Job, JobStatus, ModelVersion, ReviewAction, ReviewDecision
 from shared.schemas import EvidenceExample
 from shared.taxonomy import get_taxonomy
 
@@ -49,67 +62,140 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
-STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+STATIC_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
 router = APIRouter(prefix="/review", include_in_schema=False)
 
 NOT_FOUND = HTTPException(404, detail={"error": "not_found", "message": "no such job"})
-COUNTED_JOBS = 10  # the jobs page counts the review queues of this many newest finished jobs
+JOBS_PER_PAGE = 25
 CURVE_NAMES = ("coverage_precision.png", "coverage-precision.png")
+QUEUE = "queue"
+AUDIT = "audit"
 
 
 # ----------------------------------------------------------------------------------------------------
-# The queue of a job, cached per result file (reading a large result on every keystroke would be slow)
+# A job's rows, cached per result file (reading a large result on every keystroke would be slow)
 # ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class JobQueue:
+    """What the row pages need of a finished job: the review queue, the audit pool and the counts."""
+
     rows: list[review.ResultRow]  # the rows in the review queue, in order
-    total_rows: int
-    auto_coded: int
-    failed: int
+    counts: review.ResultCounts
+    # auto-coded rows in audit order (`review.audit_key`), the first `review.AUDIT_MAX_ROWS` of them
+    audit_pool: list[review.ResultRow] = field(default_factory=list)
+
+    @property
+    def total_rows(self) -> int:
+        return self.counts.total_rows
+
+    @property
+    def auto_coded(self) -> int:
+        return self.counts.auto_coded
+
+    @property
+    def failed(self) -> int:
+        return self.counts.failed
+
+    def audit_sample(self, size: int) -> list[review.ResultRow]:
+        """The audit sample of `size` rows, in row order."""
+        return sorted(self.audit_pool[:size], key=lambda r: r.number)
 
 
-class QueueCache:
-    """The review queue of recently opened jobs, keyed by result file and its modification time."""
+def read_queue(job: Job) -> JobQueue:
+    """One pass over the result: the queue rows, the counts, and the auto-coded rows with the smallest audit
+    keys (a bounded heap, so a large job's auto-coded rows are not all kept)."""
+    rows: list[review.ResultRow] = []
+    pool: list[tuple[int, int, review.ResultRow]] = []  # (-key, -number, row): a max-heap on the key
+    total = failed = auto = 0
+    queue_numbers = array("L")
+    for row in review.iter_result_rows(job):
+        total += 1
+        if row.in_queue:
+            rows.append(row)
+            queue_numbers.append(row.number)
+        elif row.row_error:
+            failed += 1
+        else:
+            auto += 1
+            item = (-review.audit_key(job.id, row.number), -row.number, row)
+            if len(pool) < review.AUDIT_MAX_ROWS:
+                heapq.heappush(pool, item)
+            elif item > pool[0]:
+                heapq.heapreplace(pool, item)
+    counts = review.ResultCounts(total, auto, failed, queue_numbers)
+    ordered = [row for _key, _number, row in sorted(pool, reverse=True)]
+    return JobQueue(rows, counts, ordered)
 
-    def __init__(self, size: int = 16):
-        self.size = size
-        self._entries: OrderedDict[tuple[str, float], JobQueue] = OrderedDict()
+
+T = TypeVar("T")
+
+
+class ResultCache(Generic[T]):
+    """Something read from a job's result file, kept for recently used jobs, keyed by the result file and its
+    modification time (a rewritten result is read again)."""
+
+    def __init__(self, read: Callable[[Job], T], size: int):
+        self.read, self.size = read, size
+        self._entries: OrderedDict[tuple[str, float], T] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, job: Job) -> JobQueue:
+    def key(self, job: Job) -> tuple[str, float]:
         path = Path(job.result_path or "")
         if not path.is_file():
             raise HTTPException(410, detail={"error": "expired", "message": "the result file is gone"})
-        key = (str(path), path.stat().st_mtime)
+        return str(path), path.stat().st_mtime
+
+    def peek(self, job: Job) -> T | None:
+        with self._lock:
+            return self._entries.get(self.key(job))
+
+    def get(self, job: Job) -> T:
+        key = self.key(job)
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-        queue = JobQueue([], 0, 0, 0)
-        for row in review.iter_result_rows(job):
-            queue.total_rows += 1
-            if row.in_queue:
-                queue.rows.append(row)
-            elif row.row_error:
-                queue.failed += 1
-            else:
-                queue.auto_coded += 1
+        try:
+            value = self.read(job)
+        except FileNotFoundError:
+            raise HTTPException(
+                410, detail={"error": "expired", "message": "the result file is gone"}
+            ) from None
         with self._lock:
-            self._entries[key] = queue
+            self._entries[key] = value
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
-        return queue
+        return value
 
 
-def _queue_cache(request: Request) -> QueueCache:
+def _queue_cache(request: Request) -> ResultCache[JobQueue]:
     state = request.app.state
     if getattr(state, "review_queues", None) is None:
-        state.review_queues = QueueCache()
-    return state.review_queues
+        state.review_queues = ResultCache(read_queue, size=16)
+    cache: ResultCache[JobQueue] = state.review_queues
+    return cache
+
+
+def _counts_cache(request: Request) -> ResultCache[review.ResultCounts]:
+    state = request.app.state
+    if getattr(state, "review_counts", None) is None:
+        state.review_counts = ResultCache(review.count_result, size=512)
+    cache: ResultCache[review.ResultCounts] = state.review_counts
+    return cache
+
+
+def _counts(request: Request, job: Job) -> review.ResultCounts:
+    """A job's counts, from an open queue when there is one (no second read of the file)."""
+    opened = _queue_cache(request).peek(job)
+    return opened.counts if opened is not None else _counts_cache(request).get(job)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -144,8 +230,22 @@ def _render(request: Request, name: str, context: dict[str, Any], status_code: i
     return response
 
 
+def _page(current: web.ReviewSession, **context: Any) -> dict[str, Any]:
+    """What every signed-in page shows: the key in the header, the session's CSRF token."""
+    return {"principal": current.principal, "key_label": current.label, "key_prefix": current.prefix,
+            "csrf": current.csrf, **context}  # fmt: skip
+
+
 def _redirect(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
+
+
+def _when(moment: Any) -> str:
+    """A stored time (UTC) for the page."""
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else ""
+
+
+templates.env.filters["when"] = _when
 
 
 def _curve_path(settings: GatewaySettings, version: Any) -> Path | None:
@@ -204,6 +304,108 @@ def _evidence(request: Request, row: review.ResultRow) -> dict[str, list[Evidenc
         if example.unit_code in codes and len(grouped.setdefault(example.unit_code, [])) < EVIDENCE_PER_CODE:
             grouped[example.unit_code].append(example)
     return {code: found for code, found in grouped.items() if found}
+
+
+# ----------------------------------------------------------------------------------------------------
+# How jobs and models read to a coder
+# ----------------------------------------------------------------------------------------------------
+
+NAME_TITLES = 2  # a batch job's name quotes its first titles
+NAME_TITLE_CHARS = 32
+
+
+@lru_cache(maxsize=2048)
+def _first_titles(input_path: str) -> tuple[str, ...]:
+    """The first job titles of a batch job's input records (the input never changes once written)."""
+    titles: list[str] = []
+    try:
+        with open(input_path, encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                text = str(record.get("job_title") or record.get("duties_description") or "").strip()
+                if text:
+                    titles.append(
+                        text if len(text) <= NAME_TITLE_CHARS else text[: NAME_TITLE_CHARS - 1] + "…"
+                    )
+                if len(titles) == NAME_TITLES:
+                    break
+    except (OSError, ValueError):  # gone (expired) or unreadable: the name says less
+        return ()
+    return tuple(titles)
+
+
+def job_name(job: Job) -> str:
+    """A name a coder recognises a job by: the uploaded file's, a batch's first titles, a training run's
+    purpose."""
+    options = job.options or {}
+    rows = job.rows_total or 0
+    if job.kind == "csv":
+        return str(options.get("filename") or f"CSV upload of {rows:,} rows")
+    if job.kind == "batch":
+        head = f"Batch of {rows:,} record{'' if rows == 1 else 's'}"
+        titles = () if options.get("expired") else _first_titles(job.input_path)
+        if not titles:
+            return head
+        return f"{head}: " + ", ".join(titles) + (", …" if rows > len(titles) else "")
+    if job.kind == jobs.TRAINING:
+        corrections = options.get("correction_rows")
+        if corrections:
+            return f"Retraining on {corrections:,} correction{'' if corrections == 1 else 's'}"
+        return "Training run"
+    return job.kind
+
+
+_DATASET_WORDS = {"ilo": "ILO", "onet": "O*NET", "ons": "ONS", "esco": "ESCO", "isco": "ISCO"}
+
+
+def dataset_name(name: str) -> str:
+    """A dev set's file stem as words: `ilo_titles_dev` -> "ILO titles"."""
+    words = name.removesuffix("_dev").replace("-", "_").split("_")
+    return " ".join(_DATASET_WORDS.get(w.lower(), w) for w in words if w) or name
+
+
+def _share(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One figure of a model for coders: on which records, how often right, how much it codes alone."""
+
+    on: str
+    accuracy: float | None
+    auto_coded: float | None = None
+    auto_precision: float | None = None
+
+
+def model_measures(mv: ModelVersion) -> list[Measure]:
+    """A model's figures as a coder reads them: accuracy and the auto-coded share (and how often those auto
+    codes are right) on each development set, else on the held-out test records."""
+    metrics = mv.metrics if isinstance(mv.metrics, dict) else {}
+    measured: list[tuple[str, Any]] = []
+    devsets = metrics.get("devsets")
+    if isinstance(devsets, dict):
+        measured = [(dataset_name(str(name)), m) for name, m in sorted(devsets.items())]
+    if not measured and isinstance(metrics.get("test"), dict):
+        measured = [("held-out test records", metrics["test"])]
+    out = []
+    for on, m in measured:
+        if not isinstance(m, dict):
+            continue
+        routing = m.get("routing")
+        if not isinstance(routing, dict):
+            routing = {}
+        out.append(
+            Measure(
+                on,
+                _share(m.get("accuracy")),
+                _share(routing.get("auto_coded")),
+                _share(routing.get("auto_coded_precision")),
+            )
+        )
+    if not out and mv.eval_score is not None:
+        out.append(Measure("held-out test records", mv.eval_score))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -270,48 +472,63 @@ def logout(
 
 
 @router.get("", name="review_home")
-def home(request: Request, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+def home(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+) -> HTMLResponse:
     current = _signed_in(request, session, settings)
-    cache = _queue_cache(request)
+    shown, total = review.owner_jobs(
+        session, current.principal.key_id, (page - 1) * JOBS_PER_PAGE, JOBS_PER_PAGE
+    )
+    reviewable = [j for j in shown if j.kind in review.REVIEWABLE_KINDS and j.status == JobStatus.succeeded]
+    decisions = review.decisions_by_job(session, [j.id for j in reviewable])
     listed = []
-    counted = 0
-    for job in jobs.list_jobs(session, current.principal.key_id, limit=100):
-        entry: dict[str, Any] = {"job": job, "queue": None, "decided": 0}
-        if job.kind in review.REVIEWABLE_KINDS and job.status == JobStatus.succeeded:
-            if counted >= COUNTED_JOBS:  # counting reads the result file: only the newest jobs
-                entry["uncounted"] = True
+    for job in shown:
+        entry: dict[str, Any] = {"job": job, "name": job_name(job), "counts": None}
+        if job in reviewable:
+            try:
+                counts = _counts(request, job)
+            except HTTPException:
+                entry["expired"] = True
             else:
-                counted += 1
-                try:
-                    entry["queue"] = cache.get(job)
-                    entry["decided"] = review.count_decisions(session, job.id)
-                except HTTPException:
-                    entry["expired"] = True
+                entry["counts"] = counts
+                entry["decided"] = sum(1 for d in decisions[job.id] if counts.in_queue(d.row_number))
+                entry["audit"] = review.audit_counts(decisions[job.id], counts)
         listed.append(entry)
     versions = registry.list_versions(session, limit=20)
     best = registry.best_model(session)
     models = [
         {
             "mv": mv,
+            "measures": model_measures(mv),
             "curve": _curve_path(settings, mv) is not None,
             "is_best": best is not None and mv.id == best.id,
         }
         for mv in versions
     ]
     all_decisions = review.owner_decisions(session, current.principal.key_id)
+    pages = max(1, -(-total // JOBS_PER_PAGE))
+    home_url = request.url_for("review_home")
     return _render(
         request,
         "index.html",
-        {
-            "principal": current.principal,
-            "csrf": current.csrf,
-            "jobs": listed,
-            "active": any(e["job"].status in jobs.ACTIVE for e in listed),
-            "models": models,
-            "best": best,
-            "corrections": sum(1 for d in all_decisions if d.final_code),
-            "message": request.query_params.get("message"),
-        },
+        _page(
+            current,
+            jobs=listed,
+            total_jobs=total,
+            first=(page - 1) * JOBS_PER_PAGE + 1,
+            page=page,
+            pages=pages,
+            newer=str(home_url.include_query_params(page=page - 1)) if page > 1 else None,
+            older=str(home_url.include_query_params(page=page + 1)) if page < pages else None,
+            active=any(e["job"].status in jobs.ACTIVE for e in listed),
+            models=models,
+            best=best,
+            corrections=sum(1 for d in all_decisions if d.final_code),
+            message=request.query_params.get("message"),
+        ),
     )
 
 
@@ -350,15 +567,96 @@ def retrain(
 
 
 # ----------------------------------------------------------------------------------------------------
-# The review queue of a job
+# A job's rows: the review queue, and the audit sample of its auto-coded rows
 # ----------------------------------------------------------------------------------------------------
 
 
-def _next_undecided(queue: JobQueue, decisions: dict[int, ReviewDecision], after: int = 0) -> int | None:
-    numbers = [r.number for r in queue.rows if r.number not in decisions]
-    later = [n for n in numbers if n > after]
-    candidates = later or numbers
-    return candidates[0] if candidates else None
+@dataclass(frozen=True)
+class RowList:
+    """The rows one view walks through: the review queue, or an audit sample of `audit_rows` rows."""
+
+    mode: str  # QUEUE or AUDIT
+    rows: list[review.ResultRow]
+    audit_rows: int | None = None
+
+    def url(self, request: Request, job: Job, number: int | None = None) -> URL:
+        if self.mode == AUDIT:
+            base = request.url_for("review_audit", job_id=job.id).include_query_params(rows=self.audit_rows)
+            return base.include_query_params(row=number) if number else base
+        base = request.url_for("review_job", job_id=job.id)
+        return base.include_query_params(row=number) if number else base
+
+    def next_undecided(self, decisions: dict[int, ReviewDecision], after: int = 0) -> int | None:
+        numbers = [r.number for r in self.rows if r.number not in decisions]
+        later = [n for n in numbers if n > after]
+        candidates = later or numbers
+        return candidates[0] if candidates else None
+
+
+def _audit_list(queue: JobQueue, rows: int | None, share: float | None) -> RowList:
+    size = review.audit_size(queue.auto_coded, share / 100 if share is not None else None, rows)
+    return RowList(AUDIT, queue.audit_sample(size), size)
+
+
+def _row_view(
+    request: Request,
+    session: Session,
+    current: web.ReviewSession,
+    job: Job,
+    listing: RowList | None,
+    queue: JobQueue | None,
+    row: int | None,
+) -> HTMLResponse:
+    context = _page(current, job=job, job_name=job_name(job), mode=listing.mode if listing else QUEUE)
+    if listing is None or queue is None:
+        return _render(request, "job.html", {**context, "queue": None, "row": None})
+    decisions = review.decisions_for_job(session, job.id)
+    number = row if row is not None else listing.next_undecided(decisions)
+    current_row = next((r for r in listing.rows if r.number == number), None)
+    if row is not None and current_row is None:
+        where = "in the audit sample" if listing.mode == AUDIT else "in the review queue"
+        raise HTTPException(404, detail={"error": "not_found", "message": f"row {row} is not {where}"})
+    position = listing.rows.index(current_row) if current_row is not None else None
+    taxonomy = get_taxonomy()
+    if current_row is not None:
+        search.warm_up()
+    in_list = {r.number for r in listing.rows}
+    audit = review.audit_counts(decisions.values(), queue.counts)
+    default_audit = review.audit_size(queue.auto_coded)
+    return _render(
+        request,
+        "job.html",
+        {
+            **context,
+            "queue": queue,
+            "listing": listing,
+            "row": current_row,
+            "position": position,
+            "decision": decisions.get(current_row.number) if current_row else None,
+            "decided": sum(1 for n in in_list if n in decisions),
+            "queue_decided": sum(1 for r in queue.rows if r.number in decisions),
+            "audit": audit,
+            "default_audit": default_audit,
+            "audit_share": round(100 * review.AUDIT_SHARE),
+            "audit_min": review.AUDIT_MIN_ROWS,
+            "audit_max": min(review.AUDIT_MAX_ROWS, queue.auto_coded),
+            "queue_url": request.url_for("review_job", job_id=job.id),
+            "audit_url": request.url_for("review_audit", job_id=job.id),
+            "row_url": lambda n: listing.url(request, job, n),
+            "prev_row": listing.rows[position - 1].number if position else None,
+            "next_row": listing.rows[position + 1].number
+            if position is not None and position + 1 < len(listing.rows)
+            else None,
+            "evidence": _evidence(request, current_row) if current_row else {},
+            "title_of": lambda code: taxonomy.title(code) if code and code in taxonomy else "",
+            "error": request.query_params.get("error"),
+            "recent": sorted(
+                (d for d in decisions.values() if d.row_number in in_list),
+                key=lambda d: d.decided_at,
+                reverse=True,
+            )[:5],
+        },
+    )
 
 
 @router.get("/jobs/{job_id}", name="review_job")
@@ -371,40 +669,54 @@ def job_page(
 ) -> HTMLResponse:
     current = _signed_in(request, session, settings)
     job = _owned_job(session, job_id, current)
-    context: dict[str, Any] = {"principal": current.principal, "csrf": current.csrf, "job": job}
     if job.status != JobStatus.succeeded:
-        return _render(request, "job.html", {**context, "queue": None, "row": None})
+        return _row_view(request, session, current, job, None, None, None)
     queue = _queue_cache(request).get(job)
-    decisions = review.decisions_for_job(session, job.id)
-    number = row if row is not None else _next_undecided(queue, decisions)
-    current_row = next((r for r in queue.rows if r.number == number), None)
-    if row is not None and current_row is None:
-        raise HTTPException(
-            404, detail={"error": "not_found", "message": f"row {row} is not in the review queue"}
-        )
-    position = queue.rows.index(current_row) if current_row is not None else None
-    taxonomy = get_taxonomy()
-    return _render(
-        request,
-        "job.html",
-        {
-            **context,
-            "queue": queue,
-            "row": current_row,
-            "position": position,
-            "decisions": decisions,
-            "decision": decisions.get(current_row.number) if current_row else None,
-            "decided": sum(1 for r in queue.rows if r.number in decisions),
-            "prev_row": queue.rows[position - 1].number if position else None,
-            "next_row": queue.rows[position + 1].number
-            if position is not None and position + 1 < len(queue.rows)
-            else None,
-            "evidence": _evidence(request, current_row) if current_row else {},
-            "title_of": lambda code: taxonomy.title(code) if code and code in taxonomy else "",
-            "error": request.query_params.get("error"),
-            "recent": sorted(decisions.values(), key=lambda d: d.decided_at, reverse=True)[:5],
-        },
+    return _row_view(request, session, current, job, RowList(QUEUE, queue.rows), queue, row)
+
+
+@router.get("/jobs/{job_id}/audit", name="review_audit")
+def audit_page(
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    row: Annotated[int | None, Query(ge=1)] = None,
+    rows: Annotated[str, Query(max_length=12)] = "",
+    share: Annotated[str, Query(max_length=12)] = "",
+) -> HTMLResponse:
+    """The audit of auto-coded rows: a seeded random sample of `rows` of them, or `share` percent (default:
+    `review.AUDIT_SHARE`, at least `review.AUDIT_MIN_ROWS`), decided like the queue's rows. The page's form
+    sends both fields, the one left empty as "" (so they are read here, not by FastAPI's number parsing)."""
+    current = _signed_in(request, session, settings)
+    job = _owned_job(session, job_id, current)
+    size = _number(rows, int, "rows", 0, review.AUDIT_MAX_ROWS)
+    percent = _number(share, float, "share", 0, 100)
+    if percent == 0:
+        raise HTTPException(422, detail={"error": "share", "message": "share must be above 0 (percent)"})
+    if job.status != JobStatus.succeeded:
+        return _row_view(request, session, current, job, None, None, None)
+    queue = _queue_cache(request).get(job)
+    return _row_view(request, session, current, job, _audit_list(queue, size, percent), queue, row)
+
+
+N = TypeVar("N", int, float)
+
+
+def _number(text: str, kind: type[N], name: str, low: N, high: N) -> N | None:
+    """An optional number from a query parameter ("" or absent: None); 422 outside [low, high]."""
+    if not text.strip():
+        return None
+    refused = HTTPException(
+        422, detail={"error": name, "message": f"{name} must be a number from {low} to {high}"}
     )
+    try:
+        value = kind(text.strip())
+    except ValueError:
+        raise refused from None
+    if not low <= value <= high:  # NaN compares false: refused too
+        raise refused
+    return value
 
 
 @router.post("/jobs/{job_id}/rows/{number}", name="review_decide")
@@ -414,20 +726,33 @@ def decide(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    action: Annotated[str, Form()],
+    action: Annotated[str, Form()] = "",
     code: Annotated[str, Form()] = "",
+    choice: Annotated[str, Form()] = "",
     csrf_token: Annotated[str, Form()] = "",
+    audit_rows: Annotated[int | None, Form(ge=0, le=review.AUDIT_MAX_ROWS)] = None,
 ) -> Response:
+    """Record a decision: `action` and `code` (set by review.js), or the `choice` "action:code" of the button
+    a coder pressed without JavaScript."""
     current = _signed_in(request, session, settings)
     web.check_csrf(request, current.csrf, csrf_token)
+    if not action:
+        action, _, code = choice.partition(":")
     job = _owned_job(session, job_id, current)
     if job.status != JobStatus.succeeded:
         raise HTTPException(409, detail={"error": "not_ready", "message": f"the job is {job.status}"})
     queue = _queue_cache(request).get(job)
-    row = next((r for r in queue.rows if r.number == number), None)
+    # a row of the review queue, or an auto-coded row a coder checks (one the audit can sample)
+    row = next((r for r in queue.rows if r.number == number), None) or next(
+        (r for r in queue.audit_pool if r.number == number), None
+    )
     if row is None:
         raise HTTPException(
-            404, detail={"error": "not_found", "message": f"row {number} is not in the review queue"}
+            404,
+            detail={
+                "error": "not_found",
+                "message": f"row {number} is neither in the review queue nor audited",
+            },
         )
     try:
         chosen = ReviewAction(action)
@@ -435,7 +760,7 @@ def decide(
         raise HTTPException(
             422, detail={"error": "action", "message": f"unknown action {action!r}"}
         ) from None
-    page = request.url_for("review_job", job_id=job.id)
+    listing = _audit_list(queue, audit_rows, None) if audit_rows is not None else RowList(QUEUE, queue.rows)
     try:
         review.record_decision(
             session,
@@ -447,10 +772,10 @@ def decide(
             reviewer_name=current.principal.name,
         )
     except review.ReviewError as exc:
-        return _redirect(str(page.include_query_params(row=number, error=str(exc))))
+        return _redirect(str(listing.url(request, job, number).include_query_params(error=str(exc))))
     session.commit()
-    following = _next_undecided(queue, review.decisions_for_job(session, job.id), after=number)
-    return _redirect(str(page.include_query_params(row=following)) if following else str(page))
+    following = listing.next_undecided(review.decisions_for_job(session, job.id), after=number)
+    return _redirect(str(listing.url(request, job, following)))
 
 
 @router.get("/jobs/{job_id}/result.csv", name="review_result")
@@ -498,8 +823,22 @@ def codes(
     settings: SettingsDep,
     q: Annotated[str, Query(max_length=200)] = "",
 ) -> JSONResponse:
+    """Unit groups for the code search: each with its official title and the title that matched."""
     _signed_in(request, session, settings)
-    return JSONResponse([{"code": c, "title": t} for c, t in review.search_codes(q)])
+    hits = search.code_index().search(q)
+    return JSONResponse(
+        [
+            {
+                "code": h.code,
+                "title": h.title,
+                "matched": h.matched,
+                "source": h.source,
+                "industry": h.industry,
+                "matches": h.matches,
+            }
+            for h in hits
+        ]
+    )
 
 
 @router.get("/static/{name}", name="review_static")

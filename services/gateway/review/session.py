@@ -15,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -35,10 +36,22 @@ CSRF_HEADER = "x-csrf-token"
 COOKIE_PATH = "/review"
 
 
+# a key registered from the environment at start-up (`make run` with ISCO_API_KEY) is named after the variable
+_VARIABLE_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
+STARTUP_KEY_LABEL = "start-up key"
+
+
 @dataclass(frozen=True)
 class ReviewSession:
     principal: Principal
     csrf: str
+    prefix: str = ""  # the key's display prefix, as `isco keys list` shows it
+
+    @property
+    def label(self) -> str:
+        """The key's label for people: its name, unless that is an environment variable's name."""
+        name = self.principal.name
+        return STARTUP_KEY_LABEL if _VARIABLE_NAME.fullmatch(name) else name
 
 
 def _signing_key(settings: GatewaySettings) -> bytes:
@@ -122,7 +135,7 @@ def read_session(request: Request, session: Session, settings: GatewaySettings) 
     row = session.get(ApiKey, key_id)
     if row is None or row.revoked_at is not None:
         return None
-    return ReviewSession(Principal(key_id=row.id, name=row.name), csrf)
+    return ReviewSession(Principal(key_id=row.id, name=row.name), csrf, row.prefix)
 
 
 def login_token(request: Request, settings: GatewaySettings) -> str:

@@ -1,4 +1,5 @@
-// The review page's keyboard and code search. Decisions are ordinary form posts (the page works without JS).
+// The review page's keyboard and code search. Decisions are ordinary form posts (the page works without JS:
+// each button posts its own choice).
 (function () {
   "use strict";
   var form = document.getElementById("decide");
@@ -28,6 +29,14 @@
     submit(button.dataset.action, button.dataset.code);
   });
 
+  function text(tag, className, value) {
+    var node = document.createElement(tag);
+    node.className = className;
+    node.textContent = value;
+    return node;
+  }
+
+  // a hit: the unit group (code, official title) and the title that matched, where it comes from
   function render(items) {
     results.innerHTML = "";
     selected = items.length ? 0 : -1;
@@ -35,11 +44,16 @@
       var li = document.createElement("li");
       li.setAttribute("role", "option");
       li.dataset.code = item.code;
-      var code = document.createElement("span");
-      code.className = "code mono";
-      code.textContent = item.code;
-      li.appendChild(code);
-      li.appendChild(document.createTextNode(" " + item.title));
+      li.appendChild(text("span", "code mono", item.code));
+      li.appendChild(text("span", "unit", " " + item.title));
+      if (item.matched && item.matched !== item.title) {
+        var how = "“" + item.matched + "”" + (item.industry ? " in " + item.industry : "");
+        var more = item.matches > 1 ? " +" + (item.matches - 1) + " more" : "";
+        li.appendChild(document.createTextNode(" "));
+        li.appendChild(text("span", "matched", how));
+        li.appendChild(document.createTextNode(" "));
+        li.appendChild(text("span", "source muted", item.source + more));
+      }
       if (i === 0) li.classList.add("selected");
       li.addEventListener("click", function () { submit("search", item.code); });
       results.appendChild(li);
@@ -52,6 +66,7 @@
     items[selected].classList.remove("selected");
     selected = (selected + delta + items.length) % items.length;
     items[selected].classList.add("selected");
+    items[selected].scrollIntoView({ block: "nearest" });
   }
 
   var pending = 0;
@@ -77,14 +92,16 @@
 
   document.addEventListener("keydown", function (event) {
     if (event.target === search || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.target.closest && event.target.closest("#audit-form")) return;
     var key = event.key;
+    var accept = document.getElementById("accept");  // only where the model's own code is the default
     if (key >= "1" && key <= "5") {
       var alt = document.querySelector('button.alt[data-key="' + key + '"]');
       if (alt) { event.preventDefault(); submit(alt.dataset.action, alt.dataset.code); }
     } else if (key === "Enter" || key === "a") {
       event.preventDefault();
-      var accept = document.getElementById("accept");
-      submit("accept", accept.dataset.code);
+      if (accept) submit("accept", accept.dataset.code);
+      else if (key === "Enter") search.focus();  // no default answer: the coder chooses one
     } else if (key === "u") {
       event.preventDefault();
       submit("uncodable", "");
