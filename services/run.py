@@ -4,8 +4,9 @@ SQLite and the local directory var/ stand in for PostgreSQL and the shared volum
 DB; train the quick model if none is registered (once: later runs reuse it); use the Redis at ISCO_REDIS_URL
 (or REDIS_URL) when it answers, else start a private redis-server on a free port; start the inference service,
 the gateway and one Celery worker (with its embedded beat: the job reconciler) from the Procfile and supervise
-them (services/supervisor.py); print the URL, the docs URL and a dev API key. A process that dies is restarted
-with backoff; Ctrl-C or SIGTERM stops everything (a second one kills what is left at once).
+them (services/supervisor.py); print the URL, the docs URL and a dev API key. A process that dies after it
+came up is restarted with backoff, also while the others are still starting; one that dies before it ever came
+up fails start-up. Ctrl-C or SIGTERM stops everything (a second one kills what is left at once).
 
 Environment: PORT (gateway port, default 8000), ISCO_GATEWAY_HOST (its bind address, default 127.0.0.1),
 ISCO_API_KEY (registered as a valid key at start-up), ISCO_TRAIN_PROFILE (default quick), and every ISCO_*
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+from honcho.environ import PROCFILE_LINE, parse_procfile
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -39,22 +41,9 @@ from services.supervisor import (
     port_is_free,
     stop_process,
 )
-from services.supervisor import read_procfile as _read_procfile
 from shared.db.session import session_scope
 from shared.db.tables import ApiKey
 from shared.settings import REPO_ROOT, CommonSettings
-
-__all__ = [
-    "Child",
-    "Console",
-    "StartupError",
-    "Supervisor",
-    "free_port",
-    "port_is_free",
-    "read_procfile",
-    "run",
-    "main",
-]
 
 PROCFILE = REPO_ROOT / "Procfile"
 DEV_KEY_FILE_NAME = "dev-api-key"
@@ -69,8 +58,18 @@ class Stopping(Protocol):
 
 
 def read_procfile(path: Path = PROCFILE) -> dict[str, str]:
-    """Process name -> shell command, in file order."""
-    return _read_procfile(path)
+    """Process name -> shell command, in file order, read by honcho's parser (what `honcho start` runs).
+    honcho skips a line it cannot read; here such a line is an error, so that a typo does not silently
+    drop a service."""
+    text = path.read_text()
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#") and not PROCFILE_LINE.match(raw):
+            raise StartupError(f"{path}: cannot parse line {raw!r}")
+    try:
+        return dict(parse_procfile(text).processes)
+    except AssertionError as exc:  # honcho asserts that process names are unique
+        raise StartupError(f"{path}: {exc}") from exc
 
 
 def redis_answers(url: str, timeout: float = 1.0) -> bool:
@@ -153,9 +152,11 @@ def choose_redis(console: Console, supervisor: Supervisor, settings: CommonSetti
             "--appendonly", "yes", "--protected-mode", "yes", "--loglevel", "warning",
         ]
     )  # fmt: skip
-    supervisor.start(Child("redis", command, "31", infra=True))
+    redis_child = supervisor.start(Child("redis", command, "31", infra=True))
     url = f"redis://127.0.0.1:{port}/0"
-    supervisor.wait_until("redis-server", lambda: redis_answers(url, timeout=0.5), timeout=30)
+    supervisor.wait_until(
+        "redis-server", lambda: redis_answers(url, timeout=0.5), timeout=30, child=redis_child
+    )
     return url
 
 
@@ -357,18 +358,24 @@ def run(args: argparse.Namespace) -> int:
         missing = {"inference", "gateway", "worker"} - set(procfile)
         if missing:
             raise StartupError(f"Procfile lacks {sorted(missing)}")
-        supervisor.start(Child("inference", procfile["inference"], "36"))
+        inference = supervisor.start(Child("inference", procfile["inference"], "36"))
         inference_url = f"http://127.0.0.1:{inference_port}"
         supervisor.wait_until(
-            "inference service", lambda: http_ready(f"{inference_url}/ready") is not None, 300
+            "inference service",
+            lambda: http_ready(f"{inference_url}/ready") is not None,
+            300,
+            child=inference,
         )
+        # From here on the inference service is up: if it dies while the others start, it is restarted.
         worker = supervisor.start(Child("worker", procfile["worker"], "35", ready_marker=" ready."))
-        supervisor.start(Child("gateway", procfile["gateway"], "33"))
+        gateway = supervisor.start(Child("gateway", procfile["gateway"], "33"))
         if args.with_trainer:  # "Retrain with corrections" needs a consumer of the `training` queue
             supervisor.start(Child("trainer", procfile["trainer"], "34"))
         base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{gateway_port}"
-        supervisor.wait_until("gateway", lambda: http_ready(f"{base_url}/ready") is not None, 120)
-        supervisor.wait_until("worker", worker.ready.is_set, 180)
+        supervisor.wait_until(
+            "gateway", lambda: http_ready(f"{base_url}/ready") is not None, 120, child=gateway
+        )
+        supervisor.wait_until("worker", worker.ready.is_set, 180, child=worker)
         ready = http_ready(f"{inference_url}/ready") or {}
         version = ready.get("model_version") or ready.get("version")
         console.say(f"up in {time.monotonic() - started:.1f} s")

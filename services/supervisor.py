@@ -1,6 +1,10 @@
 """A small process supervisor: start processes in their own process groups, forward their output, restart one
 that dies (with backoff and a log line), and stop them all, in order, only when asked.
 
+A crash is a crash whenever it comes: a child that has come up (its readiness check passed, or its ready
+marker was logged) is restarted when it dies, also while the supervisor still waits for the others to start.
+Only a child that dies before it ever came up fails start-up, with its exit code in the error.
+
 Used by `make run` (services/run.py: the start-up steps), by the tests and by the benchmarks, so that every
 launcher starts, restarts and stops processes the same way.
 
@@ -13,7 +17,6 @@ and kills what is left.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -80,20 +83,6 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def read_procfile(path: Path) -> dict[str, str]:
-    """Process name -> shell command, in file order."""
-    entries: dict[str, str] = {}
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = re.match(r"^([A-Za-z0-9_-]+):\s*(.+)$", line)
-        if not m:
-            raise StartupError(f"{path}: cannot parse line {raw!r}")
-        entries[m.group(1)] = m.group(2)
-    return entries
-
-
 def signal_group(proc: subprocess.Popen[Any], sig: int) -> None:
     """Send `sig` to the process group a child leads (nothing if it is gone)."""
     try:
@@ -146,7 +135,8 @@ class Child:
     colour: str
     ready_marker: str | None = None  # a log fragment that means "ready" (for processes without HTTP)
     infra: bool = False  # stopped after the application processes
-    restart: bool = True  # started again when it dies (after start-up)
+    restart: bool = True  # started again when it dies after it came up
+    came_up: bool = False  # it was ready once: from then on a death is a crash to restart, not a failed start
     proc: subprocess.Popen[bytes] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     pump: threading.Thread | None = None
@@ -162,8 +152,8 @@ class Child:
 
 
 class Supervisor:
-    """Starts processes in their own process groups, forwards their output, restarts the ones that die once
-    `supervising` is on, and stops them all together."""
+    """Starts processes in their own process groups, forwards their output, restarts the ones that die after
+    they came up, and stops them all together."""
 
     def __init__(self, console: Console, env: dict[str, str], cwd: Path | None = None) -> None:
         self.console = console
@@ -172,7 +162,6 @@ class Supervisor:
         self.children: list[Child] = []
         self.stop_signal: int | None = None  # set by the signal handler; read by the loops
         self.signals_received = 0
-        self.supervising = False  # before: a death is a start-up failure; after: the child is restarted
 
     # -------------------------------------------------------------------------------- signals
 
@@ -218,32 +207,42 @@ class Supervisor:
         for raw in iter(proc.stdout.readline, b""):
             text = raw.decode("utf-8", errors="replace")
             if child.ready_marker and not child.ready.is_set() and child.ready_marker in text:
+                child.came_up = True
                 child.ready.set()
             self.console.line(child.name, text, child.colour)
 
-    def dead_child(self) -> Child | None:
+    def failed_start(self) -> Child | None:
+        """A child that died before it ever came up."""
         for child in self.children:
-            if child.proc is not None and child.proc.poll() is not None:
+            if not child.came_up and child.proc is not None and child.proc.poll() is not None:
                 return child
         return None
 
     def wait_until(
-        self, what: str, check: Callable[[], bool], timeout: float, interval: float = 0.25
+        self,
+        what: str,
+        check: Callable[[], bool],
+        timeout: float,
+        interval: float = 0.25,
+        child: Child | None = None,
     ) -> None:
-        """Poll `check` until it is true; fail early if a child dies or a stop is requested."""
+        """Poll `check` until it is true (then `child`, when given, has come up). Meanwhile children that came
+        up and die are restarted; one that dies before it came up, or a stop request, ends the wait."""
         deadline = time.monotonic() + timeout
         while True:
             if self.stopping:
                 raise KeyboardInterrupt
             if check():
+                if child is not None:
+                    child.came_up = True
                 return
-            dead = self.dead_child()
-            if dead is not None and not self.supervising:
+            failed = self.failed_start()
+            if failed is not None:
                 raise StartupError(
-                    f"{dead.name} exited with code {dead.proc.returncode if dead.proc else '?'}"
+                    f"{failed.name} exited with code {failed.proc.returncode if failed.proc else '?'} "
+                    "before it came up"
                 )
-            if self.supervising:
-                self.tend()
+            self.tend()
             if time.monotonic() > deadline:
                 raise StartupError(f"{what} not ready after {timeout:.0f} s")
             time.sleep(interval)
@@ -251,11 +250,11 @@ class Supervisor:
     # -------------------------------------------------------------------------------- supervising
 
     def tend(self) -> None:
-        """Restart children that died: a log line at once, the restart after the child's backoff."""
+        """Restart children that came up and died: a log line at once, the restart after its backoff."""
         now = time.monotonic()
         for child in self.children:
             proc = child.proc
-            if proc is None or proc.poll() is None or not child.restart or self.stopping:
+            if proc is None or proc.poll() is None or not child.came_up or not child.restart or self.stopping:
                 continue
             if child.restart_at is None:
                 ran = now - child.started_at
@@ -276,8 +275,10 @@ class Supervisor:
                 self.console.say(f"{child.name} restarted (pid {child.proc.pid}, restart {child.restarts})")
 
     def run_until_stopped(self, on_tick: Callable[[], None] | None = None) -> int:
-        """Supervise until a signal is recorded; returns the signal number."""
-        self.supervising = True
+        """Supervise until a signal is recorded; returns the signal number. Start-up is over: every child
+        counts as having come up (one not waited for, like the optional trainer, too)."""
+        for child in self.children:
+            child.came_up = True
         while not self.stopping:
             self.tend()
             if on_tick is not None:
@@ -292,7 +293,6 @@ class Supervisor:
         """Stop the application processes, then the infrastructure they use (Redis): SIGTERM to each process
         group, SIGKILL to what is left after `timeout` (at once after a second Ctrl-C/SIGTERM). A worker's
         warm shutdown still reaches Redis."""
-        self.supervising = False
         apps = [c for c in reversed(self.children) if not c.infra]
         infra = [c for c in reversed(self.children) if c.infra]
         signals_before = self.signals_received

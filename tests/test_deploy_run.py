@@ -21,20 +21,15 @@ import httpx
 import pytest
 
 from services.run import (
-    Child,
-    Console,
-    StartupError,
-    Supervisor,
     choose_redis,
     ensure_api_key,
-    free_port,
     pick_ports,
-    port_is_free,
     read_procfile,
     redis_answers,
     redis_server_binary,
     train_quick_model,
 )
+from services.supervisor import Child, Console, StartupError, Supervisor, free_port, port_is_free
 from shared.settings import REPO_ROOT, CommonSettings
 from tests.conftest import REDIS_URL
 
@@ -59,6 +54,14 @@ def test_procfile_parsing(tmp_path: Path) -> None:
     bad.write_text("this is not a process line\n")
     with pytest.raises(StartupError, match="cannot parse"):
         read_procfile(bad)
+    twice = tmp_path / "Procfile.twice"
+    twice.write_text("web: one\nweb: two\n")
+    with pytest.raises(StartupError, match="unique"):
+        read_procfile(twice)
+
+
+def test_the_project_procfile_names_every_service() -> None:
+    assert list(read_procfile()) == ["inference", "gateway", "worker", "trainer"]
 
 
 def test_ports(console: Console, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,6 +191,32 @@ def test_a_dead_child_fails_startup_waits(console: Console) -> None:
     with pytest.raises(StartupError, match="crasher exited with code 3"):
         supervisor.wait_until("never", lambda: False, timeout=10)
     supervisor.stop_all(timeout=1)
+
+
+def test_a_child_that_came_up_and_dies_during_startup_is_restarted(console: Console) -> None:
+    """The window of `make run` between the inference service's /ready and the others' readiness: the first
+    child came up, then is SIGKILLed while the supervisor waits for the second. It is restarted like any later
+    crash; the wait goes on and the other child keeps running."""
+    supervisor = Supervisor(console, env=dict(os.environ))
+    try:
+        first = supervisor.start(Child("first", "sleep 300", "1"))
+        supervisor.wait_until("first", lambda: first.alive, timeout=10, child=first)
+        assert first.proc is not None
+        first_pid = first.proc.pid
+        # Ready only once `first` is back: the wait spans the death, the backoff and the restart.
+        second = supervisor.start(
+            Child("second", "sh -c 'sleep 3; echo listening; sleep 300'", "2", "listening")
+        )
+        threading.Timer(0.5, os.kill, (first_pid, signal.SIGKILL)).start()
+        supervisor.wait_until("second", second.ready.is_set, timeout=30, child=second)
+        supervisor.wait_until("first again", lambda: first.restarts >= 1 and first.alive, timeout=30)
+        assert first.proc.pid != first_pid and first.restarts == 1
+        assert second.alive and second.restarts == 0 and second.came_up
+        said = console.stream.getvalue()  # type: ignore[attr-defined]
+        assert f"first (pid {first_pid}) exited with code -9" in said and "first restarted" in said
+        assert "error" not in said
+    finally:
+        supervisor.stop_all(timeout=2)
 
 
 def test_training_step_reports_and_fails_clearly(console: Console) -> None:
@@ -442,7 +471,7 @@ def test_supervisor_restarts_a_dead_child_with_backoff(console: Console) -> None
     supervisor = Supervisor(console, env=dict(os.environ))
     flaky = supervisor.start(Child("flaky", "sh -c 'echo up; sleep 0.2; exit 7'", "1"))
     steady = supervisor.start(Child("steady", "sleep 300", "2"))
-    supervisor.supervising = True
+    flaky.came_up = steady.came_up = True  # start-up is over
     deadline = time.monotonic() + 20
     while flaky.restarts < 2:
         supervisor.tend()
