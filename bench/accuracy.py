@@ -5,10 +5,8 @@ Usage:
     python -m bench.accuracy --model-dir DIR      # any model directory
     python -m bench.accuracy --no-baseline        # skip training the SVM baseline (~2 minutes)
 
-Dev sets (evaluation only, never trained on): ../shared/data/devsets/ilo_titles_dev.csv (ILO index titles not
-in ESCO) and onet_jobs_dev.csv (O*NET titles with task statements). A prediction is correct when it is one of
-the `accept` codes. Prints top-1, top-3, top-5 and 3-digit accuracy side by side; writes JSON to
-bench/results/accuracy-<timestamp>.json.
+The dev sets and what counts as correct: bench/devsets.py. Prints top-1, top-3, top-5 and 3-digit accuracy
+side by side; writes JSON to bench/results/accuracy-<timestamp>.json.
 
 Second table, per training source on the model's test split (ESCO titles, ONS index entries with and
 without their industry, ...): the model's figures are those its training run took before the test records
@@ -23,36 +21,20 @@ import argparse
 import json
 import platform
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from services.trainer.evaluate import EvalSet, compute_metrics, load_eval_csv, routed_confidence
+from bench.baseline_svm import SvmBaseline
+from bench.devsets import DEVSETS_DIR, accepted_codes, load_devsets
+from services.trainer.evaluate import EvalSet, compute_metrics, routed_confidence
 from shared.corpus import label_codes
-from shared.settings import REPO_ROOT, CommonSettings
+from shared.settings import CommonSettings
 
-DEVSETS_DIR = REPO_ROOT.parent / "shared" / "data" / "devsets"
-DEVSETS = ("ilo_titles_dev.csv", "onet_jobs_dev.csv")
 RESULTS_DIR = Path(__file__).parent / "results"
 COLUMNS = (("accuracy", "top-1"), ("top3", "top-3"), ("top5", "top-5"), ("accuracy_3digit", "3-digit"))
-
-
-def load_devsets(directory: Path = DEVSETS_DIR) -> dict[str, EvalSet]:
-    """The development sets that exist in `directory`, by file stem."""
-    return {Path(n).stem: load_eval_csv(directory / n) for n in DEVSETS if (directory / n).exists()}
-
-
-def topk_accuracy(scores: np.ndarray, accept: Sequence[set[str]], codes: Sequence[str], k: int = 1) -> float:
-    """Share of rows with an accepted code among the k highest scores."""
-    top = np.argsort(-scores, axis=1)[:, :k]
-    return float(np.mean([any(codes[j] in a for j in row) for row, a in zip(top, accept, strict=True)]))
-
-
-def _accepted(dev: EvalSet) -> list[set[str]]:
-    return [{g} | a for g, a in zip(dev.gold, dev.accept, strict=True)]
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:
@@ -93,8 +75,6 @@ def evaluate_model_dir(
 
 def evaluate_baseline(devsets: dict[str, EvalSet]) -> dict[str, Any]:
     """Train the SVM baseline on the default corpus and score the dev sets (softmax of SVM scores)."""
-    from bench.baseline_svm import SvmBaseline
-
     t = time.perf_counter()
     model = SvmBaseline.train_default()
     out: dict[str, Any] = {"train_seconds": round(time.perf_counter() - t, 1), "sets": {}}
@@ -109,7 +89,7 @@ def evaluate_baseline(devsets: dict[str, EvalSet]) -> dict[str, Any]:
             np.mean(
                 [
                     any(a.startswith(codes[j][:3]) for a in acc)
-                    for j, acc in zip(top1, _accepted(dev), strict=True)
+                    for j, acc in zip(top1, accepted_codes(dev), strict=True)
                 ]
             )
         )
@@ -138,8 +118,6 @@ def test_split_report(model_dir: Path | None, baseline: bool = True) -> dict[str
     if baseline:
         config.outliers.enabled = False  # reported only, never excluded by default: the split is the same
         prepared = prepare(rows_from_corpus(build_default_corpus()), config)
-        from bench.baseline_svm import SvmBaseline
-
         svm = SvmBaseline().fit([e.text for e in prepared.train], [e.code for e in prepared.train])
         test_set = eval_set_from_examples("test", prepared.test)
         codes = label_codes()

@@ -15,6 +15,7 @@ from scipy.sparse import hstack
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.svm import LinearSVC
 
+from bench.devsets import load_devsets, topk_accuracy
 from shared.corpus import CodedRecord, build_default_corpus, label_codes
 from shared.text import model_input
 
@@ -57,8 +58,6 @@ class SvmBaseline:
 
 
 def main() -> None:
-    from bench.accuracy import load_devsets, topk_accuracy
-
     t = time.time()
     model = SvmBaseline.train_default()
     print(f"trained in {time.time() - t:.0f}s")

@@ -41,9 +41,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.devsets import DEVSETS, DEVSETS_DIR
 from shared.settings import REPO_ROOT
 
-DEVSETS_DIR = REPO_ROOT.parent / "shared" / "data" / "devsets"
 RESULTS_DIR = Path(__file__).parent / "results"
 TARGET = 0.90
 
@@ -60,7 +60,7 @@ def text_pool(seed: int) -> list[tuple[str, str]]:
     pool: dict[tuple[str, str], None] = {}
     for record in build_default_corpus():
         pool[(record.job_title, record.duties_description)] = None
-    for name in ("ilo_titles_dev.csv", "onet_jobs_dev.csv"):
+    for name in DEVSETS:
         path = DEVSETS_DIR / name
         if path.is_file():
             with path.open(encoding="utf-8") as f:

@@ -57,7 +57,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.accuracy import DEVSETS_DIR, RESULTS_DIR, _accepted, load_devsets, topk_accuracy
+from bench.accuracy import RESULTS_DIR
+from bench.devsets import DEVSETS_DIR, accepted_codes, load_devsets, topk_accuracy
 
 
 def _timed(fn: Any) -> tuple[Any, float]:
@@ -116,7 +117,7 @@ def measure(
     }
     reranker = signals.reranker
     for name, dev in load_devsets(DEVSETS_DIR).items():
-        texts, accept = dev.texts(), _accepted(dev)
+        texts, accept = dev.texts(), accepted_codes(dev)
         scorer.embed(texts[:16])  # warm-up
         emb, t_enc = _timed(lambda texts=texts: scorer.embed(texts))
         head, t_head = _timed(lambda emb=emb: softmax(scorer.head_logits(emb) / scorer.temperature))

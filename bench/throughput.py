@@ -44,10 +44,10 @@ import numpy as np
 # the OpenMP wait policy of the services (see shared/model/encoders.py), before torch loads, for every path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from bench.devsets import DEVSETS_DIR
 from shared.schemas import JobRecord
 from shared.settings import REPO_ROOT, CommonSettings
 
-DEVSETS_DIR = REPO_ROOT.parent / "shared" / "data" / "devsets"
 RESULTS_DIR = Path(__file__).parent / "results"
 UNTRAINED_DIR = REPO_ROOT / "var" / "bench" / "untrained-minilm"
 
@@ -180,7 +180,7 @@ def load_predictor(model_dir: Path, config: dict[str, str], threads: int) -> Any
 
 def devset_top1(predictor: Any) -> dict[str, dict[str, Any]]:
     """Top-1 (an accepted code is the most probable unit group) on each dev set, and the top-1 codes."""
-    from bench.accuracy import load_devsets
+    from bench.devsets import load_devsets
 
     out = {}
     for name, dev in load_devsets(DEVSETS_DIR).items():

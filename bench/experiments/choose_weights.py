@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.accuracy import _accepted, load_devsets, topk_accuracy
+from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from bench.experiments.run_finetune import occupation_split
 from shared.corpus import build_default_corpus
 from shared.model.scorer import UnitScorer
@@ -69,7 +69,7 @@ if __name__ == "__main__":
     )
     _, tau, wk, wl = grid[0] if criterion == "accuracy" else nll_grid[0][:4]
     for name, dev in load_devsets().items():
-        acc = _accepted(dev)
+        acc = accepted_codes(dev)
         sd = signals(scorer, lexical, dev.texts())
         p = mix_probabilities(sd["head"], [(sd[f"knn{tau}"], wk), (sd["lex"], wl)])
         print(

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
-from bench.accuracy import _accepted, load_devsets
+from bench.devsets import accepted_codes, load_devsets
 from bench.experiments.cache_views import CACHE, dev_views
 from bench.experiments.encode_base import encode
 from bench.experiments.exp_common import knn_probs, occupation_split, prototypes, topk
@@ -192,7 +192,7 @@ def report(tag, records, title_idx, train_idx):
         row = []
         for name, key in (("ilo", "ilo_titles_dev"), ("onet", "onet_jobs_dev")):
             q = np.load(CACHE / f"{t}_{name}.npy")
-            acc = _accepted(devs[key])
+            acc = accepted_codes(devs[key])
             pp = q @ proto.T
             pk = knn_probs(q, emb, y, len(codes), k=10, tau=0.05)
             mix = (

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
-from bench.accuracy import _accepted, load_devsets
+from bench.devsets import accepted_codes, load_devsets
 from bench.experiments.exp_common import held_out_signals
 from shared.corpus import load_isco_group_texts
 from shared.model.scorer import UnitScorer
@@ -180,7 +180,7 @@ def main() -> None:
     results["validation"] = {"n": len(val_texts), "top1_by_weight": grid, "weight": best}
     print(f"validation top-1 by weight: {grid}; chosen {best}", flush=True)
     for name, dev in load_devsets().items():
-        accepted = _accepted(dev)
+        accepted = accepted_codes(dev)
         first = scorer.unit_probabilities(dev.texts())
         top, cross = rerank_scores(model, tokenizer, dev.texts(), first, cand_text, args.k, args.max_length)
         results[name] = {

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.accuracy import _accepted, load_devsets, topk_accuracy
+from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from bench.experiments.exp_common import held_out_signals
 from services.trainer.evaluate import expected_calibration_error
 from shared.model.classifier import encode_views
@@ -83,7 +83,7 @@ def main(model_dir: Path) -> None:
     v_texts, v_labels = [val_texts[i] for i in rows], val_labels[rows]
     v_whole, v_views = views(scorer, signals, v_texts)
     dev = load_devsets()["onet_jobs_dev"]
-    accept = _accepted(dev)
+    accept = accepted_codes(dev)
     d_texts = dev.texts()
     d_whole, d_views = views(scorer, scorer.signals, d_texts)
     share = token_share(scorer, d_texts)

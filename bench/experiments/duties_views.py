@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.accuracy import _accepted, load_devsets, topk_accuracy
+from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from services.trainer.evaluate import expected_calibration_error
 from shared.model.scorer import UnitScorer, softmax
 from shared.text import model_input
@@ -53,7 +53,7 @@ def main(model_dir: Path) -> None:
     scorer = UnitScorer.load(model_dir)
     codes = scorer.codes
     dev = load_devsets()["onet_jobs_dev"]
-    accept = _accepted(dev)
+    accept = accepted_codes(dev)
     parts = views(scorer, dev.job_titles, dev.duties)
 
     def row(label: str, p: np.ndarray) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.accuracy import _accepted, load_devsets, topk_accuracy
+from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from shared.model.scorer import UnitScorer
 from shared.routing import expected_calibration_error
 
@@ -34,7 +34,7 @@ def main(model_dirs: list[Path]) -> None:
     if any(s.codes != codes for s in scorers):
         raise SystemExit("the models have different label maps")
     for name, dev in load_devsets().items():
-        texts, accept = dev.texts(), _accepted(dev)
+        texts, accept = dev.texts(), accepted_codes(dev)
         probs = [s.unit_probabilities(texts) for s in scorers]
         print(f"{name} ({len(texts)} records)")
         for scorer, p in zip(scorers, probs, strict=True):

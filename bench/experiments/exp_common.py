@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.accuracy import _accepted, load_devsets
+from bench.devsets import accepted_codes, load_devsets
 from bench.experiments.cache_views import CACHE
 from shared.corpus import CodedRecord, build_default_corpus, label_codes, load_esco_facts
 
@@ -110,8 +110,8 @@ def load_context(tag: str = "base") -> dict:
         "val": val,
         "corpus": np.load(CACHE / f"{tag}_corpus.npy"),
         "dev": {
-            "ilo": (np.load(CACHE / f"{tag}_ilo.npy"), _accepted(devs["ilo_titles_dev"])),
-            "onet": (np.load(CACHE / f"{tag}_onet.npy"), _accepted(devs["onet_jobs_dev"])),
+            "ilo": (np.load(CACHE / f"{tag}_ilo.npy"), accepted_codes(devs["ilo_titles_dev"])),
+            "onet": (np.load(CACHE / f"{tag}_onet.npy"), accepted_codes(devs["onet_jobs_dev"])),
         },
         "onet_title": np.load(CACHE / f"{tag}_onet_title.npy"),
         "onet_duties": np.load(CACHE / f"{tag}_onet_duties.npy"),

@@ -210,7 +210,7 @@ def main(tag: str = "base") -> None:
 
 
 def _dev_fields(name):
-    from bench.accuracy import load_devsets
+    from bench.devsets import load_devsets
 
     dev = load_devsets()[name]
     return dev.job_titles, dev.duties

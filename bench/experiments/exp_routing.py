@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from bench.accuracy import _accepted, load_devsets
+from bench.devsets import accepted_codes, load_devsets
 from bench.experiments.cache_views import CACHE
 from bench.experiments.exp_common import topk
 from shared.corpus import label_codes
@@ -82,7 +82,7 @@ def main(tag: str = "base") -> None:
             words = np.array([len(tx.split()) for tx in dev.texts()])
             x = feats(name, has, words)
             p = 1 / (1 + np.exp(-(((x - mean) / std) @ w + b)))
-            acc = _accepted(dev)
+            acc = accepted_codes(dev)
             f = parts[name][0]
             correct = np.array([codes[j] in a for j, a in zip(f.argmax(1), acc, strict=True)])
             auto = p >= t

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.accuracy import _accepted, load_devsets
+from bench.devsets import accepted_codes, load_devsets
 from services.trainer.config import load_profile
 from services.trainer.preprocess import PreprocessConfig, prepare, rows_from_corpus
 from shared.corpus import build_default_corpus
@@ -57,7 +57,7 @@ def main(model_dir: Path, profile: str = "quick") -> None:
     devs = {}
     for name, dev in load_devsets().items():
         p = scorer.unit_probabilities(dev.texts())
-        acc = _accepted(dev)
+        acc = accepted_codes(dev)
         ok = np.array([codes[j] in a for j, a in zip(p.argmax(1), acc, strict=True)])
         devs[name] = (
             level_probabilities(p, hierarchy),

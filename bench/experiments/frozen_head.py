@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.accuracy import _accepted, load_devsets, topk_accuracy
+from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from shared.corpus import build_default_corpus, label_codes
 from shared.model.signals import KnnConfig, KnnIndex, knn_probabilities
 
@@ -55,7 +55,7 @@ if __name__ == "__main__":
         W, s = train_head(E, y, len(codes), proto, **cfg)
         out = {}
         for name, dev, Q in devs:
-            acc = _accepted(dev)
+            acc = accepted_codes(dev)
             ph = sm(s * Q @ W.T)
             pk = knn_probabilities(Q, idx, KnnConfig(k=10, tau=0.05), len(codes))
             out[name[:4]] = [round(topk_accuracy(ph, acc, codes), 3)] + [

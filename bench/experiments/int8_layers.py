@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.accuracy import _accepted, load_devsets, topk_accuracy
+from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from shared.model.scorer import UnitScorer
 
 
@@ -33,7 +33,7 @@ def main(model_dir: Path, layers: list[int]) -> None:
             start = time.perf_counter()
             probs = scorer.unit_probabilities(texts)
             seconds = time.perf_counter() - start
-            top1 = topk_accuracy(probs, _accepted(dev), scorer.codes, 1)
+            top1 = topk_accuracy(probs, accepted_codes(dev), scorer.codes, 1)
             cells.append(f"{name} {top1:.3f} ({len(texts) / seconds:.0f} records/s)")
         print(f"{label:32} " + "  ".join(cells), flush=True)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.accuracy import _accepted, load_devsets, topk_accuracy
+from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from shared.corpus import build_default_corpus
 from shared.model.scorer import UnitScorer
 
@@ -61,7 +61,7 @@ def main(model_dir: Path) -> None:
     prior = np.array([max(counts.get(c, 0), 1) for c in codes], dtype=np.float64)
     prior /= prior.sum()
     for name, dev in load_devsets().items():
-        texts, accept = dev.texts(), _accepted(dev)
+        texts, accept = dev.texts(), accepted_codes(dev)
         probs = scorer.unit_probabilities(texts).astype(np.float64)
         variants = {"as shipped": probs}
         for strength in (0.5, 1.0):

@@ -24,8 +24,8 @@ X = Path("/tmp/exp")
 
 
 def fit() -> None:
-    from bench.accuracy import load_devsets
     from bench.baseline_svm import SvmBaseline
+    from bench.devsets import load_devsets
     from services.trainer.config import TrainerSettings
     from services.trainer.preprocess import prepare, rows_from_corpus
     from shared.corpus import build_default_corpus, label_codes
@@ -44,7 +44,7 @@ def fit() -> None:
 
 
 def mix(model_dir: Path) -> None:
-    from bench.accuracy import _accepted, load_devsets
+    from bench.devsets import accepted_codes, load_devsets
     from bench.experiments.exp_common import held_out_signals
     from services.trainer.evaluate import expected_calibration_error
     from shared.model.rerank import fit_reranker
@@ -92,7 +92,7 @@ def mix(model_dir: Path) -> None:
             if label != "without":
                 m = mix_probabilities(m, [(softmax(np.load(X / f"linear_{name}.npy") / tau), w)])
             for stage, probs in (("first", m), ("reranked", reranker.rerank(scorer.codes, m, dev_parts))):
-                accepted = _accepted(dev)
+                accepted = accepted_codes(dev)
                 order = np.argsort(-probs, axis=1)[:, :3]
                 hit = np.array(
                     [[scorer.codes[j] in ok_ for j in r] for r, ok_ in zip(order, accepted, strict=True)]

@@ -22,8 +22,9 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from bench.accuracy import RESULTS_DIR, _softmax, load_devsets, topk_accuracy
+from bench.accuracy import RESULTS_DIR, _softmax
 from bench.baseline_svm import SvmBaseline
+from bench.devsets import load_devsets, topk_accuracy
 from services.trainer import preprocess
 from services.trainer.pipeline import eval_set_from_examples
 from shared.corpus import CodedRecord, build_default_corpus, label_codes

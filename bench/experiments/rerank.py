@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.accuracy import _accepted, load_devsets
+from bench.devsets import accepted_codes, load_devsets
 from services.trainer.evaluate import expected_calibration_error
 from shared.model.rerank import FEATURES, fit_reranker
 from shared.model.scorer import UnitScorer, softmax
@@ -32,7 +32,7 @@ from shared.routing import coverage_at_precision
 def dev_scores(scorer: UnitScorer, reranker=None) -> dict[str, dict[str, float]]:
     out = {}
     for name, dev in load_devsets().items():
-        accepted = _accepted(dev)
+        accepted = accepted_codes(dev)
         texts = dev.texts()
         emb = scorer.embed(texts)
         head = softmax(scorer.head_logits(emb) / scorer.temperature)

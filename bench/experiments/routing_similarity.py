@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.accuracy import _accepted, load_devsets
+from bench.devsets import accepted_codes, load_devsets
 from bench.experiments.exp_common import held_out_signals
 from shared.model.scorer import UnitScorer
 from shared.predictor import Hierarchy, level_probabilities
@@ -98,7 +98,7 @@ def main(model_dir: Path) -> None:
     val = inputs(scorer, hierarchy, val_titles, val_duties, val_texts, val_accept)
     scorer.signals = shipped
     devs = {
-        name: inputs(scorer, hierarchy, dev.job_titles, dev.duties, dev.texts(), _accepted(dev))
+        name: inputs(scorer, hierarchy, dev.job_titles, dev.duties, dev.texts(), accepted_codes(dev))
         for name, dev in load_devsets().items()
     }
     results: dict = {"model": str(model_dir), "validation_n": len(val_texts)}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.accuracy import _accepted, load_devsets, topk_accuracy
+from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from services.trainer.finetune import FinetuneConfig, finetune
 from shared.corpus import build_default_corpus, corpus_counts, label_codes
 from shared.model.scorer import UnitScorer
@@ -56,7 +56,7 @@ def dev_report(model_dir):
     codes = scorer.codes
     report = {}
     for name, dev in load_devsets().items():
-        acc = _accepted(dev)
+        acc = accepted_codes(dev)
         emb = scorer.embed(dev.texts())
         logits = scorer.head_logits(emb)
         head = _softmax(logits / scorer.temperature)

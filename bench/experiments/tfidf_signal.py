@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from bench.accuracy import _accepted, load_devsets, topk_accuracy
+from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from shared.corpus import build_default_corpus, label_codes
 from shared.model.signals import KnnConfig, KnnIndex, knn_probabilities
 from shared.text import model_input
@@ -38,7 +38,7 @@ if __name__ == "__main__":
     proto /= np.linalg.norm(proto, axis=1, keepdims=True) + 1e-9
     idx = KnnIndex(E, y)
     for (name, dev), tag in zip(load_devsets().items(), ("ilo_", "onet"), strict=True):
-        acc = _accepted(dev)
+        acc = accepted_codes(dev)
         Q = np.load(f"{X}/base_{tag}.npy")
         pp = Q @ proto.T
         ph = np.exp((pp - pp.max(1, keepdims=True)) * 30)

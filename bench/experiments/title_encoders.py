@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from bench.accuracy import _accepted, load_devsets
+from bench.devsets import accepted_codes, load_devsets
 from bench.experiments.encode_base import encode
 from bench.experiments.exp_common import knn_probs, occupation_split, topk
 from shared.corpus import build_default_corpus, label_codes
@@ -52,10 +52,13 @@ def main(model_dirs: list[str]) -> None:
             [_head_first(t) for t in val_titles],
             [{records[i].isco_code} for i in val_ids],
         ),
-        "ilo": ([t.lower() for t in ilo.job_titles], _accepted(ilo)),
-        "ilo normalised": ([normalise_title(t.lower()) for t in ilo.job_titles], _accepted(ilo)),
-        "onet_title": ([t.lower() for t in onet.job_titles], _accepted(onet)),
-        "onet_title normalised": ([normalise_title(t.lower()) for t in onet.job_titles], _accepted(onet)),
+        "ilo": ([t.lower() for t in ilo.job_titles], accepted_codes(ilo)),
+        "ilo normalised": ([normalise_title(t.lower()) for t in ilo.job_titles], accepted_codes(ilo)),
+        "onet_title": ([t.lower() for t in onet.job_titles], accepted_codes(onet)),
+        "onet_title normalised": (
+            [normalise_title(t.lower()) for t in onet.job_titles],
+            accepted_codes(onet),
+        ),
     }
     for model_dir in model_dirs:
         t = time.time()

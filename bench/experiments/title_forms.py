@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.accuracy import _accepted, load_devsets, topk_accuracy
+from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from shared.model.scorer import UnitScorer
 from shared.text import clean_text
 from shared.variants import expand_abbreviations
@@ -35,7 +35,7 @@ def main(model_dir: Path) -> None:
     for name, dev in load_devsets().items():
         now = dev.texts()
         before = [previous_input(t, d) for t, d in zip(dev.job_titles, dev.duties, strict=True)]
-        accept = _accepted(dev)
+        accept = accepted_codes(dev)
         changed = np.array([a != b for a, b in zip(now, before, strict=True)])
         probs = {"before": scorer.unit_probabilities(before), "normalised": scorer.unit_probabilities(now)}
         for label, p in probs.items():
