@@ -47,8 +47,8 @@ def evaluate_model_dir(
     model_dir: Path, devsets: dict[str, EvalSet], threads: int | None = None
 ) -> dict[str, Any]:
     """Metrics of the model directory on each dev set (through the same scorer every service uses)."""
+    from shared.decision import Hierarchy
     from shared.model.scorer import UnitScorer
-    from shared.predictor import Hierarchy
     from shared.routing import RoutingModel
 
     scorer = UnitScorer.load(model_dir, device="auto", threads=threads)

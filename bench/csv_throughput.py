@@ -146,7 +146,7 @@ class Stack:
         from shared.db.migrate import upgrade
         from shared.db.session import session_scope
         from shared.db.tables import ModelStatus, ModelVersion, utcnow
-        from shared.predictor import model_dir_version
+        from shared.holder import model_dir_version
 
         self.procs: list[subprocess.Popen[bytes]] = []
         self.work = work

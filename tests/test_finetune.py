@@ -13,7 +13,8 @@ from services.trainer.finetune import (
 )
 from shared.corpus import label_codes
 from shared.model.scorer import UnitScorer
-from shared.predictor import Predictor, level_probabilities
+from shared.decision import level_probabilities
+from shared.predictor import Predictor
 from shared.routing import RecordInputs, RoutingModel
 from shared.schemas import JobRecord
 from tests.tiny_model import build_tiny_model_dir

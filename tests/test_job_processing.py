@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import redis
 
-from services.worker.processing import JobProcessor, LeaseHeld, PredictorCache
+from services.worker.processing import JobProcessor, LeaseHeld
 from services.worker.settings import WorkerSettings
 from shared import jobs
 from shared.db.session import session_scope
 from shared.db.tables import Job, JobStatus
+from shared.holder import PredictorHolder
 from tests.jobs_support import register_best, test_redis_url, tiny_model_dir  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
@@ -28,11 +29,12 @@ class Crash(BaseException):
     """Stands in for the process dying: not an Exception, so nothing in the processor catches it."""
 
 
-class CountingPredictors(PredictorCache):
-    """The real predictor cache, counting what reaches the model and able to crash or act after N chunks."""
+class CountingPredictors(PredictorHolder):
+    """The worker's real predictor holder, counting what reaches the model and able to crash or act after N
+    chunks."""
 
     def __init__(self, settings: WorkerSettings, after_calls: int | None = None, action: Any = None):
-        super().__init__(settings)
+        super().__init__(settings.predictor_settings())
         self.records_seen: list[tuple[str, str]] = []
         self.industries_seen: list[tuple[str, str]] = []  # (title, industry) of each record the model got
         self.calls = 0

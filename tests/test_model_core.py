@@ -392,15 +392,15 @@ def test_worker_and_inference_service_give_identical_results(trained: Path, tmp_
 
     from services.inference.app import create_app
     from services.inference.settings import InferenceSettings
-    from services.worker.processing import PredictorCache
     from services.worker.settings import WorkerSettings
+    from shared.holder import PredictorHolder
     from shared.schemas import JobRecord, PredictOptions
     from tests.serving_helpers import ServerThread
 
     records = [JobRecord(id=str(i), job_title=q) for i, q in enumerate(QUERIES)]
     records += [JobRecord(id="d", job_title="HGV Class 1 Driver", duties_description="drives lorries")]
     common = {"env": "test", "data_dir": tmp_path / "data", "database_url": f"sqlite:///{tmp_path / 'i.db'}"}
-    worker = PredictorCache(WorkerSettings(model_dir=trained, **common))  # type: ignore[arg-type]
+    worker = PredictorHolder(WorkerSettings(model_dir=trained, **common).predictor_settings())  # type: ignore[arg-type]
     by_worker = worker.best().predict(records, PredictOptions(top_k=3))
     assert worker.best().scorer.backend == "onnx-int8"  # the default fast path on CPU
     app = create_app(InferenceSettings(model_dir=trained, reload_interval_s=0, **common))  # type: ignore[arg-type]

@@ -9,17 +9,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from shared.predictor import (
-    Hierarchy,
-    Predictor,
-    PredictorConfig,
-    PredictorHolder,
-    ProbabilityCache,
-    build_predictions,
-    choose_level,
-    level_probabilities,
-    record_text,
-)
+from shared.decision import Hierarchy, build_predictions, choose_level, level_probabilities, record_text
+from shared.holder import PredictorHolder
+from shared.predictor import Predictor, PredictorConfig, ProbabilityCache
 from shared.schemas import MAX_TEXT_CHARS, JobRecord, PredictOptions, Thresholds
 from shared.taxonomy import get_taxonomy
 from shared.text import INDUSTRY_MAX_CHARS, model_input

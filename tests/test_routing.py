@@ -251,7 +251,7 @@ def _constant_routing(probability: float, threshold: float = 0.5) -> RoutingMode
 
 
 def test_predictions_auto_code_only_what_the_router_clears():
-    from shared.predictor import Hierarchy, build_predictions
+    from shared.decision import Hierarchy, build_predictions
     from shared.schemas import JobRecord, Thresholds
 
     codes = ["2211", "2221", "5131", "8332"]

@@ -25,8 +25,8 @@ from bench.experiments.exp_common import (
     topk,
     train_head,
 )
+from shared.decision import Hierarchy, level_probabilities
 from shared.model.resources import default_base_model
-from shared.predictor import Hierarchy, level_probabilities
 from shared.routing import (
     RecordInputs,
     coverage_at_precision,

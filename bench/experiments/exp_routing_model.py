@@ -20,8 +20,8 @@ from bench.devsets import accepted_codes, load_devsets
 from services.trainer.config import load_profile
 from services.trainer.preprocess import PreprocessConfig, prepare, rows_from_corpus
 from shared.corpus import build_default_corpus
+from shared.decision import Hierarchy, level_probabilities
 from shared.model.scorer import UnitScorer
-from shared.predictor import Hierarchy, level_probabilities
 from shared.routing import (
     coverage_at_precision,
     expected_calibration_error,

@@ -32,8 +32,8 @@ import numpy as np
 
 from bench.devsets import accepted_codes, load_devsets
 from bench.experiments.exp_common import held_out_signals
+from shared.decision import Hierarchy, level_probabilities
 from shared.model.scorer import UnitScorer
-from shared.predictor import Hierarchy, level_probabilities
 from shared.routing import (
     coverage_at_precision,
     expected_calibration_error,

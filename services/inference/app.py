@@ -28,8 +28,10 @@ from starlette.types import Scope
 
 from services.inference.batching import MicroBatcher, ModelNotReady
 from services.inference.settings import InferenceSettings
+from shared.decision import record_text
+from shared.holder import PredictorHolder
 from shared.logs import RequestContextMiddleware, RequestObserver, configure_logging
-from shared.predictor import Predictor, PredictorHolder, record_text
+from shared.predictor import Predictor
 from shared.schemas import EvidenceExample, Prediction, PredictOptions, PredictRequest, PredictResponse
 
 EVIDENCE_EXAMPLES = 10  # nearest training examples per record with explain=true

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.predictor import PredictorHolder
+from shared.holder import PredictorHolder
 from shared.schemas import JobRecord, Prediction, PredictOptions
 
 

@@ -28,8 +28,8 @@ import numpy as np
 from shared.taxonomy import InvalidCode, get_taxonomy
 
 if TYPE_CHECKING:
+    from shared.decision import Hierarchy
     from shared.model.signals import NearestMatch
-    from shared.predictor import Hierarchy
     from shared.routing import RoutingModel
 
 PRECISION_TARGETS = (0.90, 0.95, 0.99)
@@ -492,7 +492,7 @@ def routed_confidence(
     auto-code, as the Predictor decides them; None without a routing model (no routing.json)."""
     if routing is None:
         return None
-    from shared.predictor import level_probabilities
+    from shared.decision import level_probabilities
     from shared.routing import flagged, record_inputs
 
     per_level = level_probabilities(probs, hierarchy)

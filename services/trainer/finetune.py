@@ -64,7 +64,7 @@ from shared.model.signals import (
     knn_probabilities,
     search_weights,
 )
-from shared.predictor import Hierarchy, level_probabilities
+from shared.decision import Hierarchy, level_probabilities
 from shared.routing import RecordInputs, RoutingModel, fit_routing
 from shared.taxonomy import get_taxonomy
 from shared.text import TITLE_SEPARATOR, duties_part

@@ -9,7 +9,7 @@ no one else advanced it). A worker killed at any point leaves either a complete 
 skips `chunks_done` chunks of input and rewrites any later part. The final result is the header plus the
 parts in order, again written through a rename before the row says `succeeded`.
 
-One worker at a time: a lease in Redis (`shared.jobs.Lease`), renewed by a heartbeat thread every
+One worker at a time: a lease in Redis (`shared.jobs.leases.Lease`), renewed by a heartbeat thread every
 `job_heartbeat_s` and lapsing `job_lock_ttl_s` after its holder stops, keeps a redelivered task from running a
 job whose first worker is still alive. A task that finds the lease held waits for it to lapse (its holder
 died: this task takes over) or ends (the holder is alive and renewing; if it dies later, the reconciler
@@ -35,11 +35,16 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from services.worker.settings import WorkerSettings
-from shared import csvio, jobs
 from shared.coding import EMPTY_RECORD, InputRow, Memo, chunks, code_rows, csv_rows
+from shared.csvio.reading import CsvFormatError, read_layout
+from shared.csvio.writing import header_line, result_header, result_row, writer
 from shared.db.session import session_factory
 from shared.db.tables import Job, JobStatus, utcnow
-from shared.jobs import Lease
+from shared.holder import PredictorHolder
+from shared.jobs.files import delete_job_files, part_path, parts_dir, result_path
+from shared.jobs.leases import Lease, clear_sent
+from shared.jobs.state import advance, fail, finish, restart_progress, start
+from shared.predictor import Predictor
 from shared.schemas import Prediction, PredictOptions
 
 log = logging.getLogger(__name__)
@@ -90,55 +95,6 @@ class Heartbeat:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Predictor per worker process
-# ----------------------------------------------------------------------------------------------------
-
-
-class PredictorCache:
-    """The model of this worker process: loaded once, swapped when a job needs another version.
-
-    Jobs pin the version they started with (a resumed job keeps its model); new jobs take the registry's
-    best, so a newly promoted model is picked up without restarting the worker.
-    """
-
-    def __init__(self, settings: WorkerSettings):
-        self.settings = settings
-        self.current: Any = None  # shared.predictor.Predictor (imported lazily: it pulls in torch)
-
-    def _load(self, model_dir: Path) -> Any:
-        from shared.predictor import Predictor, model_dir_version
-
-        if self.current is not None and self.current.version == model_dir_version(model_dir):
-            return self.current
-        self.current = None  # free the old model before loading the next one
-        self.current = Predictor.load(model_dir, self.settings.predictor_settings())
-        return self.current
-
-    def best(self) -> Any:
-        """The predictor for new jobs: the configured model_dir, else the registry's best."""
-        from shared.predictor import resolve_model_dir
-
-        model_dir = resolve_model_dir(self.settings)
-        if model_dir is None:
-            raise RuntimeError("no model: the registry has no best model and ISCO_MODEL_DIR is not set")
-        return self._load(Path(model_dir))
-
-    def pinned(self, version: str) -> Any | None:
-        """The predictor for `version`, or None when that version is no longer available."""
-        if self.current is not None and self.current.version == version:
-            return self.current
-        from shared.registry import RegistryError, model_dir_for
-
-        explicit = self.settings.model_dir
-        try:
-            model_dir = Path(explicit) if explicit else model_dir_for(self.settings, version)
-        except RegistryError:
-            return None
-        predictor = self._load(model_dir)
-        return predictor if predictor.version == version else None
-
-
-# ----------------------------------------------------------------------------------------------------
 # Input and output formats
 # ----------------------------------------------------------------------------------------------------
 
@@ -151,7 +107,7 @@ class JobFormat:
         self.path = Path(job.input_path)
         if not job.input_path or not self.path.is_file():
             raise JobGone("the job's input file is missing (it expired or was deleted)")
-        self.layout = csvio.read_layout(self.path) if job.kind == "csv" else None
+        self.layout = read_layout(self.path) if job.kind == "csv" else None
 
     def rows(self) -> Iterator[InputRow]:
         if self.layout is not None:
@@ -165,15 +121,15 @@ class JobFormat:
     def header(self) -> str:
         if self.layout is None:
             return ""
-        return csvio.header_line(csvio.result_header(self.layout.header), self.layout.delimiter)
+        return header_line(result_header(self.layout.header), self.layout.delimiter)
 
     def render(self, rows: Sequence[InputRow], outcomes: Sequence[Prediction | str]) -> str:
         if self.layout is not None:
             out = io.StringIO()
-            w = csvio.writer(out, self.layout.delimiter)
+            w = writer(out, self.layout.delimiter)
             for row, outcome in zip(rows, outcomes, strict=True):
                 assert row.cells is not None
-                w.writerow(csvio.result_row(row.cells, outcome))
+                w.writerow(result_row(row.cells, outcome))
             return out.getvalue()
         lines = []
         for row, outcome in zip(rows, outcomes, strict=True):
@@ -209,10 +165,11 @@ class JobProcessor:
     """Runs jobs in one worker process (one at a time)."""
 
     def __init__(
-        self, settings: WorkerSettings, predictors: PredictorCache | None = None, redis_client: Any = None
+        self, settings: WorkerSettings, predictors: PredictorHolder | None = None, redis_client: Any = None
     ):
         self.settings = settings
-        self.predictors = predictors or PredictorCache(settings)
+        # the model of this worker process: the best for new jobs, the pinned version for resumed ones
+        self.predictors = predictors or PredictorHolder(settings.predictor_settings())
         self.redis = redis_client
         self.sessions = session_factory(settings.db_url)
 
@@ -226,7 +183,7 @@ class JobProcessor:
     def run(self, job_id: str) -> RunResult:
         """Run (or resume) a job to its end. Raises LeaseHeld when a live worker holds it."""
         redis_client = self._redis()
-        jobs.clear_sent(redis_client, job_id)
+        clear_sent(redis_client, job_id)
         with self.sessions() as session:
             job = session.get(Job, job_id)
             if job is None:
@@ -259,24 +216,24 @@ class JobProcessor:
         return True
 
     def _fail(self, session: Session, job: Job, error: str) -> RunResult:
-        jobs.fail(session, job.id, error, self.settings)
+        fail(session, job.id, error, self.settings)
         session.commit()
-        shutil.rmtree(jobs.parts_dir(self.settings, job.id), ignore_errors=True)
+        shutil.rmtree(parts_dir(self.settings, job.id), ignore_errors=True)
         log.error("job %s failed: %s", job.id, error)
         return RunResult(JobStatus.failed)
 
     def _cleanup_cancelled(self, job: Job) -> None:
-        jobs.delete_job_files(self.settings, job)
+        delete_job_files(self.settings, job)
 
-    def _start(self, session: Session, job: Job) -> Any:
+    def _start(self, session: Session, job: Job) -> Predictor:
         """Mark the job running and pick its model: the pinned version when resuming, else the best."""
         values: dict[str, Any] = {}
         predictor = self.predictors.pinned(job.model_version) if job.model_version else None
         if job.model_version and predictor is None:
             # the pinned model is gone: start over with the current best rather than mix two models
             log.warning("job %s: model %s is gone; restarting with the best model", job.id, job.model_version)
-            shutil.rmtree(jobs.parts_dir(self.settings, job.id), ignore_errors=True)
-            jobs.restart_progress(session, job.id)
+            shutil.rmtree(parts_dir(self.settings, job.id), ignore_errors=True)
+            restart_progress(session, job.id)
         if predictor is None:
             predictor = self.predictors.best()
         options = dict(job.options or {})
@@ -285,7 +242,7 @@ class JobProcessor:
         values.update(options=options, model_version=predictor.version)
         if job.started_at is None:
             values["started_at"] = utcnow()
-        jobs.start(session, job.id, **values)  # conditional: a cancel that landed since we read must win
+        start(session, job.id, **values)  # conditional: a cancel that landed since we read must win
         session.commit()
         session.refresh(job)
         return predictor
@@ -293,7 +250,7 @@ class JobProcessor:
     def _run_leased(self, session: Session, job: Job, lease: Lease, heartbeat: Heartbeat) -> RunResult:
         try:
             fmt = JobFormat(job)
-        except (JobGone, csvio.CsvFormatError) as exc:
+        except (JobGone, CsvFormatError) as exc:
             return self._fail(session, job, str(exc))
         predictor = self._start(session, job)
         if job.status != JobStatus.running:  # cancelled between our read and our update
@@ -302,7 +259,7 @@ class JobProcessor:
             {k: v for k, v in job.options.items() if k in ("top_k", "thresholds")}
         )
         chunk_rows = int(job.options["chunk_rows"])
-        parts = jobs.parts_dir(self.settings, job.id)
+        parts = parts_dir(self.settings, job.id)
         parts.mkdir(parents=True, exist_ok=True)
         memo = Memo(self.settings.job_memo_entries)
         start_chunk = job.chunks_done
@@ -312,9 +269,9 @@ class JobProcessor:
         ran = 0
         for index, chunk in enumerate(chunks(rows, chunk_rows), start=start_chunk):
             outcomes = code_rows(chunk, predictor, options, memo)
-            write_atomically(jobs.part_path(self.settings, job.id, index), fmt.render(chunk, outcomes))
+            write_atomically(part_path(self.settings, job.id, index), fmt.render(chunk, outcomes))
             failed = sum(1 for o in outcomes if isinstance(o, str))
-            advanced = jobs.advance(session, job.id, index, len(chunk), failed)
+            advanced = advance(session, job.id, index, len(chunk), failed)
             session.commit()
             ran += 1
             if not advanced:
@@ -340,21 +297,21 @@ class JobProcessor:
         session.refresh(job)
         if job.status != JobStatus.running:
             return self._interrupted(session, job)
-        result = jobs.result_path(self.settings, job.id, job.kind)
+        result = result_path(self.settings, job.id, job.kind)
         tmp = result.with_name(f"{result.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
         with open(tmp, "w", encoding="utf-8", newline="") as out:
             out.write(fmt.header())
             for index in range(job.chunks_done):
-                with open(jobs.part_path(self.settings, job.id, index), encoding="utf-8", newline="") as part:
+                with open(part_path(self.settings, job.id, index), encoding="utf-8", newline="") as part:
                     shutil.copyfileobj(part, out, 1 << 20)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, result)
-        done = jobs.finish(session, job.id, result, self.settings)
+        done = finish(session, job.id, result, self.settings)
         session.commit()
         if not done:
             return self._interrupted(session, job)
-        shutil.rmtree(jobs.parts_dir(self.settings, job.id), ignore_errors=True)
+        shutil.rmtree(parts_dir(self.settings, job.id), ignore_errors=True)
         session.refresh(job)
         log.info(
             "job %s succeeded: %d rows (%d failed), model %s",
