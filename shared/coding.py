@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared import csvio
+from shared.csvio.reading import CsvLayout, iter_rows
 from shared.schemas import JobRecord, Prediction, PredictOptions
 
 EMPTY_RECORD = "job_title and duties_description are both empty"
@@ -33,9 +33,9 @@ class InputRow:
     error: str | None = None
 
 
-def csv_rows(path: Path, layout: csvio.CsvLayout) -> Iterator[InputRow]:
+def csv_rows(path: Path, layout: CsvLayout) -> Iterator[InputRow]:
     """The data rows of a CSV as InputRows; a ragged row carries its error (`line N: row has ...`)."""
-    for row in csvio.iter_rows(path, layout):
+    for row in iter_rows(path, layout):
         title, duties = layout.texts(row.cells)
         record = {"job_title": title, "duties_description": duties, "industry": layout.industry(row.cells)}
         error = f"line {row.line}: {row.error}" if row.error else None

@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared import csvio, jobs
+from shared.csvio.writing import header_line, result_header, result_row, write_rows
 from shared.db.session import session_scope
 from shared.db.tables import JobStatus, utcnow
+from shared.jobs.files import input_path, result_path
+from shared.jobs.settings import JobSettings
+from shared.jobs.state import create_job, new_job_id, transition
 from shared.schemas import Alternative, GroupRef, Prediction
 from shared.taxonomy import get_taxonomy
 
@@ -69,7 +72,7 @@ def prediction(case: Case, version: str = "tiny-review-1") -> Prediction:
 
 def finished_csv_job(
     db_url: str,
-    settings: jobs.JobSettings,
+    settings: JobSettings,
     owner_key_id: int | None,
     cases: tuple[Case, ...] = CASES,
     extra: tuple[str, ...] = (),
@@ -77,7 +80,7 @@ def finished_csv_job(
 ) -> str:
     """A succeeded CSV job with a result file as the worker writes it (header + rows, RESULT columns); `extra`
     names more input columns after the texts (row i's value: "NAME-i")."""
-    job_id = jobs.new_job_id()
+    job_id = new_job_id()
     settings.ensure_dirs()
     with_industry = any(c.industry for c in cases)
     header = (
@@ -91,20 +94,20 @@ def finished_csv_job(
             + [f"{x}-{i}" for x in extra]
         )
 
-    input_file = jobs.input_path(settings, job_id, "csv")
+    input_file = input_path(settings, job_id, "csv")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(header)
     for i, case in enumerate(cases, start=1):
         w.writerow(cells(i, case))
     input_file.write_text(buf.getvalue(), encoding="utf-8")
-    result = jobs.result_path(settings, job_id, "csv")
+    result = result_path(settings, job_id, "csv")
     result.parent.mkdir(parents=True, exist_ok=True)
     with open(result, "w", encoding="utf-8", newline="") as f:
-        f.write(csvio.header_line(csvio.result_header(header)))
-        csvio.write_rows(
+        f.write(header_line(result_header(header)))
+        write_rows(
             f,
-            (csvio.result_row(cells(i, c), prediction(c)) for i, c in enumerate(cases, start=1)),
+            (result_row(cells(i, c), prediction(c)) for i, c in enumerate(cases, start=1)),
         )
     _record_succeeded_job(
         db_url, settings, job_id, "csv", owner_key_id, input_file, result, len(cases),
@@ -150,12 +153,12 @@ def tail(path: Path) -> str:
 
 
 def finished_batch_job(
-    db_url: str, settings: jobs.JobSettings, owner_key_id: int | None, cases: tuple[Case, ...] = CASES
+    db_url: str, settings: JobSettings, owner_key_id: int | None, cases: tuple[Case, ...] = CASES
 ) -> str:
     """A succeeded batch job: JSON lines of records in, JSON lines of predictions (or errors) out."""
-    job_id = jobs.new_job_id()
+    job_id = new_job_id()
     settings.ensure_dirs()
-    input_file = jobs.input_path(settings, job_id, "batch")
+    input_file = input_path(settings, job_id, "batch")
     with_industry = any(c.industry for c in cases)
     input_file.write_text(
         "".join(json.dumps({"id": f"b{i}", "job_title": c.title, "duties_description": c.duties}
@@ -163,7 +166,7 @@ def finished_batch_job(
                 for i, c in enumerate(cases, start=1)),
         encoding="utf-8",
     )  # fmt: skip
-    result = jobs.result_path(settings, job_id, "batch")
+    result = result_path(settings, job_id, "batch")
     result.parent.mkdir(parents=True, exist_ok=True)
     result.write_text("".join(prediction(c).model_dump_json() + "\n" for c in cases), encoding="utf-8")
     _record_succeeded_job(
@@ -175,7 +178,7 @@ def finished_batch_job(
 
 def _record_succeeded_job(
     db_url: str,
-    settings: jobs.JobSettings,
+    settings: JobSettings,
     job_id: str,
     kind: str,
     owner_key_id: int | None,
@@ -187,7 +190,7 @@ def _record_succeeded_job(
 ) -> None:
     """The job row, taken queued -> running -> succeeded through the job module, as a worker would."""
     with session_scope(db_url) as session:
-        jobs.create_job(
+        create_job(
             session,
             job_id=job_id,
             kind=kind,
@@ -197,10 +200,8 @@ def _record_succeeded_job(
             options=options,
             settings=settings,
         )
-        jobs.transition(
-            session, job_id, JobStatus.running, only_from=(JobStatus.queued,), started_at=utcnow()
-        )
-        jobs.transition(
+        transition(session, job_id, JobStatus.running, only_from=(JobStatus.queued,), started_at=utcnow())
+        transition(
             session,
             job_id,
             JobStatus.succeeded,

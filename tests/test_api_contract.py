@@ -24,10 +24,11 @@ from sqlalchemy import text
 from services.gateway.app import create_app
 from services.gateway.auth import create_api_key
 from services.gateway.settings import GatewaySettings
-from shared import jobs
 from shared.db.session import session_scope
 from shared.db.tables import utcnow
-from shared.jobs import JobSettings, JobView
+from shared.jobs.settings import JobSettings
+from shared.jobs.state import create_job, fail, start
+from shared.jobs.views import JobView
 from shared.schemas import ErrorInfo, ErrorResponse, FieldError, JobRecord, PredictRequest, Thresholds
 from tests.serving_helpers import free_port
 
@@ -79,7 +80,7 @@ def test_job_times_are_utc_with_zone_on_every_backend(db_url: str, tmp_path: Pat
     with session_scope(db_url) as session:
         owner = session.execute(text("SELECT id FROM api_keys")).scalar_one()
         for job_id in ("queued-job", "failed-job"):
-            jobs.create_job(
+            create_job(
                 session,
                 job_id=job_id,
                 kind="csv",
@@ -89,8 +90,8 @@ def test_job_times_are_utc_with_zone_on_every_backend(db_url: str, tmp_path: Pat
                 options={},
                 settings=job_settings,
             )
-        assert jobs.start(session, "failed-job", started_at=utcnow())
-        assert jobs.fail(session, "failed-job", "broken", job_settings)
+        assert start(session, "failed-job", started_at=utcnow())
+        assert fail(session, "failed-job", "broken", job_settings)
     with TestClient(create_app(settings), headers={"X-API-Key": key}) as c:
         listed = c.get("/jobs")
         assert listed.status_code == 200, listed.text

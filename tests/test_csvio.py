@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from shared import csvio
+from shared.csvio.reading import CsvFormatError, iter_rows, normalise_header, read_layout, read_table, scan
+from shared.csvio.writing import (
+    JOB_RESULT_COLUMNS,
+    RESULT_COLUMNS,
+    header_line,
+    neutralise,
+    result_header,
+    result_row,
+)
 from shared.schemas import Alternative, Prediction
 
 
@@ -19,9 +27,9 @@ def write(tmp_path: Path, data: bytes, name: str = "in.csv") -> Path:
     return path
 
 
-def error_of(path: Path, **kwargs: object) -> csvio.CsvFormatError:
-    with pytest.raises(csvio.CsvFormatError) as info:
-        csvio.scan(path, **kwargs)  # type: ignore[arg-type]
+def error_of(path: Path, **kwargs: object) -> CsvFormatError:
+    with pytest.raises(CsvFormatError) as info:
+        scan(path, **kwargs)  # type: ignore[arg-type]
     return info.value
 
 
@@ -39,29 +47,29 @@ def test_delimiters_bom_and_loose_header_names(tmp_path: Path, delimiter: str, b
         ]
     )
     path = write(tmp_path, bom + body.encode())
-    layout = csvio.read_layout(path)
+    layout = read_layout(path)
     assert layout.delimiter == delimiter
     assert layout.encoding == ("utf-8-sig" if bom else "utf-8")
     assert (layout.title_index, layout.duties_index) == (0, 1)
-    rows = list(csvio.iter_rows(path))
+    rows = list(iter_rows(path))
     assert [r.cells for r in rows] == [["nurse", "cares, for; patients", "1"], ["Müller", "", "2"]]
-    assert csvio.scan(path).rows == 2
+    assert scan(path).rows == 2
 
 
 def test_one_text_column_is_enough(tmp_path: Path) -> None:
     path = write(tmp_path, b"duties_description\nwelds pipes\n")
-    layout = csvio.read_layout(path)
+    layout = read_layout(path)
     assert layout.title_index is None and layout.duties_index == 0
     assert layout.texts(["welds pipes"]) == ("", "welds pipes")
 
 
 def test_optional_industry_column(tmp_path: Path) -> None:
     path = write(tmp_path, b"Job Title;Industry;ref\ninspector;Paper mfr;1\n")
-    layout = csvio.read_layout(path)
+    layout = read_layout(path)
     assert layout.industry_index == 1 and layout.title_index == 0
-    (row,) = csvio.iter_rows(path, layout)
+    (row,) = iter_rows(path, layout)
     assert layout.texts(row.cells) == ("inspector", "") and layout.industry(row.cells) == "Paper mfr"
-    without = csvio.read_layout(write(tmp_path, b"job_title,ref\nwelder,1\n", "plain.csv"))
+    without = read_layout(write(tmp_path, b"job_title,ref\nwelder,1\n", "plain.csv"))
     assert without.industry_index is None and without.industry(["welder", "1"]) == ""
     # not a text column: an industry alone does not make a file codable, and it is read from one column only
     assert error_of(write(tmp_path, b"industry,ref\npaper,1\n", "alone.csv")).code == "missing_columns"
@@ -70,13 +78,13 @@ def test_optional_industry_column(tmp_path: Path) -> None:
         "industry"
     ]
     # it passes through to the result like any input column
-    assert csvio.result_header(["job_title", "industry"])[:2] == ["job_title", "industry"]
+    assert result_header(["job_title", "industry"])[:2] == ["job_title", "industry"]
 
 
 def test_quoted_newlines_unicode_separators_and_line_numbers(tmp_path: Path) -> None:
     # U+2028 is legal inside a field: it must not split the row (str.splitlines would)
     path = write(tmp_path, 'job_title,ref\n"night\nnurse",1\n\nchef\u2028cook,2\r\nlast,3'.encode())
-    rows = list(csvio.iter_rows(path))
+    rows = list(iter_rows(path))
     assert [r.cells for r in rows] == [["night\nnurse", "1"], ["chef\u2028cook", "2"], ["last", "3"]]
     assert [r.line for r in rows] == [2, 5, 6]
 
@@ -84,7 +92,7 @@ def test_quoted_newlines_unicode_separators_and_line_numbers(tmp_path: Path) -> 
 def test_rows_across_read_blocks(tmp_path: Path) -> None:
     lines = ["job_title,ref"] + [f"title {i} é,{i}" for i in range(20_000)]
     path = write(tmp_path, "\r\n".join(lines).encode())
-    rows = list(csvio.iter_rows(path))
+    rows = list(iter_rows(path))
     assert len(rows) == 20_000 and rows[-1].cells == ["title 19999 é", "19999"]
     assert all(r.error is None for r in rows)
 
@@ -135,14 +143,14 @@ def test_ragged_rows_reported_per_row(tmp_path: Path) -> None:
     assert err.details["rows"] == [{"row": 2, "line": 3, "fields": 2}, {"row": 3, "line": 4, "fields": 4}]
     assert "line 3 (2 fields)" in err.message
     # reading (not scanning) keeps going and marks the rows
-    rows = list(csvio.iter_rows(write(tmp_path, data, "again.csv")))
+    rows = list(iter_rows(write(tmp_path, data, "again.csv")))
     assert [r.error is not None for r in rows] == [False, True, True, False]
     assert rows[1].cells == ["welder", "welds", ""]
 
 
 def test_row_limit(tmp_path: Path) -> None:
     path = write(tmp_path, b"job_title\n" + b"x\n" * 11)
-    assert csvio.scan(path, max_rows=11).rows == 11
+    assert scan(path, max_rows=11).rows == 11
     assert error_of(path, max_rows=10).code == "too_many_rows"
 
 
@@ -173,7 +181,7 @@ def test_duplicate_text_column(tmp_path: Path) -> None:
     ],
 )
 def test_formula_neutralisation(cell: str, expected: str) -> None:
-    assert csvio.neutralise(cell) == expected
+    assert neutralise(cell) == expected
 
 
 def _prediction() -> Prediction:
@@ -187,25 +195,25 @@ def _prediction() -> Prediction:
 
 
 def test_result_rows_follow_the_contract() -> None:
-    header = csvio.result_header(["job_title", "ISCO code", "=evil"])
+    header = result_header(["job_title", "ISCO code", "=evil"])
     assert header[:3] == ["job_title", "input_ISCO code", "=evil"]
-    assert header[3:] == csvio.RESULT_COLUMNS + ["row_error"]
-    ok = csvio.result_row(["nurse", "x", "=1+2"], _prediction())
+    assert header[3:] == RESULT_COLUMNS + ["row_error"]
+    ok = result_row(["nurse", "x", "=1+2"], _prediction())
     assert ok[2] == "'=1+2"
     assert ok[3:] == ["2221", "4", "Nursing professionals", "0.9123", "false", "2221", "0.9123",
                       "2221|3221|5321|2222|3222", "0.1000|0.1000|0.1000|0.1000|0.1000",
                       "true", "", ""]  # fmt: skip
-    failed = csvio.result_row(["", "", ""], "job_title and duties_description are both empty")
-    assert failed[3:-1] == [""] * len(csvio.RESULT_COLUMNS) and failed[-1].startswith("job_title")
-    line = csvio.header_line(header, ";")
+    failed = result_row(["", "", ""], "job_title and duties_description are both empty")
+    assert failed[3:-1] == [""] * len(RESULT_COLUMNS) and failed[-1].startswith("job_title")
+    line = header_line(header, ";")
     assert next(csv.reader(io.StringIO(line), delimiter=";"))[2] == "'=evil"
 
 
 def test_result_header_names_are_unique() -> None:
-    header = csvio.result_header(["job_title", "isco_code", "input_isco_code", "Row Error", "notes"])
+    header = result_header(["job_title", "isco_code", "input_isco_code", "Row Error", "notes"])
     assert header[:5] == ["job_title", "input_isco_code", "input_input_isco_code", "input_Row Error", "notes"]
-    assert header[5:] == csvio.JOB_RESULT_COLUMNS
-    assert len(set(map(csvio.normalise_header, header))) == len(header)
+    assert header[5:] == JOB_RESULT_COLUMNS
+    assert len(set(map(normalise_header, header))) == len(header)
 
 
 def test_cp1252_file_is_named_windows_1252(tmp_path: Path) -> None:
@@ -216,14 +224,14 @@ def test_cp1252_file_is_named_windows_1252(tmp_path: Path) -> None:
 
 def test_read_table_is_the_upload_reader(tmp_path: Path) -> None:
     path = write(tmp_path, "\ufeffJob Title;ISCO Code\nnurse;2221\n\nwelder;7212\n".encode())
-    header, rows = csvio.read_table(path)
+    header, rows = read_table(path)
     assert header == ["job_title", "isco_code"]
     assert list(rows) == [
         (2, {"job_title": "nurse", "isco_code": "2221"}),
         (4, {"job_title": "welder", "isco_code": "7212"}),
     ]
-    with pytest.raises(csvio.CsvFormatError) as info:
-        csvio.read_table(write(tmp_path, b"job_title,isco_code\na,1,2\n", "ragged.csv"))
+    with pytest.raises(CsvFormatError) as info:
+        read_table(write(tmp_path, b"job_title,isco_code\na,1,2\n", "ragged.csv"))
     assert info.value.code == "ragged_rows"
 
 

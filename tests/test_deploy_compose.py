@@ -214,7 +214,7 @@ def _settings_fields() -> set[str]:
     names: set[str] = set()
     for module_name, class_name in [
         ("shared.settings", "CommonSettings"),
-        ("shared.jobs", "JobSettings"),
+        ("shared.jobs.settings", "JobSettings"),
         ("services.gateway.settings", "GatewaySettings"),
         ("services.worker.settings", "WorkerSettings"),
         ("services.inference.settings", "InferenceSettings"),
@@ -241,7 +241,7 @@ def test_every_isco_variable_in_compose_is_a_settings_field(services: dict[str, 
 
 
 def test_upload_limits_agree(services: dict[str, Any]) -> None:
-    from shared.jobs import JobSettings
+    from shared.jobs.settings import JobSettings
 
     code_default = JobSettings.model_fields["job_max_upload_bytes"].default
     gateway_env = services["gateway"]["environment"]

@@ -19,10 +19,12 @@ import pytest
 from services.gateway.app import create_app
 from services.gateway.auth import create_api_key
 from services.gateway.settings import GatewaySettings
-from shared import jobs
 from shared.db.migrate import upgrade
 from shared.db.session import get_engine, session_scope
 from shared.db.tables import Job
+from shared.jobs.settings import JobSettings
+from shared.jobs.state import create_job, fail
+from shared.jobs.views import JobView
 from tests.faults_support import PrivatePostgres, RestartableRedis
 from tests.serving_helpers import ServerThread, free_port
 
@@ -179,17 +181,17 @@ def test_unknown_threshold_keys_are_refused(outage_stack: dict[str, Any], path: 
 
 
 def test_job_errors_show_no_server_paths(outage_stack: dict[str, Any], tmp_path: Path) -> None:
-    settings = jobs.JobSettings(database_url=outage_stack["settings"].database_url, env="test")
+    settings = JobSettings(database_url=outage_stack["settings"].database_url, env="test")
     secret_place = tmp_path / "srv" / "isco" / "uploads" / "abc.csv"
     with session_scope(settings.db_url) as session:
-        jobs.create_job(
+        create_job(
             session, job_id="pathy", kind="csv", owner_key_id=None, input_file=secret_place, rows_total=1,
             options={}, settings=settings,
         )  # fmt: skip
-        jobs.fail(session, "pathy", f"FileNotFoundError: [Errno 2] No such file: '{secret_place}'", settings)
+        fail(session, "pathy", f"FileNotFoundError: [Errno 2] No such file: '{secret_place}'", settings)
     with session_scope(settings.db_url) as session:
         job = session.get(Job, "pathy")
         assert job is not None and job.error is not None
         assert str(tmp_path) not in job.error and "'.../abc.csv'" in job.error
-        view = jobs.JobView.of(job, "s", "r")
+        view = JobView.of(job, "s", "r")
         assert view.error == job.error

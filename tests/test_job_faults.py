@@ -31,10 +31,13 @@ from sqlalchemy.engine import make_url
 
 from services.supervisor import Child, Console, Supervisor
 from services.worker.client import send_job
-from shared import jobs
 from shared.db.migrate import upgrade
 from shared.db.session import get_engine, session_scope
 from shared.db.tables import Job, JobStatus
+from shared.jobs.files import input_path
+from shared.jobs.leases import lease_holder_pid
+from shared.jobs.settings import JobSettings
+from shared.jobs.state import create_job
 from shared.settings import REPO_ROOT
 from tests.conftest import POSTGRES_URL
 from tests.faults_support import RestartableRedis
@@ -62,7 +65,7 @@ FAULT_SETTINGS = {
 
 @dataclass
 class FaultStack:
-    settings: jobs.JobSettings
+    settings: JobSettings
     redis: RestartableRedis
     tmp: Path
 
@@ -75,13 +78,13 @@ class FaultStack:
     def submit(self, queue: str, rows: int = ROWS) -> str:
         job_id = f"fault-{uuid.uuid4().hex[:10]}"
         settings = self.settings.model_copy(update={"job_queue": queue})
-        path = jobs.input_path(settings, job_id, "csv")
+        path = input_path(settings, job_id, "csv")
         path.write_text(
             "job_title,duties_description,ref\n" + "".join(f"role {i},task {i},{i}\n" for i in range(rows)),
             encoding="utf-8",
         )
         with session_scope(settings.db_url) as session:
-            jobs.create_job(
+            create_job(
                 session, job_id=job_id, kind="csv", owner_key_id=None, input_file=path, rows_total=rows,
                 options={"top_k": 3}, settings=settings,
             )  # fmt: skip
@@ -139,7 +142,7 @@ def faults(
     upgrade(db_url)
     register_best(db_url, tiny_model_dir, "tiny-jobs-1")
     broker = RestartableRedis()
-    settings = jobs.JobSettings(
+    settings = JobSettings(
         env="test", data_dir=tmp / "data", database_url=db_url, redis_url=broker.url, **FAULT_SETTINGS
     )
     settings.ensure_dirs()
@@ -213,7 +216,7 @@ def test_pool_child_killed_resumes_within_a_minute(faults: FaultStack) -> None:
         worker.wait_ready()
         job_id = faults.submit(queue)
         faults.wait_chunks(job_id, 5)
-        child = jobs.lease_holder_pid(redis.Redis.from_url(faults.redis.url), job_id)
+        child = lease_holder_pid(redis.Redis.from_url(faults.redis.url), job_id)
         assert child in pool_children(worker.proc.pid)
         fault_at = time.monotonic()
         os.kill(child, signal.SIGKILL)

@@ -16,10 +16,13 @@ import redis
 
 from services.worker.processing import JobProcessor, LeaseHeld
 from services.worker.settings import WorkerSettings
-from shared import jobs
 from shared.db.session import session_scope
 from shared.db.tables import Job, JobStatus
 from shared.holder import PredictorHolder
+from shared.jobs.files import input_path, job_dir, part_path, parts_dir
+from shared.jobs.leases import lease_holder_pid, lease_key, mark_sent, reconcile, sent_key
+from shared.jobs.state import cancel as cancel_job
+from shared.jobs.state import create_job, new_job_id
 from tests.jobs_support import register_best, test_redis_url, tiny_model_dir  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
@@ -76,10 +79,10 @@ def settings(tmp_path: Path, db_url: str, test_redis_url: str, tiny_model_dir: P
 
 
 def make_csv_job(settings: WorkerSettings, job_id: str, lines: list[str], **options: Any) -> Path:
-    path = jobs.input_path(settings, job_id, "csv")
+    path = input_path(settings, job_id, "csv")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with session_scope(settings.db_url) as session:
-        jobs.create_job(
+        create_job(
             session, job_id=job_id, kind="csv", owner_key_id=None, input_file=path, rows_total=len(lines) - 1,
             options={"top_k": 5, **options}, settings=settings,
         )  # fmt: skip
@@ -123,7 +126,7 @@ def test_rows_in_order_duplicates_scored_once_and_row_errors(settings: WorkerSet
     assert rows[45]["isco_code"] == "" and rows[0]["unit_code"]
     assert rows[46]["Job Title"] == "'=cmd|' /C calc'!A0"
     assert all(len(r["top_codes"].split("|")) == 5 for r in rows[:45])
-    assert not jobs.parts_dir(settings, "dup").exists()  # parts are removed once the result is whole
+    assert not parts_dir(settings, "dup").exists()  # parts are removed once the result is whole
 
 
 def test_resume_after_crash_gives_every_row_exactly_once(settings: WorkerSettings) -> None:
@@ -138,14 +141,14 @@ def test_resume_after_crash_gives_every_row_exactly_once(settings: WorkerSetting
     job = job_row(settings, "crash")
     assert job.status == JobStatus.running and job.chunks_done == 4 and job.rows_done == 40
     # a live holder's lease (longer than the waiting task's patience): the redelivered task gives up
-    lease_key = jobs.lease_key("crash")
+    key = lease_key("crash")
     short = settings.model_copy(update={"job_lock_ttl_s": 1.0, "job_heartbeat_s": 0.2})
-    r.set(lease_key, "someone-else", px=30_000)
+    r.set(key, "someone-else", px=30_000)
     with pytest.raises(LeaseHeld):
         JobProcessor(short).run("crash")
-    r.delete(lease_key)
+    r.delete(key)
     # a part written after the last recorded chunk (crash between rename and commit) is simply rewritten
-    jobs.part_path(settings, "crash", 4).write_text("garbage\n")
+    part_path(settings, "crash", 4).write_text("garbage\n")
     predictors = CountingPredictors(settings)
     assert JobProcessor(settings, predictors).run("crash").status == JobStatus.succeeded
     assert len(predictors.records_seen) == 55  # only the chunks after the last finished one
@@ -159,11 +162,11 @@ def test_a_dead_holders_lease_is_waited_out_and_the_job_taken_over(settings: Wor
     renews it any more) and resumes, instead of ending and leaving the job to the reconciler."""
     make_csv_job(settings, "dead", unique_lines(25))
     r = redis.Redis.from_url(settings.redis_url)
-    r.set(jobs.lease_key("dead"), "dead-worker", px=1_500)
+    r.set(lease_key("dead"), "dead-worker", px=1_500)
     short = settings.model_copy(update={"job_lock_ttl_s": 3.0, "job_heartbeat_s": 0.2})
     assert JobProcessor(short).run("dead").status == JobStatus.succeeded
     assert [row["ref"] for row in result_rows(settings, "dead")] == [str(i) for i in range(25)]
-    assert r.get(jobs.lease_key("dead")) is None  # released at the end
+    assert r.get(lease_key("dead")) is None  # released at the end
 
 
 def test_heartbeat_keeps_the_lease_alive_while_a_chunk_takes_longer_than_its_ttl(
@@ -178,7 +181,7 @@ def test_heartbeat_keeps_the_lease_alive_while_a_chunk_takes_longer_than_its_ttl
 
     def slow() -> None:
         time.sleep(1.5)  # longer than the lease's time to live: only the heartbeat keeps it
-        seen.append(bool(r.exists(jobs.lease_key("slow"))))
+        seen.append(bool(r.exists(lease_key("slow"))))
 
     predictors = CountingPredictors(short, after_calls=0, action=slow)
     assert JobProcessor(short, predictors).run("slow").status == JobStatus.succeeded
@@ -189,22 +192,22 @@ def test_reconcile_resends_only_unattended_jobs(settings: WorkerSettings) -> Non
     r = redis.Redis.from_url(settings.redis_url)
     for job_id in ("held", "sent", "lost", "done"):
         make_csv_job(settings, f"rc-{job_id}", unique_lines(3))
-        r.delete(jobs.lease_key(f"rc-{job_id}"), jobs.sent_key(f"rc-{job_id}"))
+        r.delete(lease_key(f"rc-{job_id}"), sent_key(f"rc-{job_id}"))
     with session_scope(settings.db_url) as session:
         for job_id, status in (("held", "running"), ("lost", "running"), ("done", "succeeded")):
             job = session.get(Job, f"rc-{job_id}")
             assert job is not None
             job.status = status
-    r.set(jobs.lease_key("rc-held"), "a-live-worker", px=30_000)
-    jobs.mark_sent(r, "rc-sent", settings)
+    r.set(lease_key("rc-held"), "a-live-worker", px=30_000)
+    mark_sent(r, "rc-sent", settings)
     sent: list[tuple[str, str]] = []
     with session_scope(settings.db_url) as session:
-        assert jobs.reconcile(session, r, lambda *job: sent.append(job), settings) == ["rc-lost"]
-    assert sent == [("rc-lost", "csv")] and r.exists(jobs.sent_key("rc-lost"))  # marked: not sent again
+        assert reconcile(session, r, lambda *job: sent.append(job), settings) == ["rc-lost"]
+    assert sent == [("rc-lost", "csv")] and r.exists(sent_key("rc-lost"))  # marked: not sent again
     with session_scope(settings.db_url) as session:
-        assert jobs.reconcile(session, r, lambda *job: sent.append(job), settings) == []
-    r.delete(*(jobs.lease_key(f"rc-{j}") for j in ("held", "sent", "lost", "done")))
-    r.delete(*(jobs.sent_key(f"rc-{j}") for j in ("held", "sent", "lost", "done")))
+        assert reconcile(session, r, lambda *job: sent.append(job), settings) == []
+    r.delete(*(lease_key(f"rc-{j}") for j in ("held", "sent", "lost", "done")))
+    r.delete(*(sent_key(f"rc-{j}") for j in ("held", "sent", "lost", "done")))
 
 
 def test_reconcile_resends_lost_training_tasks_and_fails_lost_runs(settings: WorkerSettings) -> None:
@@ -216,19 +219,19 @@ def test_reconcile_resends_lost_training_tasks_and_fails_lost_runs(settings: Wor
         for name in names:
             status = JobStatus.running if name.startswith("running") else JobStatus.queued
             session.add(Job(id=f"tr-{name}", kind="training", status=status, input_path="", options={}))
-    r.delete(*(jobs.lease_key(f"tr-{n}") for n in names), *(jobs.sent_key(f"tr-{n}") for n in names))
-    jobs.mark_sent(r, "tr-queued-sent", settings)
-    r.set(jobs.lease_key("tr-running-live"), "a-live-worker", px=30_000)
+    r.delete(*(lease_key(f"tr-{n}") for n in names), *(sent_key(f"tr-{n}") for n in names))
+    mark_sent(r, "tr-queued-sent", settings)
+    r.set(lease_key("tr-running-live"), "a-live-worker", px=30_000)
     sent: list[tuple[str, str]] = []
     with session_scope(settings.db_url) as session:
-        handled = jobs.reconcile(session, r, lambda *job: sent.append(job), settings)
+        handled = reconcile(session, r, lambda *job: sent.append(job), settings)
     assert handled == ["tr-queued-lost", "tr-running-lost"]
     assert sent == [("tr-queued-lost", "training")]
     assert job_row(settings, "tr-running-lost").status == JobStatus.failed
     assert "submit it again" in (job_row(settings, "tr-running-lost").error or "")
     assert job_row(settings, "tr-running-live").status == JobStatus.running
     assert job_row(settings, "tr-queued-lost").status == JobStatus.queued
-    r.delete(*(jobs.lease_key(f"tr-{n}") for n in names), *(jobs.sent_key(f"tr-{n}") for n in names))
+    r.delete(*(lease_key(f"tr-{n}") for n in names), *(sent_key(f"tr-{n}") for n in names))
 
 
 def test_cancel_stops_before_the_next_chunk(settings: WorkerSettings) -> None:
@@ -236,13 +239,13 @@ def test_cancel_stops_before_the_next_chunk(settings: WorkerSettings) -> None:
 
     def cancel() -> None:
         with session_scope(settings.db_url) as session:
-            jobs.cancel(session, session.get(Job, "cancel"), settings)  # type: ignore[arg-type]
+            cancel_job(session, session.get(Job, "cancel"), settings)  # type: ignore[arg-type]
 
     result = JobProcessor(settings, CountingPredictors(settings, after_calls=3, action=cancel)).run("cancel")
     assert result.status == JobStatus.cancelled
     job = job_row(settings, "cancel")
     assert job.status == JobStatus.cancelled and job.rows_done < 100 and job.result_path is None
-    assert not Path(job.input_path).exists() and not jobs.job_dir(settings, "cancel").exists()
+    assert not Path(job.input_path).exists() and not job_dir(settings, "cancel").exists()
     # a redelivered task for a cancelled job does nothing
     assert JobProcessor(settings).run("cancel").status == JobStatus.cancelled
 
@@ -254,9 +257,9 @@ def test_resumed_job_keeps_its_model_or_restarts_when_it_is_gone(settings: Worke
         assert job is not None
         job.status, job.model_version, job.chunks_done, job.rows_done = JobStatus.running, "deleted-v0", 2, 20
         job.options = {**job.options, "chunk_rows": 10}
-    jobs.parts_dir(settings, "pinned").mkdir(parents=True)
+    parts_dir(settings, "pinned").mkdir(parents=True)
     for n in range(2):
-        jobs.part_path(settings, "pinned", n).write_text("from the old model\n")
+        part_path(settings, "pinned", n).write_text("from the old model\n")
     assert JobProcessor(settings).run("pinned").status == JobStatus.succeeded
     rows = result_rows(settings, "pinned")
     assert [r["ref"] for r in rows] == [str(i) for i in range(30)]  # all rows coded again, by one model
@@ -265,11 +268,11 @@ def test_resumed_job_keeps_its_model_or_restarts_when_it_is_gone(settings: Worke
 
 
 def test_batch_job_writes_json_lines_in_order(settings: WorkerSettings) -> None:
-    path = jobs.input_path(settings, "batch", "batch")
+    path = input_path(settings, "batch", "batch")
     records = [{"id": f"r{i}", "job_title": f"clerk {i % 3}", "duties_description": ""} for i in range(25)]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     with session_scope(settings.db_url) as session:
-        jobs.create_job(
+        create_job(
             session, job_id="batch", kind="batch", owner_key_id=None, input_file=path, rows_total=25,
             options={"top_k": 3, "thresholds": {"unit": 0.0}}, settings=settings,
         )  # fmt: skip
@@ -283,8 +286,8 @@ def test_batch_job_writes_json_lines_in_order(settings: WorkerSettings) -> None:
 def test_industry_column_is_read_and_its_absence_changes_nothing(settings: WorkerSettings) -> None:
     """An optional `industry` column reaches the model (and is kept in the result); a file without it is coded
     exactly as the records' titles and duties alone are, byte for byte."""
-    from shared import csvio
     from shared.coding import EMPTY_RECORD
+    from shared.csvio.writing import format_row, header_line, result_header, result_row
     from shared.schemas import JobRecord, PredictOptions
 
     texts = [
@@ -321,19 +324,19 @@ def test_industry_column_is_read_and_its_absence_changes_nothing(settings: Worke
     # byte for byte what coding the titles and duties alone gives
     predictor = processor.predictors.current
     options = PredictOptions(top_k=5)
-    expected = csvio.header_line(csvio.result_header(plain[0].split(",")))
+    expected = header_line(result_header(plain[0].split(",")))
     for n, (title, duties) in enumerate(texts):
         cells = [title, duties, str(n)]
         if not title and not duties:
-            expected += csvio.format_row(csvio.result_row(cells, EMPTY_RECORD))
+            expected += format_row(result_row(cells, EMPTY_RECORD))
             continue
         prediction = predictor.predict([JobRecord(job_title=title, duties_description=duties)], options)[0]
-        expected += csvio.format_row(csvio.result_row(cells, prediction))
+        expected += format_row(result_row(cells, prediction))
     assert Path(job_row(settings, "plain").result_path).read_bytes().decode("utf-8") == expected
 
 
 def test_batch_job_reads_the_industry(settings: WorkerSettings) -> None:
-    path = jobs.input_path(settings, "batch-industry", "batch")
+    path = input_path(settings, "batch-industry", "batch")
     records = [
         {"id": "a", "job_title": "inspector", "duties_description": "", "industry": "paper"},
         {"id": "b", "job_title": "inspector", "duties_description": ""},  # written before the field existed
@@ -341,7 +344,7 @@ def test_batch_job_reads_the_industry(settings: WorkerSettings) -> None:
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     with session_scope(settings.db_url) as session:
-        jobs.create_job(
+        create_job(
             session, job_id="batch-industry", kind="batch", owner_key_id=None, input_file=path, rows_total=3,
             options={"top_k": 3}, settings=settings,
         )  # fmt: skip
@@ -387,8 +390,8 @@ def test_training_task_is_a_thin_call_to_run_training(
     def fake_run_training(trainer_settings: Any, **kwargs: Any) -> Outcome:
         seen.update(kwargs, use_default_corpus=trainer_settings.use_default_corpus)
         # while it runs, the job's lease says a live worker has it, and its sent marker is gone
-        seen["lease_pid"] = jobs.lease_holder_pid(r, "train-1")
-        seen["marked"] = bool(r.exists(jobs.sent_key("train-1")))
+        seen["lease_pid"] = lease_holder_pid(r, "train-1")
+        seen["marked"] = bool(r.exists(sent_key("train-1")))
         return Outcome()
 
     monkeypatch.setattr(pipeline, "run_training", fake_run_training)
@@ -404,10 +407,10 @@ def test_training_task_is_a_thin_call_to_run_training(
         session.add(
             Job(id="train-1", kind="training", status=JobStatus.queued, input_path="", options=options)
         )
-    jobs.mark_sent(r, "train-1", settings)
+    mark_sent(r, "train-1", settings)
     tasks.train_model.run("train-1")
     assert seen["lease_pid"] == os.getpid() and not seen["marked"]
-    assert not r.exists(jobs.lease_key("train-1"))  # released at the end
+    assert not r.exists(lease_key("train-1"))  # released at the end
     job = job_row(settings, "train-1")
     assert job.status == JobStatus.succeeded and job.model_version == "v-trained"
     assert job.options["outcome"] == {"version": "v-trained", "promoted": True, "reason": "better"}
@@ -420,10 +423,10 @@ def test_training_task_is_a_thin_call_to_run_training(
     # a duplicate task of a run a live worker holds ends without touching the job
     with session_scope(settings.db_url) as session:
         session.add(Job(id="train-3", kind="training", status=JobStatus.running, input_path="", options={}))
-    r.set(jobs.lease_key("train-3"), "a-live-worker", px=30_000)
+    r.set(lease_key("train-3"), "a-live-worker", px=30_000)
     tasks.train_model.run("train-3")
     assert job_row(settings, "train-3").status == JobStatus.running
-    r.delete(jobs.lease_key("train-3"))
+    r.delete(lease_key("train-3"))
 
 
 def test_result_rows_and_final_codes_for_the_review_page(settings: WorkerSettings) -> None:
@@ -432,17 +435,19 @@ def test_result_rows_and_final_codes_for_the_review_page(settings: WorkerSetting
     from sqlalchemy import select
 
     from shared.db.tables import ReviewDecision, ReviewEvent
+    from shared.review.decisions import record_final_code
+    from shared.review.results import iter_result_rows, result_header
 
     make_csv_job(settings, "review", unique_lines(3))
     assert JobProcessor(settings).run("review").status == JobStatus.succeeded
     with session_scope(settings.db_url) as session:
         job = session.get(Job, "review")
         assert job is not None
-        rows = list(jobs.result_rows(job))
-        assert [(n, r["ref"]) for n, r in rows] == [(1, "0"), (2, "1"), (3, "2")]
-        assert set(rows[0][1]) >= {"isco_code", "needs_review", "review_reasons", "row_error"}
-        jobs.record_final_code(session, job, 2, "2221", action="search", reviewer_name="ann")
-        jobs.record_final_code(session, job, 2, None, action="uncodable", reviewer_name="bob")
+        rows = list(iter_result_rows(job))
+        assert [(row.number, dict(row.record)["ref"]) for row in rows] == [(1, "0"), (2, "1"), (3, "2")]
+        assert set(result_header(job)) >= {"isco_code", "needs_review", "review_reasons", "row_error"}
+        record_final_code(session, job, 2, "2221", action="search", reviewer_name="ann")
+        record_final_code(session, job, 2, None, action="uncodable", reviewer_name="bob")
     with session_scope(settings.db_url) as session:
         decisions = session.scalars(select(ReviewDecision).where(ReviewDecision.job_id == "review")).all()
         assert [(d.row_number, d.final_code, d.reviewer_name) for d in decisions] == [(2, None, "bob")]
@@ -454,6 +459,6 @@ def test_result_rows_and_final_codes_for_the_review_page(settings: WorkerSetting
 
 def test_job_ids_never_look_like_a_command_line_option() -> None:
     """`isco jobs get ID` must not read an id as an option: about 1 in 64 URL-safe tokens starts with "-"."""
-    ids = [jobs.new_job_id() for _ in range(2000)]
+    ids = [new_job_id() for _ in range(2000)]
     assert not [i for i in ids if i.startswith("-")]
     assert len(set(ids)) == len(ids) and all(len(i) == 32 for i in ids)

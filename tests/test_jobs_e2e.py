@@ -24,11 +24,12 @@ from fastapi.testclient import TestClient
 from services.gateway.app import create_app
 from services.gateway.auth import create_api_key
 from services.gateway.settings import GatewaySettings
-from shared import jobs
 from shared.db.migrate import upgrade
 from shared.db.session import session_scope
 from shared.db.tables import Job, JobStatus, utcnow
-from shared.jobs import JobSettings
+from shared.jobs.files import job_dir
+from shared.jobs.settings import JobSettings
+from shared.jobs.state import sweep_expired
 from tests.jobs_support import (  # noqa: F401
     SESSION_TAG,
     CeleryWorker,
@@ -184,7 +185,7 @@ def test_csv_job_from_upload_to_result(stack: Stack) -> None:
 
 
 def jobs_result_columns() -> list[str]:
-    from shared.csvio import RESULT_COLUMNS
+    from shared.csvio.writing import RESULT_COLUMNS
 
     return RESULT_COLUMNS
 
@@ -345,9 +346,7 @@ def test_cancel_a_running_job(stack: Stack) -> None:
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     assert stack.client.delete(f"/jobs/{job_id}", headers=stack.headers()).status_code == 200  # idempotent
     # the worker stops before its next chunk and removes the files
-    wait_for(
-        lambda: not jobs.job_dir(stack.settings, job_id).exists(), 30, what="cancelled job's files removed"
-    )
+    wait_for(lambda: not job_dir(stack.settings, job_id).exists(), 30, what="cancelled job's files removed")
     job = stack.job(job_id)
     assert job["status"] == "cancelled" and job["rows_done"] < 6000
     result = stack.client.get(f"/jobs/{job_id}/result", headers=stack.headers())
@@ -367,7 +366,7 @@ def test_results_expire(stack: Stack) -> None:
         job.expires_at = utcnow() - timedelta(minutes=1)
         input_file, result_file = Path(job.input_path), Path(job.result_path or "")
     with session_scope(stack.settings.db_url) as session:
-        assert jobs.sweep_expired(session, stack.job_settings) >= 1
+        assert sweep_expired(session, stack.job_settings) >= 1
     assert not input_file.exists() and not result_file.exists()
     assert stack.job(job_id)["expired"] is True
     assert stack.client.get(f"/jobs/{job_id}/result", headers=stack.headers()).status_code == 410

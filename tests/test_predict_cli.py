@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from services.cli import build_app
 from shared import registry
-from shared.csvio import RESULT_COLUMNS
+from shared.csvio.writing import RESULT_COLUMNS
 from shared.db.session import session_scope
 from tests.tiny_model import build_tiny_model_dir
 

@@ -31,7 +31,7 @@ from services.inference.settings import InferenceSettings
 from services.trainer.preprocess import read_corrections
 from shared.db.session import session_scope
 from shared.db.tables import ReviewDecision, ReviewEvent
-from shared.jobs import JobSettings
+from shared.jobs.settings import JobSettings
 from shared.settings import REPO_ROOT
 from tests.conftest import IN_CI, REDIS_URL
 from tests.jobs_support import register_best

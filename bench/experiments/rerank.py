@@ -124,12 +124,12 @@ def main() -> None:
     print(reranker.model_dump_json(indent=1))
     results = {"as trained": dev_scores(scorer, reranker)}
     if args.refit:
-        from services.trainer.head import refit_head
+        from services.trainer.pipeline import _refit_head
 
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp) / "model"
             shutil.copytree(args.model_dir, copy, ignore=shutil.ignore_patterns("onnx"))
-            refit_head(copy, 3, 3e-4, 42)
+            _refit_head(copy, 3, 3e-4, 42)
             refitted = UnitScorer.load(copy, backend="torch", quantize="none", device="cpu")
             results["head refitted"] = dev_scores(refitted, reranker)
     for state, rows in results.items():

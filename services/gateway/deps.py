@@ -2,7 +2,6 @@
 
 async def route(settings: SettingsDep, principal: ApiKeyDep, inference: InferenceClientDep): ...
 def route(session: SessionDep): ...   # commits when the request succeeds, rolls back otherwise
-def page(current: ReviewerDep): ...   # the review page's signed-in key (else 303 to its sign-in page)
 """
 
 from __future__ import annotations
@@ -19,14 +18,12 @@ from starlette.concurrency import run_in_threadpool
 from services.gateway.auth import (
     DEV_PRINCIPAL,
     UNAUTHORIZED,
-    KeyCache,
     Principal,
     authenticate,
     hash_key,
     presented_keys,
 )
 from services.gateway.client import InferenceClient
-from services.gateway.review.session import ReviewSession, read_session
 from services.gateway.settings import GatewaySettings
 from shared.db.session import transaction
 
@@ -88,9 +85,9 @@ async def _principal(request: Request, settings: GatewaySettings, key: str) -> P
     """The key's Principal (cached for `api_key_cache_s`), None when no active key matches."""
     if not key:
         return None
-    cache: KeyCache | None = request.app.state.key_cache  # read and written on the event loop only
+    cache = request.app.state.key_cache
     key_hash = hash_key(key, settings.secret_key)
-    principal = cache.get(key_hash) if cache is not None else None
+    principal = cache.get(key_hash)
     if principal is None:
         try:
             principal = await run_in_threadpool(_authenticate_in_session, request, key, settings.secret_key)
@@ -100,15 +97,16 @@ async def _principal(request: Request, settings: GatewaySettings, key: str) -> P
                 "message": "the API key store (metadata database) is unavailable",
             }
             raise HTTPException(503, detail, {"Retry-After": RETRY_AFTER_S}) from exc
-        if principal is not None and cache is not None:
-            cache[key_hash] = principal
+        if principal is not None:
+            cache.put(key_hash, principal)
     return principal
 
 
 def _authenticate_in_session(request: Request, key: str, secret: str) -> Principal | None:
-    # its own short transaction: the key is checked before the route's session exists (and without one)
-    with transaction(get_session_factory(request)) as session:
-        return authenticate(session, key, secret)
+    with get_session_factory(request)() as session:
+        principal = authenticate(session, key, secret)
+        session.commit()
+        return principal
 
 
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
@@ -116,15 +114,4 @@ SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 # is answered as an error (503) instead of after a 200 has already gone out, and the connection is kept.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ApiKeyDep = Annotated[Principal, Depends(require_api_key)]
-
-
-def require_reviewer(request: Request, session: SessionDep, settings: SettingsDep) -> ReviewSession:
-    """The review page's signed-in key; without a valid session, 303 to the sign-in page."""
-    current = read_session(request, session, settings)
-    if current is None:
-        raise HTTPException(303, headers={"Location": str(request.url_for("review_login"))})
-    return current
-
-
-ReviewerDep = Annotated[ReviewSession, Depends(require_reviewer)]
 InferenceClientDep = Annotated[InferenceClient, Depends(get_inference_client)]

@@ -29,9 +29,17 @@ from services.gateway.auth import Principal
 from services.gateway.deps import ApiKeyDep, SessionDep
 from services.gateway.uploads import csv_error, receive_csv, upload_error
 from services.worker.client import send_job
-from shared import csvio, jobs, review
+from shared.csvio.reading import CsvFormatError, scan
+from shared.csvio.writing import format_row, header_line, result_header, result_row
 from shared.db.tables import Job, JobStatus, ReviewDecision
-from shared.jobs import JobAccepted, JobSettings, JobView
+from shared.jobs.files import JobKind, input_path
+from shared.jobs.settings import JobSettings
+from shared.jobs.state import cancel, create_job, fail, new_job_id, owned_job, sweep_expired
+from shared.jobs.state import list_jobs as owned_jobs
+from shared.jobs.views import JobAccepted, JobView
+from shared.review.decisions import decisions_for_job, has_decisions
+from shared.review.exports import iter_reviewed_csv, reviewed_cells
+from shared.review.results import BATCH_INDUSTRY_OPTION, batch_csv_cells, batch_csv_input, iter_result_rows
 from shared.schemas import Prediction, PredictRequest, Thresholds
 from shared.settings import CommonSettings
 
@@ -84,7 +92,7 @@ def _enqueue_committed(request: Request, settings: JobSettings, job: Job) -> Non
     except Exception as exc:
         log.error("could not enqueue job %s: %s", job.id, exc)
         with request.app.state.session_factory() as session:
-            jobs.fail(session, job.id, f"could not be queued: {exc}", settings)
+            fail(session, job.id, f"could not be queued: {exc}", settings)
             session.commit()
         raise HTTPException(
             503,
@@ -130,7 +138,7 @@ def _maybe_sweep(request: Request, settings: JobSettings) -> None:
     state.jobs_last_sweep = now
     try:
         with state.session_factory() as session:
-            jobs.sweep_expired(session, settings)
+            sweep_expired(session, settings)
             session.commit()
     except Exception:  # housekeeping never fails a request
         log.exception("sweeping expired jobs failed")
@@ -204,13 +212,13 @@ async def predict_csv(
         if any(v is not None for v in given.values())
         else None
     )
-    job_id = jobs.new_job_id()
-    final = jobs.input_path(settings, job_id, "csv")
+    job_id = new_job_id()
+    final = input_path(settings, job_id, "csv")
     partial = final.with_name(final.name + ".uploading")
     received = await receive_csv(request, partial, max_bytes=settings.job_max_upload_bytes)
     try:
-        report = await run_in_threadpool(csvio.scan, partial, received.layout, max_rows=settings.job_max_rows)
-    except csvio.CsvFormatError as exc:
+        report = await run_in_threadpool(scan, partial, received.layout, max_rows=settings.job_max_rows)
+    except CsvFormatError as exc:
         partial.unlink(missing_ok=True)
         raise csv_error(exc) from None
     partial.replace(final)
@@ -231,14 +239,14 @@ def _create(
     request: Request,
     settings: JobSettings,
     job_id: str,
-    kind: jobs.JobKind,
+    kind: JobKind,
     principal: Principal,
     input_file: Path,
     rows: int,
     options: dict[str, Any],
 ) -> Job:
     with request.app.state.session_factory() as session:
-        job = jobs.create_job(
+        job = create_job(
             session,
             job_id=job_id,
             kind=kind,
@@ -266,12 +274,12 @@ async def submit_batch_job(request: Request, body: PredictRequest, principal: Pr
             f"{len(body.records):,} records is more than the job limit of {settings.job_max_rows:,}.",
             max_rows=settings.job_max_rows,
         )
-    job_id = jobs.new_job_id()
-    path = jobs.input_path(settings, job_id, "batch")
+    job_id = new_job_id()
+    path = input_path(settings, job_id, "batch")
     await run_in_threadpool(_write_records, path, body)
     options = _options(body.top_k, body.thresholds)
     if any(record.industry.strip() for record in body.records):
-        options[review.BATCH_INDUSTRY_OPTION] = True  # the CSV form of the result gains an industry column
+        options[BATCH_INDUSTRY_OPTION] = True  # the CSV form of the result gains an industry column
     job = await run_in_threadpool(
         _create, request, settings, job_id, "batch", principal, path, len(body.records), options
     )
@@ -296,7 +304,7 @@ def _write_records(path: Path, body: PredictRequest) -> None:
 
 
 def _owned(session: Any, job_id: str, principal: Principal) -> Job:
-    job = jobs.owned_job(session, job_id, principal.key_id)
+    job = owned_job(session, job_id, principal.key_id)
     if job is None:
         raise NOT_FOUND
     return job
@@ -317,7 +325,7 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
 ) -> list[JobView]:
-    return [_view(request, job) for job in jobs.list_jobs(session, principal.key_id, limit, status)]
+    return [_view(request, job) for job in owned_jobs(session, principal.key_id, limit, status)]
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, responses=JOB_ERRORS, summary="Job status and progress")
@@ -335,7 +343,7 @@ def cancel_job(request: Request, job_id: str, session: SessionDep, principal: Ap
     """Cancel a queued or running job: the worker stops before its next chunk and deletes the files.
     Cancelling a cancelled job is fine; a job that succeeded or failed answers 409."""
     job = _owned(session, job_id, principal)
-    if not jobs.cancel(session, job, job_settings(request)) and job.status != JobStatus.cancelled:
+    if not cancel(session, job, job_settings(request)) and job.status != JobStatus.cancelled:
         raise HTTPException(
             409,
             detail={
@@ -377,11 +385,11 @@ def get_job_result(request: Request, job_id: str, session: SessionDep, principal
     if not path.is_file():
         raise HTTPException(410, detail={"error": "expired", "message": "the result file is gone"})
     # reviewed jobs: every row also says `final_code`, `coded_by` and `final_status` (shared/review.py)
-    decisions = review.decisions_for_job(session, job.id) if review.has_decisions(session, job.id) else None
+    decisions = decisions_for_job(session, job.id) if has_decisions(session, job.id) else None
     as_csv = job.kind == "csv" or "text/csv" in request.headers.get("accept", "")
     if as_csv and decisions is not None:
         return StreamingResponse(
-            review.iter_reviewed_csv(job, decisions),
+            iter_reviewed_csv(job, decisions),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="isco-{job.id}.csv"'},
         )
@@ -427,8 +435,8 @@ def _joined(items: Iterable[bytes]) -> Iterator[bytes]:
 def _reviewed_lines(job: Job, result: Path, decisions: dict[int, ReviewDecision]) -> Iterator[bytes]:
     with open(result, encoding="utf-8") as f:
         # line for line, as `iter_result_rows` pairs them with the input records
-        for row, line in zip(review.iter_result_rows(job), f, strict=False):
-            final_code, coded_by, status = review.reviewed_cells(row, decisions.get(row.number))
+        for row, line in zip(iter_result_rows(job), f, strict=False):
+            final_code, coded_by, status = reviewed_cells(row, decisions.get(row.number))
             outcome = json.loads(line)
             outcome.update(final_code=final_code or None, coded_by=coded_by or None, final_status=status)
             yield json.dumps(outcome, ensure_ascii=False).encode()
@@ -437,17 +445,17 @@ def _reviewed_lines(job: Job, result: Path, decisions: dict[int, ReviewDecision]
 def _batch_csv(job: Job, records: Path, result: Path) -> Iterator[bytes]:
     """The CSV form of a batch result: id, job_title, duties_description (and industry when a record gave
     one), the result columns, row_error."""
-    columns = review.batch_csv_input(job)
-    yield csvio.header_line(csvio.result_header(columns)).encode()
+    columns = batch_csv_input(job)
+    yield header_line(result_header(columns)).encode()
     with open(records, encoding="utf-8") as inputs, open(result, encoding="utf-8") as outputs:
         buffer: list[str] = []
         for record_line, result_line in zip(inputs, outputs, strict=False):
-            cells = review.batch_csv_cells(json.loads(record_line), columns)
+            cells = batch_csv_cells(json.loads(record_line), columns)
             outcome = json.loads(result_line)
             value: Prediction | str = (
                 outcome["error"] if "error" in outcome else Prediction.model_validate(outcome)
             )
-            buffer.append(csvio.format_row(csvio.result_row(cells, value)))
+            buffer.append(format_row(result_row(cells, value)))
             if len(buffer) >= 500:
                 yield "".join(buffer).encode()
                 buffer = []

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from services.gateway.auth import Principal
 from services.gateway.deps import ApiKeyDep, InferenceClientDep, SettingsDep
-from shared.jobs import JobAccepted
+from shared.jobs.views import JobAccepted
 from shared.schemas import MAX_TEXT_CHARS, JobRecord, Prediction, PredictRequest, PredictResponse, Thresholds
 from shared.text import INDUSTRY_MAX_CHARS
 

@@ -18,7 +18,7 @@ import anyio
 from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from shared import csvio
+from shared.csvio.reading import SNIFF_BYTES, CsvFormatError, CsvLayout, sniff_layout
 
 FIELD = "file"
 MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around the file itself, for the Content-Length check
@@ -29,7 +29,7 @@ def upload_error(status: int, error: str, message: str, **details: Any) -> HTTPE
     return HTTPException(status, detail={"error": error, "message": message, **details})
 
 
-def csv_error(exc: csvio.CsvFormatError) -> HTTPException:
+def csv_error(exc: CsvFormatError) -> HTTPException:
     """422 for a file that cannot be coded (413 when it has too many rows); the detail names the problem."""
     return HTTPException(413 if exc.code == "too_many_rows" else 422, detail=exc.as_dict())
 
@@ -48,7 +48,7 @@ class ReceivedFile:
     path: Path
     size: int
     filename: str | None
-    layout: csvio.CsvLayout
+    layout: CsvLayout
 
 
 @dataclass
@@ -120,8 +120,8 @@ class _Receiver:
         if self.size > self.max_bytes:
             self.over_limit = True
             return
-        if len(self.head) < csvio.SNIFF_BYTES:
-            self.head += chunk[: csvio.SNIFF_BYTES - len(self.head)]
+        if len(self.head) < SNIFF_BYTES:
+            self.head += chunk[: SNIFF_BYTES - len(self.head)]
         self.pending += chunk
 
     def on_part_end(self) -> None:
@@ -156,14 +156,14 @@ async def receive_csv(request: Request, dest: Path, *, max_bytes: int) -> Receiv
     out = await anyio.to_thread.run_sync(open, dest, "wb")
     receiver = _Receiver(out, max_bytes)
     parser = MultipartParser(params[b"boundary"], cast(Any, receiver.callbacks()))
-    layout: csvio.CsvLayout | None = None
+    layout: CsvLayout | None = None
     ok = False
     try:
         async for block in request.stream():
             parser.write(block)
             if receiver.over_limit:
                 raise too_large(max_bytes)
-            if layout is None and (len(receiver.head) >= csvio.SNIFF_BYTES or receiver.file_done):
+            if layout is None and (len(receiver.head) >= SNIFF_BYTES or receiver.file_done):
                 layout = _check_head(receiver)
             if len(receiver.pending) >= FLUSH_BYTES:
                 await anyio.to_thread.run_sync(receiver.flush)
@@ -178,7 +178,7 @@ async def receive_csv(request: Request, dest: Path, *, max_bytes: int) -> Receiv
             layout = _check_head(receiver)
         await anyio.to_thread.run_sync(_finish, receiver, out)
         ok = True
-    except csvio.CsvFormatError as exc:
+    except CsvFormatError as exc:
         raise csv_error(exc) from None
     except ValueError as exc:  # python-multipart's parse errors are ValueErrors
         raise upload_error(400, "bad_multipart", f"The multipart body could not be parsed: {exc}") from None
@@ -190,10 +190,8 @@ async def receive_csv(request: Request, dest: Path, *, max_bytes: int) -> Receiv
     return ReceivedFile(dest, receiver.size, receiver.filename, layout)
 
 
-def _check_head(receiver: _Receiver) -> csvio.CsvLayout:
-    return csvio.sniff_layout(
-        bytes(receiver.head), complete=receiver.file_done and receiver.size <= csvio.SNIFF_BYTES
-    )
+def _check_head(receiver: _Receiver) -> CsvLayout:
+    return sniff_layout(bytes(receiver.head), complete=receiver.file_done and receiver.size <= SNIFF_BYTES)
 
 
 def _finish(receiver: _Receiver, out: IO[bytes]) -> None:

@@ -161,8 +161,9 @@ def _predict_file(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from services.inference.settings import InferenceSettings
-    from shared import csvio
     from shared.coding import Memo, chunks, code_rows, csv_rows
+    from shared.csvio.reading import CsvFormatError, iter_rows, read_layout
+    from shared.csvio.writing import header_line, result_header, result_row, write_rows
 
     if not input.is_file():
         raise _fail(f"--input: {input} does not exist")
@@ -170,9 +171,9 @@ def _predict_file(
         raise _fail("--output: must not be the input file")
     settings = InferenceSettings()
     try:
-        layout = csvio.read_layout(input)
-        total = sum(1 for _ in csvio.iter_rows(input, layout))
-    except csvio.CsvFormatError as exc:
+        layout = read_layout(input)
+        total = sum(1 for _ in iter_rows(input, layout))
+    except CsvFormatError as exc:
         raise _fail(f"{input}: {exc}") from None
     model_dir = _model_dir(settings, model)
 
@@ -199,25 +200,25 @@ def _predict_file(
                 ) as bar,
             ):
                 task = bar.add_task("rows", total=total)
-                out.write(csvio.header_line(csvio.result_header(layout.header, job=True), layout.delimiter))
+                out.write(header_line(result_header(layout.header, job=True), layout.delimiter))
                 for chunk in chunks(csv_rows(input, layout), CHUNK_ROWS):
                     outcomes = code_rows(chunk, predictor, options, memo)
                     rows = []
                     for row, outcome in zip(chunk, outcomes, strict=True):
                         assert row.cells is not None
-                        rows.append(csvio.result_row(row.cells, outcome, job=True))
+                        rows.append(result_row(row.cells, outcome, job=True))
                         if isinstance(outcome, str):
                             failed += 1
                         else:
                             coded += 1
-                    csvio.write_rows(out, rows, layout.delimiter)
+                    write_rows(out, rows, layout.delimiter)
                     bar.advance(task, len(chunk))
                     termination.check()
                 out.flush()
                 os.fsync(out.fileno())
             termination.check()
             os.replace(tmp_name, output)
-        except csvio.CsvFormatError as exc:
+        except CsvFormatError as exc:
             raise _fail(f"{input}: {exc}") from None
         except Terminated:
             err.print("terminated: no output written", highlight=False)

@@ -343,7 +343,7 @@ def load_eval_csv(path: Path, *, skip_invalid: bool = False) -> EvalSet:
     gold: list[str] = []
     accept: list[set[str]] = []
     skipped: list[tuple[int, str]] = []
-    from shared.csvio import CsvFormatError, read_table
+    from shared.csvio.reading import CsvFormatError, read_table
 
     try:
         # the uploads' reader: same encodings, delimiters, header spellings and errors

@@ -240,7 +240,7 @@ def _open_csv(
 ) -> tuple[list[str], Iterable[tuple[int, dict[str, str]]]]:
     """Header (normalised names) and (line, row) pairs, read by the uploads' reader (`shared.csvio`): same
     encodings, delimiters, header spellings and errors."""
-    from shared.csvio import CsvFormatError, read_table
+    from shared.csvio.reading import CsvFormatError, read_table
 
     if not path.is_file():
         raise DataError(f"{path}: file not found")

@@ -29,9 +29,11 @@ from services.worker.constants import (
 )
 from services.worker.processing import Heartbeat, JobProcessor, LeaseHeld
 from services.worker.settings import WorkerSettings
-from shared import jobs
 from shared.db.session import session_scope
 from shared.db.tables import Job, JobStatus
+from shared.jobs.leases import Lease, clear_sent, mark_sent, reconcile
+from shared.jobs.state import TRAINING, TRAINING_LOST, fail, finish_training, start_training
+from shared.jobs.state import sweep_expired as sweep_expired_jobs
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +67,14 @@ def mark_failed(settings: WorkerSettings, job_id: str, error: str) -> None:
     """Record a terminal failure on the row (best effort: the DB itself may be what failed)."""
     try:
         with session_scope(settings.db_url) as session:
-            jobs.fail(session, job_id, error, settings)
+            fail(session, job_id, error, settings)
     except Exception:
         log.exception("job %s: could not record the failure %r", job_id, error)
 
 
 def send_job_task(settings: WorkerSettings, job_id: str, countdown: float | None = None) -> None:
     """Queue a (fresh) processing task for a job, marking it sent so that the reconciler leaves it alone."""
-    jobs.mark_sent(processor()._redis(), job_id, settings)
+    mark_sent(processor()._redis(), job_id, settings)
     process_job.apply_async(args=[job_id], queue=settings.job_queue, countdown=countdown)
 
 
@@ -110,7 +112,7 @@ def process_job(self: Any, job_id: str) -> None:
 def _sweep_quietly(settings: WorkerSettings) -> None:
     try:
         with session_scope(settings.db_url) as session:
-            jobs.sweep_expired(session, settings)
+            sweep_expired_jobs(session, settings)
     except Exception:  # housekeeping must never fail a job
         log.exception("sweeping expired jobs failed")
 
@@ -120,18 +122,18 @@ def reconcile_now(settings: WorkerSettings) -> list[str]:
     redis_client = processor()._redis()
 
     def send(job_id: str, kind: str) -> None:
-        if kind == jobs.TRAINING:
+        if kind == TRAINING:
             train_model.apply_async(args=[job_id], queue=QUEUE_TRAINING)
         else:
             process_job.apply_async(args=[job_id], queue=settings.job_queue)
 
     with session_scope(settings.db_url) as session:
-        return jobs.reconcile(session, redis_client, send, settings)
+        return reconcile(session, redis_client, send, settings)
 
 
 @app.task(name=TASK_RECONCILE, ignore_result=True)
 def reconcile_jobs() -> None:
-    """Beat's periodic reconciliation (`shared.jobs.reconcile`); an outage is logged and tried next time."""
+    """Beat's periodic reconciliation (`shared.jobs.leases`); an outage is logged and tried next time."""
     try:
         reconcile_now(processor().settings)
     except TRANSIENT_ERRORS as exc:
@@ -156,22 +158,22 @@ def train_model(self: Any, job_id: str) -> None:
     """
     settings = WorkerSettings()
     redis_client = redis.Redis.from_url(settings.redis_url)
-    lease = jobs.Lease(redis_client, job_id, settings.job_lock_ttl_s)
+    lease = Lease(redis_client, job_id, settings.job_lock_ttl_s)
     # the lease first, then the sent marker goes: the reconciler always sees one of them
     if not lease.acquire():
         log.info("training job %s: a live worker runs it; this task ends", job_id)
         return
-    jobs.clear_sent(redis_client, job_id)
+    clear_sent(redis_client, job_id)
     try:
         with session_scope(settings.db_url) as session:
             job = session.get(Job, job_id)
             if job is None or JobStatus(job.status).finished:
                 return
             if job.status == JobStatus.running:
-                jobs.fail(session, job_id, jobs.TRAINING_LOST, settings)
+                fail(session, job_id, TRAINING_LOST, settings)
                 return
             options = dict(job.options or {})
-            jobs.start_training(session, job_id)
+            start_training(session, job_id)
         with Heartbeat(lease, settings.job_heartbeat_s, retake=True):
             _run_training_job(settings, job_id, options)
     finally:
@@ -203,4 +205,4 @@ def _run_training_job(settings: WorkerSettings, job_id: str, options: dict[str, 
         return
     with session_scope(settings.db_url) as session:
         outcome_options = {**options, "outcome": {"version": outcome.version, **outcome.promotion.as_dict()}}
-        jobs.finish_training(session, job_id, outcome.version, outcome_options, settings)
+        finish_training(session, job_id, outcome.version, outcome_options, settings)

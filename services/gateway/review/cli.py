@@ -16,18 +16,19 @@ import typer
 from sqlalchemy.orm import Session
 
 from services.gateway.review.retrain import queue_retraining
-from shared import review
 from shared.db.session import session_scope
 from shared.db.tables import ReviewDecision
-from shared.jobs import JobSettings
+from shared.jobs.settings import JobSettings
+from shared.review.decisions import ReviewError, all_decisions, owner_decisions
+from shared.review.exports import corrections_csv
 
 app = typer.Typer(help="Review decisions: export them as corrections, retrain on them.", no_args_is_help=True)
 
 
 def _decisions(session: Session, key: int | None, job: str | None) -> list[ReviewDecision]:
     if key is not None:
-        return review.owner_decisions(session, key, job)
-    return review.all_decisions(session, job)
+        return owner_decisions(session, key, job)
+    return all_decisions(session, job)
 
 
 @app.command("export")
@@ -41,7 +42,7 @@ def export(
     settings = JobSettings()
     with session_scope(settings.db_url) as session:
         decisions = _decisions(session, key, job)
-        text = review.corrections_csv(decisions)
+        text = corrections_csv(decisions)
     output.write_text(text, encoding="utf-8")
     rows = text.count("\n") - 1
     typer.echo(f"wrote {rows} corrections ({len(decisions)} decisions) to {output}")
@@ -64,7 +65,7 @@ def retrain(
                 label=f"key-{key}" if key is not None else "all",
                 trainer_settings={"profile": profile} if profile else None,
             )
-        except review.ReviewError as exc:
+        except ReviewError as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(1) from None
     typer.echo(job_id)

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from services.worker.client import enqueue_training
-from shared import review
 from shared.db.tables import ReviewDecision, utcnow
-from shared.jobs import JobSettings
+from shared.jobs.settings import JobSettings
+from shared.review.decisions import ReviewError
+from shared.review.exports import corrections_csv
 
 
 def corrections_dir(settings: JobSettings) -> Path:
@@ -28,12 +29,12 @@ def write_corrections(
     (path, rows). Raises ReviewError when there is none."""
     coded = [d for d in decisions if d.final_code]
     if not coded:
-        raise review.ReviewError("There are no review decisions with a code yet: nothing to retrain on.")
+        raise ReviewError("There are no review decisions with a code yet: nothing to retrain on.")
     folder = corrections_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{label}-{utcnow().strftime('%Y%m%dT%H%M%S%f')}.csv"
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(review.corrections_csv(coded), encoding="utf-8")
+    tmp.write_text(corrections_csv(coded), encoding="utf-8")
     tmp.replace(path)
     return path, len(coded)
 
