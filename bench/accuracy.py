@@ -29,7 +29,8 @@ import numpy as np
 
 from bench.baseline_svm import SvmBaseline
 from bench.devsets import DEVSETS_DIR, accepted_codes, load_devsets
-from services.trainer.evaluate import EvalSet, compute_metrics, routed_confidence
+from services.trainer.evaluate import EvalSet, routed_confidence
+from services.trainer.metrics import compute_metrics
 from shared.corpus import label_codes
 from shared.settings import CommonSettings
 
@@ -100,7 +101,8 @@ def evaluate_baseline(devsets: dict[str, EvalSet]) -> dict[str, Any]:
 def test_split_report(model_dir: Path | None, baseline: bool = True) -> dict[str, Any]:
     """Per-source metrics on the test split: the model's as its training run took them, the TF-IDF peer's
     trained on the same training split (see the module docstring)."""
-    from services.trainer.evaluate import data_hash_of, per_source_metrics
+    from services.trainer.evaluate import data_hash_of
+    from services.trainer.metrics import per_source_metrics
     from services.trainer.pipeline import eval_set_from_examples
     from services.trainer.preprocess import PreprocessConfig, prepare, rows_from_corpus
     from shared.corpus import build_default_corpus

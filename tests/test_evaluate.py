@@ -1,18 +1,13 @@
-"""Evaluation metrics on hand-computed examples (see the docstring of services/trainer/evaluate.py)."""
+"""Evaluation metrics on hand-computed examples (see the docstring of services/trainer/metrics.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from services.trainer.evaluate import (
-    EvalDataError,
-    compute_metrics,
-    data_hash_of,
-    expected_calibration_error,
-    format_table,
-    load_eval_csv,
-)
+from services.trainer.evaluate import EvalDataError, data_hash_of, load_eval_csv
+from services.trainer.metrics import compute_metrics, expected_calibration_error
+from services.trainer.report import format_table
 
 CODES = ["1111", "1112", "1120", "2111"]
 # Worked by hand:
@@ -164,7 +159,8 @@ def test_data_hash_is_order_independent() -> None:
 
 
 def test_per_source_metrics_by_hand() -> None:
-    from services.trainer.evaluate import EvalSet, per_source_metrics
+    from services.trainer.evaluate import EvalSet
+    from services.trainer.metrics import per_source_metrics
 
     # sources of r0..r4: a a b b a; top-1 hits T F F T T (table above); top-3 hits T T F T T
     ev = EvalSet("t", [""] * 5, [""] * 5, GOLD, ACCEPT, [], sources=["a", "a", "b", "b", "a"])

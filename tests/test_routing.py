@@ -8,17 +8,15 @@ import random
 import numpy as np
 import pytest
 
+from services.trainer.metrics import coverage_at_precision, expected_calibration_error
+from services.trainer.routing_fit import fit_routing, threshold_for_precision
 from shared.routing import (
     RecordInputs,
     RoutingModel,
-    coverage_at_precision,
-    expected_calibration_error,
-    fit_routing,
     looks_non_english,
     match_features,
     not_an_occupation,
     review_reasons,
-    threshold_for_precision,
 )
 from shared.text import model_input
 from shared.variants import expand_abbreviations, gender_swap, variant
@@ -145,7 +143,7 @@ def test_threshold_reaches_precision():
     accepted = conf >= t
     assert correct[accepted].mean() >= 0.95
     assert accepted.mean() > 0.6
-    assert coverage_at_precision(conf, correct, 0.95) == pytest.approx(accepted.mean(), abs=0.01)
+    assert coverage_at_precision(conf, correct, 0.95)["coverage"] == pytest.approx(accepted.mean(), abs=0.01)
     # no threshold can reach the target: nothing accepted
     assert (conf >= threshold_for_precision(conf, np.zeros(200, bool), 0.95)).sum() == 0
 
@@ -226,7 +224,8 @@ def test_the_match_rule_is_fitted_for_the_target_and_round_trips(tmp_path):
 
 
 def test_evaluate_reports_routing_and_draws_the_curve(tmp_path):
-    from services.trainer.evaluate import compute_metrics, plot_coverage_precision, unit_answers
+    from services.trainer.metrics import compute_metrics, unit_answers
+    from services.trainer.report import plot_coverage_precision
 
     probs, _ = _synthetic(n=300, groups=4)
     codes = ["1111", "2211", "5120", "9112"]
@@ -277,7 +276,7 @@ def test_predictions_auto_code_only_what_the_router_clears():
 
 
 def test_routing_reports_the_threshold_each_kind_of_record_needs():
-    from shared.routing import kind_thresholds
+    from services.trainer.routing_fit import kind_thresholds
 
     rng = np.random.default_rng(2)
     conf = rng.uniform(size=4000)
@@ -364,7 +363,7 @@ def test_a_routing_file_from_before_the_industry_feature_still_loads(tmp_path):
 
 
 def test_a_threshold_on_the_precision_lower_bound_is_stricter_where_records_are_few():
-    from shared.routing import precision_lower_bound
+    from services.trainer.routing_fit import precision_lower_bound
 
     # Wilson: 95 right of 100 has a lower bound well under 0.95; the point estimate is z = 0
     assert precision_lower_bound(np.array([95]), np.array([100]), 0.0)[0] == pytest.approx(0.95)

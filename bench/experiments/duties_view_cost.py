@@ -19,12 +19,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from bench.experiments.exp_common import held_out_signals
-from services.trainer.evaluate import expected_calibration_error
+from services.trainer.metrics import expected_calibration_error
 from shared.model.classifier import encode_views
-from shared.model.scorer import UnitScorer, fuse_views, softmax
+from shared.model.scorer import UnitScorer, fuse_views
 from shared.model.signals import Signals
 from shared.text import duties_part
 
@@ -41,7 +42,7 @@ def views(scorer: UnitScorer, signals: Signals, texts: list[str]) -> tuple[np.nd
     """The whole records' probabilities and each cheaper view's, with its extra tokens per record."""
 
     def probs(view_texts: list[str], emb: np.ndarray, with_signals: bool = True) -> np.ndarray:
-        head = softmax(scorer.head_logits(emb) / scorer.temperature)
+        head = softmax(scorer.head_logits(emb) / scorer.temperature, axis=1)
         return signals.mix(view_texts, emb, head) if with_signals else head
 
     duties = [duties_part(t) for t in texts]

@@ -18,10 +18,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 from bench.devsets import accepted_codes, load_devsets, topk_accuracy
-from services.trainer.evaluate import expected_calibration_error
-from shared.model.scorer import UnitScorer, softmax
+from services.trainer.metrics import expected_calibration_error
+from shared.model.scorer import UnitScorer
 from shared.text import model_input
 
 
@@ -46,7 +47,7 @@ def fused(parts: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray
     log = rest * np.log(np.clip(parts["whole"], 1e-12, None))
     for name, w in weights.items():
         log = log + w * np.log(np.clip(parts[name], 1e-12, None))
-    return softmax(log)
+    return softmax(log, axis=1)
 
 
 def main(model_dir: Path) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.devsets import accepted_codes, load_devsets, topk_accuracy
+from services.trainer.metrics import expected_calibration_error
 from shared.model.scorer import UnitScorer
-from shared.routing import expected_calibration_error
 
 
 def _row(name: str, probs: np.ndarray, accept: list[set[str]], codes: list[str]) -> str:

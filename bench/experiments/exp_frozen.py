@@ -25,14 +25,11 @@ from bench.experiments.exp_common import (
     topk,
     train_head,
 )
+from services.trainer.metrics import coverage_at_precision, expected_calibration_error
+from services.trainer.routing_fit import fit_routing
 from shared.decision import Hierarchy, level_probabilities
 from shared.model.resources import default_base_model
-from shared.routing import (
-    RecordInputs,
-    coverage_at_precision,
-    expected_calibration_error,
-    fit_routing,
-)
+from shared.routing import RecordInputs
 from shared.text import model_input
 
 
@@ -185,8 +182,8 @@ def main(tag: str = "base") -> None:
             expected_calibration_error(routed, correct),
         )
         cov_raw, cov_routed = (
-            coverage_at_precision(raw, correct, 0.95),
-            coverage_at_precision(routed, correct, 0.95),
+            coverage_at_precision(raw, correct, 0.95)["coverage"],
+            coverage_at_precision(routed, correct, 0.95)["coverage"],
         )
         precision = correct[accepted].mean() if accepted.any() else float("nan")
         print(

@@ -17,15 +17,10 @@ import numpy as np
 from bench.devsets import accepted_codes, load_devsets
 from bench.experiments.cache_views import CACHE
 from bench.experiments.exp_common import topk
+from services.trainer.metrics import coverage_at_precision, expected_calibration_error
+from services.trainer.routing_fit import fit_logistic, threshold_for_precision
 from shared.corpus import label_codes
-from shared.routing import (
-    RecordInputs,
-    coverage_at_precision,
-    expected_calibration_error,
-    fit_logistic,
-    routing_features,
-    threshold_for_precision,
-)
+from shared.routing import RecordInputs, routing_features
 
 
 def agreement(head, knn, lex):
@@ -73,7 +68,8 @@ def main(tag: str = "base") -> None:
         c = correct_v[~half]
         line = [
             f"{variant:11s} val(other half): ECE {expected_calibration_error(pv, c):.3f} "
-            f"cov@95 {coverage_at_precision(pv, c, 0.95):.3f} cov@90 {coverage_at_precision(pv, c, 0.90):.3f}"
+            f"cov@95 {coverage_at_precision(pv, c, 0.95)['coverage']:.3f} "
+            f"cov@90 {coverage_at_precision(pv, c, 0.90)['coverage']:.3f}"
         ]
         mean, std, w, b = fit_logistic(xv, correct_v)
         pall = 1 / (1 + np.exp(-(((xv - mean) / std) @ w + b)))
@@ -88,7 +84,7 @@ def main(tag: str = "base") -> None:
             auto = p >= t
             line.append(
                 f"{name}: top1 {topk(f, acc, codes):.3f} ECE {expected_calibration_error(p, correct):.3f} "
-                f"cov@95 {coverage_at_precision(p, correct, 0.95):.3f} auto {auto.mean():.3f}@"
+                f"cov@95 {coverage_at_precision(p, correct, 0.95)['coverage']:.3f} auto {auto.mean():.3f}@"
                 f"{correct[auto].mean() if auto.any() else float('nan'):.3f}"
             )
         print(" | ".join(line), flush=True)

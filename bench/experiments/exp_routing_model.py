@@ -18,17 +18,13 @@ import numpy as np
 
 from bench.devsets import accepted_codes, load_devsets
 from services.trainer.config import load_profile
+from services.trainer.metrics import coverage_at_precision, expected_calibration_error
 from services.trainer.preprocess import PreprocessConfig, prepare, rows_from_corpus
+from services.trainer.routing_fit import fit_routing, threshold_for_precision
 from shared.corpus import build_default_corpus
 from shared.decision import Hierarchy, level_probabilities
 from shared.model.scorer import UnitScorer
-from shared.routing import (
-    coverage_at_precision,
-    expected_calibration_error,
-    fit_routing,
-    record_inputs,
-    threshold_for_precision,
-)
+from shared.routing import record_inputs
 
 
 def main(model_dir: Path, profile: str = "quick") -> None:
@@ -83,7 +79,8 @@ def main(model_dir: Path, profile: str = "quick") -> None:
                 prec = ok[auto].mean() if auto.any() else float("nan")
                 cells.append(
                     f"{name[:4]} ECE {expected_calibration_error(p4, ok):.3f} cov@95 "
-                    f"{coverage_at_precision(p4, ok, 0.95):.3f} auto {auto.mean():.3f} at {prec:.3f}"
+                    f"{coverage_at_precision(p4, ok, 0.95)['coverage']:.3f} "
+                    f"auto {auto.mean():.3f} at {prec:.3f}"
                 )
             print(f"target {target} {variant:15s} " + " | ".join(cells), flush=True)
 

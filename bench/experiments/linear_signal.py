@@ -44,11 +44,13 @@ def fit() -> None:
 
 
 def mix(model_dir: Path) -> None:
+    from scipy.special import softmax
+
     from bench.devsets import accepted_codes, load_devsets
     from bench.experiments.exp_common import held_out_signals
-    from services.trainer.evaluate import expected_calibration_error
+    from services.trainer.metrics import expected_calibration_error
     from shared.model.rerank import fit_reranker
-    from shared.model.scorer import UnitScorer, softmax
+    from shared.model.scorer import UnitScorer
     from shared.model.signals import mix_probabilities
 
     scorer = UnitScorer.load(model_dir, backend="torch", quantize="none", device="cpu")
@@ -59,7 +61,7 @@ def mix(model_dir: Path) -> None:
     fitted_val = {t: i for i, t in enumerate((X / "linear_val_texts.txt").read_text().split("\n"))}
     assert set(fitted_val) == set(val_texts), "split differs from `fit`"
     val_emb, labels = knn.embeddings[val], knn.labels[val]
-    head = softmax(scorer.head_logits(val_emb) / scorer.temperature)
+    head = softmax(scorer.head_logits(val_emb) / scorer.temperature, axis=1)
     mixed, parts = held_out.first_stage(val_texts, val_emb, head)
     scores = np.load(X / "linear_val.npy")[[fitted_val[t] for t in val_texts]]
     rows = np.arange(len(labels))
@@ -69,12 +71,12 @@ def mix(model_dir: Path) -> None:
 
     best = (nll(mixed), 0.0, 1.0)
     for tau in (0.05, 0.1, 0.2, 0.3, 0.5):
-        linear = softmax(scores / tau)
+        linear = softmax(scores / tau, axis=1)
         for w in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5):
             best = min(best, (nll(mix_probabilities(mixed, [(linear, w)])), w, tau))
     _, w, tau = best
     print(f"validation: first stage nll {nll(mixed):.4f} top-1 {(mixed.argmax(1) == labels).mean():.4f}")
-    with_linear = mix_probabilities(mixed, [(softmax(scores / tau), w)])
+    with_linear = mix_probabilities(mixed, [(softmax(scores / tau, axis=1), w)])
     print(f"+ linear w={w} tau={tau}: nll {best[0]:.4f} top-1 {(with_linear.argmax(1) == labels).mean():.4f}")
     for label, first in (("without", mixed), ("with linear", with_linear)):
         reranker = fit_reranker(scorer.codes, first, parts, labels, k=20)
@@ -87,10 +89,10 @@ def mix(model_dir: Path) -> None:
         for name, dev in load_devsets().items():
             texts = dev.texts()
             emb = scorer.embed(texts)
-            h = softmax(scorer.head_logits(emb) / scorer.temperature)
+            h = softmax(scorer.head_logits(emb) / scorer.temperature, axis=1)
             m, dev_parts = scorer.signals.first_stage(texts, emb, h)
             if label != "without":
-                m = mix_probabilities(m, [(softmax(np.load(X / f"linear_{name}.npy") / tau), w)])
+                m = mix_probabilities(m, [(softmax(np.load(X / f"linear_{name}.npy") / tau, axis=1), w)])
             for stage, probs in (("first", m), ("reranked", reranker.rerank(scorer.codes, m, dev_parts))):
                 accepted = accepted_codes(dev)
                 order = np.argsort(-probs, axis=1)[:, :3]

@@ -20,13 +20,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 from bench.devsets import accepted_codes, load_devsets
-from services.trainer.evaluate import expected_calibration_error
+from services.trainer.metrics import coverage_at_precision, expected_calibration_error
+from shared.model.lexical import LexicalIndex
 from shared.model.rerank import FEATURES, fit_reranker
-from shared.model.scorer import UnitScorer, softmax
-from shared.model.signals import LexicalIndex, Signals
-from shared.routing import coverage_at_precision
+from shared.model.scorer import UnitScorer
+from shared.model.signals import Signals
 
 
 def dev_scores(scorer: UnitScorer, reranker=None) -> dict[str, dict[str, float]]:
@@ -35,7 +36,7 @@ def dev_scores(scorer: UnitScorer, reranker=None) -> dict[str, dict[str, float]]
         accepted = accepted_codes(dev)
         texts = dev.texts()
         emb = scorer.embed(texts)
-        head = softmax(scorer.head_logits(emb) / scorer.temperature)
+        head = softmax(scorer.head_logits(emb) / scorer.temperature, axis=1)
         mixed, parts = scorer.signals.first_stage(texts, emb, head)
         for label, probs in (("first stage", mixed),) + (
             (("reranked", reranker.rerank(scorer.codes, mixed, parts)),) if reranker is not None else ()
@@ -49,7 +50,7 @@ def dev_scores(scorer: UnitScorer, reranker=None) -> dict[str, dict[str, float]]
                 "top1": round(float(hit[:, 0].mean()), 4),
                 "top3": round(float(hit.any(axis=1).mean()), 4),
                 "ece": round(expected_calibration_error(conf, hit[:, 0]), 4),
-                "coverage@95": round(coverage_at_precision(conf, hit[:, 0], 0.95), 4),
+                "coverage@95": round(coverage_at_precision(conf, hit[:, 0], 0.95)["coverage"], 4),
             }
     return out
 
@@ -105,7 +106,7 @@ def main() -> None:
     assert len(knn) == len(lexical) == n_train + n_val + stats["test"], "needs every record indexed"
     val = np.arange(n_train, n_train + n_val)
     keep = np.setdiff1d(np.arange(len(knn)), val)
-    from shared.model.signals import KnnIndex
+    from shared.model.knn import KnnIndex
 
     held_out = Signals(
         scorer.codes,
@@ -116,7 +117,7 @@ def main() -> None:
     )
     val_emb, val_labels = knn.embeddings[val], knn.labels[val]
     val_texts = [knn.texts[i] for i in val]
-    head = softmax(scorer.head_logits(val_emb) / scorer.temperature)
+    head = softmax(scorer.head_logits(val_emb) / scorer.temperature, axis=1)
     mixed, parts = held_out.first_stage(val_texts, val_emb, head)
     for name, row in cross_validate(scorer.codes, mixed, parts, val_labels, args.k).items():
         print(f"validation, 2 folds by unit group: {name:16s} {row}")
@@ -124,12 +125,12 @@ def main() -> None:
     print(reranker.model_dump_json(indent=1))
     results = {"as trained": dev_scores(scorer, reranker)}
     if args.refit:
-        from services.trainer.pipeline import _refit_head
+        from services.trainer.head import refit_head
 
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp) / "model"
             shutil.copytree(args.model_dir, copy, ignore=shutil.ignore_patterns("onnx"))
-            _refit_head(copy, 3, 3e-4, 42)
+            refit_head(copy, 3, 3e-4, 42)
             refitted = UnitScorer.load(copy, backend="torch", quantize="none", device="cpu")
             results["head refitted"] = dev_scores(refitted, reranker)
     for state, rows in results.items():

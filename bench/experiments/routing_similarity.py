@@ -32,17 +32,11 @@ import numpy as np
 
 from bench.devsets import accepted_codes, load_devsets
 from bench.experiments.exp_common import held_out_signals
+from services.trainer.metrics import coverage_at_precision, expected_calibration_error
+from services.trainer.routing_fit import fit_logistic, threshold_for_precision
 from shared.decision import Hierarchy, level_probabilities
 from shared.model.scorer import UnitScorer
-from shared.routing import (
-    coverage_at_precision,
-    expected_calibration_error,
-    fit_logistic,
-    flagged,
-    record_inputs,
-    routing_features,
-    threshold_for_precision,
-)
+from shared.routing import flagged, record_inputs, routing_features
 from shared.text import TITLE_SEPARATOR, duties_part
 
 SIMILARITY_FEATURES = ("knn_similarity", "lexical_similarity", "nearest_similarity", "nearest_agrees")
@@ -125,7 +119,7 @@ def main(model_dir: Path) -> None:
             row[name] = {
                 "auto": float(auto.mean()),
                 "auto_precision": float(right[auto].mean()) if auto.any() else None,
-                "oracle_coverage_at_95": coverage_at_precision(p, right, 0.95),
+                "oracle_coverage_at_95": coverage_at_precision(p, right, 0.95)["coverage"],
                 "ece": expected_calibration_error(p, right),
                 "auroc": auroc(p, right),
             }

@@ -79,8 +79,8 @@ def train(
 ) -> None:
     """Train a model, evaluate it, register it and promote it if it beats the current best."""
     from services.trainer.config import ProfileError, TrainerSettings
-    from services.trainer.evaluate import print_report
     from services.trainer.pipeline import run_training
+    from services.trainer.report import print_report
 
     for path, what in ((data, "--data"), (corrections, "--corrections")):
         if path is not None and not path.exists():
@@ -126,15 +126,9 @@ def evaluate(
 ) -> None:
     """Evaluate a model on any coded CSV: a table (with coverage at 90/95/99% precision), the metrics as JSON,
     and the coverage-precision curve as a PNG."""
-    from services.trainer.evaluate import (
-        evaluate_set,
-        load_eval_csv,
-        plot_coverage_precision,
-        print_report,
-        routed_confidence,
-        unit_answers,
-        write_report,
-    )
+    from services.trainer.evaluate import evaluate_set, load_eval_csv, routed_confidence
+    from services.trainer.metrics import unit_answers
+    from services.trainer.report import plot_coverage_precision, print_report, write_report
     from shared.registry import model_dir_for
 
     settings = _upgraded(_common_settings())
