@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from services.gateway.auth import (
     DEV_PRINCIPAL,
     UNAUTHORIZED,
+    KeyCache,
     Principal,
     authenticate,
     hash_key,
@@ -85,9 +86,9 @@ async def _principal(request: Request, settings: GatewaySettings, key: str) -> P
     """The key's Principal (cached for `api_key_cache_s`), None when no active key matches."""
     if not key:
         return None
-    cache = request.app.state.key_cache
+    cache: KeyCache | None = request.app.state.key_cache  # read and written on the event loop only
     key_hash = hash_key(key, settings.secret_key)
-    principal = cache.get(key_hash)
+    principal = cache.get(key_hash) if cache is not None else None
     if principal is None:
         try:
             principal = await run_in_threadpool(_authenticate_in_session, request, key, settings.secret_key)
@@ -97,16 +98,15 @@ async def _principal(request: Request, settings: GatewaySettings, key: str) -> P
                 "message": "the API key store (metadata database) is unavailable",
             }
             raise HTTPException(503, detail, {"Retry-After": RETRY_AFTER_S}) from exc
-        if principal is not None:
-            cache.put(key_hash, principal)
+        if principal is not None and cache is not None:
+            cache[key_hash] = principal
     return principal
 
 
 def _authenticate_in_session(request: Request, key: str, secret: str) -> Principal | None:
-    with get_session_factory(request)() as session:
-        principal = authenticate(session, key, secret)
-        session.commit()
-        return principal
+    # its own short transaction: the key is checked before the route's session exists (and without one)
+    with transaction(get_session_factory(request)) as session:
+        return authenticate(session, key, secret)
 
 
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]

@@ -1,9 +1,11 @@
 """Sign-in for the review page: an API key becomes a signed, httpOnly, SameSite session cookie; every form
 carries a CSRF token.
 
-The cookie holds {key id, key name, CSRF token, issue time}, signed with HMAC-SHA256 under a key derived from
-the deployment's `secret_key` (so it cannot be forged or altered), never the API key itself. Every request
-re-checks that the key still exists and is not revoked. The CSRF token is the synchronizer-token pattern: it
+The cookie holds {key id, key name, CSRF token} and its issue time, signed by `itsdangerous` (HMAC-SHA256
+under a key derived from the deployment's `secret_key` and a salt of the cookie's own, so it cannot be forged,
+altered or swapped for another cookie), never the API key itself; a cookie older than `review_session_hours`
+is refused whatever the browser keeps. Every request re-checks that the key still exists and is not revoked
+(`ReviewerDep`). The CSRF token is the synchronizer-token pattern: it
 lives in the signed session and in each form (or the X-CSRF-Token header of the page's fetch calls), and a
 POST without the matching token is refused; the sign-in form, before any session exists, uses a double-submit
 cookie. A POST whose Origin header names another site is refused as well.
@@ -11,21 +13,21 @@ cookie. A POST whose Origin header names another site is refused as well.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import json
 import re
 import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import HTTPException, Request, Response
+from fastapi import Depends, HTTPException, Request, Response
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy.orm import Session
 
 from services.gateway.auth import DEV_PRINCIPAL, Principal
+from services.gateway.deps import SessionDep, SettingsDep
 from services.gateway.settings import GatewaySettings
 from shared.db.tables import ApiKey
 
@@ -54,33 +56,32 @@ class ReviewSession:
         return STARTUP_KEY_LABEL if _VARIABLE_NAME.fullmatch(name) else name
 
 
-def _signing_key(settings: GatewaySettings) -> bytes:
-    # a key of its own, so that a cookie signature can never double as an API key hash
-    return hmac.new(settings.secret_key.encode(), b"isco-review-session-v1", hashlib.sha256).digest()
+# the salts keep a cookie's signature from doubling as another cookie's, or as an API key's hash
+SESSION_SALT = "isco-review-session-v2"
+LOGIN_SALT = "isco-review-login-v2"
+LOGIN_MAX_AGE_S = 3600
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+def _serializer(settings: GatewaySettings, salt: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(
+        settings.secret_key, salt=salt, signer_kwargs={"digest_method": hashlib.sha256}
+    )
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def sign(settings: GatewaySettings, payload: Mapping[str, object], salt: str = SESSION_SALT) -> str:
+    """The payload as a signed, time-stamped cookie value."""
+    return _serializer(settings, salt).dumps(dict(payload))
 
 
-def sign(settings: GatewaySettings, payload: Mapping[str, object]) -> str:
-    body = _b64(json.dumps(payload, separators=(",", ":")).encode())
-    mac = _b64(hmac.new(_signing_key(settings), body.encode(), hashlib.sha256).digest())
-    return f"{body}.{mac}"
-
-
-def unsign(settings: GatewaySettings, value: str) -> dict[str, object] | None:
-    body, _, mac = value.partition(".")
-    expected = _b64(hmac.new(_signing_key(settings), body.encode(), hashlib.sha256).digest())
-    if not mac or not hmac.compare_digest(mac, expected):
-        return None
+def unsign(
+    settings: GatewaySettings, value: str, salt: str = SESSION_SALT, max_age_s: int | None = None
+) -> dict[str, object] | None:
+    """The payload of a cookie value `sign` wrote under `salt`, or None: bad signature, not a mapping, or
+    older than `max_age_s` (default: the session's `review_session_hours`)."""
+    max_age = round(settings.review_session_hours * 3600 if max_age_s is None else max_age_s)
     try:
-        payload = json.loads(_unb64(body))
-    except ValueError:
+        payload = _serializer(settings, salt).loads(value, max_age=max_age)
+    except BadSignature:  # SignatureExpired is one too
         return None
     return payload if isinstance(payload, dict) else None
 
@@ -97,7 +98,6 @@ def start_session(
         "k": principal.key_id,
         "n": principal.name,
         "c": secrets.token_urlsafe(24),
-        "t": int(time.time()),
     }
     response.set_cookie(
         SESSION_COOKIE,
@@ -123,10 +123,8 @@ def read_session(request: Request, session: Session, settings: GatewaySettings) 
     payload = unsign(settings, raw)
     if payload is None:
         return None
-    issued, csrf, key_id = payload.get("t"), payload.get("c"), payload.get("k")
-    if not isinstance(issued, int) or not isinstance(csrf, str):
-        return None
-    if time.time() - issued > settings.review_session_hours * 3600:
+    csrf, key_id = payload.get("c"), payload.get("k")
+    if not isinstance(csrf, str):
         return None
     if key_id is None:
         return ReviewSession(DEV_PRINCIPAL, csrf) if settings.auth_disabled else None
@@ -138,10 +136,21 @@ def read_session(request: Request, session: Session, settings: GatewaySettings) 
     return ReviewSession(Principal(key_id=row.id, name=row.name), csrf, row.prefix)
 
 
+def require_reviewer(request: Request, session: SessionDep, settings: SettingsDep) -> ReviewSession:
+    """The review page's signed-in key; without a valid session, 303 to the sign-in page."""
+    current = read_session(request, session, settings)
+    if current is None:
+        raise HTTPException(303, headers={"Location": str(request.url_for("review_login"))})
+    return current
+
+
+ReviewerDep = Annotated[ReviewSession, Depends(require_reviewer)]
+
+
 def login_token(request: Request, settings: GatewaySettings) -> str:
     """The sign-in form's CSRF token: the one in the browser's sign-in cookie, or a new one."""
     current = request.cookies.get(LOGIN_CSRF_COOKIE)
-    payload = unsign(settings, current) if current else None
+    payload = unsign(settings, current, LOGIN_SALT, LOGIN_MAX_AGE_S) if current else None
     token = payload.get("c") if payload else None
     return token if isinstance(token, str) else secrets.token_urlsafe(24)
 
@@ -150,8 +159,8 @@ def set_login_cookie(request: Request, response: Response, settings: GatewaySett
     """The double-submit cookie of the sign-in form (signed, httpOnly, SameSite=Strict)."""
     response.set_cookie(
         LOGIN_CSRF_COOKIE,
-        sign(settings, {"c": token}),
-        max_age=3600,
+        sign(settings, {"c": token}, LOGIN_SALT),
+        max_age=LOGIN_MAX_AGE_S,
         path=COOKIE_PATH,
         httponly=True,
         samesite="strict",
@@ -185,6 +194,6 @@ def check_csrf(request: Request, expected: str, submitted: str | None) -> None:
 
 def check_login_csrf(request: Request, settings: GatewaySettings, submitted: str | None) -> None:
     raw = request.cookies.get(LOGIN_CSRF_COOKIE)
-    payload = unsign(settings, raw) if raw else None
+    payload = unsign(settings, raw, LOGIN_SALT, LOGIN_MAX_AGE_S) if raw else None
     expected = payload.get("c") if payload else None
     check_csrf(request, expected if isinstance(expected, str) else "", submitted)
