@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.gateway.app import create_app
-from services.gateway.auth import create_api_key, revoke_api_key
+from services.gateway.auth import Principal, create_api_key, key_cache, revoke_api_key
 from services.gateway.routes_predict import reject_large_batch
 from services.gateway.settings import GatewaySettings
 from services.inference.app import create_app as create_inference_app
@@ -140,6 +141,26 @@ def test_dev_mode_only_when_configured(
         assert c.post("/predict/job", json={"job_title": "nurse"}).status_code == 200
     with pytest.raises(ValueError, match="AUTH_DISABLED"):
         GatewaySettings(env="prod", secret_key="s" * 32, auth_disabled=True)
+
+
+def test_validated_keys_are_kept_for_api_key_cache_s(
+    sqlite_url: str, tmp_path: Path, inference: tuple[str, HeaderRecorder]
+) -> None:
+    assert key_cache(0) is None  # off: every request checks the key store
+    cache = key_cache(0.2)
+    assert cache is not None
+    cache["hash"] = Principal(key_id=1, name="analyst")
+    assert cache.get("hash") == Principal(key_id=1, name="analyst")
+    time.sleep(0.3)
+    assert cache.get("hash") is None
+    settings = gateway_settings(sqlite_url, tmp_path, inference[0], api_key_cache_s=30)
+    key = new_key(settings, "analyst")
+    with TestClient(create_app(settings), headers={"X-API-Key": key}) as c:
+        assert c.post("/predict/job", json={"job_title": "nurse"}).status_code == 200
+        with session_scope(settings.db_url) as session:
+            assert revoke_api_key(session, key[:12]) is not None
+        # the revocation lag `api_key_cache_s` documents
+        assert c.post("/predict/job", json={"job_title": "nurse"}).status_code == 200
 
 
 def test_keys_cli(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

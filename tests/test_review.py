@@ -162,6 +162,45 @@ def test_cookie_is_secure_when_configured(db_url: str, tmp_path: Path) -> None:
         assert "secure" in [p.strip().lower() for p in cookie.split(";")]
 
 
+def test_the_session_ends_after_review_session_hours(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signed cookie carries its issue time: past `review_session_hours` it is refused, whatever the
+    browser keeps; a sign-in form's cookie (signed for another purpose) is no session either."""
+    import itsdangerous.timed
+
+    with site.client() as client:
+        site.sign_in(client, site.key_a)
+        assert client.get("/review", follow_redirects=False).status_code == 200
+        later = time.time() + site.settings.review_session_hours * 3600 + 5
+
+        class Later:
+            @staticmethod
+            def time() -> float:
+                return later
+
+        monkeypatch.setattr(itsdangerous.timed, "time", Later)
+        expired = client.get("/review", follow_redirects=False)
+        assert expired.status_code == 303 and expired.headers["location"].endswith("/review/login")
+        monkeypatch.undo()
+        client.cookies.clear()
+        login_cookie = web.sign(site.settings, {"c": "token"}, web.LOGIN_SALT)
+        assert web.unsign(site.settings, login_cookie) is None
+        client.cookies.set(web.SESSION_COOKIE, login_cookie, path="/review")
+        assert client.get("/review", follow_redirects=False).status_code == 303
+
+
+def test_the_page_assets_are_static_files_revalidated_on_each_load(site: Site) -> None:
+    with site.client() as client:
+        for name, media_type in [
+            ("review.js", "text/javascript; charset=utf-8"),
+            ("review.css", "text/css; charset=utf-8"),
+            ("favicon.svg", "image/svg+xml"),
+        ]:
+            asset = client.get(f"/review/static/{name}")
+            assert asset.status_code == 200 and asset.headers["content-type"] == media_type
+            assert asset.headers["cache-control"] == "no-cache" and asset.headers["etag"]
+        assert client.get("/review/static/missing.js").status_code == 404
+
+
 def test_a_revoked_key_ends_the_session(site: Site) -> None:
     with site.client() as client:
         site.sign_in(client, site.key_a)
@@ -706,24 +745,22 @@ def test_the_row_shows_the_records_other_columns(site: Site) -> None:
 
 
 def test_the_job_list_names_dates_counts_and_pages_every_job(site: Site) -> None:
-    from services.gateway.review import routes
+    from services.gateway.review import home
 
     job_settings = JobSettings(env="test", data_dir=site.settings.data_dir, database_url=site.db_url)
     batch_id = finished_batch_job(site.db_url, job_settings, site.id_a)
-    for i in range(routes.JOBS_PER_PAGE):  # with the site's job and the batch: two pages
+    for i in range(home.JOBS_PER_PAGE):  # with the site's job and the batch: two pages
         finished_csv_job(site.db_url, job_settings, site.id_a, filename=f"wave-{i}.csv")
     with site.client() as client:
         site.sign_in(client, site.key_a)
         first = client.get("/review").text
         rows = re.findall(r'<tr data-job="[^"]+">.*?</tr>', first, re.S)
-        assert len(rows) == routes.JOBS_PER_PAGE
+        assert len(rows) == home.JOBS_PER_PAGE
         for row in rows:  # every job shown has a name, a submit time and its counts
             assert re.search(r'class="name">[^<]+<', row)
             assert re.search(r'class="submitted"[^>]*>\d{4}-\d\d-\d\d \d\d:\d\d UTC<', row)
             assert re.search(r'class="count-queue"[^>]*>4<', row) and re.search(r'count-auto"[^>]*>2<', row)
-        assert (
-            "wave-24.csv" in first and f"Jobs 1–{routes.JOBS_PER_PAGE} of {routes.JOBS_PER_PAGE + 2}" in first
-        )
+        assert "wave-24.csv" in first and f"Jobs 1–{home.JOBS_PER_PAGE} of {home.JOBS_PER_PAGE + 2}" in first
         older = re.search(r'id="older" href="([^"]+)"', first)
         assert older is not None and 'id="newer"' not in first
         second = client.get(older.group(1).replace("&amp;", "&")).text

@@ -14,10 +14,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import threading
-import time
 from dataclasses import dataclass
 
+from cachetools import TTLCache
 from fastapi import HTTPException, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -100,30 +99,14 @@ def presented_keys(request: Request) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-class KeyCache:
-    """Validated keys for a few seconds, so the hot path does not hit the DB on every request."""
+KeyCache = TTLCache[str, Principal]  # key hash -> the validated key
+KEY_CACHE_SIZE = 10_000  # bounded: a flood of distinct keys evicts the least recently used
 
-    def __init__(self, ttl_s: float):
-        self.ttl_s = ttl_s
-        self._entries: dict[str, tuple[float, Principal]] = {}
-        self._lock = threading.Lock()
 
-    def get(self, key_hash: str) -> Principal | None:
-        if self.ttl_s <= 0:
-            return None
-        with self._lock:
-            entry = self._entries.get(key_hash)
-            if entry is None or entry[0] < time.monotonic():
-                self._entries.pop(key_hash, None)
-                return None
-            return entry[1]
-
-    def put(self, key_hash: str, principal: Principal) -> None:
-        if self.ttl_s > 0:
-            with self._lock:
-                if len(self._entries) > 10_000:  # bounded: a flood of distinct keys cannot grow it forever
-                    self._entries.clear()
-                self._entries[key_hash] = (time.monotonic() + self.ttl_s, principal)
+def key_cache(ttl_s: float) -> KeyCache | None:
+    """Validated keys for `ttl_s` seconds, so the hot path does not hit the DB on every request (None when
+    caching is off)."""
+    return TTLCache(maxsize=KEY_CACHE_SIZE, ttl=ttl_s) if ttl_s > 0 else None
 
 
 UNAUTHORIZED = HTTPException(
