@@ -28,6 +28,8 @@ lint: setup
 	$(VENV)/bin/ruff check shared services tests bench scripts
 	$(VENV)/bin/ruff format --check shared services tests bench scripts
 	$(VENV)/bin/mypy shared services
+	# The import contracts in pyproject.toml ([tool.importlinter]); bench is not installed, hence the path.
+	PYTHONPATH=. $(VENV)/bin/lint-imports
 
 format: setup
 	$(VENV)/bin/ruff format shared services tests bench scripts
@@ -49,7 +51,7 @@ facts: setup
 # Build outputs, caches, job files and the private Redis; trained models and their registry (var/models,
 # var/runs, var/isco.db) stay, so the next `make run` does not train again.
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 	rm -rf var/uploads var/results var/redis var/celerybeat-schedule*
 
 # Everything `make clean` removes, plus the trained models and the metadata DB (registry, jobs, API keys).

@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 
 class PredictorConfig(BaseModel):
-    """How a Predictor runs. Services expose these as settings fields of the same names (env ISCO_<NAME>)."""
+    """How a Predictor runs: declared once here; the inference service's and the workers' settings inherit
+    these fields (env ISCO_<NAME>), a worker overriding a default where files want another."""
 
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     backend: Literal["auto", "torch", "onnx"] = Field(
@@ -70,7 +71,7 @@ class PredictorConfig(BaseModel):
         """Take every field this config knows from a settings object (any object with such attributes)."""
         if settings is None:
             return cls()
-        if isinstance(settings, PredictorConfig):
+        if type(settings) is cls:
             return settings
         values = {name: getattr(settings, name) for name in cls.model_fields if hasattr(settings, name)}
         return cls(**{k: v for k, v in values.items() if v is not None})

@@ -3,14 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from services.trainer.finetune import (
-    DUTIES_WEIGHT_GRID,
-    FinetuneConfig,
-    choose_batching,
-    code_loss,
-    finetune,
-    fit_temperature,
-)
+from services.trainer.calibrate import fit_temperature
+from services.trainer.config import FinetuneConfig
+from services.trainer.duties_view import DUTIES_WEIGHT_GRID
+from services.trainer.finetune import finetune
+from services.trainer.hf_loop import choose_batching, code_loss
 from shared.corpus import label_codes
 from shared.model.scorer import UnitScorer
 from shared.decision import level_probabilities
@@ -164,7 +161,7 @@ def test_minor_group_loss_spares_a_wrong_answer_in_the_right_minor_group():
 def test_title_variants_vary_titles_alone():
     from transformers import AutoTokenizer
 
-    from services.trainer.finetune import _Encoded
+    from services.trainer.hf_loop import _Encoded
     from shared.model.resources import default_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(default_base_model())
@@ -203,7 +200,7 @@ def test_choose_batching_and_temperature():
 
 
 def test_knn_index_keeps_every_title_before_records_with_duties() -> None:
-    from services.trainer.finetune import index_entries
+    from services.trainer.signals_fit import index_entries
 
     texts = [f"title {i}" for i in range(6)] + [f"title {i} : duties {i}" for i in range(6)]
     kept = index_entries(texts, 8, seed=0)

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.trainer.finetune import FinetuneConfig, finetune
+from services.trainer.config import FinetuneConfig
+from services.trainer.finetune import finetune
 from shared.corpus import label_codes
 from shared.model.scorer import UnitScorer
 from shared.model.signals import (

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from services.trainer.finetune import train_head
+from services.trainer.head import train_head
 from shared.model.scorer import UnitScorer
 
 SCHEDULES = [(1, 1e-4), (2, 1e-4), (2, 3e-4), (3, 3e-4), (5, 3e-4), (2, 1e-3), (5, 1e-3)]

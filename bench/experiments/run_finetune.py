@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.devsets import accepted_codes, load_devsets, topk_accuracy
-from services.trainer.finetune import FinetuneConfig, finetune
+from services.trainer.config import FinetuneConfig
+from services.trainer.finetune import finetune
 from shared.corpus import build_default_corpus, corpus_counts, label_codes
 from shared.model.scorer import UnitScorer
 from shared.model.scorer import softmax as _softmax

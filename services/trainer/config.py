@@ -5,8 +5,8 @@
     ISCO_PROFILE=quick ISCO_FINETUNE__EPOCHS=1 isco train
 
 A profile YAML holds trainer fields at the top level (`preprocess:`, `replay_size:`, ...) and the model recipe
-under `finetune:` (fields of `services.trainer.finetune.FinetuneConfig`). Top-level keys that are not trainer
-fields are taken as finetune fields too, so a flat recipe file also works. Nested values come from the
+under `finetune:` (fields of `FinetuneConfig`). Top-level keys that are not trainer fields are taken as
+finetune fields too, so a flat recipe file also works. Nested values come from the
 environment with `__`: `ISCO_PREPROCESS__TEST_FRACTION=0.05`, `ISCO_FINETUNE__EPOCHS=1`.
 """
 
@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from services.trainer.preprocess import PreprocessConfig
+from shared.model.resources import default_base_model
 from shared.settings import REPO_ROOT, CommonSettings
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
@@ -67,6 +68,120 @@ def load_profile(profile: str, trainer_fields: set[str]) -> dict[str, Any]:
             finetune[key] = value
     values["finetune"] = finetune
     return values
+
+
+class FinetuneConfig(BaseModel):
+    """Hyper-parameters of one fine-tuning run (profiles in services/trainer/profiles/*.yaml set these)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt profile key must fail, not be ignored
+
+    base_model: str = Field(default_factory=default_base_model, description="HF id or local directory")
+    max_length: int = 128
+    epochs: float = 3.0
+    learning_rate: float = 5e-5
+    head_learning_rate: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    label_smoothing: float = 0.0
+    minor_group_loss: float = Field(
+        0.0, ge=0, description="weight of the minor-group (3-digit) cross entropy added in fine-tuning"
+    )
+    scale: float = 30.0
+    batch_size: int | None = Field(
+        None, description="per-device batch; None = chosen from data size and device"
+    )
+    gradient_accumulation: int | None = Field(None, description="None = chosen to reach the effective batch")
+    effective_batch_size: int | None = Field(None, description="None = from data size")
+    gradient_checkpointing: bool = False
+    cpu_bf16: bool | None = Field(
+        False,
+        description="train in bf16 autocast on CPU (None = where the CPU has native bf16); GPUs always mix",
+    )
+    early_stopping_patience: int = 2
+    prototype_init: bool = True
+    prototype_max_per_class: int = 40
+    head_epochs: int = Field(
+        5,
+        ge=0,
+        description="stage 1: train the head on frozen embeddings of all training texts (0 = prototypes)",
+    )
+    head_stage_lr: float = 5e-3
+    max_train_seconds: float | None = Field(
+        None, description="time budget of the training loop: the LR schedule is shortened to fit, best kept"
+    )
+    freeze_word_embeddings: bool = Field(
+        True,
+        description="keep the 30k x 384 token embeddings fixed: half the parameters, small accuracy cost",
+    )
+    freeze_layers: int = Field(0, ge=0, description="keep the lowest N layers fixed (faster steps)")
+    knn: bool = True
+    knn_k: int = 10
+    knn_max_index: int = 60000
+    knn_weight: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="fixed kNN mixing weight (chosen on held-out occupations); None = fit on val",
+    )
+    knn_tau: float = 0.05
+    lexical: bool = Field(True, description="store a character n-gram TF-IDF kNN signal with the model")
+    lexical_k: int = 10
+    lexical_tau: float = 0.05
+    lexical_max_df: float = Field(
+        0.01, gt=0, le=1, description="drop n-grams in more than this share of training texts (cost)"
+    )
+    lexical_weight: float | None = Field(
+        None, ge=0, le=0.9, description="fixed lexical mixing weight; None = fit on val"
+    )
+    seed: int = 42
+    title_variants: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the titles alone shown, each time they are drawn in fine-tuning, as a variant "
+        "people write (inverted, gender-swapped, abbreviated, with a seniority word; shared.variants)",
+    )
+    contrastive_seconds: float = Field(
+        0.0, ge=0, description="contrastive title training of the encoder before the head (0: skipped)"
+    )
+    contrastive_learning_rate: float = 5e-5
+    contrastive_batch_size: int = Field(64, ge=8)
+    contrastive_scale: float = 20.0
+    contrastive_variants: bool = Field(
+        True, description="half the anchors become title variants people write"
+    )
+    index_validation: bool = Field(
+        True,
+        description="after weights, temperature and routing are chosen on validation, add its records to the "
+        "kNN and lexical indexes (the held-out occupations would otherwise be missing from the model)",
+    )
+    rerank: bool = Field(
+        False,
+        description="second stage: rerank the top candidates with a learned fusion of the signals and the "
+        "hierarchy, fitted on validation (shared.model.rerank)",
+    )
+    rerank_k: int = Field(20, ge=2, description="candidates the reranker rescores")
+    duties_weight: float | None = Field(
+        None,
+        ge=0,
+        le=0.5,
+        description="weight of a record's duties view (its duties tokens pooled apart) beside the whole "
+        "record (shared.model.scorer fuse_views); None = the best on validation's records with duties, "
+        "0 = off",
+    )
+    routing_precision: float = Field(
+        0.95, gt=0, lt=1, description="target precision of the auto-coding thresholds (routing.json)"
+    )
+    routing_bound_z: float = Field(
+        1.28,
+        ge=0,
+        description="thresholds hold `routing_precision` on the precision's Wilson lower bound this many "
+        "standard errors down (1.28: one-sided 90%), not on the point estimate: a record shape's threshold "
+        "rests on a few hundred validation records, and held-out test records fell 3-5 points short of a "
+        "point-estimate threshold (bench/experiments/RESULTS-issue27.md)",
+    )
+    device: str = "auto"
+    disable_tqdm: bool = False
 
 
 class _ProfileSource(PydanticBaseSettingsSource):
@@ -140,10 +255,8 @@ class TrainerSettings(CommonSettings):
         profile = _ProfileSource(settings_cls, init_kwargs, env_profile)
         return init_settings, env_settings, dotenv_settings, profile, file_secret_settings
 
-    def finetune_config(self, **overrides: Any) -> Any:
+    def finetune_config(self, **overrides: Any) -> FinetuneConfig:
         """The model recipe as a `FinetuneConfig` (unknown fields are an error, not silently ignored)."""
-        from services.trainer.finetune import FinetuneConfig
-
         values = {**self.finetune, **{k: v for k, v in overrides.items() if v is not None}}
         unknown = sorted(set(values) - set(FinetuneConfig.model_fields))
         if unknown:

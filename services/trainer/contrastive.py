@@ -24,7 +24,7 @@ from shared import variants
 from shared.text import TITLE_SEPARATOR
 
 if TYPE_CHECKING:
-    from services.trainer.finetune import TrainState
+    from services.trainer.state import TrainState
 
 log = logging.getLogger(__name__)
 

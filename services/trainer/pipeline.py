@@ -200,6 +200,8 @@ def _evaluate_model(
     """Test split, the re-scoring of the current `best` (version, directory; given when it was evaluated on
     other data), indexing of the test records and the head refit (not in a corrections run: the refit would
     dilute the corrections), dev sets and (for a corrections run) how well the corrections were learnt."""
+    from services.trainer.head import refit_head
+    from services.trainer.signals_fit import index_records
     from shared.predictor import Predictor
 
     predictor = Predictor.load(model_dir)
@@ -223,11 +225,11 @@ def _evaluate_model(
         metrics["corrections_fit"] = {"n": fit["n"], "accuracy": fit["accuracy"]}
     rescore = _rescore_best(best, predictor, test, say) if best is not None else None
     if settings.index_test:
-        added = metrics["test_records_indexed"] = _index_records(model_dir, test)
+        added = metrics["test_records_indexed"] = index_records(model_dir, test)
         say(f"{added:,} test records added to the kNN and lexical indexes (after scoring the test split)")
     refit = settings.refit_head_epochs > 0 and corrections is None
     if refit:
-        metrics["head_refit"] = _refit_head(
+        metrics["head_refit"] = refit_head(
             model_dir, settings.refit_head_epochs, settings.refit_head_lr, settings.preprocess.seed
         )
         say(f"head refitted on {metrics['head_refit']['records']:,} indexed records")
@@ -241,54 +243,6 @@ def _evaluate_model(
         metrics["devsets"][dev.name] = dev_metrics
     say(f"evaluated in {time.monotonic() - started:.0f}s")
     return metrics, rescore
-
-
-def _index_records(model_dir: Path, examples: Sequence[Example]) -> int:
-    """Add labelled records to a model directory's kNN and lexical indexes (embedded like training did);
-    returns how many were new to them."""
-    import numpy as np
-
-    from shared.model.scorer import UnitScorer
-    from shared.model.signals import extend_indexes
-
-    scorer = UnitScorer.load(model_dir, backend="torch", device="cpu", quantize="none")
-    texts = [e.text for e in examples]
-    label_of = {code: i for i, code in enumerate(scorer.codes)}
-    labels = np.array([label_of[e.code] for e in examples], dtype=np.int64)
-    knn, lexical, added = extend_indexes(
-        scorer.signals.knn, scorer.signals.lexical, texts, scorer.embed(texts), labels
-    )
-    if knn is not None:
-        knn.save(model_dir)
-    if lexical is not None:
-        lexical.save(model_dir)
-    return added
-
-
-def _refit_head(model_dir: Path, epochs: int, lr: float, seed: int) -> dict[str, Any]:
-    """Train the cosine head a few epochs more on every record of the kNN index (training, validation and,
-    once scored, test records, embedded by the fine-tuned encoder), the encoder and temperature unchanged.
-
-    The held-out occupations are then known to the head too, not only to the kNN vote. Chosen on held-out
-    occupations (bench/experiments/refit_head.py: refit on train + test, scored on validation): 3 epochs at
-    3e-4 lowers validation log loss 1.750 -> 1.726 at the same top-1, so it costs nothing on unseen titles.
-    """
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from services.trainer.finetune import train_head
-    from shared.model.signals import KNN_FILE, KnnIndex
-
-    if not (model_dir / KNN_FILE).exists():
-        return {"records": 0}
-    knn = KnnIndex.load(model_dir)
-    tensors = load_file(str(model_dir / "head.safetensors"))
-    head = torch.nn.Parameter(tensors["head"].float())
-    scale = tensors["scale"].float().reshape(())
-    emb, y = torch.from_numpy(knn.embeddings), torch.from_numpy(knn.labels)
-    train_head(head, scale, emb, y, epochs=epochs, lr=lr, seed=seed)
-    save_file({**tensors, "head": head.detach().contiguous()}, str(model_dir / "head.safetensors"))
-    return {"records": len(y), "epochs": epochs, "learning_rate": lr}
 
 
 def unseen_records(examples: Sequence[Example], seen_texts: Sequence[str]) -> list[Example]:

@@ -1,4 +1,5 @@
-"""Worker settings (env prefix ISCO_): job limits from `JobSettings`, model and Celery worker options."""
+"""Worker settings (env prefix ISCO_): job limits from `JobSettings`, how to run the model from
+`shared.predictor.PredictorConfig` (the inference service's too), which model and Celery worker options."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from pydantic import Field
 
 from shared.jobs.settings import JobSettings
 from shared.model.resources import cpu_share
-from shared.schemas import Thresholds
+from shared.predictor import PredictorConfig
 
 
-class WorkerSettings(JobSettings):
-    """One Celery worker process type (cpu, gpu or training), its model and its limits."""
+class WorkerSettings(JobSettings, PredictorConfig):
+    """One Celery worker process type (cpu, gpu or training), its model (`PredictorConfig`) and its limits."""
 
     worker_type: Literal["cpu", "gpu", "training"] = Field(
         "cpu", description="which per-queue config to use (services/worker/configs/<type>.py)"
@@ -24,22 +25,9 @@ class WorkerSettings(JobSettings):
     model_dir: Path | None = Field(
         None, description="fixed model directory; empty = the registry's best model"
     )
-    # PredictorConfig fields (shared.predictor), same names as in the inference service
-    device: str = Field(
-        "auto", description="auto = cuda on a gpu worker, cpu otherwise; or cpu | cuda | cuda:N"
-    )
-    backend: Literal["auto", "torch", "onnx"] = Field(
-        "auto", description="auto: torch on CUDA, else ONNX Runtime (as in the inference service)"
-    )
-    quantize: Literal["none", "int8"] = Field(
-        "int8", description="int8 on CPU: ONNX Runtime static (batched), torch dynamic (one record per call)"
-    )
-    torch_threads: int | None = Field(
-        None, ge=1, description="default: this process's CPU share / concurrency"
-    )
-    batch_size: int = Field(64, ge=1, le=4096)
-    cache_size: int = Field(20_000, ge=0)
-    thresholds: Thresholds = Field(default_factory=lambda: Thresholds())
+    # PredictorConfig's fields, with the worker's own default batch size (files, not single requests);
+    # `device` auto and `torch_threads` unset are resolved per worker type by `predictor_settings`
+    batch_size: int = Field(64, ge=1, le=4096, description="texts per forward pass (sorted by token length)")
     job_memo_entries: int = Field(
         20_000, ge=0, description="results remembered per job for repeated (title, duties, industry) records"
     )
@@ -49,7 +37,8 @@ class WorkerSettings(JobSettings):
     retry_backoff_max_s: float = Field(300.0, gt=0, description="cap of the jittered exponential retry delay")
 
     def predictor_settings(self) -> WorkerSettings:
-        """These settings with `device` and `torch_threads` resolved for this worker type."""
+        """These settings with `device` and `torch_threads` resolved for this worker type: auto is cuda on a
+        gpu worker, cpu otherwise; threads default to this process's CPU share / concurrency."""
         device = self.device
         if device == "auto":
             device = "cuda" if self.worker_type == "gpu" else "cpu"
