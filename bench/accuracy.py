@@ -104,7 +104,8 @@ def test_split_report(model_dir: Path | None, baseline: bool = True) -> dict[str
     from services.trainer.evaluate import data_hash_of
     from services.trainer.metrics import per_source_metrics
     from services.trainer.pipeline import eval_set_from_examples
-    from services.trainer.preprocess import PreprocessConfig, prepare, rows_from_corpus
+    from services.trainer.preprocess import PreprocessConfig, prepare
+    from services.trainer.records import rows_from_corpus
     from shared.corpus import build_default_corpus
 
     out: dict[str, Any] = {}

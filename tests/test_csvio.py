@@ -239,7 +239,7 @@ def test_evaluate_and_training_read_files_like_uploads(tmp_path: Path) -> None:
     """`isco evaluate` and the trainer take what an upload takes (BOM, semicolons, loose header names, codes
     as spreadsheets write them) and refuse what it refuses, with the same message."""
     from services.trainer.evaluate import EvalDataError, load_eval_csv
-    from services.trainer.preprocess import DataError, read_coded_csv
+    from services.trainer.records import DataError, read_coded_csv
 
     path = write(tmp_path, "\ufeffJob Title;ISCO Code\nwelder;7212.00\nnurse;2221\n".encode())
     ev = load_eval_csv(path)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from services.cli import build_app
 from services.trainer.pipeline import unseen_records
-from services.trainer.preprocess import Example
+from services.trainer.records import Example
 from shared import registry
 from shared.db.session import session_scope
 from tests.tiny_model import build_tiny_model_dir

@@ -7,20 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer.preprocess import (
-    DataError,
-    Example,
-    OutlierConfig,
-    PreprocessConfig,
-    RawRow,
-    deduplicate,
-    detect_outliers,
-    prepare,
-    read_coded_csv,
-    read_corrections,
-    split,
-    validate,
-)
+from services.trainer.outliers import OutlierConfig, detect_outliers
+from services.trainer.preprocess import PreprocessConfig, deduplicate, prepare, repair_lines, validate
+from services.trainer.records import DataError, Example, RawRow, read_coded_csv, read_corrections
+from services.trainer.splits import split
 
 
 def _row(title: str, code: str, source: str = "user", duties: str = "") -> RawRow:
@@ -238,6 +228,30 @@ def test_data_info_cli(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "esco_title" in result.output and "of 436" in result.output
     assert "3 rows, 2 valid, 1 invalid" in result.output and "coded.csv:4" in result.output
+
+
+def test_a_repaired_code_is_reported_where_its_row_is(tmp_path: Path) -> None:
+    """`isco data info` lists each repaired code beside its row, and `isco train` prints the same lines under
+    its preprocessing summary (`PreparedData.summary`), not only in repaired_codes.csv."""
+    from typer.testing import CliRunner
+
+    from services.cli import build_app
+
+    coded = tmp_path / "coded.csv"
+    coded.write_text("job_title,isco_code\nnurse,2221\nsoldier,110\nghost,9999\n")
+    env = {"ISCO_ENV": "test", "ISCO_DATA_DIR": str(tmp_path / "var"), "COLUMNS": "200"}
+    result = CliRunner().invoke(build_app(), ["data", "info", "--data", str(coded)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "3 rows, 2 valid, 1 invalid, 1 codes repaired" in result.output
+    assert "coded.csv:3: isco_code '110' read as 0110 (leading zero restored)" in result.output
+
+    rows = [_row(f"nurse {i}", "2221") for i in range(10)] + [_row("soldier", "110"), _row("x", "12345")]
+    prepared = prepare(rows, PreprocessConfig(outliers=OutlierConfig(enabled=False)))
+    first, *repairs = prepared.summary(tmp_path / "reports")
+    assert "1 invalid rows, 1 codes repaired" in first and str(tmp_path / "reports") in first
+    assert repairs == ["  test:soldier: isco_code '110' read as 0110 (leading zero restored)"]
+    many = [{"origin": f"f.csv:{i}", "repair": "r"} for i in range(12)]
+    assert repair_lines(many)[-1] == "  ... and 2 more (repaired_codes.csv)" and len(repair_lines(many)) == 11
 
 
 def test_split_keeps_an_occupations_titles_together() -> None:

@@ -26,7 +26,7 @@ from services.gateway.app import create_app
 from services.gateway.auth import create_api_key, revoke_api_key
 from services.gateway.review import session as web
 from services.gateway.settings import GatewaySettings
-from services.trainer.preprocess import read_corrections
+from services.trainer.records import read_corrections
 from services.worker.constants import QUEUE_TRAINING
 from shared.db.session import session_scope
 from shared.db.tables import Job, ReviewDecision, ReviewEvent

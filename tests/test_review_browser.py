@@ -28,7 +28,7 @@ from services.gateway.auth import create_api_key
 from services.gateway.settings import GatewaySettings
 from services.inference.app import create_app as create_inference_app
 from services.inference.settings import InferenceSettings
-from services.trainer.preprocess import read_corrections
+from services.trainer.records import read_corrections
 from shared.db.session import session_scope
 from shared.db.tables import ReviewDecision, ReviewEvent
 from shared.jobs.settings import JobSettings

@@ -27,7 +27,8 @@ def fit() -> None:
     from bench.baseline_svm import SvmBaseline
     from bench.devsets import load_devsets
     from services.trainer.config import TrainerSettings
-    from services.trainer.preprocess import prepare, rows_from_corpus
+    from services.trainer.preprocess import prepare
+    from services.trainer.records import rows_from_corpus
     from shared.corpus import build_default_corpus, label_codes
 
     X.mkdir(exist_ok=True)

@@ -27,6 +27,7 @@ from bench.baseline_svm import SvmBaseline
 from bench.devsets import load_devsets, topk_accuracy
 from services.trainer import preprocess
 from services.trainer.pipeline import eval_set_from_examples
+from services.trainer.records import rows_from_corpus
 from shared.corpus import CodedRecord, build_default_corpus, label_codes
 
 VARIANTS = ("esco_only", "ons_wins", "esco_wins", "no_industry", "industry_duties")
@@ -61,7 +62,7 @@ def run(variant: str) -> dict[str, float]:
 def _measure(variant: str) -> dict[str, float]:
     config = preprocess.PreprocessConfig(val_fraction=0.05, test_fraction=0.05, val_known_titles=0.05)
     config.outliers.enabled = False
-    prepared = preprocess.prepare(preprocess.rows_from_corpus(corpus(variant)), config)
+    prepared = preprocess.prepare(rows_from_corpus(corpus(variant)), config)
     train = prepared.train + prepared.val  # the model indexes validation too
     t = time.perf_counter()
     svm = SvmBaseline().fit([e.text for e in train], [e.code for e in train])

@@ -36,7 +36,7 @@ def _fail(message: str, code: int = BAD_INPUT) -> typer.Exit:
 def _input_errors() -> tuple[type[Exception], ...]:
     from services.trainer.config import ProfileError
     from services.trainer.evaluate import EvalDataError
-    from services.trainer.preprocess import DataError
+    from services.trainer.records import DataError
     from shared.registry import RegistryError
 
     return DataError, EvalDataError, ProfileError, RegistryError
@@ -168,7 +168,8 @@ def data_info(
     data: Path = typer.Option(None, "--data", help="also check a coded CSV (invalid rows, groups covered)"),
 ) -> None:
     """Counts of the default training corpus per source (and of a coded CSV, if given)."""
-    from services.trainer.preprocess import DataError, read_coded_csv, validate
+    from services.trainer.preprocess import repair_lines, validate
+    from services.trainer.records import DataError, read_coded_csv
     from shared.corpus import SOURCES, build_default_corpus, corpus_counts
     from shared.taxonomy import get_taxonomy
 
@@ -194,16 +195,19 @@ def data_info(
             + ", ".join(missing)
         )
     if data is not None:
+        repaired: list[dict[str, str]] = []
         try:
-            valid, invalid = validate(read_coded_csv(data))
+            valid, invalid = validate(read_coded_csv(data), repaired=repaired)
         except DataError as exc:
             raise _fail(str(exc)) from None
         console.print(
             f"{data}: {len(valid) + len(invalid):,} rows, {len(valid):,} valid, {len(invalid):,} invalid, "
-            f"{len({e.code for e in valid})} unit groups"
+            f"{len(repaired):,} codes repaired, {len({e.code for e in valid})} unit groups"
         )
         for row in invalid[:10]:
             console.print(f"  {row.origin}: {row.reason}", highlight=False)
+        for line in repair_lines(repaired):
+            console.print(line, highlight=False)
 
 
 def _versions_table(rows: list[Any]) -> Table:

@@ -38,13 +38,12 @@ from typing import Any
 
 from services.trainer.config import TrainerSettings
 from services.trainer.evaluate import EvalSet, evaluate_set, load_eval_csv
-from services.trainer.preprocess import (
+from services.trainer.preprocess import PreparedData, prepare
+from services.trainer.records import (
     CORRECTION_SOURCE,
     DataError,
     Example,
-    PreparedData,
     RawRow,
-    prepare,
     read_coded_csv,
     read_corrections,
     rows_from_corpus,
@@ -341,13 +340,10 @@ def run_training(
     prepared.write_reports(report_dir)
     stats = dict(prepared.stats)
     timings["preprocess_s"] = round(time.monotonic() - t0, 1)
-    say(
-        f"preprocessed in {time.monotonic() - t0:.0f}s: {stats['examples']:,} examples "
-        f"(train {stats['train']:,} / val {stats['val']:,} / test {stats['test']:,}); "
-        f"{stats['invalid_rows']:,} invalid rows, {stats['duplicates_removed']:,} duplicates, "
-        f"{stats['conflicting_labels_dropped']:,} conflicting labels, outliers {stats['outliers_found']} "
-        f"-> reports in {report_dir}"
-    )
+    first, *repairs = prepared.summary(report_dir)
+    say(f"preprocessed in {time.monotonic() - t0:.0f}s: {first}")
+    for line in repairs:
+        say(line)
     train, composition = _training_set(settings, prepared, corrections is not None)
     if not train:
         raise DataError(f"no usable training examples (see {report_dir / 'invalid_rows.csv'})")

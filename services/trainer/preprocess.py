@@ -1,29 +1,17 @@
 """Preprocessing: coded records -> cleaned, validated, de-duplicated, checked and split training data.
 
-    rows = read_coded_csv(path) + rows_from_corpus(build_default_corpus(settings))
+    rows = read_coded_csv(path) + rows_from_corpus(build_default_corpus(settings))   # records.py
     prepared = prepare(rows, PreprocessConfig())
     prepared.write_reports(run_dir)
 
 Steps (each reported, nothing dropped silently):
 1. clean text (`shared.text`), build the one model input per record, validate and normalise the code against
-   ISCO-08; invalid rows go to `invalid_rows.csv` with the reason;
+   ISCO-08; invalid rows go to `invalid_rows.csv` with the reason, codes repaired to be valid (`110` read as
+   `0110`) to `repaired_codes.csv` with what was done;
 2. de-duplicate on the model input; when one text carries several codes the record from the most trusted
    source wins (correction > user > corpus), then the majority; the losers go to `conflicts.csv`;
-3. DBSCAN over TF-IDF vectors: dense clusters of near-identical texts whose labels disagree with a clear
-   majority ("inconsistent_label"), and records far from every other record of their own unit group
-   ("class_outlier"); reported in `outliers.csv`, excluded only when configured;
-4. split train/validation/test, stratified by unit group and grouped by occupation: records of one ESCO
-   occupation (any of its titles, with or without duties) or, outside ESCO, of one job title stay together,
-   so validation and test hold titles the model has never seen, like the titles users send (choose early
-   stopping, weights, temperature and routing thresholds there). In each unit group the occupations are
-   ordered by a seeded hash of their key and the first ones go to test and validation, so a record keeps its
-   split when other records are added (re-trained and corrected models are evaluated on the same records).
-   Unit groups smaller than `min_group_size_to_split` and train-only sources (corrections) go to train.
-   `group_by: record` restores the per-record split. With `val_known_titles`, validation also gets a share of
-   the ESCO titles whose occupation keeps other titles in training (the title alone, `_known_titles`): users
-   send new titles of known occupations as well as new occupations, and what is chosen on validation (the
-   temperature, the reranker, the routing thresholds) should see both. Test stays occupations only.
-   Validation and test records whose duties also train, word for word, are dropped (`drop_seen_duties`).
+3. DBSCAN outlier checks (outliers.py), reported in `outliers.csv`, excluded only when configured;
+4. split train/validation/test, stratified by unit group and grouped by occupation (splits.py).
 """
 
 from __future__ import annotations
@@ -32,7 +20,6 @@ import csv
 import hashlib
 import json
 import logging
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,43 +28,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from services.trainer.outliers import OutlierConfig, detect_outliers
+from services.trainer.records import CORRECTION_SOURCE, Example, RawRow
+from services.trainer.splits import drop_seen_duties, split
 from shared.taxonomy import InvalidCode, Taxonomy, get_taxonomy
 from shared.text import clean_text, model_input
 
 log = logging.getLogger(__name__)
+
 
 # Higher wins when one text carries different codes. A coding index entry is a coder's decision for exactly
 # that text as a survey answer, where an ESCO label names an occupation that may be coded elsewhere when
 # written alone: the ONS index wins over ESCO and ISCO-08 texts, the user's own records over both.
 SOURCE_PRIORITY = {"correction": 4, "user": 3, "ons_title": 2, "ons_industry": 2}
 DEFAULT_PRIORITY = 1  # other default corpus sources (esco_title, isco_task, ...)
-CORRECTION_SOURCE = "correction"
-USER_SOURCE = "user"
-
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file, the field and the reason."""
-
-
-class OutlierConfig(BaseModel):
-    """DBSCAN checks over TF-IDF vectors (cosine distance)."""
-
-    enabled: bool = True
-    duplicate_eps: float = Field(
-        0.3, gt=0, lt=1, description="cosine distance within a near-duplicate cluster"
-    )
-    min_samples: int = Field(3, ge=2, description="DBSCAN min_samples for both checks")
-    majority: float = Field(
-        0.75, gt=0.5, le=1, description="label share that makes the rest of a cluster suspect"
-    )
-    class_eps: float = Field(0.9, gt=0, lt=1, description="cosine distance to a same-group neighbour")
-    min_group_examples: int = Field(
-        30, ge=3, description="groups smaller than this are not checked for outliers"
-    )
-    exclude: Literal["none", "inconsistent", "all"] = Field(
-        "none", description="drop inconsistent labels, or every finding, from training; default: report only"
-    )
-    max_records: int = Field(250_000, ge=1, description="above this the near-duplicate check is skipped")
 
 
 class PreprocessConfig(BaseModel):
@@ -104,31 +68,6 @@ class PreprocessConfig(BaseModel):
         default_factory=lambda: [CORRECTION_SOURCE, "isco_title", "isco_definition"]
     )
     outliers: OutlierConfig = Field(default_factory=OutlierConfig)
-
-
-@dataclass
-class RawRow:
-    """A coded record as read, before validation; `origin` says where it came from (file:line or corpus)."""
-
-    job_title: str
-    duties_description: str
-    isco_code: str
-    source: str
-    origin: str
-    industry: str = ""
-
-
-@dataclass
-class Example:
-    """A validated training example."""
-
-    text: str
-    code: str
-    source: str
-    job_title: str
-    duties_description: str
-    origin: str
-    industry: str = ""
 
 
 @dataclass
@@ -163,6 +102,19 @@ class PreparedData:
     def eval_data_hash(self) -> str:
         """Hash of the test split: models are only compared on equal hashes."""
         return examples_hash(self.test)
+
+    def summary(self, report_dir: Path) -> list[str]:
+        """What `isco train` prints of the preprocessing: the counts, then each repaired code beside its row
+        (as invalid rows are reported by count and file, a repair is also shown: the row was kept as read
+        otherwise)."""
+        stats = self.stats
+        lines = [
+            f"{stats['examples']:,} examples (train {stats['train']:,} / val {stats['val']:,} / test "
+            f"{stats['test']:,}); {stats['invalid_rows']:,} invalid rows, {stats['codes_repaired']:,} codes "
+            f"repaired, {stats['duplicates_removed']:,} duplicates, {stats['conflicting_labels_dropped']:,} "
+            f"conflicting labels, outliers {stats['outliers_found']} -> reports in {report_dir}"
+        ]
+        return lines + repair_lines(self.repaired)
 
     def write_reports(self, out_dir: Path) -> dict[str, Path]:
         """Write invalid_rows.csv, repaired_codes.csv, conflicts.csv, outliers.csv and preprocess.json;
@@ -222,119 +174,20 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Pa
     return path
 
 
+def repair_lines(repaired: Sequence[dict[str, str]], limit: int = 10) -> list[str]:
+    """One line per repaired code (`origin: what was done`), at most `limit`, then how many more."""
+    lines = [f"  {r['origin']}: isco_code {r['repair']}" for r in repaired[:limit]]
+    if len(repaired) > limit:
+        lines.append(f"  ... and {len(repaired) - limit:,} more (repaired_codes.csv)")
+    return lines
+
+
 def examples_hash(examples: Iterable[Example]) -> str:
     """sha256 over the sorted (model input, code) pairs."""
     h = hashlib.sha256()
     for text, code in sorted((e.text, e.code) for e in examples):
         h.update(f"{text}\t{code}\n".encode())
     return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------------
-# Reading
-# ----------------------------------------------------------------------------------------------------
-
-
-def _open_csv(
-    path: Path, any_of: tuple[str, ...] = ("job_title", "duties_description")
-) -> tuple[list[str], Iterable[tuple[int, dict[str, str]]]]:
-    """Header (normalised names) and (line, row) pairs, read by the uploads' reader (`shared.csvio`): same
-    encodings, delimiters, header spellings and errors."""
-    from shared.csvio.reading import CsvFormatError, read_table
-
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        return read_table(path, any_of=any_of)
-    except CsvFormatError as exc:
-        raise DataError(f"{path}: {exc}") from None
-
-
-def read_coded_csv(path: Path, *, source: str = USER_SOURCE) -> list[RawRow]:
-    """Read a coded CSV: job_title, duties_description, isco_code (either text column may be absent), and
-    optionally industry (the employer's activity, read beside the title).
-
-    Header names are matched ignoring case and spaces. Raises DataError naming the missing field.
-    """
-    path = Path(path)
-    header, rows = _open_csv(path)
-    if "isco_code" not in header:
-        raise DataError(f"{path}: missing column isco_code (columns found: {', '.join(header)})")
-    if "job_title" not in header and "duties_description" not in header:
-        raise DataError(
-            f"{path}: needs a job_title and/or duties_description column (found: {', '.join(header)})"
-        )
-    return [
-        RawRow(
-            row.get("job_title", ""),
-            row.get("duties_description", ""),
-            row.get("isco_code", ""),
-            source,
-            f"{path.name}:{line}",
-            row.get("industry", ""),
-        )
-        for line, row in rows
-    ]
-
-
-def read_corrections(path: Path) -> list[RawRow]:
-    """Read corrections from a CSV file or every *.csv in a directory.
-
-    Accepted layouts: job_title, duties_description, corrected_isco_code (and optionally industry); or text,
-    corrected_isco_code.
-    """
-    path = Path(path)
-    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
-    if not files:
-        raise DataError(f"{path}: no .csv files with corrections found")
-    out: list[RawRow] = []
-    for file in files:
-        header, rows = _open_csv(file, ("job_title", "duties_description", "text"))
-        if "corrected_isco_code" not in header:
-            raise DataError(
-                f"{file}: missing column corrected_isco_code (columns found: {', '.join(header)})"
-            )
-        has_fields = "job_title" in header or "duties_description" in header
-        if not has_fields and "text" not in header:
-            raise DataError(
-                f"{file}: needs job_title/duties_description or text columns (found: {', '.join(header)})"
-            )
-        for line, row in rows:
-            if has_fields:
-                title, duties = row.get("job_title", ""), row.get("duties_description", "")
-            else:
-                title, duties = row.get("text", ""), ""
-            out.append(
-                RawRow(
-                    title,
-                    duties,
-                    row.get("corrected_isco_code", ""),
-                    CORRECTION_SOURCE,
-                    f"{file.name}:{line}",
-                    row.get("industry", "") if has_fields else "",
-                )
-            )
-    return out
-
-
-def rows_from_corpus(records: Iterable[Any]) -> list[RawRow]:
-    """RawRows from `shared.corpus.CodedRecord`s (or anything with the same four fields)."""
-    return [
-        RawRow(
-            r.job_title,
-            r.duties_description,
-            r.isco_code,
-            r.source,
-            f"corpus:{r.source}",
-            getattr(r, "industry", ""),
-        )
-        for r in records
-    ]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Steps
-# ----------------------------------------------------------------------------------------------------
 
 
 def validate(
@@ -432,219 +285,6 @@ def deduplicate(
                     }
                 )
     return kept, duplicates, conflicts
-
-
-def _radius_graph(vectors: Any, eps: float, block: int = 2000) -> Any:
-    """Sparse cosine-distance graph keeping pairs closer than `eps` (rows of `vectors` are L2-normalised).
-
-    Blockwise sparse products instead of DBSCAN's own cosine neighbour search: the same clusters, several
-    times faster and without dense intermediate matrices.
-    """
-    import numpy as np
-    import scipy.sparse as sp
-
-    transposed = vectors.T.tocsr()
-    blocks = []
-    for start in range(0, vectors.shape[0], block):
-        sims = vectors[start : start + block] @ transposed
-        sims.data[sims.data < 1 - eps] = 0
-        sims.eliminate_zeros()
-        blocks.append(sims)
-    graph = sp.vstack(blocks).tocsr()
-    # distance = 1 - similarity; a tiny floor keeps identical texts as stored (non-missing) neighbours
-    graph.data = np.clip(1 - graph.data, 1e-9, None)
-    return graph
-
-
-def _dbscan(vectors: Any, eps: float, min_samples: int) -> Any:
-    from sklearn.cluster import DBSCAN
-
-    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(
-        _radius_graph(vectors, eps)
-    )
-
-
-def detect_outliers(examples: Sequence[Example], config: OutlierConfig) -> list[dict[str, Any]]:
-    """DBSCAN findings (see module docstring); each finding names the example by index (`index`)."""
-    if not config.enabled or len(examples) < config.min_samples:
-        return []
-    import numpy as np
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    texts = [e.text for e in examples]
-    vectors = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(texts).astype(np.float32)
-    findings: list[dict[str, Any]] = []
-
-    if len(examples) <= config.max_records:
-        labels = _dbscan(vectors, config.duplicate_eps, config.min_samples)
-        clusters: dict[int, list[int]] = defaultdict(list)
-        for i, label in enumerate(labels):
-            if label >= 0:
-                clusters[label].append(i)
-        for members in clusters.values():
-            counts = Counter(examples[i].code for i in members)
-            if len(counts) < 2:
-                continue
-            majority_code, n_major = counts.most_common(1)[0]
-            share = n_major / len(members)
-            if share < config.majority:
-                continue
-            for i in members:
-                if examples[i].code != majority_code:
-                    findings.append(
-                        {
-                            "index": i,
-                            "kind": "inconsistent_label",
-                            "majority_code": majority_code,
-                            "majority_share": round(share, 3),
-                            "cluster_size": len(members),
-                        }
-                    )
-    else:
-        log.warning(
-            "near-duplicate check skipped: %d records > outliers.max_records=%d",
-            len(examples),
-            config.max_records,
-        )
-
-    by_code: dict[str, list[int]] = defaultdict(list)
-    for i, e in enumerate(examples):
-        by_code[e.code].append(i)
-    for code, members in by_code.items():
-        if len(members) < config.min_group_examples:
-            continue
-        labels = _dbscan(vectors[members], config.class_eps, config.min_samples)
-        for i, label in zip(members, labels, strict=True):
-            if label < 0:
-                findings.append(
-                    {
-                        "index": i,
-                        "kind": "class_outlier",
-                        "majority_code": code,
-                        "majority_share": None,
-                        "cluster_size": len(members),
-                    }
-                )
-    return findings
-
-
-def _split_key(seed: int, text: str) -> str:
-    return hashlib.sha1(f"{seed}:{text}".encode()).hexdigest()
-
-
-def _occupation_keys() -> dict[str, str]:
-    """Lower-cased ESCO title -> its occupation URI (the first occupation that has it)."""
-    from shared.corpus import load_esco_facts
-
-    keys: dict[str, str] = {}
-    for uri, _, labels in load_esco_facts():
-        for label in labels:
-            keys.setdefault(label.strip().lower(), uri)
-    return keys
-
-
-_QUALIFIER = re.compile(r"\s*\([^()]*\)$")
-
-
-def split_group(example: Example, occupations: dict[str, str]) -> str:
-    """The unit of the split: the ESCO occupation of the title, else the title, else the text.
-
-    The title is read without a trailing qualifier in parentheses and without its industry: a coding
-    index's "inspector (railways)" and "inspector" in banking are one title, held out together, so a held-out
-    title is one the model never saw in any context (as the dev sets' titles are). A title that is also an
-    ESCO label goes with that ESCO occupation."""
-    title = example.job_title.strip().lower()
-    if not title:
-        return f"text:{example.text}"
-    base = _QUALIFIER.sub("", title) or title
-    return occupations.get(title, occupations.get(base, f"title:{base}"))
-
-
-def split(
-    examples: Sequence[Example], config: PreprocessConfig
-) -> tuple[list[Example], list[Example], list[Example]]:
-    """Stratified, hash-ordered train/validation/test split, grouped by occupation (see module docstring)."""
-    train: list[Example] = []
-    val: list[Example] = []
-    test: list[Example] = []
-    by_code: dict[str, list[Example]] = defaultdict(list)
-    train_only = set(config.train_only_sources)
-    for e in examples:
-        if e.source in train_only:
-            train.append(e)
-        else:
-            by_code[e.code].append(e)
-    occupations = _occupation_keys() if config.group_by == "occupation" else {}
-    for code in sorted(by_code):
-        members: dict[str, list[Example]] = defaultdict(list)
-        for e in by_code[code]:
-            key = split_group(e, occupations) if config.group_by == "occupation" else e.text
-            members[key].append(e)
-        groups = [members[k] for k in sorted(members, key=lambda k: _split_key(config.seed, k))]
-        n = len(by_code[code])
-        if n < config.min_group_size_to_split or len(groups) < 2:
-            train.extend(by_code[code])
-            continue
-        n_test = max(1, round(n * config.test_fraction)) if config.test_fraction > 0 else 0
-        n_val = max(1, round(n * config.val_fraction)) if config.val_fraction > 0 else 0
-        while n_test + n_val > n - 1:  # keep at least one training example of every group
-            if n_val >= n_test and n_val > 0:
-                n_val -= 1
-            else:
-                n_test -= 1
-        taken_test = taken_val = 0
-        for i, group in enumerate(groups):
-            last = i == len(groups) - 1  # the last occupation always trains
-            # an occupation larger than twice what a split still needs trains instead of swamping that split
-            if not last and taken_test < n_test and len(group) <= 2 * (n_test - taken_test) + 1:
-                test.extend(group)
-                taken_test += len(group)
-            elif not last and taken_val < n_val and len(group) <= 2 * (n_val - taken_val) + 1:
-                val.extend(group)
-                taken_val += len(group)
-            else:
-                train.extend(group)
-    if config.val_known_titles > 0 and occupations:
-        train, known = _known_titles(train, occupations, train_only, config)
-        val.extend(known)
-    return train, val, test
-
-
-def _known_titles(
-    train: list[Example], occupations: dict[str, str], train_only: set[str], config: PreprocessConfig
-) -> tuple[list[Example], list[Example]]:
-    """Move `val_known_titles` of the ESCO titles in training (chosen by a seeded hash) to validation, where
-    the title's occupation keeps another title in training. Only the title alone goes to validation; its
-    records with duties are dropped: their duties (the occupation's description) stay in training under the
-    occupation's other titles, so validation would see them nearly verbatim and over-trust duties."""
-    titles: dict[str, list[int]] = defaultdict(list)
-    for i, e in enumerate(train):
-        title = e.job_title.strip().lower()
-        if e.source not in train_only and title in occupations:
-            titles[title].append(i)
-    kept_titles = Counter(occupations[t] for t in titles)
-    moved: set[int] = set()
-    for title in sorted(titles, key=lambda t: _split_key(config.seed, f"known:{t}")):
-        if len(moved) >= config.val_known_titles * len(train):
-            break
-        if kept_titles[occupations[title]] > 1:
-            kept_titles[occupations[title]] -= 1
-            moved.update(titles[title])
-    known = [train[i] for i in sorted(moved) if not train[i].duties_description.strip()]
-    return [e for i, e in enumerate(train) if i not in moved], known
-
-
-def drop_seen_duties(train: list[Example], held_out: list[Example]) -> tuple[list[Example], int]:
-    """The held-out records, less those whose duties are also a training record's duties (and how many).
-
-    The split keeps an occupation's records together, but one text of duties can belong to several: an ISCO
-    task line is paired with two titles of its unit group (`shared.corpus`), which may fall in different
-    splits. Held out, such a record's duties alone give its code away (44% of the full profile's
-    validation records with duties), so what is chosen on validation (the duties view's weight, the
-    temperature, the routing thresholds) would over-trust duties, which users write in their own words."""
-    trained = {e.duties_description.strip().lower() for e in train if e.duties_description.strip()}
-    kept = [e for e in held_out if e.duties_description.strip().lower() not in trained]
-    return kept, len(held_out) - len(kept)
 
 
 def prepare(rows: Iterable[RawRow], config: PreprocessConfig | None = None) -> PreparedData:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import softmax
 
-from services.trainer.preprocess import Example
+from services.trainer.records import Example
 from services.trainer.state import TrainState
 from shared.model.classifier import encode_texts
 from shared.model.rerank import fit_reranker
