@@ -75,14 +75,12 @@ def measure(
     knn_weight: float = 0.2,
     lexical_weight: float = 0.05,
 ) -> dict[str, Any]:
-    from shared.model.scorer import UnitScorer, softmax
-    from shared.model.signals import (
-        KnnConfig,
-        LexicalConfig,
-        LexicalIndex,
-        knn_probabilities,
-        mix_probabilities,
-    )
+    from scipy.special import softmax
+
+    from shared.model.knn import KnnConfig, knn_probabilities
+    from shared.model.lexical import LexicalConfig, LexicalIndex
+    from shared.model.scorer import UnitScorer
+    from shared.model.signals import mix_probabilities
 
     scorer = UnitScorer.load(model_dir, backend=backend, quantize=quantize, threads=threads)
     signals = scorer.signals
@@ -120,7 +118,7 @@ def measure(
         texts, accept = dev.texts(), accepted_codes(dev)
         scorer.embed(texts[:16])  # warm-up
         emb, t_enc = _timed(lambda texts=texts: scorer.embed(texts))
-        head, t_head = _timed(lambda emb=emb: softmax(scorer.head_logits(emb) / scorer.temperature))
+        head, t_head = _timed(lambda emb=emb: softmax(scorer.head_logits(emb) / scorer.temperature, axis=1))
         row: dict[str, Any] = {"n": len(texts), "ms_per_record": {"encoder": 1000 * t_enc / len(texts)}}
         row["ms_per_record"]["head"] = 1000 * t_head / len(texts)
         probs: dict[str, np.ndarray] = {}
@@ -155,14 +153,14 @@ def one_record_costs(
     scorer: Any, texts: list[str], variants: dict[str, tuple[float, Any]]
 ) -> dict[str, float]:
     """Median ms of each stage for one record per call (what a lone /predict/job request pays)."""
-    from shared.model.scorer import softmax
+    from scipy.special import softmax
 
     costs: dict[str, list[float]] = {"encoder": [], **{v: [] for v in variants}, "rerank": []}
     reranker = scorer.signals.reranker
     for text in texts:
         emb, t = _timed(lambda text=text: scorer.embed([text]))
         costs["encoder"].append(t)
-        head = softmax(scorer.head_logits(emb) / scorer.temperature)
+        head = softmax(scorer.head_logits(emb) / scorer.temperature, axis=1)
         if reranker is not None:
             mixed, parts = scorer.signals.first_stage([text], emb, head)
             costs["rerank"].append(_timed(lambda m=mixed, p=parts: reranker.rerank(scorer.codes, m, p))[1])

@@ -7,13 +7,13 @@ is anything with `predict(records, options)` (a `shared.predictor.Predictor`); n
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from cachetools import FIFOCache
 from pydantic import ValidationError
 
 from shared.csvio.reading import CsvLayout, iter_rows
@@ -53,11 +53,12 @@ RecordKey = tuple[str, str, str]  # (title, duties, industry) as written
 
 
 class Memo:
-    """Results of (title, duties, industry) already coded in this file: repeated rows cost nothing."""
+    """Results of (title, duties, industry) already coded in this file: repeated rows cost nothing. The
+    oldest entry goes first when `max_entries` are held (`cachetools.FIFOCache`); 0 disables it."""
 
     def __init__(self, max_entries: int):
         self.max_entries = max_entries
-        self.data: OrderedDict[RecordKey, Prediction] = OrderedDict()
+        self.data: FIFOCache[RecordKey, Prediction] = FIFOCache(maxsize=max(1, max_entries))
 
     def get(self, key: RecordKey) -> Prediction | None:
         return self.data.get(key)
@@ -66,8 +67,6 @@ class Memo:
         if self.max_entries <= 0:
             return
         self.data[key] = value
-        if len(self.data) > self.max_entries:
-            self.data.popitem(last=False)
 
 
 def _record_error(exc: ValidationError) -> str:

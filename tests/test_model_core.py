@@ -17,17 +17,10 @@ import pytest
 from services.trainer.config import FinetuneConfig
 from services.trainer.finetune import finetune
 from shared.corpus import label_codes
+from shared.model.knn import KnnConfig, KnnIndex, vote
+from shared.model.lexical import LexicalConfig, LexicalIndex
 from shared.model.scorer import UnitScorer
-from shared.model.signals import (
-    KnnConfig,
-    KnnIndex,
-    LexicalConfig,
-    LexicalIndex,
-    Signals,
-    mix_probabilities,
-    search_weights,
-    vote,
-)
+from shared.model.signals import Signals, mix_probabilities, search_weights
 from shared.predictor import Predictor, PredictorConfig
 from tests.test_finetune import TITLES, _records
 from tests.tiny_model import tiny_bert_base, tiny_roberta_base

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.model.knn import best_similarity
 from shared.model.rerank import FEATURES, Reranker, candidate_features, fit_reranker
-from shared.model.signals import best_similarity
 
 # two minor groups of three unit groups each, and one more major group
 CODES = ["2211", "2212", "2213", "2221", "2222", "7411"]

@@ -22,8 +22,9 @@ from transformers import (
 )
 
 from shared.model.classifier import IscoClassifier, encode_texts, save_model_dir
+from shared.model.knn import KnnConfig, KnnIndex
+from shared.model.lexical import LexicalConfig, LexicalIndex
 from shared.model.resources import default_base_model
-from shared.model.signals import KnnConfig, KnnIndex, LexicalConfig, LexicalIndex
 from shared.taxonomy import get_taxonomy
 
 SIGNAL_TEXTS = {

@@ -11,20 +11,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from bench.experiments.run_finetune import occupation_split
 from shared.corpus import build_default_corpus
+from shared.model.knn import KnnConfig, knn_probabilities
+from shared.model.lexical import LexicalConfig, LexicalIndex
 from shared.model.scorer import UnitScorer
-from shared.model.scorer import softmax as _softmax
-from shared.model.signals import KnnConfig, LexicalConfig, LexicalIndex, knn_probabilities, mix_probabilities
+from shared.model.signals import mix_probabilities
 from shared.text import model_input
 
 
 def signals(scorer, lexical, texts):
     emb = scorer.embed(texts)
     logits = scorer.head_logits(emb)
-    head = _softmax(logits / scorer.temperature)
+    head = softmax(logits / scorer.temperature, axis=1)
     out = {"head": head}
     for tau in (0.02, 0.05, 0.1):
         out[f"knn{tau}"] = knn_probabilities(

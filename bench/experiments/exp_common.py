@@ -122,7 +122,9 @@ def load_context(tag: str = "base") -> dict:
 def held_out_signals(scorer: Any, model_dir: Path) -> tuple[Any, np.ndarray]:
     """A trained model's signals without validation's entries (as training's stages saw them: the pipeline
     indexes validation after choosing on it), and validation's positions in the model's kNN index."""
-    from shared.model.signals import KnnIndex, LexicalIndex, Signals
+    from shared.model.knn import KnnIndex
+    from shared.model.lexical import LexicalIndex
+    from shared.model.signals import Signals
 
     stats = json.loads((model_dir / "metrics.json").read_text())["training"]["preprocess"]
     n_train, n_val = stats["train"], stats["val"]

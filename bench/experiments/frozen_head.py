@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from shared.corpus import build_default_corpus, label_codes
-from shared.model.signals import KnnConfig, KnnIndex, knn_probabilities
+from shared.model.knn import KnnConfig, KnnIndex, knn_probabilities
 
 X = "/tmp/exp"
 

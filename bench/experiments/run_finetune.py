@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from services.trainer.config import FinetuneConfig
 from services.trainer.finetune import finetune
 from shared.corpus import build_default_corpus, corpus_counts, label_codes
+from shared.model.knn import KnnConfig, knn_probabilities
 from shared.model.scorer import UnitScorer
-from shared.model.scorer import softmax as _softmax
-from shared.model.signals import KnnConfig, knn_probabilities, mix_probabilities
+from shared.model.signals import mix_probabilities
 from shared.text import model_input
 
 OUT = Path("/tmp/exp")
@@ -60,7 +61,7 @@ def dev_report(model_dir):
         acc = accepted_codes(dev)
         emb = scorer.embed(dev.texts())
         logits = scorer.head_logits(emb)
-        head = _softmax(logits / scorer.temperature)
+        head = softmax(logits / scorer.temperature, axis=1)
         row = {"head": [round(topk_accuracy(head, acc, codes, k), 3) for k in (1, 3)]}
         if scorer.signals.knn is not None:
             for k in (10, 20):

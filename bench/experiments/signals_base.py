@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.corpus import build_default_corpus, label_codes
-from shared.model.signals import KnnConfig, KnnIndex, knn_probabilities
+from shared.model.knn import KnnConfig, KnnIndex, knn_probabilities
 
 DEV = Path(__file__).resolve().parents[3] / "shared" / "data" / "devsets"
 X = Path("/tmp/exp")

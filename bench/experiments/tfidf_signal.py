@@ -8,7 +8,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from shared.corpus import build_default_corpus, label_codes
-from shared.model.signals import KnnConfig, KnnIndex, knn_probabilities
+from shared.model.knn import KnnConfig, KnnIndex, knn_probabilities
 from shared.text import model_input
 
 X = "/tmp/exp"

@@ -163,7 +163,7 @@ def refit_head(model_dir: Path, epochs: int, lr: float, seed: int) -> dict[str, 
     """
     from safetensors.torch import load_file, save_file
 
-    from shared.model.signals import KNN_FILE, KnnIndex
+    from shared.model.knn import KNN_FILE, KnnIndex
 
     if not (model_dir / KNN_FILE).exists():
         return {"records": 0}

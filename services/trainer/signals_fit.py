@@ -14,18 +14,10 @@ from scipy.special import softmax
 from services.trainer.records import Example
 from services.trainer.state import TrainState
 from shared.model.classifier import encode_texts
+from shared.model.knn import KnnConfig, KnnIndex, knn_probabilities
+from shared.model.lexical import LexicalConfig, LexicalIndex
 from shared.model.rerank import fit_reranker
-from shared.model.signals import (
-    KnnConfig,
-    KnnIndex,
-    LexicalConfig,
-    LexicalIndex,
-    NearestMatch,
-    Signals,
-    extend_indexes,
-    knn_probabilities,
-    search_weights,
-)
+from shared.model.signals import NearestMatch, Signals, extend_indexes, search_weights
 from shared.text import duties_part
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,10 @@ from transformers import PreTrainedTokenizerBase
 
 from services.trainer.config import FinetuneConfig
 from shared.model.classifier import IscoClassifier
+from shared.model.knn import KnnConfig, KnnIndex
+from shared.model.lexical import LexicalConfig, LexicalIndex
 from shared.model.rerank import Reranker
-from shared.model.signals import KnnConfig, KnnIndex, LexicalConfig, LexicalIndex, Signals
+from shared.model.signals import Signals
 from shared.routing import RoutingModel
 
 

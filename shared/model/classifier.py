@@ -23,7 +23,8 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from shared.model.directory import EncoderSpec, ModelDir
-from shared.model.signals import KnnIndex, LexicalIndex
+from shared.model.knn import KnnIndex
+from shared.model.lexical import LexicalIndex
 
 
 def _mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

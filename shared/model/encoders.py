@@ -24,8 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from shared.model.directory import EncoderSpec, ModelDir
+from shared.model.knn import KNN_TEXTS_FILE
 from shared.model.resources import cpu_share
-from shared.model.signals import KNN_TEXTS_FILE
 
 # torch's OpenMP threads spin while they wait by default. When the CPUs are shared (gateway, workers, the
 # event loop and tokenizer of this very process, other jobs), spinning threads starve the one doing the work:

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 from pydantic import Field
+from scipy.special import softmax
 
 from shared.model.artifact import JsonArtifact
 
@@ -57,16 +58,10 @@ class Reranker(JsonArtifact):
             [feats @ np.asarray(self.weights), self.other_bias + self.other_weight * np.log(outside + _EPS)],
             axis=1,
         )
-        p = _softmax(scores)
+        p = softmax(scores, axis=1)
         out = mixed * (p[:, -1:] / np.maximum(outside, _EPS))
         np.put_along_axis(out, top, p[:, :-1], axis=1)
         return out.astype(np.float32, copy=False)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 @lru_cache(maxsize=16)
@@ -138,7 +133,7 @@ def fit_reranker(
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w, b, a = theta[:n_feat], theta[n_feat], theta[n_feat + 1]
         scores = np.concatenate([feats @ w, (b + a * log_outside)[:, None]], axis=1)
-        p = _softmax(scores)
+        p = softmax(scores, axis=1)
         nll = -np.log(p[rows, target] + 1e-12).mean()
         d = p.copy()
         d[rows, target] -= 1.0  # d scores

@@ -19,18 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import softmax
 
 from shared.model.batching import token_batches
 from shared.model.directory import EncoderSpec, ModelDir
 from shared.model.encoders import Encoder, load_encoder_backend
 from shared.model.signals import NearestMatch, Signals
 from shared.text import duties_part
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
 
 
 def fuse_views(whole: np.ndarray, duties: np.ndarray, weight: float) -> np.ndarray:
@@ -40,7 +35,7 @@ def fuse_views(whole: np.ndarray, duties: np.ndarray, weight: float) -> np.ndarr
     if weight <= 0:
         return whole
     log = (1 - weight) * np.log(np.clip(whole, 1e-12, None)) + weight * np.log(np.clip(duties, 1e-12, None))
-    return softmax(log).astype(whole.dtype, copy=False)
+    return softmax(log, axis=1).astype(whole.dtype, copy=False)
 
 
 class UnitScorer:
@@ -138,7 +133,7 @@ class UnitScorer:
     def scores_from_embeddings(
         self, texts: list[str], embeddings: np.ndarray
     ) -> tuple[np.ndarray, NearestMatch]:
-        head = softmax(self.head_logits(embeddings) / self.temperature)
+        head = softmax(self.head_logits(embeddings) / self.temperature, axis=1)
         return self.signals.score(texts, embeddings, head)
 
     def probabilities_from_embeddings(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
