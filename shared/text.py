@@ -6,7 +6,7 @@ import html
 import re
 import unicodedata
 
-from shared.variants import normalise_title
+from shared.titles import normalise_title
 
 _TAG = re.compile(r"<[^>]{0,200}>")
 _SPACE = re.compile(r"\s+")
@@ -59,7 +59,7 @@ def model_input(job_title: str | None, duties_description: str | None, industry:
     """The one text the model sees for a record: cleaned title, the employer's industry, then the duties.
 
     Lower-cased because the default tokenizer is uncased; the title comes first because titles carry
-    most of the signal and truncation cuts from the end. Titles are normalised (`shared.variants`
+    most of the signal and truncation cuts from the end. Titles are normalised (`shared.titles`
     `normalise_title`): an abbreviation beside its long form dropped, the "head - qualifier" form
     reordered, abbreviations spelled out ("HGV1 driver" -> "heavy goods vehicle driver"). The industry
     (optional, `industry_phrase`) stands beside the title as coding indexes write it ("inspector (industry:

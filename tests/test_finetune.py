@@ -7,10 +7,10 @@ from services.trainer.calibrate import fit_temperature
 from services.trainer.config import FinetuneConfig
 from services.trainer.duties_view import DUTIES_WEIGHT_GRID
 from services.trainer.finetune import finetune
-from services.trainer.hf_loop import choose_batching, code_loss
+from services.trainer.hf_loop import choose_batching
 from shared.corpus import label_codes
-from shared.model.scorer import UnitScorer
 from shared.decision import level_probabilities
+from shared.model.scorer import UnitScorer
 from shared.predictor import Predictor
 from shared.routing import RecordInputs, RoutingModel
 from shared.schemas import JobRecord
@@ -52,10 +52,6 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
         prototype_max_per_class=5,
         disable_tqdm=True,
         knn_k=3,
-        contrastive_seconds=1.0,
-        contrastive_batch_size=8,
-        title_variants=0.5,
-        minor_group_loss=0.5,
     )
     result = finetune(
         texts,
@@ -71,10 +67,9 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     assert len(result.epochs) == 1 and 0.0 <= result.val_accuracy <= 1.0
     assert result.seconds > 0
     assert result.stages == [
-        "init", "contrastive", "head", "trainer", "calibrate", "signals", "rerank", "duties_view",
+        "init", "head", "trainer", "calibrate", "signals", "rerank", "duties_view",
         "routing", "index_validation", "save",
     ]  # fmt: skip
-    assert result.contrastive is not None and result.contrastive["steps"] >= 1
     assert set(result.stage_seconds) == set(result.stages) and result.architecture == "bert"
     assert result.mixed_precision == "no"  # fp32 on CPU unless the profile asks for bf16
     scorer = UnitScorer.load(tmp_path / "model", backend="torch", quantize="none", device="cpu")
@@ -140,50 +135,6 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
     assert len(corrected.signals.knn) == len(parent_entries) + 10
     assert corrected.signals.knn.texts == parent_entries + texts[:10]
     assert len(corrected.signals.lexical) == len(parent_entries) + 10
-
-
-def test_minor_group_loss_spares_a_wrong_answer_in_the_right_minor_group():
-    import torch
-
-    codes = ["2221", "2222", "5120"]
-    labels = torch.tensor([0])
-    near = {"logits": torch.tensor([[0.0, 3.0, 0.0]])}  # mass on 2222: the right minor group 222
-    far = {"logits": torch.tensor([[0.0, 0.0, 3.0]])}  # the same mass on 5120
-    plain = code_loss(codes)
-    assert float(plain(near, labels)) == pytest.approx(float(plain(far, labels)))
-    loss = code_loss(codes, minor_weight=1.0)
-    assert float(loss(near, labels)) < float(loss(far, labels))
-    # near: the minor group 222 holds all but exp(0) / (2 exp(0) + exp(3)) of the mass
-    minor_nll = -np.log((1 + np.exp(3)) / (2 + np.exp(3)))
-    assert float(loss(near, labels)) == pytest.approx(float(plain(near, labels)) + minor_nll, rel=1e-5)
-
-
-def test_title_variants_vary_titles_alone():
-    from transformers import AutoTokenizer
-
-    from services.trainer.hf_loop import _Encoded
-    from shared.model.resources import default_base_model
-
-    tokenizer = AutoTokenizer.from_pretrained(default_base_model())
-    texts = ["aircraft engine fitter", "salesman", "aircraft engine fitter : fits engines"]
-    plain = _Encoded(tokenizer, texts, [0, 1, 2], max_length=32)
-    varied = _Encoded(tokenizer, texts, [0, 1, 2], max_length=32, variants=1.0, seed=1)
-    shown = {i: set() for i in range(3)}
-    for _ in range(40):
-        for i in range(3):
-            item = varied[i]
-            assert item["labels"] == i
-            shown[i].add(tokenizer.decode(item["input_ids"], skip_special_tokens=True))
-    assert all(plain[i] == plain.items[i] for i in range(3))
-    assert shown[2] == {"aircraft engine fitter : fits engines"}  # a record with duties never varies
-    assert {"fitter, aircraft engine", "senior aircraft engine fitter"} <= shown[0]
-    assert "saleswoman" in shown[1]
-    # seniority words that would change the unit group are never added
-    assert not any(t.split()[0] in ("chief", "head", "lead", "assistant") for t in shown[0] | shown[1])
-    # deterministic given the seed
-    a = _Encoded(tokenizer, texts, [0, 1, 2], max_length=32, variants=1.0, seed=7)
-    b = _Encoded(tokenizer, texts, [0, 1, 2], max_length=32, variants=1.0, seed=7)
-    assert [a[0]["input_ids"] for _ in range(10)] == [b[0]["input_ids"] for _ in range(10)]
 
 
 def test_choose_batching_and_temperature():

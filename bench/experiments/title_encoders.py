@@ -8,7 +8,7 @@ Index: title-only corpus records of the training part of `exp_common.occupation_
 occupations' titles (validation, where choices are made), as written and turned into the "head - qualifier"
 form of occupation indexes (what that form costs a model that never saw it), and, only for the record, ILO dev
 titles and O*NET dev titles (without their duties), as written and normalised
-(`shared.variants.normalise_title`).
+(`shared.titles.normalise_title`).
 Nothing is fitted on the dev sets. Prints top-1 / top-3 and encoding time.
 """
 
@@ -24,7 +24,7 @@ from bench.devsets import accepted_codes, load_devsets
 from bench.experiments.encode_base import encode
 from bench.experiments.exp_common import knn_probs, occupation_split, topk
 from shared.corpus import build_default_corpus, label_codes
-from shared.variants import normalise_title
+from shared.titles import normalise_title
 
 
 def _head_first(title: str) -> str:

@@ -1,4 +1,4 @@
-"""What reading titles as `shared.variants.normalise_title` does adds, on a trained model (issue 10).
+"""What reading titles as `shared.titles.normalise_title` does adds, on a trained model (issue 10).
 
 Usage: python -m bench.experiments.title_forms [MODEL_DIR]   (default: the registered best model)
 
@@ -19,7 +19,7 @@ import numpy as np
 from bench.devsets import accepted_codes, load_devsets, topk_accuracy
 from shared.model.scorer import UnitScorer
 from shared.text import clean_text
-from shared.variants import expand_abbreviations
+from shared.titles import expand_abbreviations
 
 
 def previous_input(job_title: str, duties: str) -> str:

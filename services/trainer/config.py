@@ -83,9 +83,6 @@ class FinetuneConfig(BaseModel):
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     label_smoothing: float = 0.0
-    minor_group_loss: float = Field(
-        0.0, ge=0, description="weight of the minor-group (3-digit) cross entropy added in fine-tuning"
-    )
     scale: float = 30.0
     batch_size: int | None = Field(
         None, description="per-device batch; None = chosen from data size and device"
@@ -134,22 +131,6 @@ class FinetuneConfig(BaseModel):
         None, ge=0, le=0.9, description="fixed lexical mixing weight; None = fit on val"
     )
     seed: int = 42
-    title_variants: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="share of the titles alone shown, each time they are drawn in fine-tuning, as a variant "
-        "people write (inverted, gender-swapped, abbreviated, with a seniority word; shared.variants)",
-    )
-    contrastive_seconds: float = Field(
-        0.0, ge=0, description="contrastive title training of the encoder before the head (0: skipped)"
-    )
-    contrastive_learning_rate: float = 5e-5
-    contrastive_batch_size: int = Field(64, ge=8)
-    contrastive_scale: float = 20.0
-    contrastive_variants: bool = Field(
-        True, description="half the anchors become title variants people write"
-    )
     index_validation: bool = Field(
         True,
         description="after weights, temperature and routing are chosen on validation, add its records to the "

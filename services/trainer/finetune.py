@@ -10,7 +10,7 @@ the blend weights are chosen on the validation split (signals_fit.py), then the 
 consumer.
 
 Stages (`STAGES`, plain functions over one `TrainState`, services/trainer/state.py):
-init -> contrastive -> head -> trainer -> calibrate -> signals -> rerank -> duties_view -> routing ->
+init -> head -> trainer -> calibrate -> signals -> rerank -> duties_view -> routing ->
 index_validation -> save.
 """
 
@@ -27,7 +27,6 @@ from transformers import set_seed
 
 from services.trainer.calibrate import calibrate_stage
 from services.trainer.config import FinetuneConfig
-from services.trainer.contrastive import contrastive_stage
 from services.trainer.duties_view import duties_view_stage
 from services.trainer.head import head_stage, prototypes
 from services.trainer.hf_loop import trainer_stage
@@ -111,15 +110,14 @@ def save_stage(state: TrainState) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Stages: plain functions over one typed state, run in order by `finetune`. To add a stage (e.g. contrastive
-# training before "head", routing calibration after "calibrate"), write `def my_stage(state: TrainState)`
-# and insert ("my_stage", my_stage) into a copy of STAGES passed as `finetune(..., stages=...)`.
+# Stages: plain functions over one typed state, run in order by `finetune`. To add a stage (e.g. encoder
+# pre-training before "head"), write `def my_stage(state: TrainState)` and insert ("my_stage", my_stage)
+# into a copy of STAGES passed as `finetune(..., stages=...)`.
 # ----------------------------------------------------------------------------------------------------
 
 
 STAGES: tuple[tuple[str, Stage], ...] = (
     ("init", init_stage),
-    ("contrastive", contrastive_stage),
     ("head", head_stage),
     ("trainer", trainer_stage),
     ("calibrate", calibrate_stage),
@@ -202,7 +200,6 @@ def finetune(
         rerank=state.reranker.model_dump() if state.reranker is not None else None,
         duties_view=state.duties_view,
         routing=routing_summary(state.routing) if state.routing is not None else None,
-        contrastive=state.contrastive,
         device=device,
         mixed_precision=state.mixed_precision,
         architecture=str(model.encoder.config.model_type),

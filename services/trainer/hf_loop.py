@@ -2,15 +2,13 @@
 
 A separate (higher) learning rate for the cosine head and its scale, a linear schedule that is shortened while
 training to fit a time budget (the best epoch kept), batch size and accumulation chosen from data size and
-device, mixed precision where the device has it, and the code loss (cross entropy, optionally with label
-smoothing and a minor-group term).
+device, mixed precision where the device has it, and label smoothing when the profile asks for it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import shutil
 import tempfile
 import time
@@ -32,9 +30,6 @@ from transformers import (
 from services.trainer.config import FinetuneConfig
 from services.trainer.state import TrainState
 from shared.model.resources import native_cpu_bf16
-from shared.decision import Hierarchy
-from shared.text import TITLE_SEPARATOR
-from shared.variants import normalise_title, variant
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +48,11 @@ def choose_batching(n_train: int, device: str, config: FinetuneConfig) -> tuple[
 
 
 class _Encoded(torch.utils.data.Dataset):
-    """Tokenised training records. With `variants` > 0 a record that is a title alone is shown, with that
-    probability each time it is drawn, as a title variant people write (`shared.variants`: inverted "head,
-    qualifier", gender-swapped, abbreviated, with a seniority word), normalised as inference reads it (so a
-    "head - qualifier" variant is read back in the natural order)."""
+    """Tokenised training records."""
 
     def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        texts: list[str],
-        labels: list[int],
-        max_length: int,
-        variants: float = 0.0,
-        seed: int = 0,
+        self, tokenizer: PreTrainedTokenizerBase, texts: list[str], labels: list[int], max_length: int
     ):
-        self.tokenizer, self.texts, self.max_length = tokenizer, texts, max_length
-        self.variants, self.rng = variants, random.Random(seed)
         if not texts:
             self.items: list[dict[str, Any]] = []
             return
@@ -86,19 +70,7 @@ class _Encoded(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.items[i]
-        text = self.texts[i]
-        # only titles alone vary
-        if self.variants and TITLE_SEPARATOR not in text and self.rng.random() < self.variants:
-            shown = normalise_title(variant(text, self.rng))
-            if shown != text:
-                enc = self.tokenizer(shown, truncation=True, max_length=self.max_length)
-                return {
-                    "input_ids": enc["input_ids"],
-                    "attention_mask": enc["attention_mask"],
-                    "labels": item["labels"],
-                }
-        return item
+        return self.items[i]
 
 
 class _CodeTrainer(Trainer):
@@ -235,14 +207,7 @@ def trainer_stage(state: TrainState) -> None:
     state.mixed_precision = "bf16" if bf16 else "fp16" if fp16 else "no"
     if config.epochs <= 0 or not state.train_texts:
         return
-    train_ds = _Encoded(
-        tokenizer,
-        state.train_texts,
-        state.train_labels,
-        config.max_length,
-        variants=config.title_variants,
-        seed=config.seed,
-    )
+    train_ds = _Encoded(tokenizer, state.train_texts, state.train_labels, config.max_length)
     val_ds = _Encoded(tokenizer, state.val_texts, state.val_labels.tolist(), config.max_length)
     output_dir = state.output_dir
     work = Path(
@@ -292,8 +257,8 @@ def trainer_stage(state: TrainState) -> None:
     trainer.head_learning_rate = config.head_learning_rate
     trainer.warmup_ratio = config.warmup_ratio
     epoch_log.trainer = trainer
-    if config.label_smoothing or config.minor_group_loss:
-        trainer.compute_loss_func = code_loss(state.codes, config.label_smoothing, config.minor_group_loss)
+    if config.label_smoothing:
+        trainer.compute_loss_func = code_loss(config.label_smoothing)
     started = time.monotonic()
     try:
         trainer.train()
@@ -305,21 +270,10 @@ def trainer_stage(state: TrainState) -> None:
     state.train_seconds = time.monotonic() - started
 
 
-def code_loss(codes: list[str], epsilon: float = 0.0, minor_weight: float = 0.0) -> Any:
-    """The Trainer's loss: cross entropy over the unit groups (label smoothing `epsilon`), plus `minor_weight`
-    times the cross entropy of the minor (3-digit) group, whose probability is the sum of its unit groups'. A
-    coarse-level loss is worth 1-2 points in the literature (Beresewicz et al. 2024): a wrong answer in the
-    right minor group costs less than one elsewhere."""
-    member = torch.from_numpy(Hierarchy.from_codes(codes).indicators[3])  # (unit groups, minor groups)
-    minor_of = member.argmax(dim=1)
+def code_loss(epsilon: float) -> Any:
+    """The Trainer's loss with label smoothing `epsilon`: cross entropy over the unit groups."""
 
     def loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor, num_items_in_batch: Any = None) -> Any:
-        logits = outputs["logits"]
-        total = F.cross_entropy(logits, labels, label_smoothing=epsilon)
-        if minor_weight:
-            minor_probs = logits.float().softmax(-1) @ member.to(logits.device)
-            gold = minor_of.to(labels.device)[labels]
-            total = total + minor_weight * F.nll_loss(minor_probs.clamp_min(1e-12).log(), gold)
-        return total
+        return F.cross_entropy(outputs["logits"], labels, label_smoothing=epsilon)
 
     return loss

@@ -78,8 +78,6 @@ class TrainState:
     # routing
     routing: RoutingModel | None = None
     val_kinds: list[str] | None = None  # each validation record's training source (routing reports each)
-    # contrastive
-    contrastive: dict[str, Any] | None = None
     stages_run: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -114,7 +112,6 @@ class FinetuneResult(BaseModel):
     rerank: dict[str, Any] | None = None
     duties_view: dict[str, Any] | None = None
     routing: dict[str, Any] | None = None
-    contrastive: dict[str, Any] | None = None
     device: str
     mixed_precision: str
     architecture: str

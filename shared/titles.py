@@ -1,4 +1,4 @@
-"""Job titles as people write them (issue 10).
+"""Job titles as people write them, read the way the model reads every title.
 
 - `normalise_title`: how the model reads every title, in training and inference alike
   (`shared.text.model_input`):
@@ -9,13 +9,10 @@
     No ESCO title is written that way, so the model would otherwise meet the form only at inference;
   - `expand_abbreviations`: the short forms of job boards and survey write-ins (HGV1, FLT, RGN, GP, snr ...)
     spelled out, so "Snr software dev" reads "senior software developer".
-- `variant` and its transforms: random title variants (abbreviated, gender-swapped, with a seniority word,
-  inverted "head, qualifier") for training augmentation. Deterministic given the random generator.
 """
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Iterator
 
@@ -159,111 +156,3 @@ def expand_abbreviations(title: str) -> str:
         if i + 1 < len(tokens) and tokens[i + 1].startswith("."):  # "sr. accountant"
             tokens[i + 1] = tokens[i + 1][1:] or " "
     return " ".join("".join(tokens).split())
-
-
-# long form -> short forms people write (UK/US job boards, survey write-ins)
-ABBREVIATIONS = {
-    "senior": ["snr", "sr", "sr."],
-    "junior": ["jnr", "jr", "jr."],
-    "assistant": ["asst", "assist."],
-    "manager": ["mgr"],
-    "management": ["mgmt"],
-    "developer": ["dev"],
-    "development": ["dev"],
-    "engineer": ["eng", "engr"],
-    "engineering": ["eng"],
-    "technician": ["tech"],
-    "administrator": ["admin"],
-    "administrative": ["admin"],
-    "administration": ["admin"],
-    "supervisor": ["supv"],
-    "representative": ["rep"],
-    "coordinator": ["co-ordinator", "coord"],
-    "operative": ["op"],
-    "operator": ["op"],
-    "department": ["dept"],
-    "information technology": ["it"],
-    "human resources": ["hr"],
-    "customer service": ["cs"],
-    "heavy goods vehicle": ["hgv", "hgv1", "hgv2"],
-    "large goods vehicle": ["lgv"],
-    "forklift truck": ["flt"],
-    "forklift": ["flt"],
-    "registered general nurse": ["rgn"],
-    "registered nurse": ["rn"],
-    "general practitioner": ["gp"],
-    "chief executive officer": ["ceo"],
-    "chief financial officer": ["cfo"],
-    "chief technology officer": ["cto"],
-    "heating, ventilation and air conditioning": ["hvac"],
-    "software": ["sw"],
-    "quality assurance": ["qa"],
-    "personal assistant": ["pa"],
-    "teaching assistant": ["ta"],
-    "healthcare assistant": ["hca"],
-    "and": ["&"],
-}
-GENDERED = [
-    ("man", "woman"),
-    ("men", "women"),
-    ("waiter", "waitress"),
-    ("actor", "actress"),
-    ("steward", "stewardess"),
-    ("host", "hostess"),
-    ("chairman", "chairwoman"),
-    ("salesman", "saleswoman"),
-    ("foreman", "forewoman"),
-    ("headmaster", "headmistress"),
-    ("manageress", "manager"),
-]
-SENIORITY = ["senior", "junior", "trainee", "lead", "chief", "head", "apprentice", "assistant", "principal"]
-# Added words must keep the unit group: ISCO codes trainees and apprentices to their occupation, while
-# "chief", "head" or "assistant" can make a title a supervisor, a manager or another occupation.
-ADDED_SENIORITY = ["senior", "junior", "trainee", "apprentice"]
-_WORD_BOUNDARY = r"(?<![a-z]){}(?![a-z])"
-
-
-def abbreviate(title: str, rng: random.Random) -> str:
-    """Replace one long form in the title with a short form (unchanged when none occurs)."""
-    hits = [k for k in ABBREVIATIONS if re.search(_WORD_BOUNDARY.format(re.escape(k)), title)]
-    if not hits:
-        return title
-    long = rng.choice(hits)
-    return re.sub(_WORD_BOUNDARY.format(re.escape(long)), rng.choice(ABBREVIATIONS[long]), title, count=1)
-
-
-def gender_swap(title: str, rng: random.Random) -> str:
-    """Swap a gendered word ("-man" <-> "-woman", waiter <-> waitress); unchanged when none occurs."""
-    for a, b in rng.sample(GENDERED, len(GENDERED)):
-        for x, z in ((a, b), (b, a)):
-            pattern = rf"{x}\b" if x in ("man", "men") else rf"\b{x}\b"
-            if re.search(pattern, title):
-                return re.sub(pattern, z, title, count=1)
-    return title
-
-
-def seniority(title: str, rng: random.Random) -> str:
-    """Add a seniority word that keeps the unit group in front ("senior", "trainee" ...) unless one is
-    there."""
-    first = title.split(" ", 1)[0]
-    if first in SENIORITY:
-        return title
-    return f"{rng.choice(ADDED_SENIORITY)} {title}"
-
-
-def invert(title: str, rng: random.Random) -> str:
-    """`qualifier head` -> `head, qualifier`, as indexes list titles. (The `head - qualifier` form is not
-    drawn: `head_last` reads it back in the natural order before the model sees it.)"""
-    words = title.split()
-    if len(words) < 2 or len(words) > 5:
-        return title
-    head, qualifier = words[-1], " ".join(words[:-1])
-    return f"{head}, {qualifier}"
-
-
-TRANSFORMS = (abbreviate, gender_swap, seniority, invert)
-
-
-def variant(title: str, rng: random.Random) -> str:
-    """One random variant of a lower-cased title (may return the title itself)."""
-    return rng.choice(TRANSFORMS)(title, rng)
