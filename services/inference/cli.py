@@ -15,10 +15,8 @@ it is written to a hidden temp file that is renamed at the end, and removed on a
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -164,6 +162,7 @@ def _predict_file(
     from shared.coding import Memo, chunks, code_rows, csv_rows
     from shared.csvio.reading import CsvFormatError, iter_rows, read_layout
     from shared.csvio.writing import header_line, result_header, result_row, write_rows
+    from shared.files import atomic_open
 
     if not input.is_file():
         raise _fail(f"--input: {input} does not exist")
@@ -181,14 +180,13 @@ def _predict_file(
 
     predictor = Predictor.load(model_dir, settings)
     options = _options(settings, unit_threshold)
-    output.parent.mkdir(parents=True, exist_ok=True)
     coded = failed = 0
     memo = Memo(20_000)
     with _sigterm_unwinds() as termination:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
         try:
+            # the output appears whole or not at all: a temporary beside it replaces it at the end
             with (
-                os.fdopen(fd, "w", encoding="utf-8", newline="") as out,
+                atomic_open(output) as out,
                 Progress(
                     TextColumn("coding"),
                     BarColumn(),
@@ -214,18 +212,12 @@ def _predict_file(
                     write_rows(out, rows, layout.delimiter)
                     bar.advance(task, len(chunk))
                     termination.check()
-                out.flush()
-                os.fsync(out.fileno())
-            termination.check()
-            os.replace(tmp_name, output)
+                termination.check()
         except CsvFormatError as exc:
             raise _fail(f"{input}: {exc}") from None
         except Terminated:
             err.print("terminated: no output written", highlight=False)
             raise typer.Exit(128 + signal.SIGTERM) from None
-        finally:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
     err.print(
         f"{coded:,} rows coded, {failed:,} rows with errors (see row_error) -> {output} "
         f"(model {predictor.version})",

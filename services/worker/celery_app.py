@@ -2,7 +2,8 @@
 
 The configuration module is chosen by ISCO_WORKER_TYPE (cpu, gpu, training): services/worker/configs/.
 Importing this module loads no model and opens no connection; each worker process loads its model once, on
-its first job.
+its first job. The tasks (services/worker/tasks.py, which imports `app` from here) also hold the start-up
+reconciliation, so that this module never imports them back.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init
 
 from services.worker.settings import WorkerSettings
 
@@ -26,21 +27,3 @@ def _fresh_connections_after_fork(**_: object) -> None:
 
     get_engine.cache_clear()
     logging.getLogger(__name__).debug("worker process initialised")
-
-
-@worker_ready.connect
-def _reconcile_at_start_up(**_: object) -> None:
-    # After a restart (of this worker, the broker or the machine) re-send the jobs that no live worker holds,
-    # without waiting for beat. In a thread: a DB or Redis outage must not hold up the worker's start.
-    import threading
-
-    def reconcile() -> None:
-        from services.worker.tasks import reconcile_now
-
-        try:
-            resent = reconcile_now(WorkerSettings())
-            logging.getLogger(__name__).info("start-up reconciliation: %d job(s) re-sent", len(resent))
-        except Exception:
-            logging.getLogger(__name__).exception("start-up reconciliation failed")
-
-    threading.Thread(target=reconcile, daemon=True, name="reconcile-at-start-up").start()

@@ -3,7 +3,7 @@ results idempotently, record progress per chunk on the job row, resume after a c
 
 No Celery here (services/worker/tasks.py is the thin task around it), so tests can drive it directly.
 
-Exactly-once results: chunk n is written to `parts/<n>.part` through a temp file and a rename, and only then
+Exactly-once results: chunk n is written to `parts/<n>.part` atomically (`shared.files`), and only then
 does the row's `chunks_done` move to n+1 (a conditional UPDATE that also checks the job is still running and
 no one else advanced it). A worker killed at any point leaves either a complete part or none; its successor
 skips `chunks_done` chunks of input and rewrites any later part. The final result is the header plus the
@@ -21,8 +21,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import secrets
 import shutil
 import threading
 import time
@@ -40,6 +38,7 @@ from shared.csvio.reading import CsvFormatError, read_layout
 from shared.csvio.writing import header_line, result_header, result_row, writer
 from shared.db.session import session_factory
 from shared.db.tables import Job, JobStatus, utcnow
+from shared.files import atomic_open, atomic_write
 from shared.holder import PredictorHolder
 from shared.jobs.files import delete_job_files, part_path, parts_dir, result_path
 from shared.jobs.leases import Lease, clear_sent
@@ -138,16 +137,6 @@ class JobFormat:
             else:
                 lines.append(outcome.model_copy(update={"id": row.record.get("id")}).model_dump_json())
         return "\n".join(lines) + "\n" if lines else ""
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write to a temp name in the same directory, fsync, rename: readers see all of it or nothing."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -269,7 +258,7 @@ class JobProcessor:
         ran = 0
         for index, chunk in enumerate(chunks(rows, chunk_rows), start=start_chunk):
             outcomes = code_rows(chunk, predictor, options, memo)
-            write_atomically(part_path(self.settings, job.id, index), fmt.render(chunk, outcomes))
+            atomic_write(part_path(self.settings, job.id, index), fmt.render(chunk, outcomes))
             failed = sum(1 for o in outcomes if isinstance(o, str))
             advanced = advance(session, job.id, index, len(chunk), failed)
             session.commit()
@@ -298,15 +287,11 @@ class JobProcessor:
         if job.status != JobStatus.running:
             return self._interrupted(session, job)
         result = result_path(self.settings, job.id, job.kind)
-        tmp = result.with_name(f"{result.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
-        with open(tmp, "w", encoding="utf-8", newline="") as out:
+        with atomic_open(result) as out:
             out.write(fmt.header())
             for index in range(job.chunks_done):
                 with open(part_path(self.settings, job.id, index), encoding="utf-8", newline="") as part:
                     shutil.copyfileobj(part, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, result)
         done = finish(session, job.id, result, self.settings)
         session.commit()
         if not done:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
 import redis.exceptions
 import sqlalchemy.exc
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_ready
 
 from services.worker.celery_app import app
 from services.worker.constants import (
@@ -129,6 +131,20 @@ def reconcile_now(settings: WorkerSettings) -> list[str]:
 
     with session_scope(settings.db_url) as session:
         return reconcile(session, redis_client, send, settings)
+
+
+@worker_ready.connect
+def _reconcile_at_start_up(**_: object) -> None:
+    # After a restart (of this worker, the broker or the machine) re-send the jobs that no live worker holds,
+    # without waiting for beat. In a thread: a DB or Redis outage must not hold up the worker's start.
+    def reconcile_in_background() -> None:
+        try:
+            resent = reconcile_now(WorkerSettings())
+            log.info("start-up reconciliation: %d job(s) re-sent", len(resent))
+        except Exception:
+            log.exception("start-up reconciliation failed")
+
+    threading.Thread(target=reconcile_in_background, daemon=True, name="reconcile-at-start-up").start()
 
 
 @app.task(name=TASK_RECONCILE, ignore_result=True)
