@@ -80,15 +80,6 @@ def train_head(emb, y, init, scale=30.0, epochs=10, lr=5e-3, batch=1024, seed=0)
     return F.normalize(w, dim=-1).detach().numpy(), float(s)
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    best = (1e9, 1.0)
-    for t in np.exp(np.linspace(np.log(0.2), np.log(5), 60)):
-        p = softmax(logits / t)
-        nll = -np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean()
-        best = min(best, (nll, float(t)))
-    return best[1]
-
-
 def topk(p: np.ndarray, accept: list[set[str]], codes: list[str], k: int = 1) -> float:
     top = np.argsort(-p, axis=1)[:, :k]
     return float(np.mean([any(codes[j] in a for j in row) for row, a in zip(top, accept, strict=True)]))
