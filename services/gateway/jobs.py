@@ -13,10 +13,8 @@ torch), so a worker never looks for a row that is not there yet.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,17 +28,18 @@ from services.gateway.deps import ApiKeyDep, SessionDep
 from services.gateway.uploads import csv_error, receive_csv, upload_error
 from services.worker.client import send_job
 from shared.csvio.reading import CsvFormatError, scan
-from shared.csvio.writing import format_row, header_line, result_header, result_row
-from shared.db.tables import Job, JobStatus, ReviewDecision
+from shared.db.session import transaction
+from shared.db.tables import Job, JobStatus
+from shared.files import atomic_open
 from shared.jobs.files import JobKind, input_path
 from shared.jobs.settings import JobSettings
 from shared.jobs.state import cancel, create_job, fail, new_job_id, owned_job, sweep_expired
 from shared.jobs.state import list_jobs as owned_jobs
 from shared.jobs.views import JobAccepted, JobView
 from shared.review.decisions import decisions_for_job, has_decisions
-from shared.review.exports import iter_reviewed_csv, reviewed_cells
-from shared.review.results import BATCH_INDUSTRY_OPTION, batch_csv_cells, batch_csv_input, iter_result_rows
-from shared.schemas import Prediction, PredictRequest, Thresholds
+from shared.review.exports import iter_batch_csv, iter_batch_json, iter_reviewed_csv
+from shared.review.results import BATCH_INDUSTRY_OPTION
+from shared.schemas import PredictRequest, Thresholds
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -91,9 +90,8 @@ def _enqueue_committed(request: Request, settings: JobSettings, job: Job) -> Non
         send_job(settings, job.id)
     except Exception as exc:
         log.error("could not enqueue job %s: %s", job.id, exc)
-        with request.app.state.session_factory() as session:
+        with transaction(request.app.state.session_factory) as session:
             fail(session, job.id, f"could not be queued: {exc}", settings)
-            session.commit()
         raise HTTPException(
             503,
             detail={
@@ -137,9 +135,8 @@ def _maybe_sweep(request: Request, settings: JobSettings) -> None:
         return
     state.jobs_last_sweep = now
     try:
-        with state.session_factory() as session:
+        with transaction(state.session_factory) as session:
             sweep_expired(session, settings)
-            session.commit()
     except Exception:  # housekeeping never fails a request
         log.exception("sweeping expired jobs failed")
 
@@ -245,7 +242,8 @@ def _create(
     rows: int,
     options: dict[str, Any],
 ) -> Job:
-    with request.app.state.session_factory() as session:
+    # its own transaction, committed before the task is sent: the worker must find the row
+    with transaction(request.app.state.session_factory) as session:
         job = create_job(
             session,
             job_id=job_id,
@@ -256,8 +254,7 @@ def _create(
             options=options,
             settings=settings,
         )
-        session.commit()  # before the task is sent: the worker must find the row
-        return job
+    return job
 
 
 async def submit_batch_job(request: Request, body: PredictRequest, principal: Principal) -> Response:
@@ -289,13 +286,10 @@ async def submit_batch_job(request: Request, body: PredictRequest, principal: Pr
 
 
 def _write_records(path: Path, body: PredictRequest) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         for record in body.records:
             f.write(record.model_dump_json())
             f.write("\n")
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -384,7 +378,7 @@ def get_job_result(request: Request, job_id: str, session: SessionDep, principal
     path = Path(job.result_path or "")
     if not path.is_file():
         raise HTTPException(410, detail={"error": "expired", "message": "the result file is gone"})
-    # reviewed jobs: every row also says `final_code`, `coded_by` and `final_status` (shared/review.py)
+    # reviewed jobs: every row also says `final_code`, `coded_by` and `final_status` (shared.review.exports)
     decisions = decisions_for_job(session, job.id) if has_decisions(session, job.id) else None
     as_csv = job.kind == "csv" or "text/csv" in request.headers.get("accept", "")
     if as_csv and decisions is not None:
@@ -402,62 +396,8 @@ def get_job_result(request: Request, job_id: str, session: SessionDep, principal
         )
     if as_csv:
         return StreamingResponse(
-            _batch_csv(job, Path(job.input_path), path),
+            iter_batch_csv(job, Path(job.input_path), path),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="isco-{job.id}.csv"'},
         )
-    return StreamingResponse(_batch_json(job, path, decisions), media_type="application/json")
-
-
-def _batch_json(
-    job: Job, result: Path, decisions: dict[int, ReviewDecision] | None = None
-) -> Iterator[bytes]:
-    """{"job_id", "model_version", "results": [...]} streamed from the JSON lines result; with review
-    `decisions`, each result also says `final_code` and `coded_by` (null where there is none yet) and
-    `final_status` (auto_coded, reviewed, changed, uncodable, pending or failed)."""
-    yield json.dumps({"job_id": job.id, "model_version": job.model_version})[:-1].encode() + b', "results": ['
-    if decisions is None:
-        with open(result, "rb") as f:
-            lines: Iterator[bytes] = (line.strip() for line in f)
-            yield from _joined(line for line in lines if line)
-    else:
-        yield from _joined(_reviewed_lines(job, result, decisions))
-    yield b"]}"
-
-
-def _joined(items: Iterable[bytes]) -> Iterator[bytes]:
-    first = True
-    for item in items:
-        yield (b"" if first else b",") + item
-        first = False
-
-
-def _reviewed_lines(job: Job, result: Path, decisions: dict[int, ReviewDecision]) -> Iterator[bytes]:
-    with open(result, encoding="utf-8") as f:
-        # line for line, as `iter_result_rows` pairs them with the input records
-        for row, line in zip(iter_result_rows(job), f, strict=False):
-            final_code, coded_by, status = reviewed_cells(row, decisions.get(row.number))
-            outcome = json.loads(line)
-            outcome.update(final_code=final_code or None, coded_by=coded_by or None, final_status=status)
-            yield json.dumps(outcome, ensure_ascii=False).encode()
-
-
-def _batch_csv(job: Job, records: Path, result: Path) -> Iterator[bytes]:
-    """The CSV form of a batch result: id, job_title, duties_description (and industry when a record gave
-    one), the result columns, row_error."""
-    columns = batch_csv_input(job)
-    yield header_line(result_header(columns)).encode()
-    with open(records, encoding="utf-8") as inputs, open(result, encoding="utf-8") as outputs:
-        buffer: list[str] = []
-        for record_line, result_line in zip(inputs, outputs, strict=False):
-            cells = batch_csv_cells(json.loads(record_line), columns)
-            outcome = json.loads(result_line)
-            value: Prediction | str = (
-                outcome["error"] if "error" in outcome else Prediction.model_validate(outcome)
-            )
-            buffer.append(format_row(result_row(cells, value)))
-            if len(buffer) >= 500:
-                yield "".join(buffer).encode()
-                buffer = []
-        if buffer:
-            yield "".join(buffer).encode()
+    return StreamingResponse(iter_batch_json(job, path, decisions), media_type="application/json")

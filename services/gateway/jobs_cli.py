@@ -10,7 +10,6 @@ The gateway's URL and the API key come from --url / --api-key or ISCO_GATEWAY_UR
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from shared.files import atomic_open
 
 app = typer.Typer(help="Coding jobs on a running gateway: submit a CSV, follow it, download the result.")
 err = Console(stderr=True)
@@ -101,11 +102,9 @@ def _download(client: httpx.Client, job_id: str, output: Path | None, accept: st
                 sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
             return
-        tmp = output.with_name(output.name + ".part")
-        with open(tmp, "wb") as f:
+        with atomic_open(output, binary=True) as f:
             for chunk in response.iter_bytes():
                 f.write(chunk)
-        os.replace(tmp, output)
     err.print(f"result written to {output}")
 
 

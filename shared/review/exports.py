@@ -1,18 +1,23 @@
-"""What a review produces: the reviewed result (the job's result plus `final_code`, `coded_by` and
-`final_status`, added at read time) and the corrections file in the `isco train --corrections` layout
-(job_title, duties_description, corrected_isco_code).
+"""What a job's result download and a review produce: the reviewed result (the job's result plus
+`final_code`, `coded_by` and `final_status`, added at read time), a batch job's result as JSON or in its CSV
+form, and the corrections file in the `isco train --corrections` layout (job_title, duties_description,
+corrected_isco_code).
 """
 
 from __future__ import annotations
 
 import enum
 import io
+import json
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from shared.csvio.reading import SNIFF_BYTES, sniff_layout
-from shared.csvio.writing import format_row, header_line, writer
+from shared.csvio.writing import format_row, header_line, result_row, writer
+from shared.csvio.writing import result_header as header_for_input
 from shared.db.tables import Job, ReviewDecision
-from shared.review.results import ResultRow, iter_result_rows, result_header
+from shared.review.results import ResultRow, batch_csv_cells, batch_csv_input, iter_result_rows, result_header
+from shared.schemas import Prediction
 
 REVIEWED_COLUMNS = ["final_code", "coded_by", "final_status"]
 CODED_BY_MODEL = "model"
@@ -86,3 +91,57 @@ def corrections_csv(decisions: Iterable[ReviewDecision]) -> str:
         if d.final_code:
             w.writerow([d.job_title, d.duties_description, d.final_code])
     return buf.getvalue()
+
+
+def iter_batch_json(
+    job: Job, result: Path, decisions: dict[int, ReviewDecision] | None = None
+) -> Iterator[bytes]:
+    """{"job_id", "model_version", "results": [...]} streamed from the JSON lines result; with review
+    `decisions`, each result also says `final_code` and `coded_by` (null where there is none yet) and
+    `final_status` (auto_coded, reviewed, changed, uncodable, pending or failed)."""
+    yield json.dumps({"job_id": job.id, "model_version": job.model_version})[:-1].encode() + b', "results": ['
+    if decisions is None:
+        with open(result, "rb") as f:
+            lines: Iterator[bytes] = (line.strip() for line in f)
+            yield from _joined(line for line in lines if line)
+    else:
+        yield from _joined(_reviewed_lines(job, result, decisions))
+    yield b"]}"
+
+
+def _joined(items: Iterable[bytes]) -> Iterator[bytes]:
+    first = True
+    for item in items:
+        yield (b"" if first else b",") + item
+        first = False
+
+
+def _reviewed_lines(job: Job, result: Path, decisions: dict[int, ReviewDecision]) -> Iterator[bytes]:
+    with open(result, encoding="utf-8") as f:
+        # line for line, as `iter_result_rows` pairs them with the input records
+        for row, line in zip(iter_result_rows(job), f, strict=False):
+            final_code, coded_by, status = reviewed_cells(row, decisions.get(row.number))
+            outcome = json.loads(line)
+            outcome.update(final_code=final_code or None, coded_by=coded_by or None, final_status=status)
+            yield json.dumps(outcome, ensure_ascii=False).encode()
+
+
+def iter_batch_csv(job: Job, records: Path, result: Path) -> Iterator[bytes]:
+    """The CSV form of a batch result: id, job_title, duties_description (and industry when a record gave
+    one), the result columns, row_error."""
+    columns = batch_csv_input(job)
+    yield header_line(header_for_input(columns)).encode()
+    with open(records, encoding="utf-8") as inputs, open(result, encoding="utf-8") as outputs:
+        buffer: list[str] = []
+        for record_line, result_line in zip(inputs, outputs, strict=False):
+            cells = batch_csv_cells(json.loads(record_line), columns)
+            outcome = json.loads(result_line)
+            value: Prediction | str = (
+                outcome["error"] if "error" in outcome else Prediction.model_validate(outcome)
+            )
+            buffer.append(format_row(result_row(cells, value)))
+            if len(buffer) >= 500:
+                yield "".join(buffer).encode()
+                buffer = []
+        if buffer:
+            yield "".join(buffer).encode()

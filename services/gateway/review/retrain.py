@@ -13,6 +13,7 @@ from typing import Any
 
 from services.worker.client import enqueue_training
 from shared.db.tables import ReviewDecision, utcnow
+from shared.files import atomic_write
 from shared.jobs.settings import JobSettings
 from shared.review.decisions import ReviewError
 from shared.review.exports import corrections_csv
@@ -33,9 +34,7 @@ def write_corrections(
     folder = corrections_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{label}-{utcnow().strftime('%Y%m%dT%H%M%S%f')}.csv"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(corrections_csv(coded), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, corrections_csv(coded))
     return path, len(coded)
 
 
