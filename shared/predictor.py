@@ -30,6 +30,7 @@ from cachetools import LRUCache
 from pydantic import BaseModel, Field
 
 from shared.decision import Hierarchy, build_predictions, record_text
+from shared.model.int8 import INT8_FP32_LAYERS
 from shared.model.signals import NearestMatch
 from shared.routing import RoutingModel
 from shared.schemas import JobRecord, Prediction, PredictOptions, Thresholds
@@ -60,7 +61,9 @@ class PredictorConfig(BaseModel):
     batch_size: int = Field(32, ge=1, le=4096, description="texts per forward pass (sorted by token length)")
     cache_size: int = Field(20_000, ge=0, description="LRU entries of text -> probabilities; 0 disables")
     int8_fp32_layers: int = Field(
-        2, ge=0, description="int8: leading encoder layers whose FFN output projection stays fp32 (0: none)"
+        INT8_FP32_LAYERS,
+        ge=0,
+        description="int8: leading encoder layers whose FFN output projection stays fp32 (0: none)",
     )
     thresholds: Thresholds = Field(
         default_factory=lambda: Thresholds(), description="defaults when a request gives none"

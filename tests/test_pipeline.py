@@ -143,6 +143,11 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
     assert finetune["train_size"] + finetune["val_size"] == 50 and finetune["train_size"] >= 36
     for name in ("model.json", "labels.json", "metrics.json", "training.json", "preprocess.json"):
         assert (model_dir / name).is_file(), name
+    from shared.model.int8 import INT8_FP32_LAYERS
+    from shared.model.onnx_export import ONNX_DIR, graph_name
+
+    for quantize in ("none", "int8"):  # the ONNX graphs are an artefact of training, not of serving
+        assert (model_dir / ONNX_DIR / graph_name(quantize, INT8_FP32_LAYERS)).is_file(), quantize
     # after scoring, the test records joined the indexes: every train, validation and test record is known
     assert metrics["test_records_indexed"] == 10
     assert metrics["head_refit"]["records"] == 60  # then the head was refitted on every indexed record

@@ -177,7 +177,7 @@ def test_industry_does_not_make_a_record() -> None:
 
 
 def test_int8_keeps_the_first_ffn_output_projections_fp32() -> None:
-    from shared.model.encoders import FFN_OUT_ONNX_NODE, keeps_fp32
+    from shared.model.int8 import FFN_OUT_ONNX_NODE, keeps_fp32
 
     assert keeps_fp32("encoder.encoder.layer.0.output.dense", 2)
     assert keeps_fp32("encoder.encoder.layer.1.output.dense", 2)
@@ -362,3 +362,52 @@ def test_holder_follows_registry_best_model(tiny_dirs: tuple[Path, Path], common
         worker.join()
     assert holder.current.version == "tiny-b"
     assert set(seen) <= {"tiny-a", "tiny-b"} and seen
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the model store is written by training only
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_serving_leaves_a_read_only_model_directory_unchanged(tmp_path: Path) -> None:
+    """A model directory without ONNX graphs (trained before they were an artefact), read-only as a model
+    store mounted :ro, is served on ONNX Runtime: the graphs go to a cache outside it, and the directory is
+    left as it was. With the graphs training writes, serving reads those."""
+    import shutil
+
+    from shared.model.directory import ModelDir
+    from shared.model.int8 import INT8_FP32_LAYERS
+    from shared.model.onnx_export import ONNX_DIR, cache_dir, export_onnx_graphs, graph_name, onnx_graph
+
+    model_dir = build_tiny_model_dir(tmp_path / "store" / "tiny-ro", "tiny-ro", seed=2)
+
+    def snapshot() -> dict[Path, tuple[int, int, int]]:
+        return {
+            p.relative_to(model_dir): (p.stat().st_mode, p.stat().st_size, p.stat().st_mtime_ns)
+            for p in [model_dir, *model_dir.rglob("*")]
+        }
+
+    modes = {p: p.stat().st_mode for p in [model_dir, *model_dir.rglob("*")]}
+    for p, mode in modes.items():
+        p.chmod(mode & ~0o222)
+    cache = cache_dir(ModelDir.read(model_dir))
+    try:
+        before = snapshot()
+        predictor = Predictor.load(model_dir, PredictorConfig(backend="onnx", quantize="int8", cache_size=0))
+        assert predictor.scorer.backend == "onnx-int8"
+        assert predictor.predict([JobRecord(job_title="nurse")])[0].unit_code in CODES
+        assert snapshot() == before and not (model_dir / ONNX_DIR).exists()
+        assert (cache / graph_name("int8", INT8_FP32_LAYERS)).is_file()
+        assert not cache.is_relative_to(tmp_path / "store")
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
+        shutil.rmtree(cache, ignore_errors=True)
+
+    written = export_onnx_graphs(model_dir)  # what the trainer's pipeline does after fine-tuning
+    assert [p.parent for p in written] == [model_dir / ONNX_DIR] * 2
+    directory = ModelDir.read(model_dir)
+    tokenizer = directory.tokenizer()
+    stored = onnx_graph(directory, tokenizer, directory.encoder_spec(tokenizer), "int8", INT8_FP32_LAYERS)
+    assert stored == model_dir / ONNX_DIR / graph_name("int8", INT8_FP32_LAYERS)
+    assert not cache.exists()

@@ -50,6 +50,7 @@ from services.trainer.records import (
 )
 from shared import registry
 from shared.db.session import session_scope
+from shared.model.onnx_export import export_onnx_graphs
 from shared.registry import PromotionDecision
 from shared.text import TITLE_SEPARATOR
 
@@ -395,6 +396,7 @@ def run_training(
         )
         training_info["finetune"] = finetune_result.model_dump(mode="json")
         timings["finetune_s"] = round(time.monotonic() - t0, 1)
+        export_onnx_graphs(model_dir)  # the serving encoder graphs: written by training, never by serving
         t0 = time.monotonic()
         with session_scope(settings.db_url) as session:
             best = registry.best_model(session)

@@ -11,7 +11,7 @@ knn_texts.json           optional: those training texts (evidence for reviewers)
 lexical.json/.npz/.npy   optional: character n-gram TF-IDF vocabulary + idf, vectors and labels
 rerank.json              optional: the second stage's weights (shared.model.rerank)
 routing.json             optional: routers and thresholds for auto-coding (shared.routing)
-onnx/                    written on first use by the ONNX backend (exported encoder graphs)
+onnx/                    the encoder's ONNX graphs, fp32 and int8, written by training (model.onnx_export)
 """
 
 from __future__ import annotations

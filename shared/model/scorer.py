@@ -24,6 +24,7 @@ from scipy.special import softmax
 from shared.model.batching import token_batches
 from shared.model.directory import EncoderSpec, ModelDir
 from shared.model.encoders import Encoder, load_encoder_backend
+from shared.model.int8 import INT8_FP32_LAYERS
 from shared.model.signals import NearestMatch, Signals
 from shared.text import duties_part
 
@@ -73,7 +74,7 @@ class UnitScorer:
         device: str = "auto",
         quantize: str = "int8",
         threads: int | None = None,
-        int8_fp32_layers: int = 2,
+        int8_fp32_layers: int = INT8_FP32_LAYERS,
         batch_size: int = 32,
     ) -> UnitScorer:
         """backend: auto (torch on CUDA, else ONNX Runtime) | torch | onnx; quantize: none | int8 (CPU)."""
