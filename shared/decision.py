@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from shared.model.signals import NearestMatch
-from shared.routing import RoutingModel, record_inputs, review_reasons
+from shared.routing import RoutingModel, record_inputs
 from shared.schemas import (
     MAX_TEXT_CHARS,
     Alternative,
@@ -29,6 +29,7 @@ from shared.schemas import (
     Prediction,
     Thresholds,
 )
+from shared.screening import review_reasons
 from shared.taxonomy import Taxonomy, get_taxonomy
 from shared.text import INDUSTRY_MAX_CHARS, clean_text, model_input
 

@@ -8,14 +8,8 @@ import pytest
 
 from services.trainer.metrics import coverage_at_precision, expected_calibration_error
 from services.trainer.routing_fit import fit_routing, threshold_for_precision
-from shared.routing import (
-    RecordInputs,
-    RoutingModel,
-    looks_non_english,
-    match_features,
-    not_an_occupation,
-    review_reasons,
-)
+from shared.routing import RecordInputs, RoutingModel, match_features
+from shared.screening import looks_non_english, not_an_occupation, review_reasons
 from shared.text import model_input
 from shared.titles import expand_abbreviations
 

@@ -36,7 +36,8 @@ from services.trainer.metrics import coverage_at_precision, expected_calibration
 from services.trainer.routing_fit import fit_logistic, threshold_for_precision
 from shared.decision import Hierarchy, level_probabilities
 from shared.model.scorer import UnitScorer
-from shared.routing import flagged, record_inputs, routing_features
+from shared.routing import record_inputs, routing_features
+from shared.screening import flagged
 from shared.text import TITLE_SEPARATOR, duties_part
 
 SIMILARITY_FEATURES = ("knn_similarity", "lexical_similarity", "nearest_similarity", "nearest_agrees")

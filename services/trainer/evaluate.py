@@ -133,7 +133,8 @@ def routed_confidence(
     if routing is None:
         return None
     from shared.decision import level_probabilities
-    from shared.routing import flagged, record_inputs
+    from shared.routing import record_inputs
+    from shared.screening import flagged
 
     per_level = level_probabilities(probs, hierarchy)
     inputs = record_inputs(eval_set.job_titles, eval_set.duties, eval_set.texts())
