@@ -101,10 +101,10 @@ def evaluate_baseline(devsets: dict[str, EvalSet]) -> dict[str, Any]:
 def test_split_report(model_dir: Path | None, baseline: bool = True) -> dict[str, Any]:
     """Per-source metrics on the test split: the model's as its training run took them, the TF-IDF peer's
     trained on the same training split (see the module docstring)."""
-    from services.trainer.evaluate import data_hash_of
-    from services.trainer.metrics import per_source_metrics
+    from services.trainer.config import PreprocessConfig
+    from services.trainer.evaluate import data_hash_of, per_source_metrics
     from services.trainer.pipeline import eval_set_from_examples
-    from services.trainer.preprocess import PreprocessConfig, prepare
+    from services.trainer.preprocess import prepare
     from services.trainer.records import rows_from_corpus
     from shared.corpus import build_default_corpus
 

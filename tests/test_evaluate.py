@@ -159,8 +159,7 @@ def test_data_hash_is_order_independent() -> None:
 
 
 def test_per_source_metrics_by_hand() -> None:
-    from services.trainer.evaluate import EvalSet
-    from services.trainer.metrics import per_source_metrics
+    from services.trainer.evaluate import EvalSet, per_source_metrics
 
     # sources of r0..r4: a a b b a; top-1 hits T F F T T (table above); top-3 hits T T F T T
     ev = EvalSet("t", [""] * 5, [""] * 5, GOLD, ACCEPT, [], sources=["a", "a", "b", "b", "a"])

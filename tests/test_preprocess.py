@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from services.trainer.config import PreprocessConfig
 from services.trainer.outliers import OutlierConfig, detect_outliers
-from services.trainer.preprocess import PreprocessConfig, deduplicate, prepare, repair_lines, validate
+from services.trainer.preprocess import deduplicate, prepare, repair_lines, validate
 from services.trainer.records import DataError, Example, RawRow, read_coded_csv, read_corrections
 from services.trainer.splits import split
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.devsets import accepted_codes, load_devsets
-from services.trainer.config import load_profile
+from services.trainer.config import PreprocessConfig, load_profile
 from services.trainer.metrics import coverage_at_precision, expected_calibration_error
-from services.trainer.preprocess import PreprocessConfig, prepare
+from services.trainer.preprocess import prepare
 from services.trainer.records import rows_from_corpus
 from services.trainer.routing_fit import fit_routing, threshold_for_precision
 from shared.corpus import build_default_corpus

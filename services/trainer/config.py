@@ -13,14 +13,15 @@ environment with `__`: `ISCO_PREPROCESS__TEST_FRACTION=0.05`, `ISCO_FINETUNE__EP
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from services.trainer.preprocess import PreprocessConfig
+from services.trainer.outliers import OutlierConfig
+from services.trainer.records import CORRECTION_SOURCE
 from shared.model.resources import default_base_model
 from shared.settings import REPO_ROOT, CommonSettings
 
@@ -28,6 +29,32 @@ PROFILES_DIR = Path(__file__).parent / "profiles"
 PROFILES = ("quick", "full")
 DEFAULT_PROFILE = "full"
 DEVSETS_DIR = REPO_ROOT.parent / "shared" / "data" / "devsets"
+
+
+class PreprocessConfig(BaseModel):
+    """How coded records become training data."""
+
+    val_fraction: float = Field(0.1, ge=0, lt=0.5)
+    test_fraction: float = Field(0.1, ge=0, lt=0.5)
+    min_group_size_to_split: int = Field(3, ge=1, description="smaller unit groups go wholly to train")
+    group_by: Literal["occupation", "record"] = Field(
+        "occupation", description="keep an occupation's (or a title's) records in one split, or split records"
+    )
+    val_known_titles: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="share of the training records moved to validation as ESCO titles alone (their records "
+        "with duties dropped): new titles of occupations the model knows, which users send as often as new "
+        "occupations",
+    )
+    seed: int = 13
+    resolve_conflicts: bool = Field(True, description="keep one code per text (see module docstring)")
+    # the official unit-group title and definition describe the label itself: every model learns them
+    train_only_sources: list[str] = Field(
+        default_factory=lambda: [CORRECTION_SOURCE, "isco_title", "isco_definition"]
+    )
+    outliers: OutlierConfig = Field(default_factory=OutlierConfig)
 
 
 class ProfileError(ValueError):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from services.trainer.metrics import compute_metrics, per_source_metrics
+from services.trainer.metrics import compute_metrics
 from shared.taxonomy import InvalidCode, get_taxonomy
 
 if TYPE_CHECKING:
@@ -160,3 +160,32 @@ def evaluate_set(predictor: Any, eval_set: EvalSet) -> dict[str, Any]:
     if eval_set.skipped:
         metrics["skipped_rows"] = len(eval_set.skipped)
     return metrics
+
+
+def per_source_metrics(
+    probs: np.ndarray,
+    codes: Sequence[str],
+    eval_set: EvalSet,
+    routed: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Top-1 and top-3 per training source (`EvalSet.sources`), and, with routing, the share auto-coded and
+    its precision: a source that hurts, or that routing over-trusts, shows in its own row."""
+    out: dict[str, dict[str, Any]] = {}
+    top = np.argsort(-probs, axis=1)[:, :3]
+    accepted = [{g} | a for g, a in zip(eval_set.gold, eval_set.accept, strict=True)]
+    hit1 = np.array([codes[row[0]] in acc for row, acc in zip(top, accepted, strict=True)])
+    hit3 = np.array([any(codes[j] in acc for j in row) for row, acc in zip(top, accepted, strict=True)])
+    sources = np.asarray(eval_set.sources)
+    for source in sorted(set(eval_set.sources)):
+        rows = sources == source
+        entry: dict[str, Any] = {
+            "n": int(rows.sum()),
+            "accuracy": float(hit1[rows].mean()),
+            "top3": float(hit3[rows].mean()),
+        }
+        if routed is not None:
+            auto = routed[1][rows]
+            entry["auto_coded"] = float(auto.mean())
+            entry["auto_coded_precision"] = float(hit1[rows][auto].mean()) if auto.any() else None
+        out[source] = entry
+    return out

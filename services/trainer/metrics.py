@@ -18,12 +18,9 @@ Definitions (each checked on hand-computed examples in tests/test_evaluate.py):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from services.trainer.evaluate import EvalSet
 
 PRECISION_TARGETS = (0.90, 0.95, 0.99)
 MAX_FALLBACK_THRESHOLDS = 512  # 4-digit thresholds scanned for the fallback policy (quantiles beyond this)
@@ -245,32 +242,3 @@ def coverage_precision_curve(confidence: Sequence[float], correct: Sequence[int]
     hits = np.cumsum(np.asarray(correct, dtype=np.float64)[order])
     counts = np.arange(1, len(order) + 1)
     return counts / max(len(order), 1), hits / counts
-
-
-def per_source_metrics(
-    probs: np.ndarray,
-    codes: Sequence[str],
-    eval_set: EvalSet,
-    routed: tuple[np.ndarray, np.ndarray] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Top-1 and top-3 per training source (`EvalSet.sources`), and, with routing, the share auto-coded and
-    its precision: a source that hurts, or that routing over-trusts, shows in its own row."""
-    out: dict[str, dict[str, Any]] = {}
-    top = np.argsort(-probs, axis=1)[:, :3]
-    accepted = [{g} | a for g, a in zip(eval_set.gold, eval_set.accept, strict=True)]
-    hit1 = np.array([codes[row[0]] in acc for row, acc in zip(top, accepted, strict=True)])
-    hit3 = np.array([any(codes[j] in acc for j in row) for row, acc in zip(top, accepted, strict=True)])
-    sources = np.asarray(eval_set.sources)
-    for source in sorted(set(eval_set.sources)):
-        rows = sources == source
-        entry: dict[str, Any] = {
-            "n": int(rows.sum()),
-            "accuracy": float(hit1[rows].mean()),
-            "top3": float(hit3[rows].mean()),
-        }
-        if routed is not None:
-            auto = routed[1][rows]
-            entry["auto_coded"] = float(auto.mean())
-            entry["auto_coded_precision"] = float(hit1[rows][auto].mean()) if auto.any() else None
-        out[source] = entry
-    return out

@@ -24,12 +24,11 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
-
-from services.trainer.outliers import OutlierConfig, detect_outliers
-from services.trainer.records import CORRECTION_SOURCE, Example, RawRow
+from services.trainer.config import PreprocessConfig
+from services.trainer.outliers import detect_outliers
+from services.trainer.records import Example, RawRow
 from services.trainer.splits import drop_seen_duties, split
 from shared.taxonomy import InvalidCode, Taxonomy, get_taxonomy
 from shared.text import clean_text, model_input
@@ -42,32 +41,6 @@ log = logging.getLogger(__name__)
 # written alone: the ONS index wins over ESCO and ISCO-08 texts, the user's own records over both.
 SOURCE_PRIORITY = {"correction": 4, "user": 3, "ons_title": 2, "ons_industry": 2}
 DEFAULT_PRIORITY = 1  # other default corpus sources (esco_title, isco_task, ...)
-
-
-class PreprocessConfig(BaseModel):
-    """How coded records become training data."""
-
-    val_fraction: float = Field(0.1, ge=0, lt=0.5)
-    test_fraction: float = Field(0.1, ge=0, lt=0.5)
-    min_group_size_to_split: int = Field(3, ge=1, description="smaller unit groups go wholly to train")
-    group_by: Literal["occupation", "record"] = Field(
-        "occupation", description="keep an occupation's (or a title's) records in one split, or split records"
-    )
-    val_known_titles: float = Field(
-        0.0,
-        ge=0,
-        lt=0.5,
-        description="share of the training records moved to validation as ESCO titles alone (their records "
-        "with duties dropped): new titles of occupations the model knows, which users send as often as new "
-        "occupations",
-    )
-    seed: int = 13
-    resolve_conflicts: bool = Field(True, description="keep one code per text (see module docstring)")
-    # the official unit-group title and definition describe the label itself: every model learns them
-    train_only_sources: list[str] = Field(
-        default_factory=lambda: [CORRECTION_SOURCE, "isco_title", "isco_definition"]
-    )
-    outliers: OutlierConfig = Field(default_factory=OutlierConfig)
 
 
 @dataclass

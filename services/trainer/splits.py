@@ -19,12 +19,9 @@ import hashlib
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from services.trainer.config import PreprocessConfig
 from services.trainer.records import Example
-
-if TYPE_CHECKING:
-    from services.trainer.preprocess import PreprocessConfig
 
 
 def _split_key(seed: int, text: str) -> str:
