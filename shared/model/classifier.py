@@ -1,8 +1,8 @@
 """The ISCO classifier (torch): a transformer encoder, mean pooling and a cosine head over the unit groups.
 
 Why not `AutoModelForSequenceClassification`'s CLS pooler head: the default base model (all-MiniLM-L6-v2) was
-trained with mean pooling, and measured here its pooler is a poor start (see ARCHITECTURE.md). A cosine head
-can be initialised from class prototypes (mean embeddings of each group's texts), so training starts from a
+trained with mean pooling, and measured here its pooler is a poor start (docs/architecture.md, "The model").
+A cosine head can be initialised from class prototypes (mean embeddings of each group's texts), so training starts from a
 working nearest-prototype classifier.
 
 Any Hugging Face encoder works (BERT, RoBERTa, XLM-R, ...): what differs between them (pad id, special
