@@ -1,7 +1,7 @@
 """The training recipe: fine-tune the mean-pooled cosine classifier, stage by stage, into a model directory.
 
-Recipe (why: docs/architecture.md, "The model"): the encoder keeps the mean pooling it was pre-trained with; the
-cosine head starts from class prototypes or from training on frozen embeddings (services/trainer/head.py), so
+Recipe (why: docs/architecture.md, "The model"): the encoder keeps the mean pooling it was pre-trained with;
+the cosine head starts from class prototypes or from training on frozen embeddings (head.py), so
 step 0 is already a working classifier; the Hugging Face `Trainer` then fine-tunes encoder and head, the head
 faster (services/trainer/hf_loop.py); a temperature fitted on validation makes confidences calibrated
 (calibrate.py). After training, an index of training-text embeddings is stored with the model (kNN signal) and

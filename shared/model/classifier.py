@@ -2,8 +2,8 @@
 
 Why not `AutoModelForSequenceClassification`'s CLS pooler head: the default base model (all-MiniLM-L6-v2) was
 trained with mean pooling, and measured here its pooler is a poor start (docs/architecture.md, "The model").
-A cosine head can be initialised from class prototypes (mean embeddings of each group's texts), so training starts from a
-working nearest-prototype classifier.
+A cosine head can be initialised from class prototypes (mean embeddings of each group's texts), so training
+starts from a working nearest-prototype classifier.
 
 Any Hugging Face encoder works (BERT, RoBERTa, XLM-R, ...): what differs between them (pad id, special
 tokens, whether token_type_ids exist) is taken from the model's own tokenizer and config (`EncoderSpec`).
