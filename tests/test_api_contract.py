@@ -367,8 +367,16 @@ def test_options_and_405_list_every_allowed_method(anonymous: TestClient) -> Non
     assert anonymous.put("/openapi.json").headers["allow"] == "GET, HEAD, OPTIONS"
 
 
-def test_an_integral_number_is_an_integer() -> None:
+def test_an_integral_number_is_an_integer(anonymous: TestClient) -> None:
     """JSON Schema's `integer` takes 9.0 (a number with no fraction): so does the API, and still no 9.5."""
     assert PredictRequest.model_validate_json('{"records": [{"job_title": "cook"}], "top_k": 9.0}').top_k == 9
     with pytest.raises(ValidationError):
         PredictRequest.model_validate_json('{"records": [{"job_title": "cook"}], "top_k": 9.5}')
+    # through the routes (no inference service here: anything but a 422 means the input was accepted)
+    for path, body in (
+        ("/predict/job", {"job_title": "cook", "top_k": 2.0}),
+        ("/predict/batch", {"records": [{"job_title": "cook"}], "top_k": 2.0}),
+    ):
+        assert anonymous.post(path, json=body).status_code != 422, path
+        refused = anonymous.post(path, json={**body, "top_k": 2.5})
+        assert [e.field for e in error_body(refused).detail] == ["top_k"]  # type: ignore[union-attr]

@@ -19,7 +19,15 @@ from pydantic import Field
 from services.gateway.auth import Principal
 from services.gateway.deps import ApiKeyDep, InferenceClientDep, SettingsDep
 from shared.jobs.views import JobAccepted
-from shared.schemas import MAX_TEXT_CHARS, JobRecord, Prediction, PredictRequest, PredictResponse, Thresholds
+from shared.schemas import (
+    MAX_TEXT_CHARS,
+    JobRecord,
+    JsonInt,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+    Thresholds,
+)
 from shared.text import INDUSTRY_MAX_CHARS
 
 router = APIRouter(tags=["predict"])
@@ -28,7 +36,7 @@ router = APIRouter(tags=["predict"])
 class JobPredictRequest(JobRecord):
     """One record plus per-request options."""
 
-    top_k: int = Field(5, ge=1, le=20, description="number of alternatives")
+    top_k: JsonInt = Field(5, ge=1, le=20, description="number of alternatives")
     thresholds: Thresholds | None = Field(
         None, description="per-level confidence thresholds (default 0.5 each)"
     )
