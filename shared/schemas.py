@@ -19,9 +19,11 @@ REVIEW_REASONS = (
 
 MAX_TEXT_CHARS = 2000  # longer fields are truncated (and flagged): the model reads at most ~128 tokens anyway
 
-# "Has text": at least one character that is not white space. Python's `re` reads \S as `str.isspace` does,
-# so the schema's pattern (what clients and fuzzers see) and the validator below agree on every string.
-HAS_TEXT = r"\S"
+# "Has text": at least one character that is not white space (`str.isspace`, what `strip` removes). JSON
+# Schema patterns are ECMA-262, whose \S differs from Python's (\x1c-\x1f, \x85 and \ufeff): the pattern
+# lists Python's white space explicitly, so clients, fuzzers and the validator below agree on every string.
+_WHITE_SPACE = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x3001)) if c.isspace())
+HAS_TEXT = f"[^{_WHITE_SPACE}]"
 _HAS_TEXT = re.compile(HAS_TEXT)
 
 # The rule "a title or a duties description" as JSON schema, so that clients and fuzzers know it too.

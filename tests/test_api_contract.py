@@ -257,13 +257,19 @@ def test_title_or_duties_rule_is_in_the_request_schemas(anonymous: TestClient) -
         ("   ", False),
         ("\t\n\u00a0\u2003", False),
         ("\x1f", False),
+        ("\x1c", False),  # white space to Python, not to ECMA-262's \s: found by schemathesis
+        ("\x85", False),
+        ("\ufeff", True),  # the other way round: text to Python's strip
     ],
 )
 def test_schema_pattern_and_validator_agree(text: str, accepted: bool) -> None:
-    """The schema's pattern (Python regex semantics, as fuzzers read it) and the model accept the same."""
+    """The schema's pattern and the model accept the same strings, whichever regex engine reads the pattern:
+    Python's, or ECMA-262's as JSON Schema says (the pattern lists the characters; no class like \\S)."""
     from shared.schemas import HAS_TEXT
 
+    assert "\\S" not in HAS_TEXT and "\\s" not in HAS_TEXT
     assert bool(re.search(HAS_TEXT, text)) is accepted
+    assert all(c.isspace() for c in text) is not accepted
     try:
         JobRecord(job_title=text)
     except ValidationError:
