@@ -21,6 +21,7 @@ from services.gateway.deps import SessionDep
 from services.gateway.review import search
 from services.gateway.review.descriptions import job_name
 from services.gateway.review.evidence import row_evidence
+from services.gateway.review.glance import job_glance
 from services.gateway.review.pages import ReviewedJobDep, page, render
 from services.gateway.review.queue import (
     AUDIT,
@@ -90,6 +91,7 @@ def _row_view(
             if position is not None and position + 1 < len(listing.rows)
             else None,
             "evidence": row_evidence(request, current_row) if current_row else {},
+            "glance": job_glance(job, decisions),
             "title_of": lambda code: taxonomy.title(code) if code and code in taxonomy else "",
             "error": request.query_params.get("error"),
             "recent": sorted(
