@@ -112,7 +112,6 @@ def test_code_one_answer_with_the_keyboard_alone_and_fast(stack: Stack, browser:
     base._press(browser, Keys.TAB)
     assert browser.switch_to.active_element.get_attribute("id") == "coder-duties"
     _type_and_wait(browser, "cares for ward patients")
-    base._screenshot(browser, "review-code.png")
 
     # arrows choose, Enter picks (and copies), from the duties box too
     browser.execute_cdp_cmd(
@@ -135,6 +134,7 @@ def test_code_one_answer_with_the_keyboard_alone_and_fast(stack: Stack, browser:
         "navigator.clipboard.readText().then(done, e => done('error: ' + e));"
     )
     assert clipboard == codes[1]
+    base._screenshot(browser, "review-code.png")
     base._press(browser, Keys.ARROW_UP, Keys.ARROW_UP)  # wraps round to the last
     assert (
         browser.find_element(_by("CSS_SELECTOR"), "#coder-results li.selected").get_attribute("data-code")
@@ -306,16 +306,16 @@ def test_the_job_page_charts_count_what_the_result_and_the_decisions_say(stack: 
     assert "Armed Forces Occupations" in browser.find_element(_by("ID"), "glance-table").get_attribute(
         "textContent"
     )
-    glance = browser.find_element(_by("ID"), "glance")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", glance)
-    base._screenshot(browser, "review-glance.png")
 
     # two decisions with the keyboard (the second alternative, then uncodable): the charts follow
     base._decide_with(browser, "2")
     base._decide_with(browser, "u")
     after = check()
     assert after == {"auto": 40, "pending": 6, "settled": 2, "total": 48}
-    assert "uncodable" in browser.find_element(_by("ID"), "glance-shares").text
+    assert "(0 reviewed, 1 changed, 1 uncodable)" in browser.find_element(_by("ID"), "glance-shares").text
+    glance = browser.find_element(_by("ID"), "glance")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", glance)
+    base._screenshot(browser, "review-glance.png")
 
 
 def test_the_charts_fit_a_phone(stack: Stack, browser: Any) -> None:

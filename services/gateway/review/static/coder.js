@@ -163,7 +163,7 @@
     answer.evidence.forEach(function (e) {
       var li = node("li");
       li.dataset.code = e.unit_code;
-      li.appendChild(node("span", "text", "“" + e.text + "”"));
+      li.appendChild(node("span", "example", "“" + e.text + "”"));
       li.appendChild(node("span", "code mono", e.unit_code));
       li.appendChild(node("span", "unit", e.unit_title));
       li.appendChild(node("span", "muted", "similarity " + e.similarity.toFixed(2)));
