@@ -4,7 +4,8 @@
 - `choose_level`: the deepest level whose confidence clears its threshold (the 4-digit threshold decides the
   3-digit fallback, and so on up).
 - `review_fields`, `build_predictions`: `needs_review` and its reasons (the model's router,
-  `shared.routing`), alternatives, the path and the official titles.
+  `shared.routing`; the record's language against the model's `languages`, `shared.screening`),
+  alternatives, the path and the official titles.
 - `record_text`: a record's model input text, each field cut to its limit (`truncated` in the result).
 
 `shared.predictor.Predictor` scores the texts and calls these; the trainer's evaluation and the benchmarks
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.language import DEFAULT_MODEL_LANGUAGES
 from shared.model.signals import NearestMatch
 from shared.routing import RoutingModel, record_inputs
 from shared.schemas import (
@@ -29,7 +31,7 @@ from shared.schemas import (
     Prediction,
     Thresholds,
 )
-from shared.screening import review_reasons
+from shared.screening import read_language, review_reasons
 from shared.taxonomy import Taxonomy, get_taxonomy
 from shared.text import INDUSTRY_MAX_CHARS, clean_text, model_input
 
@@ -97,19 +99,32 @@ def choose_level(best_per_level: dict[int, tuple[str, float]], thresholds: Thres
 
 
 def review_fields(
-    choice: LevelChoice | None, record: JobRecord | None = None, routed_unit: bool | None = None
+    choice: LevelChoice | None,
+    record: JobRecord | None = None,
+    routed_unit: bool | None = None,
+    languages: Sequence[str] = DEFAULT_MODEL_LANGUAGES,
 ) -> dict[str, Any]:
-    """`needs_review` and its reasons: only a 4-digit answer is auto-coded, only when the model's router says
-    it is right with the fitted precision (`routed_unit`; None: no routing.json), and never an answer that is
-    not an occupation or not in English (`shared.routing`)."""
+    """`needs_review` and its reasons, and the record's `language`: only a 4-digit answer is auto-coded, only
+    when the model's router says it is right with the fitted precision (`routed_unit`; None: no
+    routing.json), and never an answer that is not an occupation, in a language or script the model does not
+    cover (`languages`, its model.json list), or whose language hint the text contradicts
+    (`shared.screening`)."""
     level = choice.level if choice is not None else None
     if level == 4 and routed_unit is False:
         level = 3  # a 4-digit answer below the router's threshold: reviewed like a fallback
     if record is None:
         reasons = ["not_coded"] if level is None else ["below_threshold"] if level < 4 else []
-    else:
-        reasons = review_reasons(record.job_title, record.duties_description, level)
-    return {"needs_review": bool(reasons), "review_reasons": reasons}
+        return {"needs_review": bool(reasons), "review_reasons": reasons}
+    reading = read_language(
+        record.job_title, record.duties_description, record.industry, record.language, languages
+    )
+    reasons = review_reasons(record.job_title, record.duties_description, level, reading)
+    return {
+        "needs_review": bool(reasons),
+        "review_reasons": reasons,
+        "language": reading.language,
+        "language_detected": reading.detected,
+    }
 
 
 def _conf(x: float) -> float:
@@ -130,6 +145,7 @@ def build_predictions(
     routing: RoutingModel | None = None,
     texts: Sequence[str] | None = None,
     nearest: NearestMatch | None = None,
+    languages: Sequence[str] = DEFAULT_MODEL_LANGUAGES,
 ) -> list[Prediction]:
     """Turn a (n_records, n_units) probability matrix into Predictions (pure: no model involved).
 
@@ -137,8 +153,8 @@ def build_predictions(
     model's routing.json) and the `records` and their model `texts`, `routing_confidence` is the router's
     calibrated probability that the 4-digit answer is right, and only answers at or above its fitted
     threshold, or that the record's `nearest` training text agrees with (the match rule), are auto-coded
-    (`needs_review` false). With `records`, review reasons include non-occupation answers and non-English
-    input.
+    (`needs_review` false). With `records`, each result says its `language`, and review reasons include
+    non-occupation answers, languages or scripts outside the model's `languages` and contradicted hints.
     """
     taxonomy = taxonomy or get_taxonomy()
     n = unit_probs.shape[0]
@@ -201,7 +217,7 @@ def build_predictions(
                 model_version=model_version,
                 truncated=bool(truncated[r]),
                 routing_confidence=_conf(routed[0][r]) if routed is not None else None,
-                **review_fields(choice, records[r] if records is not None else None, routed_unit),
+                **review_fields(choice, records[r] if records is not None else None, routed_unit, languages),
             )
         )
     return results

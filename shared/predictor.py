@@ -30,6 +30,8 @@ from cachetools import LRUCache
 from pydantic import BaseModel, Field
 
 from shared.decision import Hierarchy, build_predictions, record_text
+from shared.language import DEFAULT_MODEL_LANGUAGES
+from shared.model.directory import read_model_languages
 from shared.model.int8 import INT8_FP32_LAYERS
 from shared.model.signals import NearestMatch
 from shared.routing import RoutingModel
@@ -169,6 +171,8 @@ class Predictor:
         self.cache = ProbabilityCache(self.config.cache_size)
         # routing.json: calibrated per-level routers and thresholds fitted for a target precision
         self.routing = RoutingModel.load(model_dir) if model_dir is not None else None
+        # model.json "languages": a record in another language or script goes to a coder
+        self.languages = read_model_languages(model_dir) if model_dir is not None else DEFAULT_MODEL_LANGUAGES
 
     @classmethod
     def load(cls, model_dir: str | Path, settings: Any | None = None) -> Predictor:
@@ -256,6 +260,7 @@ class Predictor:
                     routing=routing,
                     texts=texts[start:end],
                     nearest=nearest.take(range(start, end)),
+                    languages=self.languages,
                 )
                 if records
                 else []

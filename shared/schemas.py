@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from shared.language import LANGUAGES, normalise_code
 from shared.text import INDUSTRY_MAX_CHARS
 
 # Why a record is routed to a human coder (Prediction.review_reasons), in the order they are checked.
@@ -14,7 +15,8 @@ REVIEW_REASONS = (
     "not_coded",  # no level cleared its threshold
     "below_threshold",  # answered at a coarser level than the 4-digit unit group
     "not_an_occupation",  # student, retired, unemployed, homemaker, unknown ...
-    "not_english",  # the model reads English only
+    "unsupported_language",  # a language or script the model does not cover (model.json `languages`)
+    "language_mismatch",  # the record's `language` hint contradicts what its text is written in
 )
 
 MAX_TEXT_CHARS = 2000  # longer fields are truncated (and flagged): the model reads at most ~128 tokens anyway
@@ -65,6 +67,27 @@ class JobRecord(BaseModel):
         f"space: absent; longer than {INDUSTRY_MAX_CHARS} characters: truncated and flagged)",
         examples=["paper manufacturing"],
     )
+
+    language: str | None = Field(
+        None,
+        description="optional hint: the ISO 639-1 code of the language the record is written in, one of "
+        + ", ".join(LANGUAGES)
+        + " (case-insensitive; empty: absent, the language is identified from the text). A hint the text "
+        "contradicts is coded as the hint says and sent to a coder with `language_mismatch`",
+        examples=["de"],
+    )
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _known_language(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value  # None, or a wrong type the strict check refuses
+        code = normalise_code(value)
+        if not code:
+            return None
+        if code not in LANGUAGES:
+            raise ValueError(f"unknown language {value!r}: accepted codes are {', '.join(LANGUAGES)}")
+        return code
 
     @model_validator(mode="after")
     def _not_empty(self) -> JobRecord:
@@ -128,6 +151,19 @@ class Prediction(BaseModel):
     path: list[GroupRef] = Field(description="major -> sub-major -> minor -> unit of the best unit group")
     model_version: str
     truncated: bool = Field(False, description="input was longer than the limit and was truncated")
+    language: str | None = Field(
+        None,
+        description="ISO 639-1 code of the language the record was coded as: the request's `language` hint, "
+        "else the language identified from title, duties and industry together, else (too short or ambiguous "
+        "to tell) the likeliest of the model's languages. A language or script the model does not cover "
+        "(e.g. Russian, Arabic, Chinese for every model; all but English for an English-only model) sends "
+        "the record to a coder (`unsupported_language`)",
+    )
+    language_detected: str | None = Field(
+        None,
+        description="ISO 639-1 code identified from the text alone when the identifier is sure, else null; "
+        "differs from `language` when a hint contradicts the text (`language_mismatch`)",
+    )
     routing_confidence: float | None = Field(
         None,
         description="calibrated probability that the 4-digit answer is right (the model's router, fitted on "

@@ -202,7 +202,7 @@ def test_result_rows_follow_the_contract() -> None:
     assert ok[2] == "'=1+2"
     assert ok[3:] == ["2221", "4", "Nursing professionals", "0.9123", "false", "2221", "0.9123",
                       "2221|3221|5321|2222|3222", "0.1000|0.1000|0.1000|0.1000|0.1000",
-                      "true", "", ""]  # fmt: skip
+                      "true", "", "", "", ""]  # reasons, language, language_detected, row_error  # fmt: skip
     failed = result_row(["", "", ""], "job_title and duties_description are both empty")
     assert failed[3:-1] == [""] * len(RESULT_COLUMNS) and failed[-1].startswith("job_title")
     line = header_line(header, ";")

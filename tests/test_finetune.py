@@ -100,7 +100,7 @@ def test_tiny_finetune_writes_loadable_model(tmp_path):
         [JobRecord(job_title="Student"), JobRecord(job_title="nurse"), JobRecord(job_title="Busfahrerin")]
     )
     assert student.needs_review and "not_an_occupation" in student.review_reasons
-    assert german.needs_review and "not_english" in german.review_reasons
+    assert german.needs_review and "unsupported_language" in german.review_reasons
     assert nurse.needs_review == bool(nurse.review_reasons)
     # the routing's probability that the 4-digit answer is right; auto-coded only at or above the router's
     # threshold or by the match rule

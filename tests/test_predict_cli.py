@@ -27,6 +27,8 @@ CONTRACT = [
     "top_confidences",
     "needs_review",
     "review_reasons",
+    "language",
+    "language_detected",
 ]
 
 

@@ -592,7 +592,7 @@ def test_enter_has_no_default_where_the_model_did_not_code_at_four_digits_or_fla
         ),
         Case("staff nurse", "", nurse, True, reasons=("below_threshold",), coded=True),  # router unsure
         Case("staff nurse", "", nurse, True, reasons=("not_coded",)),
-        Case("Krankenschwester", "", nurse, True, reasons=("not_english",), coded=True),
+        Case("Krankenschwester", "", nurse, True, reasons=("unsupported_language",), coded=True),
         Case("staff nurse", "", nurse, True, reasons=("second_opinion",), coded=True),  # another reason
         Case("staff nurse", "", nurse, True, reasons=(), coded=True),  # routed without a reason given
     )

@@ -1,5 +1,6 @@
-"""Routing (issue 10): non-occupation answers, non-English input, abbreviations spelled out, and the
-calibrated routers with their thresholds round-tripping through a model directory. No model needed."""
+"""Routing (issue 10): non-occupation answers, languages the model does not cover (issue 28), abbreviations
+spelled out, and the calibrated routers with their thresholds round-tripping through a model directory. No
+model needed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from services.trainer.metrics import coverage_at_precision, expected_calibration_error
 from services.trainer.routing_fit import fit_routing, threshold_for_precision
 from shared.routing import RecordInputs, RoutingModel, match_features
-from shared.screening import looks_non_english, not_an_occupation, review_reasons
+from shared.screening import not_an_occupation, read_language, review_reasons
 from shared.text import model_input
 from shared.titles import expand_abbreviations
 
@@ -31,15 +32,16 @@ def test_occupations_are_not_flagged(title):
     assert not not_an_occupation(title, "")
 
 
-@pytest.mark.parametrize("title", ["Busfahrer", "Busfahrerin", "Krankenschwester", "Verkäufer", "Elektriker"])
-def test_german_titles_are_flagged_not_english(title):
-    assert looks_non_english(title, "")
-    assert "not_english" in review_reasons(title, "", level=4)
+@pytest.mark.parametrize("title", ["Busfahrer", "Krankenschwester", "Verkäufer"])
+def test_german_titles_go_to_a_coder_with_an_english_model(title):
+    reading = read_language(title, "", "", None, ("en",))
+    assert reading.unsupported
+    assert "unsupported_language" in review_reasons(title, "", 4, reading)
 
 
 def test_foreign_duties_are_flagged():
-    assert looks_non_english("Lehrer", "Unterricht an der Grundschule und Betreuung der Kinder")
-    assert looks_non_english("Vendedor", "Atención al cliente en la tienda y control de las ventas")
+    assert read_language("Lehrer", "Unterricht an der Grundschule und Betreuung der Kinder").unsupported
+    assert read_language("Vendedor", "Atención al cliente en la tienda y control de las ventas").unsupported
 
 
 @pytest.mark.parametrize(
@@ -48,13 +50,13 @@ def test_foreign_duties_are_flagged():
      "Café manager", "Paediatrician", "Bassoonist", "Crystallographer", "Au pair"],
 )  # fmt: skip
 def test_english_titles_and_abbreviations_are_not_flagged(title):
-    assert not looks_non_english(title, "")
+    assert not read_language(title, "").unsupported
 
 
 def test_english_duties_outweigh_an_unknown_title():
-    assert not looks_non_english(
+    assert not read_language(
         "Polysomnographer", "Monitors patients during sleep studies and records the results"
-    )
+    ).unsupported
 
 
 @pytest.mark.parametrize(
@@ -245,7 +247,8 @@ def test_predictions_auto_code_only_what_the_router_clears():
     sure = predict(_constant_routing(0.99))
     assert [p.needs_review for p in sure] == [False, True, True]
     assert sure[0].routing_confidence == pytest.approx(0.99) and sure[0].isco_code == "2211"
-    assert sure[1].review_reasons == ["not_an_occupation"] and sure[2].review_reasons == ["not_english"]
+    assert sure[1].review_reasons == ["not_an_occupation"]
+    assert sure[2].review_reasons == ["unsupported_language"]
     unsure = predict(_constant_routing(0.6, threshold=0.9))
     # still answered at 4 digits (the level thresholds), but reviewed: the router is below its threshold
     assert unsure[0].isco_code == "2211" and unsure[0].review_reasons == ["below_threshold"]

@@ -92,7 +92,7 @@ BATCH_EXAMPLES = {
 
 
 # a record's fields that /predict/job forwards to the inference service
-RECORD_FIELDS = ("id", "job_title", "duties_description", "industry")
+RECORD_FIELDS = ("id", "job_title", "duties_description", "industry", "language")
 
 
 def ensure_encodable(records: Sequence[JobRecord], prefix: str) -> None:

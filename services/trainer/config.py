@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from services.trainer.outliers import OutlierConfig
 from services.trainer.records import CORRECTION_SOURCE
+from shared.language import DEFAULT_MODEL_LANGUAGES, LANGUAGES
 from shared.model.resources import default_base_model
 from shared.settings import REPO_ROOT, CommonSettings
 
@@ -190,6 +191,13 @@ class FinetuneConfig(BaseModel):
     )
     device: str = "auto"
     disable_tqdm: bool = False
+    # The hook for multilingual training: the corpus (or the pipeline, from the languages it trained on) sets
+    # it; `save_stage` writes it to model.json "languages" (shared/model/directory.py), and serving sends
+    # records in any other language or script to a coder (shared/screening.py `read_language`).
+    languages: list[Literal[LANGUAGES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(DEFAULT_MODEL_LANGUAGES),
+        description="ISO 639-1 codes of the languages the model is trained on (model.json `languages`)",
+    )
 
 
 class _ProfileSource(PydanticBaseSettingsSource):

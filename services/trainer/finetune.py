@@ -92,6 +92,7 @@ def save_stage(state: TrainState) -> None:
         "knn": state.knn_config.model_dump() if state.knn_config is not None else None,
         "lexical": state.lexical_config.model_dump() if state.lexical_config is not None else None,
         "duties_view": {"weight": state.duties_weight, "view": DUTIES_VIEW},
+        "languages": list(state.config.languages),  # serving codes these; others go to a coder
     }
     save_model_dir(
         model,

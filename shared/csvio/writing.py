@@ -27,6 +27,8 @@ RESULT_COLUMNS = [
     "top_confidences",
     "needs_review",
     "review_reasons",
+    "language",  # ISO 639-1: the language the row was coded as (an input `language` column is its hint)
+    "language_detected",  # what the text alone is written in, when sure (empty: unsure)
 ]
 ROW_ERROR = "row_error"
 # The columns a job result adds after the input's: the single place that defines them (the job result header
@@ -96,6 +98,8 @@ def prediction_cells(prediction: Prediction) -> list[str]:
         "|".join(_fmt(a.confidence) for a in top),
         "true" if prediction.needs_review else "false",
         "|".join(prediction.review_reasons),
+        prediction.language or "",
+        prediction.language_detected or "",
     ]
 
 

@@ -4,7 +4,8 @@ encoder/                 Hugging Face encoder (config, weights) and its tokenize
 head.safetensors         cosine head (n_codes x hidden) and its scale
 labels.json              codes in label order, plus label2id / id2label maps
 model.json               version, base model, max_length, pooling, head, architecture, tokenizer kind,
-                         signal configs ("knn", "lexical"), the duties view's weight ("duties_view")
+                         signal configs ("knn", "lexical"), the duties view's weight ("duties_view"), the
+                         languages it was trained on ("languages", ISO 639-1; absent: ["en"])
 calibration.json         temperature fitted on the validation split
 knn.safetensors          optional: normalised embeddings of training texts and their labels (kNN signal)
 knn_texts.json           optional: those training texts (evidence for reviewers)
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from shared.language import DEFAULT_MODEL_LANGUAGES
 from shared.model.signals import Signals
 
 # model.json "duties_view" "view": what its weight was fitted to (`shared.model.scorer` module docstring)
@@ -59,6 +61,19 @@ class EncoderSpec(BaseModel):
         )
 
 
+def model_languages(meta: dict[str, Any]) -> tuple[str, ...]:
+    """model.json's "languages"; every model trained before the list existed reads English only."""
+    languages = meta.get("languages")
+    if not languages:
+        return DEFAULT_MODEL_LANGUAGES
+    return tuple(str(code) for code in languages)
+
+
+def read_model_languages(path: str | Path) -> tuple[str, ...]:
+    """The languages of the model directory at `path` (its model.json only)."""
+    return model_languages(json.loads((Path(path) / "model.json").read_text()))
+
+
 @dataclass(frozen=True)
 class ModelDir:
     """What a model directory says, read once (encoder weights are left to the backend that needs them)."""
@@ -90,6 +105,12 @@ class ModelDir:
     @property
     def max_length(self) -> int:
         return int(self.meta.get("max_length", 128))
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """The languages the model codes (model.json "languages", written by the trainer from what it trained
+        on); a record in another language or script goes to a coder (`shared.screening.read_language`)."""
+        return model_languages(self.meta)
 
     @property
     def duties_weight(self) -> float:

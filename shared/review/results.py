@@ -30,6 +30,7 @@ BATCH_CSV_INPUT = ["id", TITLE, DUTIES]
 BATCH_SHOWN = (TITLE, DUTIES, INDUSTRY)  # a record's fields the row view shows apart
 BATCH_INDUSTRY_OPTION = "industry"  # a batch job's option: some record of the batch gave an industry
 REVIEWABLE_KINDS = ("csv", "batch")
+_LEGACY = [c for c in JOB_RESULT_COLUMNS if c not in ("language", "language_detected")]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class ResultRow:
     cells: list[str] = field(default_factory=list)  # the row as the result CSV has it
     industry: str = ""  # the employer's industry, when the input gave one
     record: list[tuple[str, str]] = field(default_factory=list)  # the input's other columns (name, value)
+    language: str = ""  # ISO 639-1: the language the row was coded as (empty in older results)
 
     @property
     def in_queue(self) -> bool:
@@ -148,8 +150,10 @@ def _csv_rows(path: Path, taxonomy: Taxonomy) -> Iterator[ResultRow]:
         header = [_plain(h).replace("\ufeff", "") for h in next(reader)]
         # the result columns are the last ones; input columns come first (job_title/duties as in the input)
         at = {name: i for i, name in enumerate(header)}
-        base = len(header) - len(JOB_RESULT_COLUMNS)
-        result_at = {name: base + i for i, name in enumerate(JOB_RESULT_COLUMNS)}
+        # results written before the language columns existed end without them
+        columns = JOB_RESULT_COLUMNS if header[-len(JOB_RESULT_COLUMNS) :] == JOB_RESULT_COLUMNS else _LEGACY
+        base = len(header) - len(columns)
+        result_at = {name: base + i for i, name in enumerate(columns)}
         title_at = layout.title_index if layout.title_index is not None else at.get(TITLE)
         duties_at = layout.duties_index if layout.duties_index is not None else at.get(DUTIES)
         shown = {title_at, duties_at, layout.industry_index}
@@ -172,6 +176,7 @@ def _csv_rows(path: Path, taxonomy: Taxonomy) -> Iterator[ResultRow]:
                 candidates=_candidates(codes, _floats(cell(result_at["top_confidences"])), taxonomy),
                 needs_review=cell(result_at["needs_review"]).lower() == "true",
                 review_reasons=[r for r in cell(result_at["review_reasons"]).split("|") if r],
+                language=cell(result_at.get("language")),
                 row_error=cell(result_at[ROW_ERROR]),
                 cells=list(cells),
                 record=[(name, cell(i)) for name, i in others],
@@ -204,6 +209,7 @@ def _batch_rows(records: Path, results: Path, taxonomy: Taxonomy, columns: list[
                 ],
                 needs_review=p.needs_review,
                 review_reasons=list(p.review_reasons),
+                language=p.language or "",
                 cells=result_row(cells, p),
                 industry=industry,
                 record=others,
