@@ -4,9 +4,13 @@
 - shared/data/esco_occupations.csv: ESCO occupation URI -> ISCO-08 unit group, preferred and alt titles.
 - shared/data/ons_coding_index.csv: the ONS SOC 2020 coding index, each entry's title, qualifier, the
   industry in which it is coded that way, its SOC 2020 code and the ISCO-08 unit group ONS assigned to it.
+- shared/data/esco_labels_multilingual.csv.gz: ESCO v1.0.8's preferred and alternative occupation labels in 25
+  languages other than English, each with its occupation URI and ISCO-08 unit group (read by
+  shared/corpus_multilingual.py; gzip without a timestamp, so a rebuild from the same file is byte-identical).
 
 ESCO v1.2 (c) European Union, CC BY 4.0. ISCO-08 (c) International Labour Organization. ONS SOC 2020
 Volume 2 coding index (c) Crown copyright, Office for National Statistics, Open Government Licence v3.0.
+ESCO v1.0.8 multilingual labels (c) European Union, reuse authorised with the source acknowledged.
 Descriptions and definitions are deliberately not copied: they are loaded at run time.
 
 Usage: python scripts/build_facts.py [--source ../shared/data]
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
+import io
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +80,34 @@ def build_ons_index(index_csv: Path, out: Path) -> int:
     return n
 
 
+def build_multilingual_labels(labels_csv_gz: Path, out: Path) -> int:
+    """The 25-language label file as published, white space folded, codes as 4-digit strings, blank labels
+    left out, in the file's order; written with gzip's timestamp at 0 (byte-identical rebuilds)."""
+    columns = ["concept_uri", "lang", "label_kind", "label", "isco_code"]
+    buffer = io.StringIO()
+    w = csv.writer(buffer, lineterminator="\n")
+    w.writerow(columns)
+    n = 0
+    with gzip.open(labels_csv_gz, "rt", encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            label, code = " ".join(row["label"].split()), row["isco_code"].strip()
+            if not label or not code:
+                continue
+            w.writerow(
+                [
+                    row["concept_uri"].strip(),
+                    row["lang"].strip(),
+                    row["label_kind"].strip(),
+                    label,
+                    code.zfill(4),
+                ]
+            )
+            n += 1
+    with out.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as g:
+        g.write(buffer.getvalue().encode("utf-8"))
+    return n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "data")
@@ -85,8 +119,13 @@ def main() -> None:
     ons = build_ons_index(
         args.source / "ons" / "soc2020_coding_index_isco08.csv", data / "ons_coding_index.csv"
     )
+    ml = build_multilingual_labels(
+        args.source / "esco" / "multilingual" / "occupation_labels_v1_0_8.csv.gz",
+        data / "esco_labels_multilingual.csv.gz",
+    )
     print(
-        f"isco08_groups.csv: {g} groups; esco_occupations.csv: {o} occupations; ons_coding_index.csv: {ons}"
+        f"isco08_groups.csv: {g} groups; esco_occupations.csv: {o} occupations; ons_coding_index.csv: {ons}; "
+        f"esco_labels_multilingual.csv.gz: {ml} labels"
     )
 
 

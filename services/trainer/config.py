@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from services.trainer.outliers import OutlierConfig
 from services.trainer.records import CORRECTION_SOURCE
+from shared.corpus_multilingual import check_languages
 from shared.language import DEFAULT_MODEL_LANGUAGES, LANGUAGES
 from shared.model.resources import default_base_model
 from shared.settings import REPO_ROOT, CommonSettings
@@ -232,6 +233,17 @@ class TrainerSettings(CommonSettings):
         True, description="train on the default ESCO/ISCO corpus (plus user data)"
     )
     corpus_sources: list[str] | None = Field(None, description="corpus record kinds; None = all")
+    corpus_languages: list[str] = Field(
+        default_factory=lambda: ["en"],
+        description="languages of the default corpus (ISO 639-1; 'en' always): each other language adds "
+        "ESCO's labels in it (shared/corpus_multilingual.py), the held-out occupations' labels never",
+    )
+    multilingual_max_labels: int | None = Field(
+        2,
+        ge=1,
+        description="at most this many ESCO labels per occupation and language (the preferred label always, "
+        "then alternatives in a seeded order; None = all): 104k labels in the 25 languages at 2, 59k at 1",
+    )
     max_train_examples: int | None = Field(
         None, ge=1, description="cap on training examples (a stratified sample), for quick runs"
     )
@@ -256,6 +268,14 @@ class TrainerSettings(CommonSettings):
     correction_repeats: int = Field(3, ge=1, description="times each correction appears in a corrections run")
     promotion_min_delta: float = Field(0.0, ge=0, description="margin a candidate must beat the best by")
     finetune: dict[str, Any] = Field(default_factory=dict, description="FinetuneConfig fields")
+
+    @field_validator("corpus_languages")
+    @classmethod
+    def _known_languages(cls, value: list[str]) -> list[str]:
+        languages = check_languages(value)
+        if "en" not in languages:
+            raise ValueError("must include 'en' (the ESCO, ISCO-08 and ONS sources every model trains on)")
+        return languages
 
     @classmethod
     def settings_customise_sources(

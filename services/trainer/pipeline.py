@@ -156,9 +156,13 @@ def _load_rows(
     rows: list[RawRow] = []
     sources: dict[str, Any] = {}
     use_corpus = settings.use_default_corpus
+    languages, max_labels = settings.corpus_languages, settings.multilingual_max_labels
     if parent_training is not None and corrections is not None:
-        # Replay the parent's own data: its corpus setting and user CSV, unless given explicitly now.
+        # Replay the parent's own data: its corpus setting (languages too) and user CSV, unless given now.
         use_corpus = bool(parent_training.get("use_default_corpus", use_corpus))
+        parent_sources = parent_training.get("sources") or {}
+        languages = parent_sources.get("corpus_languages", languages)
+        max_labels = parent_sources.get("multilingual_max_labels", max_labels)
         if data_csv is None and parent_training.get("data_csv"):
             candidate = Path(parent_training["data_csv"])
             if candidate.is_file():
@@ -166,12 +170,16 @@ def _load_rows(
             else:
                 say(f"[yellow]the parent's training CSV {candidate} is gone; replaying without it[/yellow]")
     if use_corpus:
-        from shared.corpus import build_default_corpus
+        from shared.corpus import build_default_corpus, corpus_languages
 
         started = time.monotonic()
-        corpus = build_default_corpus(settings, sources=settings.corpus_sources)
+        corpus = build_default_corpus(
+            settings, sources=settings.corpus_sources, languages=languages, multilingual_max_labels=max_labels
+        )
         rows += rows_from_corpus(corpus)
         sources["default_corpus"] = len(corpus)
+        sources["corpus_languages"] = corpus_languages(corpus)
+        sources["multilingual_max_labels"] = max_labels
         say(f"default corpus: {len(corpus):,} records ({time.monotonic() - started:.0f}s)")
     if data_csv is not None:
         user_rows = read_coded_csv(Path(data_csv))

@@ -30,6 +30,7 @@ from services.trainer.config import PreprocessConfig
 from services.trainer.outliers import detect_outliers
 from services.trainer.records import Example, RawRow
 from services.trainer.splits import drop_seen_duties, split
+from shared.corpus_multilingual import CORPUS_LANGUAGES
 from shared.taxonomy import InvalidCode, Taxonomy, get_taxonomy
 from shared.text import clean_text, model_input
 
@@ -195,6 +196,9 @@ def validate(
                     )
             except InvalidCode as exc:
                 reason = f"isco_code: {exc}"
+        language = row.language.strip().lower()
+        if not reason and language and language not in CORPUS_LANGUAGES:
+            reason = f"language: {row.language!r} is not one of {', '.join(CORPUS_LANGUAGES)} (ISO 639-1)"
         if reason:
             invalid.append(
                 InvalidRow(
@@ -205,7 +209,15 @@ def validate(
         industry = clean_text(row.industry)
         valid.append(
             Example(
-                model_input(title, duties, industry), code, row.source, title, duties, row.origin, industry
+                model_input(title, duties, industry),
+                code,
+                row.source,
+                title,
+                duties,
+                row.origin,
+                industry,
+                language,
+                row.group,
             )
         )
     return valid, invalid

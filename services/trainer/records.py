@@ -5,6 +5,10 @@ validated rows become `Example`s (services/trainer/preprocess.py `validate`).
 
 CSVs are read by the uploads' reader (`shared.csvio`): same encodings, delimiters, header spellings and
 errors. A file that cannot be used raises `DataError` naming the file, the field and the reason.
+
+Every corpus record has its `language` (ISO 639-1, shared/corpus.py); a user's coded CSV may give one in a
+`language` column (checked against the corpus languages in preprocess.validate); a row without one has
+language "" (not given).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class RawRow:
     source: str
     origin: str
     industry: str = ""
+    language: str = ""  # ISO 639-1 as given ("" = not given)
+    group: str = ""  # the occupation a record belongs to for the split (ESCO URI of a multilingual label)
 
 
 @dataclass
@@ -45,6 +51,8 @@ class Example:
     duties_description: str
     origin: str
     industry: str = ""
+    language: str = ""  # ISO 639-1; "" = not known (a user's row without a language column)
+    group: str = ""  # see RawRow.group (services/trainer/splits.py split_group)
 
 
 def _open_csv(
@@ -64,7 +72,8 @@ def _open_csv(
 
 def read_coded_csv(path: Path, *, source: str = USER_SOURCE) -> list[RawRow]:
     """Read a coded CSV: job_title, duties_description, isco_code (either text column may be absent), and
-    optionally industry (the employer's activity, read beside the title).
+    optionally industry (the employer's activity, read beside the title) and language (ISO 639-1 code of
+    the row's text; absent or empty: not given).
 
     Header names are matched ignoring case and spaces. Raises DataError naming the missing field.
     """
@@ -84,6 +93,7 @@ def read_coded_csv(path: Path, *, source: str = USER_SOURCE) -> list[RawRow]:
             source,
             f"{path.name}:{line}",
             row.get("industry", ""),
+            row.get("language", "").strip().lower(),
         )
         for line, row in rows
     ]
@@ -139,6 +149,8 @@ def rows_from_corpus(records: Iterable[Any]) -> list[RawRow]:
             r.source,
             f"corpus:{r.source}",
             getattr(r, "industry", ""),
+            getattr(r, "language", "en"),
+            getattr(r, "occupation", ""),
         )
         for r in records
     ]

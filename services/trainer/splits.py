@@ -1,8 +1,8 @@
 """The train/validation/test split, stratified by unit group and grouped by occupation.
 
-Records of one ESCO occupation (any of its titles, with or without duties) or, outside ESCO, of one job title
-stay together, so validation and test hold titles the model has never seen, like the titles users send
-(choose early stopping, weights, temperature and routing thresholds there). In each unit group the
+Records of one ESCO occupation (any of its titles, in any language, with or without duties) or, outside
+ESCO, of one job title stay together, so validation and test hold titles the model has never seen, like the
+titles users send (choose early stopping, weights, temperature and routing thresholds there). In each unit group the
 occupations are ordered by a seeded hash of their key and the first ones go to test and validation, so a
 record keeps its split when other records are added (re-trained and corrected models are evaluated on the same
 records). Unit groups smaller than `min_group_size_to_split` and train-only sources (corrections) go to train.
@@ -43,12 +43,18 @@ _QUALIFIER = re.compile(r"\s*\([^()]*\)$")
 
 
 def split_group(example: Example, occupations: dict[str, str]) -> str:
-    """The unit of the split: the ESCO occupation of the title, else the title, else the text.
+    """The unit of the split: the record's own occupation (`Example.group`: the ESCO URI of a multilingual
+    label), else the ESCO occupation of the title, else the title, else the text.
+
+    A label in another language is keyed by the same URI as the occupation's English titles, so every language
+    of one occupation lands in one split: a held-out occupation is one the model never saw in any language.
 
     The title is read without a trailing qualifier in parentheses and without its industry: a coding
     index's "inspector (railways)" and "inspector" in banking are one title, held out together, so a held-out
     title is one the model never saw in any context (as the dev sets' titles are). A title that is also an
     ESCO label goes with that ESCO occupation."""
+    if example.group:
+        return example.group
     title = example.job_title.strip().lower()
     if not title:
         return f"text:{example.text}"
