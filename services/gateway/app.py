@@ -28,7 +28,7 @@ from services.gateway.errors import add_error_handlers
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import BodyGuardMiddleware, request_observer
 from services.gateway.openapi import use_error_shape
-from services.gateway.review import coder, decisions, home, rows, signin
+from services.gateway.review import coder, decisions, downloads, home, rows, signin, upload
 from services.gateway.review.pages import ReviewAssets
 from services.gateway.review.queue import ReviewCaches
 from services.gateway.settings import GatewaySettings
@@ -45,6 +45,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     home.router,
     rows.router,
     decisions.router,
+    upload.router,
+    downloads.router,
     coder.router,
     ops.router,
     docs.router,

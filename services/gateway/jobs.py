@@ -16,18 +16,20 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.auth import Principal
 from services.gateway.deps import ApiKeyDep, SessionDep
-from services.gateway.uploads import csv_error, receive_csv, upload_error
+from services.gateway.downloads import result_download
+from services.gateway.staging import StagedInput, UploadChoices, stage_upload
+from services.gateway.uploads import upload_error
 from services.worker.client import send_job
-from shared.csvio.reading import CsvFormatError, scan
+from shared.csvio.workbook import XLSX_MEDIA_TYPE
 from shared.db.session import transaction
 from shared.db.tables import Job, JobStatus
 from shared.files import atomic_open
@@ -36,8 +38,8 @@ from shared.jobs.settings import JobSettings
 from shared.jobs.state import cancel, create_job, fail, new_job_id, owned_job, sweep_expired
 from shared.jobs.state import list_jobs as owned_jobs
 from shared.jobs.views import JobAccepted, JobView
-from shared.review.decisions import decisions_for_job, has_decisions
-from shared.review.exports import iter_batch_csv, iter_batch_json, iter_reviewed_csv
+from shared.review.decisions import decisions_for_job
+from shared.review.exports import iter_batch_json
 from shared.review.results import BATCH_INDUSTRY_OPTION
 from shared.schemas import PredictRequest, Thresholds
 from shared.settings import CommonSettings
@@ -55,11 +57,15 @@ JOB_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or invalid API key"},
-    413: {"description": "file larger than the upload limit, or more rows than the row limit"},
+    413: {
+        "description": "file larger than the upload limit (a workbook: its text), or more rows than "
+        "the row limit"
+    },
     415: {"description": "not a multipart/form-data upload"},
     422: {
         "description": "the file cannot be coded: `error` is encoding, empty, no_rows, missing_columns, "
-        "duplicate_columns, ragged_rows or missing_file; `message` says what to fix"
+        "duplicate_columns, ragged_rows, unknown_column, not_a_workbook, no_sheet or missing_file; "
+        "`message` says what to fix"
     },
     503: {"description": "the job queue is unavailable"},
 }
@@ -110,7 +116,9 @@ def _urls(request: Request, job_id: str) -> tuple[str, str]:
     )
 
 
-def _accepted(request: Request, job: Job, settings: JobSettings) -> JSONResponse:
+def _accepted(
+    request: Request, job: Job, settings: JobSettings, extra: dict[str, Any] | None = None
+) -> JSONResponse:
     status_url, result_url = _urls(request, job.id)
     body = JobAccepted(
         job_id=job.id,
@@ -118,9 +126,10 @@ def _accepted(request: Request, job: Job, settings: JobSettings) -> JSONResponse
         rows_total=job.rows_total,
         status_url=status_url,
         result_url=result_url,
+        **(extra or {}),
     )
     return JSONResponse(
-        body.model_dump(),
+        body.model_dump(exclude_none=True),
         status_code=202,
         headers={"Location": status_url},
         background=BackgroundTask(_maybe_sweep, request, settings),
@@ -161,9 +170,10 @@ MULTIPART_BODY = {
                         "file": {
                             "type": "string",
                             "format": "binary",
-                            "description": "UTF-8 CSV (comma, semicolon or tab) with job_title and/or "
+                            "description": "UTF-8 CSV (comma, semicolon or tab), or an Excel workbook "
+                            "(.xlsx: the first sheet, or `sheet`), with job_title and/or "
                             "duties_description, optionally industry (the employer's main activity, e.g. "
-                            "'paper manufacturing'); other columns are kept in the result",
+                            "'paper manufacturing') and an id; other columns are kept in the result",
                         }
                     },
                 }
@@ -191,8 +201,31 @@ async def predict_csv(
     minor_threshold: Annotated[float | None, Query(ge=0, le=1)] = None,
     sub_major_threshold: Annotated[float | None, Query(ge=0, le=1)] = None,
     major_threshold: Annotated[float | None, Query(ge=0, le=1)] = None,
+    sheet: Annotated[
+        str | None,
+        Query(max_length=200, description="workbooks: the sheet to read, by name (default: the first)"),
+    ] = None,
+    title_column: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="the column that holds the job title, when its header "
+            "is not job_title (it is renamed job_title in the result)",
+        ),
+    ] = None,  # fmt: skip
+    duties_column: Annotated[
+        str | None, Query(max_length=200, description="the duties column, by header")
+    ] = None,
+    industry_column: Annotated[
+        str | None, Query(max_length=200, description="the industry column, by header")
+    ] = None,
+    id_column: Annotated[
+        str | None, Query(max_length=200, description="the row id column, by header")
+    ] = None,
 ) -> Response:
-    """Upload a CSV (multipart field `file`); it is checked as it streams in and queued as a job.
+    """Upload a CSV or an Excel workbook (.xlsx; multipart field `file`); it is checked as it streams in and
+    queued as a job. A workbook's first sheet is read unless `sheet` names another; the answer names the
+    sheet read and all the sheets, and says when formula cells were read as their saved values.
 
     The result has the input columns, then isco_code, level, title, confidence, is_fallback, unit_code,
     unit_confidence, top_codes, top_confidences, needs_review, review_reasons and row_error.
@@ -209,27 +242,32 @@ async def predict_csv(
         if any(v is not None for v in given.values())
         else None
     )
+    choices = UploadChoices.of(sheet, title_column, duties_column, industry_column, id_column)
+    job, staged = await queue_upload(request, principal, choices, _options(top_k, thresholds))
+    extra = {"sheet": staged.sheet, "sheets": staged.sheets, "notes": staged.notes or None}
+    return _accepted(request, job, settings, {k: v for k, v in extra.items() if v is not None})
+
+
+async def queue_upload(
+    request: Request, principal: Principal, choices: UploadChoices, options: dict[str, Any]
+) -> tuple[Job, StagedInput]:
+    """An uploaded CSV or workbook, checked whole, becomes a queued job (the API's /predict/csv and the review
+    page's upload). Raises HTTPException naming the problem; nothing is left behind on failure."""
+    settings = job_settings(request)
     job_id = new_job_id()
     final = input_path(settings, job_id, "csv")
-    partial = final.with_name(final.name + ".uploading")
-    received = await receive_csv(request, partial, max_bytes=settings.job_max_upload_bytes)
-    try:
-        report = await run_in_threadpool(scan, partial, received.layout, max_rows=settings.job_max_rows)
-    except CsvFormatError as exc:
-        partial.unlink(missing_ok=True)
-        raise csv_error(exc) from None
-    partial.replace(final)
-    options = _options(top_k, thresholds) | {"filename": received.filename, "bytes": received.size}
+    staged = await stage_upload(request, settings, final, choices)
+    options = options | staged.options(choices)
     try:
         job = await run_in_threadpool(
-            _create, request, settings, job_id, "csv", principal, final, report.rows, options
+            _create, request, settings, job_id, "csv", principal, final, staged.rows, options
         )
     except Exception:
         final.unlink(missing_ok=True)  # no row points at it: nothing would ever delete it
         raise
     await run_in_threadpool(_enqueue_committed, request, settings, job)
-    log.info("csv job %s queued: %d rows, %d bytes", job_id, report.rows, received.size)
-    return _accepted(request, job, settings)
+    log.info("%s job %s queued: %d rows, %d bytes", staged.format, job_id, staged.rows, staged.size)
+    return job, staged
 
 
 def _create(
@@ -354,15 +392,30 @@ def cancel_job(request: Request, job_id: str, session: SessionDep, principal: Ap
     responses={
         **JOB_ERRORS,
         200: {
-            "description": "CSV for CSV jobs; JSON (or CSV with Accept: text/csv) for batch jobs",
-            "content": {"text/csv": {}, "application/json": {}},
+            "description": "CSV for CSV jobs; JSON (or CSV with Accept: text/csv) for batch jobs; "
+            "xlsx with format=xlsx",
+            "content": {"text/csv": {}, "application/json": {}, XLSX_MEDIA_TYPE: {}},
         },
         409: {"description": "the job has not succeeded (yet): see `status`"},
         410: {"description": "the result has expired and was deleted"},
     },
     summary="Download a job's result",
 )
-def get_job_result(request: Request, job_id: str, session: SessionDep, principal: ApiKeyDep) -> Response:
+def get_job_result(
+    request: Request,
+    job_id: str,
+    session: SessionDep,
+    principal: ApiKeyDep,
+    format: Annotated[
+        Literal["csv", "xlsx", "json"] | None,
+        Query(
+            description="csv, xlsx, or json (batch jobs); default: CSV for CSV jobs, JSON for batch jobs "
+            "(CSV with Accept: text/csv, xlsx with the spreadsheetml type)"
+        ),
+    ] = None,  # fmt: skip
+) -> Response:
+    """The result: the input columns, the result columns, row_error, then final_code, coded_by and
+    final_status, the same columns before and after review (pending: in the review queue, undecided)."""
     job = _owned(session, job_id, principal)
     if (job.options or {}).get("expired"):
         raise HTTPException(
@@ -378,26 +431,21 @@ def get_job_result(request: Request, job_id: str, session: SessionDep, principal
     path = Path(job.result_path or "")
     if not path.is_file():
         raise HTTPException(410, detail={"error": "expired", "message": "the result file is gone"})
-    # reviewed jobs: every row also says `final_code`, `coded_by` and `final_status` (shared.review.exports)
-    decisions = decisions_for_job(session, job.id) if has_decisions(session, job.id) else None
-    as_csv = job.kind == "csv" or "text/csv" in request.headers.get("accept", "")
-    if as_csv and decisions is not None:
-        return StreamingResponse(
-            iter_reviewed_csv(job, decisions),
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="isco-{job.id}.csv"'},
+    # every row says `final_code`, `coded_by` and `final_status`, reviewed or not (shared.review.exports)
+    decisions = decisions_for_job(session, job.id)
+    accept = request.headers.get("accept", "")
+    if format is None:
+        format = (
+            "xlsx"
+            if XLSX_MEDIA_TYPE in accept
+            else "csv"
+            if job.kind == "csv" or "text/csv" in accept
+            else "json"
         )
-    if job.kind == "csv":
-        return FileResponse(
-            path,
-            media_type="text/csv; charset=utf-8",
-            filename=f"isco-{job.id}.csv",
-            content_disposition_type="attachment",
-        )
-    if as_csv:
-        return StreamingResponse(
-            iter_batch_csv(job, Path(job.input_path), path),
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="isco-{job.id}.csv"'},
-        )
-    return StreamingResponse(iter_batch_json(job, path, decisions), media_type="application/json")
+    if format == "json":
+        if job.kind == "csv":
+            raise HTTPException(
+                422, detail={"error": "format", "message": "a CSV job's result is CSV or xlsx, not JSON"}
+            )
+        return StreamingResponse(iter_batch_json(job, path, decisions), media_type="application/json")
+    return result_download(job, decisions, format, f"isco-{job.id}")

@@ -1,15 +1,18 @@
-"""Streaming multipart upload of a CSV file to the shared volume, checked as it arrives.
+"""Streaming multipart upload of a CSV file (or an Excel workbook) to the shared volume, checked as it
+arrives.
 
 FastAPI's `UploadFile` would spool the whole body to a temporary file before the route runs, so neither the
 size limit nor the header check could answer early. Here the body is parsed as it streams in: the declared
 length is checked before reading anything, the running size on every block, and the encoding, delimiter and
 header as soon as the first 64 KiB (or the whole file, if smaller) have arrived. Nothing is held in memory
-beyond one block and the header sample.
+beyond one block and the header sample. A workbook (`shared.csvio.workbook.is_workbook`: its bytes, name or
+type) is only size-checked here; it is read after it has arrived (`services/gateway/staging.py`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -19,6 +22,7 @@ from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from shared.csvio.reading import SNIFF_BYTES, CsvFormatError, CsvLayout, sniff_layout
+from shared.csvio.workbook import is_workbook
 
 FIELD = "file"
 MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries around the file itself, for the Content-Length check
@@ -30,8 +34,9 @@ def upload_error(status: int, error: str, message: str, **details: Any) -> HTTPE
 
 
 def csv_error(exc: CsvFormatError) -> HTTPException:
-    """422 for a file that cannot be coded (413 when it has too many rows); the detail names the problem."""
-    return HTTPException(413 if exc.code == "too_many_rows" else 422, detail=exc.as_dict())
+    """422 for a file that cannot be coded (413 when it has too many rows or too much text); the detail names
+    the problem."""
+    return HTTPException(413 if exc.code in ("too_many_rows", "too_large") else 422, detail=exc.as_dict())
 
 
 def too_large(max_bytes: int) -> HTTPException:
@@ -48,7 +53,12 @@ class ReceivedFile:
     path: Path
     size: int
     filename: str | None
-    layout: CsvLayout
+    layout: CsvLayout | None  # None for a workbook: its sheet is read once it has arrived
+    content_type: str | None = None
+
+    @property
+    def workbook(self) -> bool:
+        return self.layout is None
 
 
 @dataclass
@@ -74,6 +84,7 @@ class _Receiver:
         self.head = bytearray()  # first SNIFF_BYTES of the file, for the header check
         self.pending = bytearray()  # bytes not yet written
         self.filename: str | None = None
+        self.content_type: str | None = None
         self.over_limit = False
 
     def callbacks(self) -> dict[str, Any]:
@@ -111,6 +122,7 @@ class _Receiver:
         if self.in_file:
             self.seen_file = True
             self.filename = self.part.filename
+            self.content_type = self.part.headers.get("content-type")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if not self.in_file or self.over_limit:
@@ -135,10 +147,13 @@ class _Receiver:
             self.pending = bytearray()
 
 
-async def receive_csv(request: Request, dest: Path, *, max_bytes: int) -> ReceivedFile:
+async def receive_csv(
+    request: Request, dest: Path, *, max_bytes: int, columns: Mapping[str, str] | None = None
+) -> ReceivedFile:
     """Stream the multipart field `file` of `request` to `dest`; raise HTTPException with a clear detail for
-    a body that is not multipart (415), has no `file` field (422), is over `max_bytes` (413), or whose
-    encoding or header is wrong (422, as soon as the first block shows it). `dest` is removed on failure."""
+    a body that is not multipart (415), has no `file` field (422), is over `max_bytes` (413), or, for a CSV,
+    whose encoding or header is wrong (422, as soon as the first block shows it; `columns` chosen by hand
+    count as found, `shared.csvio.reading.mapped_header`). `dest` is removed on failure."""
     content_type = request.headers.get("content-type", "")
     ctype, params = parse_options_header(content_type)
     if ctype != b"multipart/form-data" or b"boundary" not in params:
@@ -157,14 +172,15 @@ async def receive_csv(request: Request, dest: Path, *, max_bytes: int) -> Receiv
     receiver = _Receiver(out, max_bytes)
     parser = MultipartParser(params[b"boundary"], cast(Any, receiver.callbacks()))
     layout: CsvLayout | None = None
+    checked = False
     ok = False
     try:
         async for block in request.stream():
             parser.write(block)
             if receiver.over_limit:
                 raise too_large(max_bytes)
-            if layout is None and (len(receiver.head) >= SNIFF_BYTES or receiver.file_done):
-                layout = _check_head(receiver)
+            if not checked and (len(receiver.head) >= SNIFF_BYTES or receiver.file_done):
+                layout, checked = _check_head(receiver, columns), True
             if len(receiver.pending) >= FLUSH_BYTES:
                 await anyio.to_thread.run_sync(receiver.flush)
         parser.finalize()
@@ -174,8 +190,8 @@ async def receive_csv(request: Request, dest: Path, *, max_bytes: int) -> Receiv
             )
         if not receiver.file_done:
             raise upload_error(400, "incomplete_upload", "The upload ended before the file was complete.")
-        if layout is None:
-            layout = _check_head(receiver)
+        if not checked:
+            layout = _check_head(receiver, columns)
         await anyio.to_thread.run_sync(_finish, receiver, out)
         ok = True
     except CsvFormatError as exc:
@@ -187,11 +203,16 @@ async def receive_csv(request: Request, dest: Path, *, max_bytes: int) -> Receiv
             out.close()
         if not ok:
             dest.unlink(missing_ok=True)
-    return ReceivedFile(dest, receiver.size, receiver.filename, layout)
+    return ReceivedFile(dest, receiver.size, receiver.filename, layout, receiver.content_type)
 
 
-def _check_head(receiver: _Receiver) -> CsvLayout:
-    return sniff_layout(bytes(receiver.head), complete=receiver.file_done and receiver.size <= SNIFF_BYTES)
+def _check_head(receiver: _Receiver, columns: Mapping[str, str] | None) -> CsvLayout | None:
+    """The CSV's layout from its first bytes; None for a workbook."""
+    head = bytes(receiver.head)
+    if head and is_workbook(head[:8], receiver.filename, receiver.content_type):
+        return None
+    complete = receiver.file_done and receiver.size <= SNIFF_BYTES
+    return sniff_layout(head, complete=complete, columns=columns)
 
 
 def _finish(receiver: _Receiver, out: IO[bytes]) -> None:

@@ -10,6 +10,8 @@ texts empty, wrong number of fields) keeps its place with empty results and the 
 `shared.coding`, the engine the job workers use: the same results and the same row_error texts as a CSV job.
 The file is streamed in chunks; memory does not grow with its size. The output appears only when complete:
 it is written to a hidden temp file that is renamed at the end, and removed on an error, Ctrl-C or SIGTERM.
+An Excel workbook (.xlsx) in (`--sheet`, default the first) or out (by the output's name) goes through the
+same CSV input layer (`shared.csvio.workbook`); formula cells are read as their saved values, never run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,9 +98,15 @@ def _options(settings: Any, unit_threshold: float | None) -> Any:
 @app.command()
 def predict(
     input: Path = typer.Option(
-        None, "--input", "-i", help="CSV with job_title and/or duties_description, optionally industry"
+        None,
+        "--input",
+        "-i",
+        help="CSV or Excel workbook (.xlsx) with job_title and/or duties_description, optionally industry",
     ),
-    output: Path = typer.Option(None, "--output", "-o", help="result CSV (written atomically)"),
+    output: Path = typer.Option(
+        None, "--output", "-o", help="result CSV, or .xlsx by its name (written atomically)"
+    ),
+    sheet: str = typer.Option(None, "--sheet", help="workbooks: the sheet to read (default: the first)"),
     job_title: str = typer.Option(None, "--job-title", "-t", help="one record: its job title"),
     duties: str = typer.Option(None, "--duties", "-d", help="one record: its duties description"),
     industry: str = typer.Option(
@@ -125,7 +134,7 @@ def predict(
         return
     if input is None or output is None:
         raise _fail("give --input and --output (a CSV file), or --job-title and/or --duties (one record)")
-    _predict_file(input, output, model, unit_threshold, progress)
+    _predict_file(input, output, model, unit_threshold, progress, sheet)
 
 
 def _predict_one(
@@ -154,6 +163,67 @@ def _predict_one(
 
 
 def _predict_file(
+    input: Path,
+    output: Path,
+    model: str | None,
+    unit_threshold: float | None,
+    progress: bool,
+    sheet: str | None = None,
+) -> None:
+    """A workbook in or out goes through a CSV in a temporary folder: the input layer reads the same CSV a
+    job would (`shared.csvio.workbook`), and the .xlsx result is the CSV result's cells."""
+    from shared.csvio.reading import CsvFormatError
+    from shared.csvio.workbook import XLSX_SUFFIX, is_workbook, workbook_to_csv
+
+    if not input.is_file():
+        raise _fail(f"--input: {input} does not exist")
+    if output.resolve() == input.resolve():
+        raise _fail("--output: must not be the input file")
+    with open(input, "rb") as f:
+        head = f.read(8)
+    book = is_workbook(head, input.name)
+    if sheet is not None and not book:
+        raise _fail("--sheet: only for a workbook (.xlsx) input")
+    if not book and output.suffix.lower() != XLSX_SUFFIX:
+        _predict_csv(input, output, model, unit_threshold, progress)
+        return
+    with tempfile.TemporaryDirectory(prefix="isco-predict-") as folder:
+        csv_input, csv_output = input, output
+        if book:
+            csv_input = Path(folder) / "input.csv"
+            try:
+                found = workbook_to_csv(input, csv_input, sheet=sheet)
+            except CsvFormatError as exc:
+                raise _fail(f"{input}: {exc}") from None
+            others = [name for name in found.sheets if name != found.sheet]
+            err.print(
+                f"reading sheet {found.sheet!r} of {input}"
+                + (f" (other sheets: {', '.join(others)}; --sheet chooses)" if others else ""),
+                highlight=False,
+            )
+            if found.formula_note():
+                err.print(found.formula_note(), highlight=False)
+        if output.suffix.lower() == XLSX_SUFFIX:
+            csv_output = Path(folder) / "result.csv"
+        _predict_csv(csv_input, csv_output, model, unit_threshold, progress)
+        if csv_output != output:
+            _csv_to_xlsx(csv_output, output)
+
+
+def _csv_to_xlsx(source: Path, output: Path) -> None:
+    import csv
+
+    from shared.csvio.reading import read_layout
+    from shared.csvio.workbook import write_xlsx
+
+    layout = read_layout(source, any_of=("isco_code",))
+    partial = output.with_name(output.name + ".partial")
+    with open(source, encoding=layout.encoding, newline="") as f:
+        write_xlsx(csv.reader(f, delimiter=layout.delimiter), partial)
+    partial.replace(output)
+
+
+def _predict_csv(
     input: Path, output: Path, model: str | None, unit_threshold: float | None, progress: bool
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

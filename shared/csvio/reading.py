@@ -16,7 +16,7 @@ import codecs
 import csv
 import io
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +25,9 @@ TITLE = "job_title"
 DUTIES = "duties_description"
 TEXT_COLUMNS = (TITLE, DUTIES)
 INDUSTRY = "industry"  # optional context column: never enough on its own to code a row
+ID = "id"  # optional: the row's identifier (passes through to the result like any other column)
+ROLES = (TITLE, DUTIES, INDUSTRY, ID)  # the columns a coder can choose by hand (`mapped_header`)
+DISPLACED_PREFIX = "input_"  # a column whose name a hand-chosen column takes over (as `result_header` does)
 DELIMITERS = (",", ";", "\t")
 SNIFF_BYTES = 64 * 1024
 MAX_REPORTED_ROWS = 20  # ragged rows listed in one error; the count says how many there are in all
@@ -44,7 +47,9 @@ _HEADER_SEP = re.compile(r"[\s_\-.]+")
 class CsvFormatError(ValueError):
     """A file that cannot be read as a job CSV. `code` is machine-readable, str(self) is for people.
 
-    Codes: encoding, empty, no_rows, missing_columns, duplicate_columns, ragged_rows, too_many_rows.
+    Codes: encoding, empty, no_rows, missing_columns, duplicate_columns, ragged_rows, too_many_rows,
+    unknown_column (a column chosen by hand is not in the header); workbooks add not_a_workbook, no_sheet,
+    too_large (`shared.csvio.workbook`).
     """
 
     def __init__(self, code: str, message: str, **details: Any):
@@ -72,6 +77,7 @@ class CsvLayout:
     title_index: int | None
     duties_index: int | None
     industry_index: int | None = None
+    id_index: int | None = None
 
     @property
     def width(self) -> int:
@@ -191,12 +197,19 @@ def _first_record(text: str, delimiter: str) -> list[str]:
     return []
 
 
-def sniff_layout(sample: bytes, *, complete: bool = False, any_of: Sequence[str] = TEXT_COLUMNS) -> CsvLayout:
+def sniff_layout(
+    sample: bytes,
+    *,
+    complete: bool = False,
+    any_of: Sequence[str] = TEXT_COLUMNS,
+    columns: Mapping[str, str] | None = None,
+) -> CsvLayout:
     """Read encoding, delimiter and header from the first bytes of a file (`SNIFF_BYTES` is plenty).
 
     The delimiter is the one of comma, semicolon and tab under which the header names a column of `any_of`
-    (default: the text columns); among several, the one giving more columns. Raises CsvFormatError
-    (encoding, empty, missing_columns, duplicate_columns).
+    (default: the text columns), or the columns chosen by hand (`columns`, see `mapped_header`: the layout's
+    header is then the renamed one); among several, the one giving more columns. Raises CsvFormatError
+    (encoding, empty, missing_columns, duplicate_columns, unknown_column).
     """
     text, encoding = decode_head(sample, complete=complete)
     if not text.strip():
@@ -210,10 +223,78 @@ def sniff_layout(sample: bytes, *, complete: bool = False, any_of: Sequence[str]
     for delimiter in DELIMITERS:
         header = _first_record(text if '"' in first_line else first_line, delimiter)
         names = [normalise_header(h) for h in header]
-        found = sum(1 for c in any_of if c in names)
+        wanted = [normalise_header(name) for name in columns.values()] if columns else any_of
+        found = sum(1 for c in wanted if c in names)
         candidates.append((found, len(header), delimiter, header, names))
     found, _, delimiter, header, names = max(candidates, key=lambda c: (c[0], c[1]))
-    if not found:
+    if columns:
+        header = mapped_header(header, columns)
+    return header_layout(header, encoding=encoding, delimiter=delimiter, any_of=any_of)
+
+
+def is_id_name(name: str) -> bool:
+    """A header that names the row's identifier: "id", "ID", "respondent_id", "Person ID"."""
+    normal = normalise_header(name)
+    return normal == ID or normal.endswith("_" + ID)
+
+
+def mapped_header(header: Sequence[str], columns: Mapping[str, str]) -> list[str]:
+    """The header with the columns a coder chose by hand renamed to their role.
+
+    `columns` maps a role of `ROLES` (job_title, duties_description, industry, id) to a header name as
+    written (matched like every header: ignoring case and spaces). The chosen column takes the role's name;
+    another column that already had that name is renamed `input_<name>`, so it no longer competes. Raises
+    CsvFormatError (unknown_column) for a role that is not one of `ROLES` or a name the header does not have.
+    """
+    out = [h.replace("\ufeff", "").strip() for h in header]
+    names = [normalise_header(h) for h in out]
+    chosen: dict[int, str] = {}
+    for role, name in columns.items():
+        if role not in ROLES:
+            raise CsvFormatError(
+                "unknown_column", f"{role!r} is not a column role; roles are {', '.join(ROLES)}.", role=role
+            )
+        if normalise_header(name) not in names:
+            raise CsvFormatError(
+                "unknown_column",
+                f"The column {name!r} chosen as {role} is not in the header. "
+                f"Columns found: {', '.join(out[:30]) or '(none)'}.",
+                role=role,
+                column=name,
+                found=out[:30],
+            )
+        at = names.index(normalise_header(name))
+        if at in chosen and chosen[at] != role:
+            raise CsvFormatError(
+                "unknown_column",
+                f"The column {name!r} is chosen as both {chosen[at]} and {role}; choose one role per column.",
+                role=role,
+                column=name,
+            )
+        chosen[at] = role
+    for at, role in chosen.items():
+        for i, name in enumerate(names):
+            if i not in chosen and name == role:
+                while normalise_header(out[i]) in {*names, *chosen.values()}:
+                    out[i] = DISPLACED_PREFIX + out[i]
+                names[i] = normalise_header(out[i])
+        out[at] = role
+        names[at] = role
+    return out
+
+
+def header_layout(
+    header: Sequence[str],
+    *,
+    encoding: str = "utf-8",
+    delimiter: str = ",",
+    any_of: Sequence[str] = TEXT_COLUMNS,
+) -> CsvLayout:
+    """The layout of a header (CSV or a workbook's first row): where the text, industry and id columns are.
+    Raises CsvFormatError (missing_columns, duplicate_columns)."""
+    header = list(header)
+    names = [normalise_header(h) for h in header]
+    if not any(c in names for c in any_of):
         shown = [h.strip() for h in header][:30]
         wanted = ("neither " + " nor ".join(any_of)) if len(any_of) == 2 else "none of " + " / ".join(any_of)
         raise CsvFormatError(
@@ -231,6 +312,9 @@ def sniff_layout(sample: bytes, *, complete: bool = False, any_of: Sequence[str]
                 f"The header names {column} {names.count(column)} times; it must appear once.",
                 duplicates=[column],
             )
+    ids = [i for i, name in enumerate(names) if name == ID] or [
+        i for i, h in enumerate(header) if is_id_name(h)
+    ]
     return CsvLayout(
         encoding=encoding,
         delimiter=delimiter,
@@ -238,6 +322,7 @@ def sniff_layout(sample: bytes, *, complete: bool = False, any_of: Sequence[str]
         title_index=names.index(TITLE) if TITLE in names else None,
         duties_index=names.index(DUTIES) if DUTIES in names else None,
         industry_index=names.index(INDUSTRY) if INDUSTRY in names else None,
+        id_index=ids[0] if ids else None,
     )
 
 

@@ -10,9 +10,10 @@ import csv
 import io
 import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import IO, Any
 
-from shared.csvio.reading import normalise_header
+from shared.csvio.reading import CsvLayout, iter_rows, normalise_header
 from shared.schemas import Prediction
 
 RESULT_COLUMNS = [
@@ -141,3 +142,17 @@ def format_row(cells: Sequence[str], delimiter: str = ",") -> str:
 def header_line(header: Sequence[str], delimiter: str = ",") -> str:
     """The header as one CSV line (neutralised like every other cell)."""
     return format_row([neutralise(h) for h in header], delimiter)
+
+
+def copy_with_header(source: Path, dest: Path, layout: CsvLayout) -> int:
+    """Copy a checked input CSV to `dest` with `layout.header` as its header (the header with the columns a
+    coder chose by hand renamed, `reading.mapped_header`), in the file's delimiter; returns the data rows.
+    Cells are copied as read (an input, not a result: nothing is neutralised)."""
+    rows = 0
+    with open(dest, "w", encoding="utf-8", newline="") as out:
+        w = writer(out, layout.delimiter)
+        w.writerow(layout.header)
+        for row in iter_rows(source, layout):
+            w.writerow(row.cells)
+            rows += 1
+    return rows

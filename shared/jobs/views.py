@@ -31,6 +31,11 @@ class JobAccepted(BaseModel):
     rows_total: int
     status_url: str
     result_url: str
+    # workbook uploads only (left out of the answer otherwise): the sheet read, all the sheets, and what the
+    # coder should know about the input (formula cells read as their saved values)
+    sheet: str | None = None
+    sheets: list[str] | None = None
+    notes: list[str] | None = None
 
 
 class JobView(BaseModel):

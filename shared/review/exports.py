@@ -1,6 +1,6 @@
 """What a job's result download and a review produce: the reviewed result (the job's result plus
-`final_code`, `coded_by` and `final_status`, added at read time), a batch job's result as JSON or in its CSV
-form, and the corrections file in the `isco train --corrections` layout (job_title, duties_description,
+`final_code`, `coded_by` and `final_status`, added at read time, reviewed or not) as CSV, .xlsx or (batch
+jobs) JSON, and the corrections file in the `isco train --corrections` layout (job_title, duties_description,
 corrected_isco_code).
 """
 
@@ -13,11 +13,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from shared.csvio.reading import SNIFF_BYTES, sniff_layout
-from shared.csvio.writing import format_row, header_line, result_row, writer
-from shared.csvio.writing import result_header as header_for_input
+from shared.csvio.workbook import write_xlsx
+from shared.csvio.writing import format_row, neutralise, writer
 from shared.db.tables import Job, ReviewDecision
-from shared.review.results import ResultRow, batch_csv_cells, batch_csv_input, iter_result_rows, result_header
-from shared.schemas import Prediction
+from shared.review.results import ResultRow, iter_result_rows, result_header
 
 REVIEWED_COLUMNS = ["final_code", "coded_by", "final_status"]
 CODED_BY_MODEL = "model"
@@ -63,21 +62,35 @@ def reviewed_cells(row: ResultRow, decision: ReviewDecision | None) -> list[str]
     return [*final_cells(row, decision), str(final_status(row, decision))]
 
 
+def reviewed_rows(job: Job, decisions: dict[int, ReviewDecision]) -> Iterator[list[str]]:
+    """The job's result as rows, header first, with `REVIEWED_COLUMNS` appended to every one: the same
+    columns whether or not a coder has decided anything (no decisions: the model's code where it did not
+    route the row to review, `pending` where it did). Cells are neutralised (`writing.neutralise`)."""
+    yield [neutralise(h) for h in [*result_header(job), *REVIEWED_COLUMNS]]
+    for row in iter_result_rows(job):
+        yield [*row.cells, *reviewed_cells(row, decisions.get(row.number))]
+
+
 def iter_reviewed_csv(job: Job, decisions: dict[int, ReviewDecision]) -> Iterator[str]:
     """The job's result CSV with `final_code`, `coded_by` and `final_status` appended, as text chunks."""
     delimiter = ","
     if job.kind == "csv":
         with open(job.result_path or "", "rb") as f:
             delimiter = sniff_layout(f.read(SNIFF_BYTES)).delimiter
-    yield header_line([*result_header(job), *REVIEWED_COLUMNS], delimiter)
     buffer: list[str] = []
-    for row in iter_result_rows(job):
-        buffer.append(format_row([*row.cells, *reviewed_cells(row, decisions.get(row.number))], delimiter))
+    for cells in reviewed_rows(job, decisions):
+        buffer.append(format_row(cells, delimiter))
         if len(buffer) >= 500:
             yield "".join(buffer)
             buffer = []
     if buffer:
         yield "".join(buffer)
+
+
+def write_reviewed_xlsx(job: Job, decisions: dict[int, ReviewDecision], dest: Path) -> int:
+    """The reviewed result (`reviewed_rows`: the CSV's columns and cells) as an .xlsx at `dest`, every cell
+    text; returns the number of data rows."""
+    return write_xlsx(reviewed_rows(job, decisions), dest)
 
 
 def corrections_csv(decisions: Iterable[ReviewDecision]) -> str:
@@ -97,7 +110,8 @@ def iter_batch_json(
     job: Job, result: Path, decisions: dict[int, ReviewDecision] | None = None
 ) -> Iterator[bytes]:
     """{"job_id", "model_version", "results": [...]} streamed from the JSON lines result; with review
-    `decisions`, each result also says `final_code` and `coded_by` (null where there is none yet) and
+    `decisions` (the API always passes them, empty before any review, so the fields do not depend on the
+    review state), each result also says `final_code` and `coded_by` (null where there is none yet) and
     `final_status` (auto_coded, reviewed, changed, uncodable, pending or failed)."""
     yield json.dumps({"job_id": job.id, "model_version": job.model_version})[:-1].encode() + b', "results": ['
     if decisions is None:
@@ -124,24 +138,3 @@ def _reviewed_lines(job: Job, result: Path, decisions: dict[int, ReviewDecision]
             outcome = json.loads(line)
             outcome.update(final_code=final_code or None, coded_by=coded_by or None, final_status=status)
             yield json.dumps(outcome, ensure_ascii=False).encode()
-
-
-def iter_batch_csv(job: Job, records: Path, result: Path) -> Iterator[bytes]:
-    """The CSV form of a batch result: id, job_title, duties_description (and industry when a record gave
-    one), the result columns, row_error."""
-    columns = batch_csv_input(job)
-    yield header_line(header_for_input(columns)).encode()
-    with open(records, encoding="utf-8") as inputs, open(result, encoding="utf-8") as outputs:
-        buffer: list[str] = []
-        for record_line, result_line in zip(inputs, outputs, strict=False):
-            cells = batch_csv_cells(json.loads(record_line), columns)
-            outcome = json.loads(result_line)
-            value: Prediction | str = (
-                outcome["error"] if "error" in outcome else Prediction.model_validate(outcome)
-            )
-            buffer.append(format_row(result_row(cells, value)))
-            if len(buffer) >= 500:
-                yield "".join(buffer).encode()
-                buffer = []
-        if buffer:
-            yield "".join(buffer).encode()

@@ -1,7 +1,8 @@
 """The review page's home: the key's jobs and the model registry, and the retraining the decisions feed.
 
 GET  /review?page=N                       the key's jobs (25 a page: name, submit time, progress, review
-                                          and audit counts), the model registry
+                                          and audit counts, downloads), the upload card (upload.py), the
+                                          model registry
 GET  /review/models/{version}/curve.png   a model version's coverage-precision curve
 POST /review/retrain                      queue a training run on the key's corrections (`training` queue)
 """
@@ -23,6 +24,7 @@ from services.gateway.review.pages import page, redirect, render
 from services.gateway.review.queue import ReviewCachesDep
 from services.gateway.review.retrain import queue_retraining
 from services.gateway.review.session import ReviewerDep
+from services.gateway.review.upload import upload_limits
 from shared import registry
 from shared.db.tables import JobStatus
 from shared.jobs.state import ACTIVE, owner_jobs
@@ -96,6 +98,7 @@ def home(
             best=best,
             corrections=sum(1 for d in all_decisions if d.final_code),
             message=request.query_params.get("message"),
+            upload_limits=upload_limits(job_settings(request)),
         ),
     )
 
