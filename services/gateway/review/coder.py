@@ -74,6 +74,7 @@ def answer(p: Prediction) -> dict[str, Any]:
         "needs_review": p.needs_review,
         "review_reasons": p.review_reasons,
         "truncated": p.truncated,
+        "language": p.language,  # the language the record was coded as (ISO 639-1)
         "alternatives": [a.model_dump() for a in p.alternatives],
         "evidence": [
             {**e.model_dump(), "unit_title": taxonomy.title(e.unit_code) if e.unit_code in taxonomy else ""}

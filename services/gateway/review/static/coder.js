@@ -25,7 +25,9 @@
     not_coded: "no level cleared its threshold",
     below_threshold: "answered at a coarser level than the unit group",
     not_an_occupation: "the answer names a status, not a job",
-    not_english: "the text does not read as English (the model reads English)",
+    unsupported_language: "written in a language the model does not cover",
+    language_mismatch: "the text is not in the language the record says",
+    not_english: "the text does not read as English (the model reads English)",  // models before languages
   };
 
   var latest = 0;        // the number of the latest keystroke
@@ -156,6 +158,7 @@
     if (answer.routing_confidence !== null && answer.routing_confidence !== undefined) {
       decision.appendChild(node("span", "muted", " · routing confidence " + percent(answer.routing_confidence)));
     }
+    if (answer.language) decision.appendChild(node("span", "muted", " · read as language " + answer.language));
     if (answer.truncated) decision.appendChild(node("span", "muted", " · the text was cut to the model's limit"));
 
     evidence.innerHTML = "";
