@@ -28,6 +28,11 @@ _WHITE_SPACE = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x3001)) if c.
 HAS_TEXT = f"[^{_WHITE_SPACE}]"
 _HAS_TEXT = re.compile(HAS_TEXT)
 
+# A `language` hint as the validator reads it (`normalise_code`: surrounding white space, any case), as a
+# pattern, so the schema refuses what the API refuses: one of the codes, or white space alone (no hint).
+_CASELESS_CODES = "|".join("".join(f"[{c}{c.upper()}]" for c in code) for code in LANGUAGES)
+LANGUAGE_HINT = f"^[{_WHITE_SPACE}]*(?:{_CASELESS_CODES})?[{_WHITE_SPACE}]*$"
+
 # The rule "a title or a duties description" as JSON schema, so that clients and fuzzers know it too.
 TEXT_REQUIRED: dict[str, Any] = {
     "anyOf": [
@@ -75,6 +80,7 @@ class JobRecord(BaseModel):
         + " (case-insensitive; empty: absent, the language is identified from the text). A hint the text "
         "contradicts is coded as the hint says and sent to a coder with `language_mismatch`",
         examples=["de"],
+        json_schema_extra={"pattern": LANGUAGE_HINT},
     )
 
     @field_validator("language", mode="before")

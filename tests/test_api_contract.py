@@ -386,3 +386,20 @@ def test_an_integral_number_is_an_integer(anonymous: TestClient) -> None:
         assert anonymous.post(path, json=body).status_code != 422, path
         refused = anonymous.post(path, json={**body, "top_k": 2.5})
         assert [e.field for e in error_body(refused).detail] == ["top_k"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("hint", "accepted"),
+    [("de", True), ("DE ", True), ("", True), ("\t", True), ("`", False), ("deu", False), ("xx", False)],
+)
+def test_language_hint_pattern_and_validator_agree(hint: str, accepted: bool) -> None:
+    """The schema's pattern for `language` (what fuzzers and clients read) refuses what the API refuses."""
+    from shared.schemas import LANGUAGE_HINT
+
+    assert bool(re.search(LANGUAGE_HINT, hint)) is accepted
+    try:
+        JobRecord(job_title="cook", language=hint)
+    except ValidationError:
+        assert not accepted
+    else:
+        assert accepted
