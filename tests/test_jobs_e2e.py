@@ -168,7 +168,13 @@ def test_csv_job_from_upload_to_result(stack: Stack) -> None:
     assert [r["Notes"] for r in rows[:200]] == [f"note {i}" for i in range(200)]
     assert list(rows[0])[:4] == ["Ref", "Job Title", "Duties Description", "Notes"]
     # the review columns are always there (pending where the model routed the row to review)
-    assert list(rows[0])[4:] == [*jobs_result_columns(), "row_error", "final_code", "coded_by", "final_status"]
+    assert list(rows[0])[4:] == [
+        *jobs_result_columns(),
+        "row_error",
+        "final_code",
+        "coded_by",
+        "final_status",
+    ]
     assert all(
         r["unit_code"] and len(r["top_codes"].split("|")) == 3 and not r["row_error"] for r in rows[:200]
     )

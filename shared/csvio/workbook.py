@@ -17,7 +17,8 @@ import datetime as dt
 import re
 import warnings
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,9 @@ def is_workbook(head: bytes, filename: str | None = None, content_type: str | No
     )
 
 
-def _open(path: Path, max_unpacked_bytes: int | None) -> Any:
+@contextmanager
+def _opened(path: Path, max_unpacked_bytes: int | None) -> Iterator[Any]:
+    """The workbook, read-only with saved values; closed (with its file) on leaving."""
     with open(path, "rb") as f:
         head = f.read(8)
     if not head:
@@ -103,23 +106,28 @@ def _open(path: Path, max_unpacked_bytes: int | None) -> Any:
         )
     from openpyxl import load_workbook  # the gateway imports this module; openpyxl loads only when needed
 
-    try:
-        with warnings.catch_warnings():  # openpyxl warns about styles and extensions it does not read
-            warnings.simplefilter("ignore")
-            return load_workbook(path, read_only=True, data_only=True)
-    except Exception as exc:  # openpyxl raises KeyError, ValueError, InvalidFileException ... for bad files
-        raise CsvFormatError(
-            "not_a_workbook", f"The file is not a readable .xlsx workbook ({exc}). {SAVE_AS}"
-        ) from None
+    # a file object, not the path: openpyxl would refuse a name without .xlsx (an upload's spool file)
+    with open(path, "rb") as source:
+        try:
+            with warnings.catch_warnings():  # openpyxl warns about styles and extensions it does not read
+                warnings.simplefilter("ignore")
+                workbook = load_workbook(source, read_only=True, data_only=True)
+        except (
+            Exception
+        ) as exc:  # openpyxl raises KeyError, ValueError, InvalidFileException ... on bad files
+            raise CsvFormatError(
+                "not_a_workbook", f"The file is not a readable .xlsx workbook ({exc}). {SAVE_AS}"
+            ) from None
+        try:
+            yield workbook
+        finally:
+            workbook.close()
 
 
 def sheet_names(path: Path) -> list[str]:
     """The names of a workbook's worksheets, in order."""
-    workbook = _open(path, None)
-    try:
+    with _opened(path, None) as workbook:
         return [ws.title for ws in workbook.worksheets]
-    finally:
-        workbook.close()
 
 
 def cell_text(value: object) -> str:
@@ -197,8 +205,7 @@ def workbook_to_csv(
     too_many_rows (over `max_rows`), too_large (the CSV over `max_bytes`, or the workbook unpacking to more
     than ten times that), not_a_workbook, no_sheet. `dest` is left absent on failure.
     """
-    workbook = _open(source, 10 * max_bytes if max_bytes else None)
-    try:
+    with _opened(source, 10 * max_bytes if max_bytes else None) as workbook:
         ws = _choose_sheet(workbook, sheet)
         names = [w.title for w in workbook.worksheets]
         ws.reset_dimensions()  # the stored dimensions can be wrong (some writers leave A1:A1): read every row
@@ -215,8 +222,6 @@ def workbook_to_csv(
         if out is not None:
             out.close()
         return found
-    finally:
-        workbook.close()
 
 
 def _copy_rows(
