@@ -8,7 +8,7 @@ def test_default_corpus_counts_and_codes(tmp_path):
     settings = CommonSettings(data_dir=tmp_path, isco_structure_csv=tmp_path / "missing.csv")
     records = build_default_corpus(settings)
     counts = corpus_counts(records)
-    # English by default: the multilingual labels come only with other `languages` (tests/test_multilingual.py)
+    # English by default: multilingual labels come only with other `languages` (tests/test_multilingual.py)
     assert set(counts) == set(SOURCES) - {"esco_title_multilingual"}
     assert all(n > 0 for n in counts.values())
     assert counts["esco_title"] > 30000

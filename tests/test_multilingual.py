@@ -11,8 +11,9 @@ import pytest
 
 from bench.multilingual import CharNgramPeer, DevRecord, dev_records, peer_results, summarise
 from services.trainer.config import PreprocessConfig, TrainerSettings
+from services.trainer.pipeline import trained_languages
 from services.trainer.preprocess import prepare, validate
-from services.trainer.records import Example, read_coded_csv, rows_from_corpus
+from services.trainer.records import Example, RawRow, read_coded_csv, rows_from_corpus
 from services.trainer.splits import split
 from shared.corpus import SOURCES, build_default_corpus, corpus_counts, corpus_languages
 from shared.corpus_multilingual import (
@@ -166,6 +167,20 @@ def test_users_records_may_give_their_language(tmp_path: Path) -> None:
     assert len(invalid) == 1 and invalid[0].reason.startswith("language: 'xx' is not one of en, bg")
     prepared = prepare(rows, PreprocessConfig())
     assert prepared.stats["invalid_rows"] == 1
+
+
+def test_a_row_without_a_language_is_identified_and_the_model_lists_its_training_languages() -> None:
+    rows = [
+        RawRow("Krankenpfleger für Intensivpflege", "", "2221", "user", "t:1"),
+        RawRow("registered nurse in a hospital", "", "2221", "user", "t:2"),
+        RawRow("Manager", "", "1120", "user", "t:3"),  # one word of many languages: not sure, not guessed
+        RawRow("шофьор на камион", "", "8332", "user", "t:4", language="bg"),
+    ]
+    examples, invalid = validate(rows)
+    assert not invalid
+    assert [e.language for e in examples] == ["de", "en", "", "bg"]
+    assert trained_languages(examples) == ["en", "bg", "de"]
+    assert trained_languages(examples[2:3]) is None
 
 
 def test_peer_codes_the_nearest_training_label() -> None:

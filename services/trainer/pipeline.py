@@ -50,6 +50,7 @@ from services.trainer.records import (
 )
 from shared import registry
 from shared.db.session import session_scope
+from shared.language import LANGUAGES
 from shared.model.onnx_export import export_onnx_graphs
 from shared.registry import PromotionDecision
 from shared.text import TITLE_SEPARATOR
@@ -103,6 +104,12 @@ def eval_set_from_examples(name: str, examples: Sequence[Example]) -> EvalSet:
         industries=[e.industry for e in examples],
         sources=[e.source for e in examples],
     )
+
+
+def trained_languages(examples: Sequence[Example]) -> list[str] | None:
+    """The service languages among the examples' (sorted, English first); None when none is known."""
+    present = {e.language for e in examples}
+    return [code for code in LANGUAGES if code in present] or None
 
 
 def cap_examples(examples: Sequence[Example], cap: int | None, seed: int) -> list[Example]:
@@ -359,7 +366,13 @@ def run_training(
     if not prepared.test:
         raise DataError("the test split is empty: too little data per unit group to evaluate a model")
 
-    config = settings.finetune_config(base_model=None if corrections is not None else base_model)
+    # model.json "languages" (what serving codes rather than sends to a coder): the languages the training
+    # split holds, the corpus's and the users' rows' (given or identified, preprocess.validate), unless the
+    # profile names them
+    languages = None if "languages" in settings.finetune else trained_languages(prepared.train)
+    config = settings.finetune_config(
+        base_model=None if corrections is not None else base_model, languages=languages
+    )
     base_name = str(parent_dir) if parent_dir is not None else str(config.base_model)
     training_info: dict[str, Any] = {
         "profile": settings.profile,

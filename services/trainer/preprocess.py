@@ -31,6 +31,7 @@ from services.trainer.outliers import detect_outliers
 from services.trainer.records import Example, RawRow
 from services.trainer.splits import drop_seen_duties, split
 from shared.corpus_multilingual import CORPUS_LANGUAGES
+from shared.language import identify, record_text
 from shared.taxonomy import InvalidCode, Taxonomy, get_taxonomy
 from shared.text import clean_text, model_input
 
@@ -199,6 +200,8 @@ def validate(
         language = row.language.strip().lower()
         if not reason and language and language not in CORPUS_LANGUAGES:
             reason = f"language: {row.language!r} is not one of {', '.join(CORPUS_LANGUAGES)} (ISO 639-1)"
+        elif not reason and not language:
+            language = _identified_language(title, duties, row.industry)
         if reason:
             invalid.append(
                 InvalidRow(
@@ -221,6 +224,13 @@ def validate(
             )
         )
     return valid, invalid
+
+
+def _identified_language(title: str, duties: str, industry: str) -> str:
+    """A row's language when it gives none: identified from its text (shared/language.py) when sure and one of
+    the corpus languages, else "" (unknown)."""
+    found = identify(record_text(title, duties, industry)).language
+    return found if found in CORPUS_LANGUAGES else ""
 
 
 def _priority(source: str) -> int:

@@ -7,8 +7,9 @@ CSVs are read by the uploads' reader (`shared.csvio`): same encodings, delimiter
 errors. A file that cannot be used raises `DataError` naming the file, the field and the reason.
 
 Every corpus record has its `language` (ISO 639-1, shared/corpus.py); a user's coded CSV may give one in a
-`language` column (checked against the corpus languages in preprocess.validate); a row without one has
-language "" (not given).
+`language` column (checked against the corpus languages in preprocess.validate); a row without one is
+identified from its text there (shared/language.py; "" when unsure). The model's `languages` are those of its
+training split (services/trainer/pipeline.py `trained_languages`).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _open_csv(
 def read_coded_csv(path: Path, *, source: str = USER_SOURCE) -> list[RawRow]:
     """Read a coded CSV: job_title, duties_description, isco_code (either text column may be absent), and
     optionally industry (the employer's activity, read beside the title) and language (ISO 639-1 code of
-    the row's text; absent or empty: not given).
+    the row's text; absent or empty: identified in preprocess.validate).
 
     Header names are matched ignoring case and spaces. Raises DataError naming the missing field.
     """

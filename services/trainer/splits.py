@@ -1,16 +1,16 @@
 """The train/validation/test split, stratified by unit group and grouped by occupation.
 
-Records of one ESCO occupation (any of its titles, in any language, with or without duties) or, outside
-ESCO, of one job title stay together, so validation and test hold titles the model has never seen, like the
-titles users send (choose early stopping, weights, temperature and routing thresholds there). In each unit group the
+Records of one ESCO occupation (any of its titles, in any language, with or without duties) or, outside ESCO,
+of one job title stay together, so validation and test hold titles the model has never seen, like the titles
+users send (choose early stopping, weights, temperature and routing thresholds there). In each unit group the
 occupations are ordered by a seeded hash of their key and the first ones go to test and validation, so a
 record keeps its split when other records are added (re-trained and corrected models are evaluated on the same
 records). Unit groups smaller than `min_group_size_to_split` and train-only sources (corrections) go to train.
 `group_by: record` restores the per-record split. With `val_known_titles`, validation also gets a share of the
 ESCO titles whose occupation keeps other titles in training (the title alone, `_known_titles`): users send new
-titles of known occupations as well as new occupations, and what is chosen on validation (the temperature,
-the reranker, the routing thresholds) should see both. Test stays occupations only. Validation and test
-records whose duties also train, word for word, are dropped (`drop_seen_duties`).
+titles of known occupations as well as new occupations, and what is chosen on validation (the temperature, the
+reranker, the routing thresholds) should see both. Test stays occupations only. Validation and test records
+whose duties also train, word for word, are dropped (`drop_seen_duties`).
 """
 
 from __future__ import annotations
