@@ -11,7 +11,7 @@ import pytest
 
 from bench.multilingual import CharNgramPeer, DevRecord, dev_records, peer_results, summarise
 from services.trainer.config import PreprocessConfig, TrainerSettings
-from services.trainer.pipeline import trained_languages
+from services.trainer.pipeline import MIN_LANGUAGE_EXAMPLES, trained_languages
 from services.trainer.preprocess import prepare, validate
 from services.trainer.records import Example, RawRow, read_coded_csv, rows_from_corpus
 from services.trainer.splits import split
@@ -179,8 +179,11 @@ def test_a_row_without_a_language_is_identified_and_the_model_lists_its_training
     examples, invalid = validate(rows)
     assert not invalid
     assert [e.language for e in examples] == ["de", "en", "", "bg"]
-    assert trained_languages(examples) == ["en", "bg", "de"]
-    assert trained_languages(examples[2:3]) is None
+    # a language the model is said to code needs MIN_LANGUAGE_EXAMPLES training examples: a few
+    # misidentified rows do not add one
+    assert trained_languages(examples * MIN_LANGUAGE_EXAMPLES) == ["en", "bg", "de"]
+    assert trained_languages(examples * (MIN_LANGUAGE_EXAMPLES - 1)) is None
+    assert trained_languages(examples[2:3] * 100) is None
 
 
 def test_peer_codes_the_nearest_training_label() -> None:

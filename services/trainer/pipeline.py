@@ -30,7 +30,7 @@ import random
 import shutil
 import time
 import traceback
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -106,10 +106,17 @@ def eval_set_from_examples(name: str, examples: Sequence[Example]) -> EvalSet:
     )
 
 
+# A language is one the model was trained on from this many training examples: identification reads about one
+# English title in a hundred as another language (shared/language.py), so a user's English CSV would otherwise
+# make the model claim languages it cannot code (serving codes a model's languages, sends others to a coder).
+MIN_LANGUAGE_EXAMPLES = 50
+
+
 def trained_languages(examples: Sequence[Example]) -> list[str] | None:
-    """The service languages among the examples' (sorted, English first); None when none is known."""
-    present = {e.language for e in examples}
-    return [code for code in LANGUAGES if code in present] or None
+    """The service languages with at least MIN_LANGUAGE_EXAMPLES of the examples (in shared.language's order,
+    English first); None when there is none."""
+    counts = Counter(e.language for e in examples)
+    return [code for code in LANGUAGES if counts[code] >= MIN_LANGUAGE_EXAMPLES] or None
 
 
 def cap_examples(examples: Sequence[Example], cap: int | None, seed: int) -> list[Example]:
