@@ -40,7 +40,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = ROOT.parent / "shared" / "data" / "esco" / "multilingual" / "occupation_labels_v1_0_8.csv.gz"
 E5_DIR = ROOT / "var" / "encoders" / "multilingual-e5-small"
-RESULTS = Path(__file__).with_name("RESULTS-issue28.md")
+RESULTS = Path(__file__).with_name("RESULTS-issue28.md")  # shared: only our section is rewritten
+SECTION = "## Encoders side by side: multilingual-e5-small vs MiniLM (no training, 1-NN over ESCO labels)"
 
 VERIFY_TEXTS = [
     "Krankenpfleger",
@@ -201,7 +202,7 @@ def benchmark(cap: int, per_lang: int, reps: int = 3) -> str:
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     names = [enc.name for enc in encoders]
     lines = [
-        "# Issue 28: multilingual encoders, no training (1-NN over ESCO's multilingual labels)",
+        SECTION,
         "",
         "Command: `python bench/experiments/multilingual_encoders.py"
         f" --cap {cap} --per-lang {per_lang} --reps {reps}`",
@@ -288,7 +289,9 @@ def main() -> int:
     text = benchmark(args.cap, args.per_lang, args.reps)
     print(text)
     if not args.no_write:
-        RESULTS.write_text(text)
+        old = RESULTS.read_text() if RESULTS.exists() else ""
+        head = old.split(SECTION)[0].rstrip()
+        RESULTS.write_text((head + "\n\n" if head else "") + text)
     return 0
 
 
