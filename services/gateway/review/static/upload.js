@@ -116,9 +116,12 @@
         if (name === value) option.selected = true;
         select.appendChild(option);
       });
-      var missing = (role === "job_title" || role === "duties_description") && !value;
-      select.closest("tr").classList.toggle("missing", missing);
+      select.dataset.value = value;
     });
+    // neither text column: both rows are marked, as the one the coder must choose
+    var title = document.getElementById("map-job_title"), duties = document.getElementById("map-duties_description");
+    var neither = !title.dataset.value && !duties.dataset.value;
+    [title, duties].forEach(function (select) { select.closest("tr").classList.toggle("missing", neither); });
   }
 
   function previewed(result) {
