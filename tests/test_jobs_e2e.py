@@ -186,6 +186,11 @@ def test_csv_job_from_upload_to_result(stack: Stack) -> None:
     # the same text gets the same answer wherever it occurs
     by_text = {(r["Job Title"], r["Duties Description"]): r["unit_code"] for r in rows[:200]}
     assert all(by_text[(r["Job Title"], r["Duties Description"])] == r["unit_code"] for r in rows[:200])
+    # the same rows as JSON objects, for clients that read JSON only
+    as_json = stack.client.get(f"/jobs/{job_id}/result?format=json", headers=stack.headers())
+    assert as_json.status_code == 200 and as_json.headers["content-type"].startswith("application/json")
+    body = as_json.json()
+    assert body["job_id"] == job_id and body["model_version"] and body["rows"] == rows
 
     listed = stack.client.get("/jobs", headers=stack.headers()).json()
     assert job_id in [j["job_id"] for j in listed]

@@ -39,7 +39,7 @@ from shared.jobs.state import cancel, create_job, fail, new_job_id, owned_job, s
 from shared.jobs.state import list_jobs as owned_jobs
 from shared.jobs.views import JobAccepted, JobView
 from shared.review.decisions import decisions_for_job
-from shared.review.exports import iter_batch_json
+from shared.review.exports import iter_batch_json, iter_csv_job_json
 from shared.review.results import BATCH_INDUSTRY_OPTION
 from shared.schemas import PredictRequest, Thresholds
 from shared.settings import CommonSettings
@@ -409,8 +409,8 @@ def get_job_result(
     format: Annotated[
         Literal["csv", "xlsx", "json"] | None,
         Query(
-            description="csv, xlsx, or json (batch jobs); default: CSV for CSV jobs, JSON for batch jobs "
-            "(CSV with Accept: text/csv, xlsx with the spreadsheetml type)"
+            description="csv, xlsx or json (a CSV job's JSON: its rows as objects); default: CSV for CSV "
+            "jobs, JSON for batch jobs (CSV with Accept: text/csv, xlsx with the spreadsheetml type)"
         ),
     ] = None,  # fmt: skip
 ) -> Response:
@@ -444,8 +444,6 @@ def get_job_result(
         )
     if format == "json":
         if job.kind == "csv":
-            raise HTTPException(
-                422, detail={"error": "format", "message": "a CSV job's result is CSV or xlsx, not JSON"}
-            )
+            return StreamingResponse(iter_csv_job_json(job, decisions), media_type="application/json")
         return StreamingResponse(iter_batch_json(job, path, decisions), media_type="application/json")
     return result_download(job, decisions, format, f"isco-{job.id}")

@@ -123,6 +123,16 @@ def iter_batch_json(
     yield b"]}"
 
 
+def iter_csv_job_json(job: Job, decisions: dict[int, ReviewDecision]) -> Iterator[bytes]:
+    """A CSV job's result as JSON: {"job_id", "model_version", "rows": [{column: cell, ...}, ...]}, the same
+    columns and cells as its CSV (`reviewed_rows`), for clients that read JSON only."""
+    rows = reviewed_rows(job, decisions)
+    header = next(rows)
+    yield json.dumps({"job_id": job.id, "model_version": job.model_version})[:-1].encode() + b', "rows": ['
+    yield from _joined(json.dumps(dict(zip(header, cells, strict=True))).encode() for cells in rows)
+    yield b"]}"
+
+
 def _joined(items: Iterable[bytes]) -> Iterator[bytes]:
     first = True
     for item in items:
