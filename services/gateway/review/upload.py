@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from services.gateway.deps import SessionDep
@@ -34,17 +34,21 @@ MAX_POLLED = 50
 PREVIEW_COLUMNS = 200  # a header wider than this is listed in part (the mapping menus stay usable)
 
 
+Choice = Annotated[str | None, Query(max_length=200)]
+
+
 def _choices(
-    sheet: str | None,
-    title_column: str | None,
-    duties_column: str | None,
-    industry_column: str | None,
-    id_column: str | None,
+    sheet: Choice = None,
+    title_column: Choice = None,
+    duties_column: Choice = None,
+    industry_column: Choice = None,
+    id_column: Choice = None,
 ) -> UploadChoices:
+    """The coder's choices (query parameters, as on POST /predict/csv): the sheet and columns by hand."""
     return UploadChoices.of(sheet, title_column, duties_column, industry_column, id_column)
 
 
-Choice = Annotated[str | None, Query(max_length=200)]
+ChoicesDep = Annotated[UploadChoices, Depends(_choices)]
 
 
 def upload_limits(settings: JobSettings) -> dict[str, int]:
@@ -71,35 +75,17 @@ def _summary(staged: StagedInput) -> dict[str, Any]:
 
 
 @router.post("/upload/preview", name="review_upload_preview")
-async def preview(
-    request: Request,
-    current: ReviewerDep,
-    sheet: Choice = None,
-    title_column: Choice = None,
-    duties_column: Choice = None,
-    industry_column: Choice = None,
-    id_column: Choice = None,
-) -> JSONResponse:
+async def preview(request: Request, current: ReviewerDep, choices: ChoicesDep) -> JSONResponse:
     """Check the file as a submission would, keep nothing, and say what it holds."""
     web.check_csrf(request, current.csrf, None)
-    choices = _choices(sheet, title_column, duties_column, industry_column, id_column)
     staged = await stage_upload(request, job_settings(request), None, choices)
     return JSONResponse(_summary(staged), headers={"Cache-Control": "no-store"})
 
 
 @router.post("/upload", name="review_upload")
-async def submit(
-    request: Request,
-    current: ReviewerDep,
-    sheet: Choice = None,
-    title_column: Choice = None,
-    duties_column: Choice = None,
-    industry_column: Choice = None,
-    id_column: Choice = None,
-) -> JSONResponse:
+async def submit(request: Request, current: ReviewerDep, choices: ChoicesDep) -> JSONResponse:
     """Queue the file as a job of the signed-in key (the options of a default API upload: top 5)."""
     web.check_csrf(request, current.csrf, None)
-    choices = _choices(sheet, title_column, duties_column, industry_column, id_column)
     job, staged = await queue_upload(
         request, current.principal, choices, {"top_k": 5, "thresholds": None, "source": "review_page"}
     )
