@@ -49,6 +49,7 @@ def evaluate_model_dir(
 ) -> dict[str, Any]:
     """Metrics of the model directory on each dev set (through the same scorer every service uses)."""
     from shared.decision import Hierarchy
+    from shared.model.directory import read_model_languages
     from shared.model.scorer import UnitScorer
     from shared.routing import RoutingModel
 
@@ -60,7 +61,7 @@ def evaluate_model_dir(
         t = time.perf_counter()
         probs, nearest = scorer.unit_scores(texts)
         seconds = time.perf_counter() - t
-        routed = routed_confidence(routing, hierarchy, dev, probs, nearest)
+        routed = routed_confidence(routing, hierarchy, dev, probs, nearest, read_model_languages(model_dir))
         metrics = compute_metrics(
             probs,
             scorer.codes,

@@ -154,7 +154,9 @@ def evaluate(
     probs, nearest = predictor.scores(eval_set.texts())  # cached by the predictor: no second forward pass
     confidence, correct = unit_answers(probs, predictor.codes, eval_set.gold, eval_set.accept)
     curves = {"top-1 probability": {"confidence": confidence, "correct": correct}}
-    routed = routed_confidence(predictor.routing, predictor.hierarchy, eval_set, probs, nearest)
+    routed = routed_confidence(
+        predictor.routing, predictor.hierarchy, eval_set, probs, nearest, predictor.languages
+    )
     if routed is not None:
         curves["router confidence"] = {"confidence": routed[0], "correct": correct}
     png = plot_coverage_precision(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from services.trainer.metrics import compute_metrics
+from shared.language import DEFAULT_MODEL_LANGUAGES
 from shared.taxonomy import InvalidCode, get_taxonomy
 
 if TYPE_CHECKING:
@@ -127,9 +128,11 @@ def routed_confidence(
     eval_set: EvalSet,
     probs: np.ndarray,
     nearest: NearestMatch | None = None,
+    languages: Sequence[str] = DEFAULT_MODEL_LANGUAGES,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The routing's calibrated probability that each 4-digit answer is right, and which records it would
-    auto-code, as the Predictor decides them; None without a routing model (no routing.json)."""
+    auto-code, as the Predictor decides them (`languages`: the model's, model.json); None without a routing
+    model (no routing.json)."""
     if routing is None:
         return None
     from shared.decision import level_probabilities
@@ -139,13 +142,15 @@ def routed_confidence(
     per_level = level_probabilities(probs, hierarchy)
     inputs = record_inputs(eval_set.job_titles, eval_set.duties, eval_set.texts())
     confidence, auto = routing.unit_routing(per_level, inputs, nearest)
-    return confidence, auto & ~flagged(eval_set.job_titles, eval_set.duties)
+    return confidence, auto & ~flagged(eval_set.job_titles, eval_set.duties, languages)
 
 
 def evaluate_set(predictor: Any, eval_set: EvalSet) -> dict[str, Any]:
     """Score an EvalSet with a loaded `shared.predictor.Predictor`."""
     probs, nearest = predictor.scores(eval_set.texts())
-    routed = routed_confidence(predictor.routing, predictor.hierarchy, eval_set, probs, nearest)
+    routed = routed_confidence(
+        predictor.routing, predictor.hierarchy, eval_set, probs, nearest, predictor.languages
+    )
     metrics = compute_metrics(
         probs,
         predictor.codes,
