@@ -31,7 +31,7 @@ from shared.schemas import (
     Prediction,
     Thresholds,
 )
-from shared.screening import read_language, review_reasons
+from shared.screening import LanguageReading, read_language, review_reasons
 from shared.taxonomy import Taxonomy, get_taxonomy
 from shared.text import INDUSTRY_MAX_CHARS, clean_text, model_input
 
@@ -102,22 +102,21 @@ def review_fields(
     choice: LevelChoice | None,
     record: JobRecord | None = None,
     routed_unit: bool | None = None,
-    languages: Sequence[str] = DEFAULT_MODEL_LANGUAGES,
+    reading: LanguageReading | None = None,
 ) -> dict[str, Any]:
     """`needs_review` and its reasons, and the record's `language`: only a 4-digit answer is auto-coded, only
     when the model's router says it is right with the fitted precision (`routed_unit`; None: no
     routing.json), and never an answer that is not an occupation, in a language or script the model does not
-    cover (`languages`, its model.json list), or whose language hint the text contradicts
-    (`shared.screening`)."""
+    cover, or whose language hint the text contradicts (`reading`: `shared.screening.read_language` of the
+    record for the model's languages)."""
     level = choice.level if choice is not None else None
     if level == 4 and routed_unit is False:
         level = 3  # a 4-digit answer below the router's threshold: reviewed like a fallback
     if record is None:
         reasons = ["not_coded"] if level is None else ["below_threshold"] if level < 4 else []
         return {"needs_review": bool(reasons), "review_reasons": reasons}
-    reading = read_language(
-        record.job_title, record.duties_description, record.industry, record.language, languages
-    )
+    if reading is None:
+        reading = read_language(record.job_title, record.duties_description, record.industry, record.language)
     reasons = review_reasons(record.job_title, record.duties_description, level, reading)
     return {
         "needs_review": bool(reasons),
@@ -162,9 +161,19 @@ def build_predictions(
     truncated = truncated if truncated is not None else [False] * n
     per_level = level_probabilities(unit_probs, hierarchy)
     best_idx = {level: per_level[level].argmax(axis=1) for level in (4, 3, 2, 1)}
+    readings = (
+        [read_language(r.job_title, r.duties_description, r.industry, r.language, languages) for r in records]
+        if records is not None
+        else None
+    )
     routed = None
-    if routing is not None and records is not None and texts is not None:
-        inputs = record_inputs([r.job_title for r in records], [r.duties_description for r in records], texts)
+    if routing is not None and records is not None and readings is not None and texts is not None:
+        inputs = record_inputs(
+            [r.job_title for r in records],
+            [r.duties_description for r in records],
+            texts,
+            [reading.language for reading in readings],
+        )
         routed = routing.unit_routing(per_level, inputs, nearest)
     k = min(top_k, unit_probs.shape[1])
     # argpartition then sort only the k candidates: O(n_units) per row instead of a full sort
@@ -217,7 +226,12 @@ def build_predictions(
                 model_version=model_version,
                 truncated=bool(truncated[r]),
                 routing_confidence=_conf(routed[0][r]) if routed is not None else None,
-                **review_fields(choice, records[r] if records is not None else None, routed_unit, languages),
+                **review_fields(
+                    choice,
+                    records[r] if records is not None else None,
+                    routed_unit,
+                    readings[r] if readings is not None else None,
+                ),
             )
         )
     return results

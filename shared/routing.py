@@ -7,7 +7,8 @@ Pure numpy (no torch): the Predictor and the trainer import it.
   (top probability, margin, entropy, whether duties or an industry were given, input length), fitted as a
   small logistic regression per level on held-out records; per-level thresholds chosen for a target precision
   (default 0.95), one per record shape (`RecordInputs.shapes`: a title alone, a title with its industry,
-  a record with duties) where validation has enough of that shape; and a match rule: an answer that the
+  a record with duties) where validation has enough of that shape, and one per language other than English
+  (a record must clear both); and a match rule: an answer that the
   record's nearest training text (kNN, cosine similarity at or above a level fitted for the same precision,
   per shape too) agrees with is auto-coded too. Fitted by the trainer (services/trainer/routing_fit.py), saved
   in the model directory as `routing.json`, loaded by the Predictor.
@@ -35,12 +36,20 @@ LEVELS = (4, 3, 2, 1)
 # Calibrated probability of being right, per level
 # ----------------------------------------------------------------------------------------------------
 
-FEATURES = ("log_top1", "top1", "margin", "log_ratio", "entropy", "has_duties", "log_words", "has_industry")
+FEATURES = (
+    "log_top1", "top1", "margin", "log_ratio", "entropy",
+    "has_duties", "log_words", "has_industry", "non_english",
+)  # fmt: skip
 
 # What a record shows, which the router's precision depends on: survey-style titles read with their industry
 # are coded differently (and less surely) than a title alone or a record with duties, so each shape gets the
 # threshold that reaches the target precision on its own validation records (services/trainer/routing_fit.py).
 SHAPES = ("title", "industry", "duties")
+# A multilingual model codes its other languages less surely than English (RESULTS-issue28.md): each language
+# other than English gets its own threshold where validation has enough of its records, the others the
+# threshold of all non-English records together (`POOLED_LANGUAGES`).
+ENGLISH = "en"
+POOLED_LANGUAGES = "*"
 
 
 @dataclass(frozen=True)
@@ -50,15 +59,24 @@ class RecordInputs:
     has_duties: np.ndarray
     n_words: np.ndarray  # words of the model input
     has_industry: np.ndarray
+    # the language each record is coded as (`shared.screening.read_language`); None: all English
+    languages: np.ndarray | None = None
 
     @classmethod
-    def from_texts(cls, texts: Sequence[str]) -> RecordInputs:
+    def from_texts(cls, texts: Sequence[str], languages: Sequence[str] | None = None) -> RecordInputs:
         """From model inputs alone (`shared.text.model_input`), as training and evaluation see records."""
         return cls(
             has_duties=np.array([TITLE_SEPARATOR in t for t in texts], dtype=bool),
             n_words=np.array([len(t.split()) for t in texts], dtype=np.int64),
             has_industry=_has_industry(texts),
+            languages=np.asarray(languages, dtype=object) if languages is not None else None,
         )
+
+    def language_codes(self) -> np.ndarray:
+        """Each record's language (ISO 639-1), English where none was read."""
+        if self.languages is None:
+            return np.full(len(self), ENGLISH, dtype=object)
+        return self.languages
 
     def __len__(self) -> int:
         return len(self.n_words)
@@ -91,6 +109,7 @@ def routing_features(level_probs: np.ndarray, inputs: RecordInputs) -> np.ndarra
         np.asarray(inputs.has_duties, dtype=np.float64),
         np.log1p(np.asarray(inputs.n_words, dtype=np.float64)),
         np.asarray(inputs.has_industry, dtype=np.float64),
+        (inputs.language_codes() != ENGLISH).astype(np.float64),
     ]
 
 
@@ -116,6 +135,12 @@ class LevelRouter(BaseModel):
         description="the threshold of each record shape (`RecordInputs.shapes`) with enough fitting records "
         "(above 1: that shape never reaches the target precision, nothing of it is auto-coded)",
     )
+    language_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="the threshold of each language other than English with enough fitting records, and "
+        f"'{POOLED_LANGUAGES}' for the other non-English languages, applied on top of the shape's (a record "
+        "clears both); English records have only their shape's",
+    )
     fitted_precision: float | None = Field(
         None, description="precision at the threshold on the fitting split"
     )
@@ -131,9 +156,11 @@ class LevelRouter(BaseModel):
         z = (np.asarray(features, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.std)
         return _sigmoid(z @ np.asarray(self.coef) + self.intercept)
 
-    def thresholds_for(self, shapes: np.ndarray) -> np.ndarray:
-        """Each record's threshold: its shape's, else the one fitted on all records."""
-        return np.array([self.shape_thresholds.get(s, self.threshold) for s in shapes], dtype=np.float64)
+    def thresholds_for(self, shapes: np.ndarray, languages: np.ndarray | None = None) -> np.ndarray:
+        """Each record's threshold: its shape's, else the one fitted on all records; for a record in another
+        language than English, at least its language's (`language_thresholds`)."""
+        by_shape = np.array([self.shape_thresholds.get(s, self.threshold) for s in shapes], dtype=np.float64)
+        return at_least_language(by_shape, self.language_thresholds, languages)
 
 
 class RoutingModel(JsonArtifact):
@@ -169,6 +196,11 @@ class RoutingModel(JsonArtifact):
         description="the match rule's similarity for each record shape with enough fitting records "
         "(as `LevelRouter.shape_thresholds`; other shapes use `match_similarity`)",
     )
+    match_language_similarities: dict[str, float] = Field(
+        default_factory=dict,
+        description="the match rule's similarity for languages other than English "
+        "(as `LevelRouter.language_thresholds`)",
+    )
 
     def _features(self, level_probs: np.ndarray, inputs: RecordInputs) -> np.ndarray:
         # the features this model was fitted on, by name: models from before a feature was added still load
@@ -182,12 +214,19 @@ class RoutingModel(JsonArtifact):
             for level, router in self.levels.items()
         }
 
-    def matched(self, answers: np.ndarray, nearest: NearestMatch | None, shapes: np.ndarray) -> np.ndarray:
+    def matched(
+        self,
+        answers: np.ndarray,
+        nearest: NearestMatch | None,
+        shapes: np.ndarray,
+        languages: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Records whose 4-digit answer (label ids) the nearest training text agrees with, near enough for
-        the record's shape."""
+        the record's shape and language."""
         if nearest is None or self.match_similarity is None or self.match_router is None:
             return np.zeros(len(answers), dtype=bool)
-        needed = np.array([self.match_shape_similarities.get(s, self.match_similarity) for s in shapes])
+        by_shape = np.array([self.match_shape_similarities.get(s, self.match_similarity) for s in shapes])
+        needed = at_least_language(by_shape, self.match_language_similarities, languages)
         return (nearest.labels == answers) & (nearest.similarity >= needed)
 
     def unit_routing(
@@ -199,8 +238,9 @@ class RoutingModel(JsonArtifact):
         router = self.levels[4]
         shapes = inputs.shapes()
         p4 = router.probability(self._features(per_level[4], inputs))
-        auto = p4 >= router.thresholds_for(shapes)
-        matched = self.matched(per_level[4].argmax(axis=1), nearest, shapes)
+        languages = inputs.language_codes()
+        auto = p4 >= router.thresholds_for(shapes, languages)
+        matched = self.matched(per_level[4].argmax(axis=1), nearest, shapes, languages)
         if not matched.any():
             return p4, auto
         assert nearest is not None and self.match_router is not None
@@ -208,14 +248,36 @@ class RoutingModel(JsonArtifact):
         return np.where(matched, np.maximum(p4, p_match), p4), auto | matched
 
 
+def at_least_language(
+    thresholds: np.ndarray, by_language: dict[str, float], languages: np.ndarray | None
+) -> np.ndarray:
+    """`thresholds` raised, for records in a language other than English, to their language's threshold in
+    `by_language` (else its pooled `POOLED_LANGUAGES` one, if any)."""
+    if languages is None or not by_language:
+        return thresholds
+    pooled = by_language.get(POOLED_LANGUAGES, -np.inf)
+    floor = np.array(
+        [-np.inf if lang == ENGLISH else by_language.get(lang, pooled) for lang in languages],
+        dtype=np.float64,
+    )
+    return np.maximum(thresholds, floor)
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
 
 
-def record_inputs(job_titles: Sequence[str], duties: Sequence[str], texts: Sequence[str]) -> RecordInputs:
-    """What records gave (`RecordInputs`), from their fields and their model inputs `texts`."""
+def record_inputs(
+    job_titles: Sequence[str],
+    duties: Sequence[str],
+    texts: Sequence[str],
+    languages: Sequence[str] | None = None,
+) -> RecordInputs:
+    """What records gave (`RecordInputs`), from their fields, their model inputs `texts` and the language each
+    is coded as (`shared.screening.read_language`; None: all English)."""
     return RecordInputs(
         has_duties=np.array([bool((d or "").strip()) for d in duties], dtype=bool),
         n_words=np.array([len(t.split()) for t in texts], dtype=np.int64),
         has_industry=_has_industry(texts),
+        languages=np.asarray(languages, dtype=object) if languages is not None else None,
     )

@@ -135,15 +135,29 @@ def read_language(
     return LanguageReading(language, detected, mismatch, unsupported)
 
 
+def read_languages(
+    job_titles: Sequence[str],
+    duties: Sequence[str],
+    industries: Sequence[str] | None = None,
+    model_languages: Sequence[str] = DEFAULT_MODEL_LANGUAGES,
+) -> list[LanguageReading]:
+    """`read_language` of each record (no hint), as evaluation reads records."""
+    industries = industries or [""] * len(job_titles)
+    return [
+        read_language(t, d, i, None, model_languages)
+        for t, d, i in zip(job_titles, duties, industries, strict=True)
+    ]
+
+
 def flagged(
-    job_titles: Sequence[str], duties: Sequence[str], model_languages: Sequence[str] = DEFAULT_MODEL_LANGUAGES
+    job_titles: Sequence[str], duties: Sequence[str], readings: Sequence[LanguageReading]
 ) -> np.ndarray:
-    """Records never auto-coded whatever their confidence: not an occupation, or in a language or script the
-    model does not cover."""
+    """Records never auto-coded whatever their confidence: not an occupation, or (their `readings`) in a
+    language or script the model does not cover."""
     return np.array(
         [
-            not_an_occupation(t, d) or read_language(t, d, "", None, model_languages).unsupported
-            for t, d in zip(job_titles, duties, strict=True)
+            not_an_occupation(t, d) or reading.unsupported
+            for t, d, reading in zip(job_titles, duties, readings, strict=True)
         ],
         dtype=bool,
     )

@@ -9,7 +9,7 @@ import pytest
 
 from services.trainer.metrics import coverage_at_precision, expected_calibration_error
 from services.trainer.routing_fit import fit_routing, threshold_for_precision
-from shared.routing import RecordInputs, RoutingModel, match_features
+from shared.routing import POOLED_LANGUAGES, RecordInputs, RoutingModel, match_features
 from shared.screening import not_an_occupation, read_language, review_reasons
 from shared.text import model_input
 from shared.titles import expand_abbreviations
@@ -321,6 +321,45 @@ def test_each_record_shape_is_held_to_the_target_on_its_own(tmp_path):
     np.testing.assert_array_equal(loaded.unit_routing(per_level, inputs)[1], auto)
 
 
+def test_each_language_other_than_english_is_held_to_the_target_on_its_own(tmp_path):
+    """A multilingual model codes German less surely than English: a threshold fitted on the mix lets German
+    answers through below the target; German's own threshold holds it. A language with too few fitting
+    records (Irish here) gets the pooled threshold of all non-English records; English keeps its shape's."""
+    rng = np.random.default_rng(5)
+    languages = np.array(["en"] * 4000 + ["de"] * 1500 + ["ga"] * 60, dtype=object)
+    n = len(languages)
+    conf = rng.uniform(size=n)
+    p_right = np.clip(conf + np.where(languages == "en", 0.2, -0.05), 0, 1)
+    correct = rng.uniform(size=n) < p_right
+    per_level = {level: np.c_[0.5 + conf / 2, 0.5 - conf / 2] for level in (4, 3, 2, 1)}
+    right = {level: correct for level in (4, 3, 2, 1)}
+    inputs = RecordInputs.from_texts(["bus driver"] * n, languages.tolist())
+    routing = fit_routing(per_level, right, inputs, target_precision=0.95)
+    router = routing.levels[4]
+    assert set(router.language_thresholds) == {"de", POOLED_LANGUAGES}  # ga: 60 < MIN_LANGUAGE_RECORDS
+    assert router.language_thresholds["de"] > router.shape_thresholds["title"]
+    p4, auto = routing.unit_routing(per_level, inputs)
+    german, english, irish = languages == "de", languages == "en", languages == "ga"
+    assert correct[(p4 >= router.shape_thresholds["title"]) & german].mean() < 0.95  # the mix's carries it
+    assert auto[german].any() and correct[auto & german].mean() >= 0.95
+    shapes = inputs.shapes()
+    thresholds = router.thresholds_for(shapes, inputs.language_codes())
+    assert (thresholds[english] == router.shape_thresholds["title"]).all()
+    assert (
+        thresholds[irish]
+        == max(router.language_thresholds[POOLED_LANGUAGES], router.shape_thresholds["title"])
+    ).all()
+    # the router reads the language too: the same scores are less sure in German than in English
+    assert p4[german].mean() < p4[english].mean() - 0.05
+    routing.save(tmp_path)
+    loaded = RoutingModel.load(tmp_path)
+    assert loaded is not None and loaded.levels[4].language_thresholds == router.language_thresholds
+    np.testing.assert_array_equal(loaded.unit_routing(per_level, inputs)[1], auto)
+    # records read as English alone (an English-only model's) get no language threshold
+    english_only = fit_routing(per_level, right, RecordInputs.from_texts(["bus driver"] * n), 0.95)
+    assert english_only.levels[4].language_thresholds == {}
+
+
 def test_a_routing_file_from_before_the_industry_feature_still_loads(tmp_path):
     """routing.json names the features it was fitted on; a model fitted without `has_industry` reads the
     same columns it was fitted on."""
@@ -330,14 +369,15 @@ def test_a_routing_file_from_before_the_industry_feature_still_loads(tmp_path):
     inputs = _titles(len(probs), words=3)
     routing = fit_routing(per_level, right, inputs, target_precision=0.9)
     old = routing.model_dump()
-    old["features"] = old["features"][:-1]  # as written before "has_industry" was appended
+    # as written before "has_industry" and "non_english" were appended
+    old["features"] = old["features"][:-2]
     for router in old["levels"].values():
         for key in ("mean", "std", "coef"):
-            router[key] = router[key][:-1]
+            router[key] = router[key][:-2]
     (tmp_path / "routing.json").write_text(RoutingModel.model_validate(old).model_dump_json())
     loaded = RoutingModel.load(tmp_path)
     assert loaded is not None and "has_industry" not in loaded.features
-    # has_industry is constant 0 here, so dropping its column leaves the probabilities as they were
+    # both are constant 0 here, so dropping their columns leaves the probabilities as they were
     np.testing.assert_allclose(
         loaded.probabilities(per_level, inputs)[4], routing.probabilities(per_level, inputs)[4]
     )

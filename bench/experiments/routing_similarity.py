@@ -37,7 +37,7 @@ from services.trainer.routing_fit import fit_logistic, threshold_for_precision
 from shared.decision import Hierarchy, level_probabilities
 from shared.model.scorer import UnitScorer
 from shared.routing import record_inputs, routing_features
-from shared.screening import flagged
+from shared.screening import flagged, read_languages
 from shared.text import TITLE_SEPARATOR, duties_part
 
 SIMILARITY_FEATURES = ("knn_similarity", "lexical_similarity", "nearest_similarity", "nearest_agrees")
@@ -75,7 +75,12 @@ def inputs(scorer: UnitScorer, hierarchy: Hierarchy, titles, duties, texts, acce
     top1 = probs.argmax(axis=1)
     right = np.array([scorer.codes[j] in a for j, a in zip(top1, accepted, strict=True)])
     base = routing_features(level_probabilities(probs, hierarchy)[4], record_inputs(titles, duties, texts))
-    return base, np.c_[base, similarity_features(scorer, texts, top1)], right, flagged(titles, duties)
+    return (
+        base,
+        np.c_[base, similarity_features(scorer, texts, top1)],
+        right,
+        flagged(titles, duties, read_languages(titles, duties)),
+    )
 
 
 def main(model_dir: Path) -> None:

@@ -137,12 +137,15 @@ def routed_confidence(
         return None
     from shared.decision import level_probabilities
     from shared.routing import record_inputs
-    from shared.screening import flagged
+    from shared.screening import flagged, read_languages
 
     per_level = level_probabilities(probs, hierarchy)
-    inputs = record_inputs(eval_set.job_titles, eval_set.duties, eval_set.texts())
+    readings = read_languages(eval_set.job_titles, eval_set.duties, eval_set.industries, languages)
+    inputs = record_inputs(
+        eval_set.job_titles, eval_set.duties, eval_set.texts(), [r.language for r in readings]
+    )
     confidence, auto = routing.unit_routing(per_level, inputs, nearest)
-    return confidence, auto & ~flagged(eval_set.job_titles, eval_set.duties, languages)
+    return confidence, auto & ~flagged(eval_set.job_titles, eval_set.duties, readings)
 
 
 def evaluate_set(predictor: Any, eval_set: EvalSet) -> dict[str, Any]:

@@ -18,7 +18,9 @@ from shared.model.scorer import fuse_views
 from shared.model.signals import NearestMatch
 from shared.routing import (
     DEFAULT_TARGET_PRECISION,
+    ENGLISH,
     LEVELS,
+    POOLED_LANGUAGES,
     SHAPES,
     LevelRouter,
     RecordInputs,
@@ -26,8 +28,13 @@ from shared.routing import (
     match_features,
     routing_features,
 )
+from shared.screening import read_language
 
 MIN_SHAPE_RECORDS = 200  # a shape sets its own threshold from this many fitting records on
+# A language sets its own threshold from this many: validation holds ~250 labels per language in the
+# multilingual full profile, and the threshold is held on the precision's lower bound, which is stricter the
+# fewer records there are (a language with few fitting records auto-codes less, not on a noisy estimate).
+MIN_LANGUAGE_RECORDS = 100
 
 
 def fit_logistic(
@@ -127,6 +134,24 @@ def shape_thresholds(
     return out
 
 
+def language_thresholds(
+    confidence: np.ndarray, correct: np.ndarray, precision: float, languages: np.ndarray, z: float = 0.0
+) -> dict[str, float]:
+    """The threshold each language other than English with at least `MIN_LANGUAGE_RECORDS` fitting records
+    needs for `precision` on its own records, and the pooled threshold of all non-English records
+    (`POOLED_LANGUAGES`) for the languages with fewer. Empty for English-only fitting records."""
+    other = languages != ENGLISH
+    if other.sum() < MIN_LANGUAGE_RECORDS:
+        # too few to say anything: languages with none of their own share the threshold of all records
+        return {}
+    out = {POOLED_LANGUAGES: threshold_for_precision(confidence[other], correct[other], precision, z)}
+    for language in sorted(set(languages[other].tolist())):
+        rows = languages == language
+        if rows.sum() >= MIN_LANGUAGE_RECORDS:
+            out[language] = threshold_for_precision(confidence[rows], correct[rows], precision, z)
+    return out
+
+
 def fit_routing(
     per_level: dict[int, np.ndarray],
     correct: dict[int, np.ndarray],
@@ -154,6 +179,7 @@ def fit_routing(
     (`threshold_for_precision`): a shape's threshold rests on a few hundred records at its top.
     """
     shapes = inputs.shapes()
+    languages = inputs.language_codes()
     levels: dict[int, LevelRouter] = {}
     for level in LEVELS:
         x = routing_features(per_level[level], inputs)
@@ -172,8 +198,9 @@ def fit_routing(
         p = router.probability(x)
         router.threshold = threshold_for_precision(p, y, target_precision, z)
         router.shape_thresholds = shape_thresholds(p, y, target_precision, shapes, z)
+        router.language_thresholds = language_thresholds(p, y, target_precision, languages, z)
         router.kind_thresholds = kind_thresholds(p, y, target_precision, kinds)
-        accepted = p >= router.thresholds_for(shapes)
+        accepted = p >= router.thresholds_for(shapes, languages)
         router.fitted_coverage = float(accepted.mean()) if len(p) else 0.0
         router.fitted_precision = float(y[accepted].mean()) if accepted.any() else None
         levels[level] = router
@@ -196,11 +223,14 @@ def fit_routing(
                 routing.match_shape_similarities = shape_thresholds(
                     similarity, right, target_precision, shapes[agrees], z
                 )
+                routing.match_language_similarities = language_thresholds(
+                    similarity, right, target_precision, languages[agrees], z
+                )
                 agreeing_kinds = np.asarray(kinds)[agrees].tolist() if kinds is not None else None
                 routing.match_kind_similarities = kind_thresholds(
                     similarity, right, target_precision, agreeing_kinds
                 )
-                matched = routing.matched(per_level[4].argmax(axis=1), nearest, shapes)[agrees]
+                matched = routing.matched(per_level[4].argmax(axis=1), nearest, shapes, languages)[agrees]
                 routing.match_coverage = float(matched.sum() / len(agrees))
                 routing.match_precision = float(right[matched].mean()) if matched.any() else None
     return routing
@@ -231,10 +261,12 @@ def routing_stage(state: TrainState) -> None:
         )
         for level, p in per_level.items()
     }
+    # each record's language as serving reads it (no hint: a model input read as one text)
+    languages = [read_language(t, "", "", None, state.config.languages).language for t in state.val_texts]
     state.routing = fit_routing(
         per_level,
         correct,
-        RecordInputs.from_texts(state.val_texts),
+        RecordInputs.from_texts(state.val_texts, languages),
         target_precision=state.config.routing_precision,
         z=state.config.routing_bound_z,
         fitted_on=f"validation split ({len(gold)} records: unseen occupations and titles)",
@@ -249,6 +281,7 @@ def routing_summary(routing: RoutingModel) -> dict[str, Any]:
         str(level): {
             "threshold": round(r.threshold, 4),
             "shape_thresholds": {s: round(t, 4) for s, t in r.shape_thresholds.items()},
+            "language_thresholds": {s: round(t, 4) for s, t in r.language_thresholds.items()},
             "val_coverage": r.fitted_coverage,
             "val_precision": r.fitted_precision,
             "kind_thresholds": {k: round(t, 4) for k, t in r.kind_thresholds.items()},
@@ -258,6 +291,7 @@ def routing_summary(routing: RoutingModel) -> dict[str, Any]:
     summary["match"] = {
         "similarity": routing.match_similarity,
         "shape_similarities": {s: round(t, 4) for s, t in routing.match_shape_similarities.items()},
+        "language_similarities": {s: round(t, 4) for s, t in routing.match_language_similarities.items()},
         "val_coverage": routing.match_coverage,
         "val_precision": routing.match_precision,
         "kind_similarities": {k: round(t, 4) for k, t in routing.match_kind_similarities.items()},
