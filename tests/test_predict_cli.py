@@ -147,6 +147,23 @@ def test_predict_one_record_with_industry(env: dict[str, str], tmp_path: Path) -
     assert _predict(env, "--input", str(source)).exit_code == 2  # a file needs --output
 
 
+def test_predict_one_record_with_a_language_hint(env: dict[str, str]) -> None:
+    """--language is the record's hint: the result is coded as it says, a language the (English-only) model
+    lacks goes to a coder, a hint the text contradicts is reported, an unknown code is refused by name."""
+    from shared.schemas import Prediction
+
+    english = _predict(env, "--job-title", "bus driver", "--language", "EN")
+    assert english.exit_code == 0, english.output
+    assert Prediction.model_validate_json(english.stdout).language == "en"
+    german = Prediction.model_validate_json(_predict(env, "--job-title", "Busfahrer", "-l", "de").stdout)
+    assert german.language == "de" and german.needs_review and "unsupported_language" in german.review_reasons
+    contradicted = _predict(env, "--job-title", "Lehrer an einer Grundschule", "--language", "fr")
+    assert "language_mismatch" in Prediction.model_validate_json(contradicted.stdout).review_reasons
+    unknown = _predict(env, "--job-title", "bus driver", "--language", "xx")
+    assert unknown.exit_code == 2
+    assert "--language: unknown language 'xx'" in unknown.output and "accepted codes" in unknown.output
+
+
 def test_predict_without_a_model(tmp_path: Path, sqlite_url: str) -> None:
     source = tmp_path / "in.csv"
     source.write_text("job_title\nwelder\n")

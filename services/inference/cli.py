@@ -1,8 +1,10 @@
 """`isco predict --input IN.csv --output OUT.csv [--model VERSION]`: code a CSV file locally;
-`isco predict --job-title T [--duties D] [--industry I]`: code one record and print its result as JSON.
+`isco predict --job-title T [--duties D] [--industry I] [--language L]`: code one record and print its result
+as JSON.
 
 Input: a header with job_title and/or duties_description (case and spaces ignored; comma, semicolon or tab),
-optionally industry (the employer's activity, read as context); extra columns (industry too) are kept.
+optionally industry (the employer's activity, read as context) and language (an ISO 639-1 hint of the row's
+language); extra columns (industry too) are kept.
 Output: the input columns (a name that clashes with an output column gets an `input_` prefix), then isco_code,
 level, title, confidence, is_fallback, unit_code, unit_confidence, top_codes, top_confidences, needs_review,
 review_reasons (the predict CSV contract, `shared.csvio`), then row_error: a row that cannot be coded (both
@@ -115,6 +117,13 @@ def predict(
         help="one record: the employer's main activity, e.g. 'paper manufacturing' (optional context; "
         "a file gives it in an industry column)",
     ),
+    language: str = typer.Option(
+        None,
+        "--language",
+        "-l",
+        help="one record: the ISO 639-1 code of the language it is written in, e.g. 'de' (optional hint; "
+        "without it the language is identified from the text; a file gives it in a language column)",
+    ),
     model: str = typer.Option(None, "--model", help="model version or directory (default: the best model)"),
     unit_threshold: float = typer.Option(
         None, "--unit-threshold", min=0.0, max=1.0, help="4-digit confidence below which the code falls back"
@@ -122,15 +131,16 @@ def predict(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
 ) -> None:
     """Code every row of a CSV file (--input, --output), or one record (--job-title and/or --duties,
-    optionally --industry; its result is printed as JSON), with the best (or the given) model."""
-    single = job_title is not None or duties is not None or industry is not None
+    optionally --industry and --language; its result is printed as JSON), with the best (or the given)
+    model."""
+    single = any(value is not None for value in (job_title, duties, industry, language))
     if single:
         if input is not None or output is not None:
             raise _fail(
-                "give either --input/--output (a file; its industry column gives each row's industry) or "
-                "--job-title/--duties/--industry (one record), not both"
+                "give either --input/--output (a file; its industry and language columns give each row's) or "
+                "--job-title/--duties/--industry/--language (one record), not both"
             )
-        _predict_one(job_title or "", duties or "", industry or "", model, unit_threshold)
+        _predict_one(job_title or "", duties or "", industry or "", language or "", model, unit_threshold)
         return
     if input is None or output is None:
         raise _fail("give --input and --output (a CSV file), or --job-title and/or --duties (one record)")
@@ -138,7 +148,12 @@ def predict(
 
 
 def _predict_one(
-    job_title: str, duties: str, industry: str, model: str | None, unit_threshold: float | None
+    job_title: str,
+    duties: str,
+    industry: str,
+    language: str,
+    model: str | None,
+    unit_threshold: float | None,
 ) -> None:
     from pydantic import ValidationError
 
@@ -146,9 +161,15 @@ def _predict_one(
     from shared.schemas import JobRecord
 
     try:
-        record = JobRecord(job_title=job_title, duties_description=duties, industry=industry)
+        record = JobRecord(
+            job_title=job_title, duties_description=duties, industry=industry, language=language or None
+        )
     except ValidationError as exc:
-        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        reasons = "; ".join(
+            ("--language: " if e["loc"] == ("language",) else "")
+            + str(e["msg"]).removeprefix("Value error, ")
+            for e in exc.errors()
+        )
         raise _fail(reasons.replace("job_title and duties_description", "--job-title and --duties")) from None
     settings = InferenceSettings()
     model_dir = _model_dir(settings, model)
