@@ -30,6 +30,7 @@ class Case:
     industry: str = ""  # the employer's industry; a job gets the column (field) when a case has one
     reasons: tuple[str, ...] | None = None  # review reasons; default: not_coded when it needs review
     coded: bool | None = None  # answered at 4 digits; default: when it does not need review
+    language: str | None = None  # the language the row was coded as (Prediction.language)
 
 
 # rows 1..6 of the standard job: 1, 3, 4, 6 need review
@@ -67,6 +68,7 @@ def prediction(case: Case, version: str = "tiny-review-1") -> Prediction:
         model_version=version,
         needs_review=case.needs_review,
         review_reasons=list(reasons),
+        language=case.language,
     )
 
 

@@ -35,7 +35,7 @@ from shared.jobs.settings import JobSettings
 from shared.settings import REPO_ROOT
 from tests.conftest import IN_CI, REDIS_URL
 from tests.jobs_support import register_best
-from tests.review_support import audit_cases, finished_csv_job, many_cases, read_csv
+from tests.review_support import Case, audit_cases, finished_csv_job, many_cases, read_csv
 from tests.serving_helpers import ServerThread
 from tests.tiny_model import build_tiny_model_dir
 
@@ -429,6 +429,32 @@ def test_twenty_rows_settled_with_the_keyboard(stack: Stack, browser: Any) -> No
         ]
     assert actions == ["accept", "alternative", "alternative", "uncodable", "search"] * 4
     assert elapsed < 60  # a generous bound on a shared CI machine; the figure itself is printed
+
+
+def test_the_row_shows_the_language_it_was_coded_as(stack: Stack, browser: Any) -> None:
+    """A multilingual job: each row says the language it was coded as, and why a row in a language the model
+    does not cover is in the queue."""
+    from selenium.webdriver.common.by import By
+
+    cases = (
+        Case("Krankenpfleger", "", (("2221", 0.62), ("3221", 0.3)), True, language="de",
+             reasons=("below_threshold",), coded=True),
+        Case("медицинска сестра", "", (("2221", 0.4), ("3221", 0.3)), True, language="bg",
+             reasons=("unsupported_language",), coded=True),
+    )  # fmt: skip
+    key_id = stack.keys["coder-a"][1]
+    job_settings = JobSettings(**{k: getattr(stack.settings, k) for k in ("env", "data_dir", "database_url")})
+    job_id = finished_csv_job(stack.db_url, job_settings, key_id, cases)
+    _sign_in(browser, stack, "coder-a")
+    browser.get(f"{stack.url}/review/jobs/{job_id}")
+    _wait(browser, lambda d: _row(d) == "1", "row 1")
+    assert browser.find_element(By.ID, "row-language").text == "de"
+    assert browser.find_element(By.ID, "job-title").text == "Krankenpfleger"
+    _decide_with(browser, "1")
+    _wait(browser, lambda d: _row(d) == "2", "row 2")
+    assert browser.find_element(By.ID, "row-language").text == "bg"
+    reasons = browser.find_element(By.CSS_SELECTOR, "#row .reasons").text
+    assert "unsupported language" in reasons
 
 
 def test_the_api_returns_evidence_on_request(stack: Stack) -> None:
