@@ -160,6 +160,8 @@ def model_results(model_dir: Path, records: Sequence[DevRecord], batch: int = 25
                     "top3": bool(set(top) & r.accept),
                     "auto": auto,
                     "auto_right": auto and p.isco_code in r.accept,
+                    # the router's probability that the 4-digit answer is right (None: no routing.json)
+                    "routing_confidence": p.routing_confidence,
                     "reasons": list(p.review_reasons),
                 }
             )
@@ -190,6 +192,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             auto = [r for r in items if r["auto"]]
             m["auto_coded"] = len(auto) / len(items)
             m["auto_coded_precision"] = float(np.mean([r["auto_right"] for r in auto])) if auto else None
+            if items[0].get("routing_confidence") is not None:
+                m.update(calibration(items))
             reasons: dict[str, int] = {}
             for r in items:
                 for reason in r["reasons"]:
@@ -212,8 +216,22 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             average["auto_coded_precision"] = (
                 float(np.mean([r["auto_right"] for r in auto])) if auto else None
             )
+            languages = [m for m in out.values() if "ece" in m]
+            if languages:
+                average["ece"] = float(np.mean([m["ece"] for m in languages]))
+                average["max_ece"] = max(m["ece"] for m in languages)
         out["average"] = average
     return out
+
+
+def calibration(items: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """How well the router's probability that the 4-digit answer is right matches how often it is, in one
+    language: ECE over 15 equal-width bins, and the mean probability beside the top-1 rate."""
+    from services.trainer.metrics import expected_calibration_error
+
+    confidence = np.array([r["routing_confidence"] for r in items], dtype=np.float64)
+    right = np.array([r["top1"] for r in items], dtype=np.float64)
+    return {"ece": expected_calibration_error(confidence, right), "mean_confidence": float(confidence.mean())}
 
 
 def language_summary(result: dict[str, Any]) -> str:
@@ -241,6 +259,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         if "auto_coded" in next(iter(results[system]["languages"].values()), {}):
             table.add_column("auto-coded", justify="right")
             table.add_column("its precision", justify="right")
+            table.add_column("ECE", justify="right")
     languages = [x for x in next(iter(results.values()))["languages"] if x != "average"] + ["average"]
     for language in languages:
         cells: list[str] = []
@@ -254,6 +273,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
                 cells += [
                     f"{m['auto_coded']:.3f}" if "auto_coded" in m else "-",
                     "-" if precision is None else f"{precision:.3f}",
+                    f"{m['ece']:.3f}" if "ece" in m else "-",
                 ]
         table.add_row(language, n, *cells)
     Console().print(table)

@@ -211,7 +211,14 @@ def test_dev_records_accept_the_current_code_and_summaries_name_the_weakest_lang
         {"language": "de", "top1": False, "top3": True, "auto": False, "auto_right": False, "reasons": ["x"]},
         {"language": "fr", "top1": False, "top3": False, "auto": True, "auto_right": False, "reasons": []},
     ]
+    for row, confidence in zip(rows, (0.9, 0.3, 0.6), strict=True):
+        row["routing_confidence"] = confidence
     summary = summarise(rows)
+    # German: one bin right at 0.9 (gap 0.1), one wrong at 0.3 (gap 0.3) -> ECE 0.2; French: 0.6 off
+    assert summary["de"]["ece"] == pytest.approx(0.2) and summary["fr"]["ece"] == pytest.approx(0.6)
+    assert summary["average"]["ece"] == pytest.approx(0.4) and summary["average"]["max_ece"] == pytest.approx(
+        0.6
+    )
     assert summary["de"]["auto_coded"] == 0.5 and summary["de"]["auto_coded_precision"] == 1.0
     assert summary["de"]["review_reasons"] == {"x": 1}
     assert summary["average"]["min_language"] == "fr" and summary["average"]["top1"] == 0.25
