@@ -31,7 +31,7 @@ from shared.schemas import (
     Prediction,
     Thresholds,
 )
-from shared.screening import LanguageReading, read_language, review_reasons
+from shared.screening import LanguageReading, read_language, review_reasons, routing_languages
 from shared.taxonomy import Taxonomy, get_taxonomy
 from shared.text import INDUSTRY_MAX_CHARS, clean_text, model_input
 
@@ -172,7 +172,7 @@ def build_predictions(
             [r.job_title for r in records],
             [r.duties_description for r in records],
             texts,
-            [reading.language for reading in readings],
+            routing_languages(readings, languages),
         )
         routed = routing.unit_routing(per_level, inputs, nearest)
     k = min(top_k, unit_probs.shape[1])

@@ -47,7 +47,8 @@ FEATURES = (
 SHAPES = ("title", "industry", "duties")
 # A multilingual model codes its other languages less surely than English (RESULTS-issue28.md): each language
 # other than English gets its own threshold where validation has enough of its records, the others the
-# threshold of all non-English records together (`POOLED_LANGUAGES`).
+# threshold of all non-English records together (`POOLED_LANGUAGES`). A record whose language is only guessed
+# is held to the threshold of such records ("?", `shared.screening.UNSURE_LANGUAGE`), else to the pooled one.
 ENGLISH = "en"
 POOLED_LANGUAGES = "*"
 
@@ -59,7 +60,8 @@ class RecordInputs:
     has_duties: np.ndarray
     n_words: np.ndarray  # words of the model input
     has_industry: np.ndarray
-    # the language each record is coded as (`shared.screening.read_language`); None: all English
+    # the language routing holds each record to (`shared.screening.routing_languages`: its language, or "?"
+    # when only guessed); None: all English (a one-language model)
     languages: np.ndarray | None = None
 
     @classmethod

@@ -84,6 +84,10 @@ def not_an_occupation(job_title: str | None, duties_description: str | None = ""
 # ----------------------------------------------------------------------------------------------------
 
 
+# The routing key of a record whose language is neither hinted nor surely identified (`routing_key`)
+UNSURE_LANGUAGE = "?"
+
+
 @dataclass(frozen=True)
 class LanguageReading:
     """How a record's language is read for a model (Prediction.language and language_detected).
@@ -98,6 +102,14 @@ class LanguageReading:
     detected: str | None
     mismatch: bool
     unsupported: bool
+    hinted: bool = False  # the caller gave the language
+
+    def routing_key(self) -> str:
+        """The language routing holds this record to (`shared.routing.RecordInputs.languages`): the hinted or
+        surely identified language, else `UNSURE_LANGUAGE`: a short title the identifier cannot place was
+        only guessed to be in the model's most likely language (often English), and a foreign label guessed
+        English must not meet English's threshold."""
+        return self.language if self.hinted or self.detected is not None else UNSURE_LANGUAGE
 
 
 def read_language(
@@ -132,7 +144,7 @@ def read_language(
         or not found.scripts <= readable
     )
     mismatch = bool(hint) and detected is not None and detected != hint
-    return LanguageReading(language, detected, mismatch, unsupported)
+    return LanguageReading(language, detected, mismatch, unsupported, hinted=bool(hint))
 
 
 def read_languages(
@@ -147,6 +159,17 @@ def read_languages(
         read_language(t, d, i, None, model_languages)
         for t, d, i in zip(job_titles, duties, industries, strict=True)
     ]
+
+
+def routing_languages(
+    readings: Sequence[LanguageReading], model_languages: Sequence[str]
+) -> list[str] | None:
+    """The language routing holds each record to (`LanguageReading.routing_key`), for a model of several
+    languages; None for a one-language model, whose records are all read in its language (as it was
+    fitted)."""
+    if len(set(model_languages)) < 2:
+        return None
+    return [reading.routing_key() for reading in readings]
 
 
 def flagged(

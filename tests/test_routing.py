@@ -10,7 +10,13 @@ import pytest
 from services.trainer.metrics import coverage_at_precision, expected_calibration_error
 from services.trainer.routing_fit import fit_routing, threshold_for_precision
 from shared.routing import POOLED_LANGUAGES, RecordInputs, RoutingModel, match_features
-from shared.screening import not_an_occupation, read_language, review_reasons
+from shared.screening import (
+    UNSURE_LANGUAGE,
+    not_an_occupation,
+    read_language,
+    review_reasons,
+    routing_languages,
+)
 from shared.text import model_input
 from shared.titles import expand_abbreviations
 
@@ -358,6 +364,31 @@ def test_each_language_other_than_english_is_held_to_the_target_on_its_own(tmp_p
     # records read as English alone (an English-only model's) get no language threshold
     english_only = fit_routing(per_level, right, RecordInputs.from_texts(["bus driver"] * n), 0.95)
     assert english_only.levels[4].language_thresholds == {}
+
+
+def test_a_record_whose_language_is_only_guessed_is_held_to_the_unsure_threshold():
+    """A short title the identifier cannot place is guessed to be in the model's likeliest language (often
+    English); routing holds it to the threshold fitted on such records ("?"), else the pooled non-English
+    one, never to English's. A one-language model reads every record in its language, as it was fitted."""
+    multilingual = ("en", "de", "nl")
+    guessed = read_language("Manager", "", "", None, multilingual)
+    assert guessed.detected is None and guessed.routing_key() == UNSURE_LANGUAGE
+    assert read_language("Manager", "", "", "de", multilingual).routing_key() == "de"  # a hint is sure
+    sure = read_language(
+        "Lehrer", "Unterricht an der Grundschule und Betreuung der Kinder", "", None, multilingual
+    )
+    assert sure.routing_key() == "de"
+    assert routing_languages([guessed, sure], multilingual) == [UNSURE_LANGUAGE, "de"]
+    assert routing_languages([guessed, sure], ("en",)) is None
+    router = RoutingModel.model_validate(
+        {"levels": {4: {"mean": [0.0], "std": [1.0], "coef": [0.0], "intercept": 0.0, "threshold": 0.8}}}
+    ).levels[4]
+    shapes = np.array(["title"] * 3)
+    keys = np.array(["en", UNSURE_LANGUAGE, "de"], dtype=object)
+    router.language_thresholds = {POOLED_LANGUAGES: 0.9}
+    assert router.thresholds_for(shapes, keys).tolist() == [0.8, 0.9, 0.9]
+    router.language_thresholds = {POOLED_LANGUAGES: 0.9, UNSURE_LANGUAGE: 0.95, "de": 0.85}
+    assert router.thresholds_for(shapes, keys).tolist() == [0.8, 0.95, 0.85]
 
 
 def test_a_routing_file_from_before_the_industry_feature_still_loads(tmp_path):

@@ -137,12 +137,12 @@ def routed_confidence(
         return None
     from shared.decision import level_probabilities
     from shared.routing import record_inputs
-    from shared.screening import flagged, read_languages
+    from shared.screening import flagged, read_languages, routing_languages
 
     per_level = level_probabilities(probs, hierarchy)
     readings = read_languages(eval_set.job_titles, eval_set.duties, eval_set.industries, languages)
     inputs = record_inputs(
-        eval_set.job_titles, eval_set.duties, eval_set.texts(), [r.language for r in readings]
+        eval_set.job_titles, eval_set.duties, eval_set.texts(), routing_languages(readings, languages)
     )
     confidence, auto = routing.unit_routing(per_level, inputs, nearest)
     return confidence, auto & ~flagged(eval_set.job_titles, eval_set.duties, readings)

@@ -28,7 +28,7 @@ from shared.routing import (
     match_features,
     routing_features,
 )
-from shared.screening import read_language
+from shared.screening import read_language, routing_languages
 
 MIN_SHAPE_RECORDS = 200  # a shape sets its own threshold from this many fitting records on
 # A language sets its own threshold from this many: validation holds ~250 labels per language in the
@@ -261,12 +261,13 @@ def routing_stage(state: TrainState) -> None:
         )
         for level, p in per_level.items()
     }
-    # each record's language as serving reads it (no hint: a model input read as one text)
-    languages = [read_language(t, "", "", None, state.config.languages).language for t in state.val_texts]
+    # each record's language as serving holds it (no hint: a model input read as one text)
+    model_languages = state.config.languages
+    readings = [read_language(t, "", "", None, model_languages) for t in state.val_texts]
     state.routing = fit_routing(
         per_level,
         correct,
-        RecordInputs.from_texts(state.val_texts, languages),
+        RecordInputs.from_texts(state.val_texts, routing_languages(readings, model_languages)),
         target_precision=state.config.routing_precision,
         z=state.config.routing_bound_z,
         fitted_on=f"validation split ({len(gold)} records: unseen occupations and titles)",
