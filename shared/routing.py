@@ -48,7 +48,8 @@ SHAPES = ("title", "industry", "duties")
 # A multilingual model codes its other languages less surely than English (RESULTS-issue28.md): each language
 # other than English gets its own threshold where validation has enough of its records, the others the
 # threshold of all non-English records together (`POOLED_LANGUAGES`). A record whose language is only guessed
-# is held to the threshold of such records ("?", `shared.screening.UNSURE_LANGUAGE`), else to the pooled one.
+# ("?", `shared.screening.UNSURE_LANGUAGE`) is held to the pooled one (a "?" entry, in models trained for a
+# while with one, is honoured).
 ENGLISH = "en"
 POOLED_LANGUAGES = "*"
 

@@ -108,7 +108,7 @@ class LanguageReading:
         """The language routing holds this record to (`shared.routing.RecordInputs.languages`): the hinted or
         surely identified language, else `UNSURE_LANGUAGE`: a short title the identifier cannot place was
         only guessed to be in the model's most likely language (often English), and a foreign label guessed
-        English must not meet English's threshold."""
+        English must not meet English's threshold (routing holds it to the pooled non-English one)."""
         return self.language if self.hinted or self.detected is not None else UNSURE_LANGUAGE
 
 

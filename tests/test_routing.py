@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from services.trainer.metrics import coverage_at_precision, expected_calibration_error
-from services.trainer.routing_fit import fit_routing, threshold_for_precision
+from services.trainer.routing_fit import fit_routing, language_thresholds, threshold_for_precision
 from shared.routing import POOLED_LANGUAGES, RecordInputs, RoutingModel, match_features
 from shared.screening import (
     UNSURE_LANGUAGE,
@@ -389,6 +389,20 @@ def test_a_record_whose_language_is_only_guessed_is_held_to_the_unsure_threshold
     assert router.thresholds_for(shapes, keys).tolist() == [0.8, 0.9, 0.9]
     router.language_thresholds = {POOLED_LANGUAGES: 0.9, UNSURE_LANGUAGE: 0.95, "de": 0.85}
     assert router.thresholds_for(shapes, keys).tolist() == [0.8, 0.95, 0.85]
+
+
+def test_unsure_records_get_no_threshold_of_their_own_and_stay_out_of_the_pool():
+    """Validation's unsure records are mostly easy short English titles: fitted on them, a threshold would let
+    foreign titles through; they are held to the pool of surely foreign records instead."""
+    rng = np.random.default_rng(7)
+    languages = np.array(["de"] * 600 + [UNSURE_LANGUAGE] * 600, dtype=object)
+    conf = rng.uniform(size=len(languages))
+    correct = rng.uniform(size=len(languages)) < np.clip(conf + np.where(languages == "de", -0.05, 0.3), 0, 1)
+    fitted = language_thresholds(conf, correct, 0.95, languages)
+    assert set(fitted) == {"de", POOLED_LANGUAGES}
+    german = languages == "de"
+    assert fitted[POOLED_LANGUAGES] == threshold_for_precision(conf[german], correct[german], 0.95)
+    assert language_thresholds(conf, correct, 0.95, np.full(len(conf), UNSURE_LANGUAGE, dtype=object)) == {}
 
 
 def test_a_routing_file_from_before_the_industry_feature_still_loads(tmp_path):
