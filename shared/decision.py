@@ -108,15 +108,13 @@ def review_fields(
     when the model's router says it is right with the fitted precision (`routed_unit`; None: no
     routing.json), and never an answer that is not an occupation, in a language or script the model does not
     cover, or whose language hint the text contradicts (`reading`: `shared.screening.read_language` of the
-    record for the model's languages)."""
+    record for the model's languages; the record is judged on its language only with its reading)."""
     level = choice.level if choice is not None else None
     if level == 4 and routed_unit is False:
         level = 3  # a 4-digit answer below the router's threshold: reviewed like a fallback
-    if record is None:
+    if record is None or reading is None:
         reasons = ["not_coded"] if level is None else ["below_threshold"] if level < 4 else []
         return {"needs_review": bool(reasons), "review_reasons": reasons}
-    if reading is None:
-        reading = read_language(record.job_title, record.duties_description, record.industry, record.language)
     reasons = review_reasons(record.job_title, record.duties_description, level, reading)
     return {
         "needs_review": bool(reasons),

@@ -276,8 +276,8 @@ def record_inputs(
     texts: Sequence[str],
     languages: Sequence[str] | None = None,
 ) -> RecordInputs:
-    """What records gave (`RecordInputs`), from their fields, their model inputs `texts` and the language each
-    is coded as (`shared.screening.read_language`; None: all English)."""
+    """What records gave (`RecordInputs`), from their fields, their model inputs `texts` and the language
+    routing holds each to (`shared.screening.routing_languages`; None: all English)."""
     return RecordInputs(
         has_duties=np.array([bool((d or "").strip()) for d in duties], dtype=bool),
         n_words=np.array([len(t.split()) for t in texts], dtype=np.int64),

@@ -28,7 +28,7 @@ from shared.routing import (
     match_features,
     routing_features,
 )
-from shared.screening import UNSURE_LANGUAGE, read_language, routing_languages
+from shared.screening import UNSURE_LANGUAGE, read_languages, routing_languages
 
 MIN_SHAPE_RECORDS = 200  # a shape sets its own threshold from this many fitting records on
 # A language sets its own threshold from this many: validation holds ~250 labels per language in the
@@ -267,7 +267,7 @@ def routing_stage(state: TrainState) -> None:
     }
     # each record's language as serving holds it (no hint: a model input read as one text)
     model_languages = state.config.languages
-    readings = [read_language(t, "", "", None, model_languages) for t in state.val_texts]
+    readings = read_languages(state.val_texts, [""] * len(state.val_texts), None, model_languages)
     state.routing = fit_routing(
         per_level,
         correct,
