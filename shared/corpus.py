@@ -18,6 +18,12 @@ Sources (`CodedRecord.source`):
                       `occupation` (concept URI); only for the `languages` asked for besides English, at most
                       `multilingual_max_labels` per occupation and language, the held-out occupations' labels
                       never (shared/corpus_multilingual.py: the sampling and the dev split)
+    esco_title_multilingual_eval
+                      the other labels of the same occupations and languages, beyond the sample: they never
+                      train (the trainer drops those of training occupations, `eval_only_sources`), and the
+                      validation and test occupations keep them, so that what is fitted and measured there
+                      (routing per language above all) sees every form of a title users write, as the dev
+                      split does, not only the preferred label and one alternative
 
 Every record carries its `language` (ISO 639-1; "en" for the English sources), so that a model can say which
 languages it was trained on. `languages=("en",)`, the default, builds the English corpus of before, record for
@@ -47,7 +53,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from shared.corpus_multilingual import check_languages, training_labels
+from shared.corpus_multilingual import check_languages, sample_labels
 from shared.settings import CommonSettings
 from shared.taxonomy import get_taxonomy
 
@@ -64,6 +70,7 @@ SOURCES = (
     "ons_title",
     "ons_industry",
     "esco_title_multilingual",
+    "esco_title_multilingual_eval",
 )
 
 _SENTENCE = re.compile(r"(?<=[a-z0-9)][.;])\s+(?=[A-Z])")
@@ -335,16 +342,18 @@ def build_default_corpus(
         records += [r for r in load_ons_index() if r.source in wanted and r.isco_code in taxonomy]
 
     others = [language for language in languages if language != "en"]
-    if "esco_title_multilingual" in wanted and others:
+    if wanted & {"esco_title_multilingual", "esco_title_multilingual_eval"} and others:
         # ESCO v1.2 re-coded 61 of the v1.0.8 occupations: a label takes its occupation's v1.2 unit group, as
         # its English titles do, so one occupation is one code in every language (and one split)
         current = {uri: code for uri, code, _ in facts}
-        for x in training_labels(others, multilingual_max_labels):
-            code = current.get(x.concept_uri, x.isco_code)
-            if code in taxonomy:
-                records.append(
-                    CodedRecord(x.label, "", code, "esco_title_multilingual", "", x.language, x.concept_uri)
-                )
+        sampled, rest = sample_labels(others, multilingual_max_labels)
+        for source, part in (("esco_title_multilingual", sampled), ("esco_title_multilingual_eval", rest)):
+            if source not in wanted:
+                continue
+            for x in part:
+                code = current.get(x.concept_uri, x.isco_code)
+                if code in taxonomy:
+                    records.append(CodedRecord(x.label, "", code, source, "", x.language, x.concept_uri))
 
     seen: set[tuple[str, str, str, str]] = set()
     unique_records = []

@@ -97,6 +97,20 @@ def training_labels(
     """The labels that train: occupations outside the dev split, in `languages` (English is not in this
     file and is skipped), at most `max_labels` per occupation and language (the preferred label first, then
     alternatives in seeded-hash order; None = all). File order is kept."""
+    return sample_labels(languages, max_labels, seed=seed, labels=labels)[0]
+
+
+def sample_labels(
+    languages: Sequence[str],
+    max_labels: int | None = 2,
+    *,
+    seed: int = 13,
+    labels: Sequence[LanguageLabel] | None = None,
+) -> tuple[list[LanguageLabel], list[LanguageLabel]]:
+    """(the labels that train, the rest): the labels of occupations outside the dev split in `languages`,
+    parted by `training_labels`' sample. The rest are what a validation or test occupation also holds: users
+    write an occupation in every form its language has, not only in the sampled ones, so the trainer's
+    held-out splits keep all of them (`esco_title_multilingual_eval` in shared/corpus.py)."""
     if max_labels is not None and max_labels < 1:
         raise ValueError(f"max_labels: must be at least 1 (the preferred label) or None, got {max_labels}")
     wanted = set(languages)
@@ -106,6 +120,7 @@ def training_labels(
         if label.language in wanted and not held_out_occupation(label.concept_uri):
             groups[(label.concept_uri, label.language)].append(i)
     kept: list[int] = []
+    rest: list[int] = []
     for members in groups.values():
         if max_labels is not None and len(members) > max_labels:
             members = sorted(
@@ -114,9 +129,11 @@ def training_labels(
                     labels[i].label_kind != "preferred",
                     _order(seed, labels[i].concept_uri, labels[i].label),
                 ),
-            )[:max_labels]
+            )
+            rest.extend(members[max_labels:])
+            members = members[:max_labels]
         kept.extend(members)
-    return [labels[i] for i in sorted(kept)]
+    return [labels[i] for i in sorted(kept)], [labels[i] for i in sorted(rest)]
 
 
 def dev_split(

@@ -23,6 +23,7 @@ from shared.corpus_multilingual import (
     dev_split,
     held_out_occupation,
     load_labels,
+    sample_labels,
     training_labels,
 )
 
@@ -71,6 +72,54 @@ def test_sampling_keeps_the_preferred_label_and_at_most_k_per_occupation_and_lan
     assert {x.language for x in training_labels(["fr"], None, labels=labels)} == {"fr"}
     with pytest.raises(ValueError, match="max_labels"):
         training_labels(["de"], 0, labels=labels)
+
+
+def test_the_labels_beyond_the_sample_are_the_rest_of_the_trained_occupations() -> None:
+    labels = _fixture()
+    kept, rest = sample_labels(["de", "fr"], 2, labels=labels)
+    assert kept == training_labels(["de", "fr"], 2, labels=labels)
+    # the German nurse's 5 labels: 2 sampled, 3 beyond; held-out occupations are in neither part
+    assert sorted(x.label for x in rest) == sorted(
+        set(x.label for x in training_labels(["de", "fr"], None, labels=labels)) - {x.label for x in kept}
+    )
+    assert len(rest) == 3 and {x.concept_uri for x in rest} == {kept[0].concept_uri}
+    assert sample_labels(["de", "fr"], None, labels=labels)[1] == []
+
+
+def test_labels_beyond_the_sample_stay_with_held_out_occupations_and_never_train() -> None:
+    examples = []
+    for code in ("2221", "7512"):
+        for i in range(12):
+            uri = f"{URI}{code}-{i}"
+            for j, source in enumerate(("esco_title_multilingual", "esco_title_multilingual_eval") * 2):
+                text = f"Pfleger {code} {i} {j}"
+                examples.append(Example(text, code, source, text, "", "t", "", "de", uri))
+    config = PreprocessConfig(val_fraction=0.2, test_fraction=0.2)
+    train, val, test = split(examples, config)
+    assert not any(e.source == "esco_title_multilingual_eval" for e in train)
+    for part in (val, test):
+        held = {e.group for e in part}
+        # a held-out occupation keeps every label it has, sampled or not
+        assert sorted(e.text for e in part) == sorted(e.text for e in examples if e.group in held)
+    # the same occupations are held out with or without the labels beyond the sample
+    sampled = [e for e in examples if e.source == "esco_title_multilingual"]
+    train2, val2, test2 = split(sampled, config)
+    assert {e.group for e in val2} == {e.group for e in val}
+    assert {e.group for e in test2} == {e.group for e in test}
+    assert [e.text for e in train2] == [e.text for e in train]
+
+
+def test_a_label_that_never_trains_yields_to_one_that_may() -> None:
+    from services.trainer.preprocess import deduplicate
+
+    uri = f"{URI}x"
+    never = Example("chef", "3434", "esco_title_multilingual_eval", "chef", "", "t:1", "", "fr", uri)
+    may = Example("chef", "3434", "esco_title_multilingual", "chef", "", "t:2", "", "de", uri)
+    other = Example("chef", "1120", "esco_title_multilingual_eval", "chef", "", "t:3", "", "nl", uri)
+    kept, duplicates, conflicts = deduplicate([never, may])
+    assert kept == [may] and duplicates == 1
+    kept, _, conflicts = deduplicate([other, may])
+    assert kept == [may] and conflicts[0]["dropped_source"] == "esco_title_multilingual_eval"
 
 
 def test_held_out_split_is_deterministic_and_never_trains() -> None:
@@ -134,7 +183,7 @@ def test_a_languages_list_is_checked() -> None:
     ml = TrainerSettings(profile="multilingual")
     assert ml.corpus_languages == ["en", *ESCO_LANGUAGES] and ml.multilingual_max_labels == 1
     assert TrainerSettings(profile="multilingual-full").corpus_languages == ["en", *ESCO_LANGUAGES]
-    assert "esco_title_multilingual" in SOURCES
+    assert "esco_title_multilingual" in SOURCES and "esco_title_multilingual_eval" in SOURCES
 
 
 def test_split_keeps_every_language_of_an_occupation_together() -> None:

@@ -56,6 +56,8 @@ class PreprocessConfig(BaseModel):
     train_only_sources: list[str] = Field(
         default_factory=lambda: [CORRECTION_SOURCE, "isco_title", "isco_definition"]
     )
+    # records only validation and test keep: those of a training occupation are dropped by the split
+    eval_only_sources: list[str] = Field(default_factory=lambda: ["esco_title_multilingual_eval"])
     outliers: OutlierConfig = Field(default_factory=OutlierConfig)
 
 

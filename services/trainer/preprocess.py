@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 # Higher wins when one text carries different codes. A coding index entry is a coder's decision for exactly
 # that text as a survey answer, where an ESCO label names an occupation that may be coded elsewhere when
 # written alone: the ONS index wins over ESCO and ISCO-08 texts, the user's own records over both.
-SOURCE_PRIORITY = {"correction": 4, "user": 3, "ons_title": 2, "ons_industry": 2}
+# Labels that never train (`PreprocessConfig.eval_only_sources`) lose every conflict.
+SOURCE_PRIORITY = {
+    "correction": 4, "user": 3, "ons_title": 2, "ons_industry": 2, "esco_title_multilingual_eval": 0,
+}  # fmt: skip
 DEFAULT_PRIORITY = 1  # other default corpus sources (esco_title, isco_task, ...)
 
 
@@ -257,7 +260,8 @@ def deduplicate(
             per_code.setdefault(e.code, []).append(e)
         duplicates += len(group) - len(per_code)
         if len(per_code) == 1 or not resolve_conflicts:
-            kept.extend(items[0] for items in per_code.values())
+            # of one text with one code the first record stays, unless it never trains and another may
+            kept.extend(max(items, key=lambda e: min(_priority(e.source), 1)) for items in per_code.values())
             continue
         order = list(per_code)
         winner = max(

@@ -6,6 +6,9 @@ users send (choose early stopping, weights, temperature and routing thresholds t
 occupations are ordered by a seeded hash of their key and the first ones go to test and validation, so a
 record keeps its split when other records are added (re-trained and corrected models are evaluated on the same
 records). Unit groups smaller than `min_group_size_to_split` and train-only sources (corrections) go to train.
+Eval-only sources (`eval_only_sources`: ESCO's labels in other languages beyond the training sample) stay
+with their occupation when it is held out and are dropped when it trains; they do not count towards the
+sizes, so the same occupations are held out with or without them.
 `group_by: record` restores the per-record split. With `val_known_titles`, validation also gets a share of the
 ESCO titles whose occupation keeps other titles in training (the title alone, `_known_titles`): users send new
 titles of known occupations as well as new occupations, and what is chosen on validation (the temperature, the
@@ -71,6 +74,14 @@ def split(
     test: list[Example] = []
     by_code: dict[str, list[Example]] = defaultdict(list)
     train_only = set(config.train_only_sources)
+    eval_only = set(config.eval_only_sources)
+
+    def trains(group: list[Example]) -> None:
+        train.extend(e for e in group if e.source not in eval_only)
+
+    def size(group: list[Example]) -> int:
+        return sum(e.source not in eval_only for e in group)
+
     for e in examples:
         if e.source in train_only:
             train.append(e)
@@ -83,9 +94,9 @@ def split(
             key = split_group(e, occupations) if config.group_by == "occupation" else e.text
             members[key].append(e)
         groups = [members[k] for k in sorted(members, key=lambda k: _split_key(config.seed, k))]
-        n = len(by_code[code])
+        n = size(by_code[code])
         if n < config.min_group_size_to_split or len(groups) < 2:
-            train.extend(by_code[code])
+            trains(by_code[code])
             continue
         n_test = max(1, round(n * config.test_fraction)) if config.test_fraction > 0 else 0
         n_val = max(1, round(n * config.val_fraction)) if config.val_fraction > 0 else 0
@@ -98,14 +109,14 @@ def split(
         for i, group in enumerate(groups):
             last = i == len(groups) - 1  # the last occupation always trains
             # an occupation larger than twice what a split still needs trains instead of swamping that split
-            if not last and taken_test < n_test and len(group) <= 2 * (n_test - taken_test) + 1:
+            if not last and taken_test < n_test and size(group) <= 2 * (n_test - taken_test) + 1:
                 test.extend(group)
-                taken_test += len(group)
-            elif not last and taken_val < n_val and len(group) <= 2 * (n_val - taken_val) + 1:
+                taken_test += size(group)
+            elif not last and taken_val < n_val and size(group) <= 2 * (n_val - taken_val) + 1:
                 val.extend(group)
-                taken_val += len(group)
+                taken_val += size(group)
             else:
-                train.extend(group)
+                trains(group)
     if config.val_known_titles > 0 and occupations:
         train, known = _known_titles(train, occupations, train_only, config)
         val.extend(known)
