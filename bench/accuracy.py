@@ -4,6 +4,7 @@ Usage:
     python -m bench.accuracy                      # the registered best model
     python -m bench.accuracy --model-dir DIR      # any model directory
     python -m bench.accuracy --no-baseline        # skip training the SVM baseline (~2 minutes)
+    python -m bench.accuracy --language en        # every record sent with the `language` hint "en"
 
 The dev sets and what counts as correct: bench/devsets.py. Prints top-1, top-3, top-5 and 3-digit accuracy
 side by side; writes JSON to bench/results/accuracy-<timestamp>.json.
@@ -32,6 +33,7 @@ from bench.devsets import DEVSETS_DIR, accepted_codes, load_devsets
 from services.trainer.evaluate import EvalSet, routed_confidence
 from services.trainer.metrics import compute_metrics
 from shared.corpus import label_codes
+from shared.language import LANGUAGES
 from shared.settings import CommonSettings
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -45,9 +47,12 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
 
 
 def evaluate_model_dir(
-    model_dir: Path, devsets: dict[str, EvalSet], threads: int | None = None
+    model_dir: Path, devsets: dict[str, EvalSet], threads: int | None = None, language: str = ""
 ) -> dict[str, Any]:
-    """Metrics of the model directory on each dev set (through the same scorer every service uses)."""
+    """Metrics of the model directory on each dev set (through the same scorer every service uses); with
+    `language`, routed as records sent with that `language` hint (the dev sets are English)."""
+    from dataclasses import replace
+
     from shared.decision import Hierarchy
     from shared.model.directory import read_model_languages
     from shared.model.scorer import UnitScorer
@@ -55,8 +60,14 @@ def evaluate_model_dir(
 
     scorer = UnitScorer.load(model_dir, device="auto", threads=threads)
     routing, hierarchy = RoutingModel.load(model_dir), Hierarchy.from_codes(scorer.codes)
-    out: dict[str, Any] = {"version": scorer.version, "model_dir": str(model_dir), "sets": {}}
+    out: dict[str, Any] = {
+        "version": scorer.version,
+        "model_dir": str(model_dir),
+        "language_hint": language or None,
+        "sets": {},
+    }
     for name, dev in devsets.items():
+        dev = replace(dev, language_hint=language)
         texts = dev.texts()
         t = time.perf_counter()
         probs, nearest = scorer.unit_scores(texts)
@@ -222,8 +233,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-test-split", action="store_true", help="skip the per-source test-split table")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--language", default="", help="send every dev record with this `language` hint (ISO 639-1)"
+    )
     parser.add_argument("--output", type=Path, help="JSON path (default: bench/results/accuracy-<time>.json)")
     args = parser.parse_args(argv)
+    if args.language and args.language not in LANGUAGES:
+        parser.error(f"--language: {args.language!r} is not one of {', '.join(LANGUAGES)}")
 
     devsets = load_devsets(args.devsets)
     if not devsets:
@@ -235,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model_dir = best_model_dir(CommonSettings())
     results: dict[str, dict[str, Any]] = {}
     if model_dir is not None:
-        model = evaluate_model_dir(Path(model_dir), devsets, args.threads)
+        model = evaluate_model_dir(Path(model_dir), devsets, args.threads, args.language)
         results[f"model {model['version']}"] = model
     else:
         print("no model directory given and no best model registered: baseline only")

@@ -6,6 +6,7 @@ Usage:
     python -m bench.multilingual --model-dir DIR      # any model directory
     python -m bench.multilingual --no-model           # the peer alone
     python -m bench.multilingual --per-language 300 --languages de,fr
+    python -m bench.multilingual --model-dir DIR --hints   # each label sent with its language as the hint
 
 Dev split: the held-out occupations' labels (one occupation in ten, by a hash of its ESCO URI), up to
 `--per-language` per language chosen by a seeded hash (the same labels on every run). Gold: the label's
@@ -14,7 +15,9 @@ occupations; the corpus trains on v1.2's).
 
 Model: `shared.predictor.Predictor` with the serving defaults (ONNX int8 on CPU), each label sent as a job
 title, as the API receives it: top-1 and top-3 of the unit group, the share auto-coded (`needs_review`
-false) and how often what was auto-coded (`isco_code`) is right.
+false) and how often what was auto-coded (`isco_code`) is right. With `--hints` each label comes with its
+language as the `language` hint, as from an office that knows its survey's language: routing then holds it to
+that language's threshold instead of reading the language from a short title.
 
 Peer: TF-IDF over character n-grams (analyzer "char_wb", n = 2..4, sublinear tf) with the nearest training
 label by cosine (1-NN; top-3 = the codes of the nearest labels, distinct), fitted on the same training labels
@@ -139,8 +142,11 @@ def peer_results(records: Sequence[DevRecord], texts: Sequence[str], codes: Sequ
     }
 
 
-def model_results(model_dir: Path, records: Sequence[DevRecord], batch: int = 256) -> dict[str, Any]:
-    """The model through the serving path (`Predictor`, serving defaults), each label as a job title."""
+def model_results(
+    model_dir: Path, records: Sequence[DevRecord], batch: int = 256, hints: bool = False
+) -> dict[str, Any]:
+    """The model through the serving path (`Predictor`, serving defaults), each label as a job title (with
+    its language as the hint when `hints`)."""
     from shared.predictor import Predictor
     from shared.schemas import JobRecord
 
@@ -149,7 +155,9 @@ def model_results(model_dir: Path, records: Sequence[DevRecord], batch: int = 25
     started = time.perf_counter()
     for start in range(0, len(records), batch):
         chunk = records[start : start + batch]
-        predictions = predictor.predict([JobRecord(job_title=r.label) for r in chunk])
+        predictions = predictor.predict(
+            [JobRecord(job_title=r.label, language=r.language if hints else None) for r in chunk]
+        )
         for r, p in zip(chunk, predictions, strict=True):
             top = [a.code for a in p.alternatives[:3]]
             auto = not p.needs_review
@@ -170,6 +178,7 @@ def model_results(model_dir: Path, records: Sequence[DevRecord], batch: int = 25
         "version": predictor.version,
         "model_dir": str(model_dir),
         "texts_per_second": round(len(records) / seconds, 1) if seconds > 0 else None,
+        "language_hints": hints,
         "languages": summarise(rows),
     }
 
@@ -294,6 +303,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--peer-max-labels", type=int, default=None, help="peer's labels per occupation and language (all)"
     )
     parser.add_argument(
+        "--hints", action="store_true", help="send each label with its language as the `language` hint"
+    )
+    parser.add_argument(
         "--output", type=Path, help="JSON path (default: bench/results/multilingual-<time>.json)"
     )
     args = parser.parse_args(argv)
@@ -316,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if model_dir is None:
             print("no model directory given and no best model registered: the peer alone")
         else:
-            model = model_results(Path(model_dir), records)
+            model = model_results(Path(model_dir), records, hints=args.hints)
             results[f"model {model['version']}"] = model
     if not args.no_peer:
         texts, codes = peer_training_labels(args.peer_max_labels)

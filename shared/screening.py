@@ -152,11 +152,13 @@ def read_languages(
     duties: Sequence[str],
     industries: Sequence[str] | None = None,
     model_languages: Sequence[str] = DEFAULT_MODEL_LANGUAGES,
+    hint: str | None = None,
 ) -> list[LanguageReading]:
-    """`read_language` of each record (no hint), as evaluation reads records."""
+    """`read_language` of each record, as evaluation reads records: with no hint, or one `hint` for all (a
+    benchmark of records that all come in one known language)."""
     industries = industries or [""] * len(job_titles)
     return [
-        read_language(t, d, i, None, model_languages)
+        read_language(t, d, i, hint, model_languages)
         for t, d, i in zip(job_titles, duties, industries, strict=True)
     ]
 
@@ -176,10 +178,10 @@ def flagged(
     job_titles: Sequence[str], duties: Sequence[str], readings: Sequence[LanguageReading]
 ) -> np.ndarray:
     """Records never auto-coded whatever their confidence: not an occupation, or (their `readings`) in a
-    language or script the model does not cover."""
+    language or script the model does not cover, or with a hint their text contradicts."""
     return np.array(
         [
-            not_an_occupation(t, d) or reading.unsupported
+            not_an_occupation(t, d) or reading.unsupported or reading.mismatch
             for t, d, reading in zip(job_titles, duties, readings, strict=True)
         ],
         dtype=bool,

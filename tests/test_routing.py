@@ -12,8 +12,10 @@ from services.trainer.routing_fit import fit_routing, language_thresholds, thres
 from shared.routing import POOLED_LANGUAGES, RecordInputs, RoutingModel, match_features
 from shared.screening import (
     UNSURE_LANGUAGE,
+    flagged,
     not_an_occupation,
     read_language,
+    read_languages,
     review_reasons,
     routing_languages,
 )
@@ -43,6 +45,19 @@ def test_german_titles_go_to_a_coder_with_an_english_model(title):
     reading = read_language(title, "", "", None, ("en",))
     assert reading.unsupported
     assert "unsupported_language" in review_reasons(title, "", 4, reading)
+
+
+def test_records_read_with_one_hint_as_a_benchmark_sends_them():
+    titles = ["Manager", "Krankenpfleger auf der Intensivstation", "nurse working on the children's ward"]
+    model = ("en", "de")
+    unhinted = read_languages(titles, [""] * 3, None, model)
+    assert routing_languages(unhinted, model) == [UNSURE_LANGUAGE, "de", "en"]
+    hinted = read_languages(titles, [""] * 3, None, model, hint="en")
+    # the hint decides where the text is unsure; a text surely in another language contradicts it
+    assert routing_languages(hinted, model) == ["en", "en", "en"]
+    assert [r.mismatch for r in hinted] == [False, True, False]
+    assert flagged(titles, [""] * 3, hinted).tolist() == [False, True, False]
+    assert not flagged(titles, [""] * 3, unhinted).any()
 
 
 def test_foreign_duties_are_flagged():

@@ -40,6 +40,7 @@ class EvalSet:
     skipped: list[tuple[int, str]]
     industries: list[str] = field(default_factory=list)  # empty: no record has one
     sources: list[str] = field(default_factory=list)  # training source of each record (the test split)
+    language_hint: str = ""  # every record sent with this `language` hint ("": none, the text is read)
 
     def __len__(self) -> int:
         return len(self.gold)
@@ -140,7 +141,9 @@ def routed_confidence(
     from shared.screening import flagged, read_languages, routing_languages
 
     per_level = level_probabilities(probs, hierarchy)
-    readings = read_languages(eval_set.job_titles, eval_set.duties, eval_set.industries, languages)
+    readings = read_languages(
+        eval_set.job_titles, eval_set.duties, eval_set.industries, languages, eval_set.language_hint or None
+    )
     inputs = record_inputs(
         eval_set.job_titles, eval_set.duties, eval_set.texts(), routing_languages(readings, languages)
     )
