@@ -174,6 +174,14 @@ def test_per_source_metrics_by_hand() -> None:
     }
     assert out["b"]["accuracy"] == 0.5 and out["b"]["auto_coded"] == 0.0
     assert out["b"]["auto_coded_precision"] is None
+    # the same rows grouped by each record's language instead (a multilingual model's test split)
+    by_language = per_source_metrics(
+        PROBS, CODES, ev, (np.zeros(5), auto), groups=["de", "en", "en", "de", "de"]
+    )
+    assert by_language["de"]["n"] == 3 and by_language["de"]["accuracy"] == 1.0
+    assert (
+        by_language["de"]["auto_coded_precision"] == 1.0 and by_language["en"]["auto_coded_precision"] == 0.0
+    )
 
 
 def test_load_eval_csv_reads_industry(tmp_path) -> None:

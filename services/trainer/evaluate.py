@@ -41,6 +41,7 @@ class EvalSet:
     industries: list[str] = field(default_factory=list)  # empty: no record has one
     sources: list[str] = field(default_factory=list)  # training source of each record (the test split)
     language_hint: str = ""  # every record sent with this `language` hint ("": none, the text is read)
+    languages: list[str] = field(default_factory=list)  # each record's own language (the test split)
 
     def __len__(self) -> int:
         return len(self.gold)
@@ -168,6 +169,10 @@ def evaluate_set(predictor: Any, eval_set: EvalSet) -> dict[str, Any]:
     metrics["data_hash"] = data_hash_of(eval_set.texts(), eval_set.gold)
     if eval_set.sources:
         metrics["per_source"] = per_source_metrics(probs, predictor.codes, eval_set, routed)
+    if len(set(eval_set.languages)) > 1:
+        metrics["per_language"] = per_source_metrics(
+            probs, predictor.codes, eval_set, routed, groups=eval_set.languages
+        )
     if eval_set.skipped:
         metrics["skipped_rows"] = len(eval_set.skipped)
     return metrics
@@ -178,16 +183,19 @@ def per_source_metrics(
     codes: Sequence[str],
     eval_set: EvalSet,
     routed: tuple[np.ndarray, np.ndarray] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Top-1 and top-3 per training source (`EvalSet.sources`), and, with routing, the share auto-coded and
-    its precision: a source that hurts, or that routing over-trusts, shows in its own row."""
+    """Top-1 and top-3 per training source (`EvalSet.sources`, or per value of `groups`: each record's
+    language), and, with routing, the share auto-coded and its precision: a source that hurts, or that
+    routing over-trusts, shows in its own row."""
     out: dict[str, dict[str, Any]] = {}
     top = np.argsort(-probs, axis=1)[:, :3]
     accepted = [{g} | a for g, a in zip(eval_set.gold, eval_set.accept, strict=True)]
     hit1 = np.array([codes[row[0]] in acc for row, acc in zip(top, accepted, strict=True)])
     hit3 = np.array([any(codes[j] in acc for j in row) for row, acc in zip(top, accepted, strict=True)])
-    sources = np.asarray(eval_set.sources)
-    for source in sorted(set(eval_set.sources)):
+    labels = list(eval_set.sources if groups is None else groups)
+    sources = np.asarray(labels)
+    for source in sorted(set(labels)):
         rows = sources == source
         entry: dict[str, Any] = {
             "n": int(rows.sum()),

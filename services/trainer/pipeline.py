@@ -103,6 +103,7 @@ def eval_set_from_examples(name: str, examples: Sequence[Example]) -> EvalSet:
         skipped=[],
         industries=[e.industry for e in examples],
         sources=[e.source for e in examples],
+        languages=[e.language for e in examples],
     )
 
 
