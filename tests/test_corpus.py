@@ -9,7 +9,7 @@ def test_default_corpus_counts_and_codes(tmp_path):
     records = build_default_corpus(settings)
     counts = corpus_counts(records)
     # English by default: multilingual labels come only with other `languages` (tests/test_multilingual.py)
-    assert set(counts) == set(SOURCES) - {"esco_title_multilingual"}
+    assert set(counts) == set(SOURCES) - {"esco_title_multilingual", "esco_title_multilingual_eval"}
     assert all(n > 0 for n in counts.values())
     assert counts["esco_title"] > 30000
     taxonomy = get_taxonomy()
