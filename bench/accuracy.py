@@ -22,6 +22,7 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,6 @@ def evaluate_model_dir(
 ) -> dict[str, Any]:
     """Metrics of the model directory on each dev set (through the same scorer every service uses); with
     `language`, routed as records sent with that `language` hint (the dev sets are English)."""
-    from dataclasses import replace
-
     from shared.decision import Hierarchy
     from shared.model.directory import read_model_languages
     from shared.model.scorer import UnitScorer

@@ -72,6 +72,9 @@ SOURCES = (
     "esco_title_multilingual",
     "esco_title_multilingual_eval",
 )
+# ESCO's labels beyond the training sample: validation and test keep them, training never
+# (services/trainer: `PreprocessConfig.eval_only_sources`, and they lose every conflict)
+MULTILINGUAL_EVAL_SOURCE = "esco_title_multilingual_eval"
 
 _SENTENCE = re.compile(r"(?<=[a-z0-9)][.;])\s+(?=[A-Z])")
 _TASK_LINE = re.compile(r"^\(([a-z]{1,2})\)\s*(.+)$")
@@ -342,12 +345,12 @@ def build_default_corpus(
         records += [r for r in load_ons_index() if r.source in wanted and r.isco_code in taxonomy]
 
     others = [language for language in languages if language != "en"]
-    if wanted & {"esco_title_multilingual", "esco_title_multilingual_eval"} and others:
+    if wanted & {"esco_title_multilingual", MULTILINGUAL_EVAL_SOURCE} and others:
         # ESCO v1.2 re-coded 61 of the v1.0.8 occupations: a label takes its occupation's v1.2 unit group, as
         # its English titles do, so one occupation is one code in every language (and one split)
         current = {uri: code for uri, code, _ in facts}
         sampled, rest = sample_labels(others, multilingual_max_labels)
-        for source, part in (("esco_title_multilingual", sampled), ("esco_title_multilingual_eval", rest)):
+        for source, part in (("esco_title_multilingual", sampled), (MULTILINGUAL_EVAL_SOURCE, rest)):
             if source not in wanted:
                 continue
             for x in part:

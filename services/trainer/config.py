@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from services.trainer.outliers import OutlierConfig
 from services.trainer.records import CORRECTION_SOURCE
+from shared.corpus import MULTILINGUAL_EVAL_SOURCE
 from shared.corpus_multilingual import check_languages
 from shared.language import DEFAULT_MODEL_LANGUAGES, LANGUAGES
 from shared.model.resources import default_base_model
@@ -57,7 +58,7 @@ class PreprocessConfig(BaseModel):
         default_factory=lambda: [CORRECTION_SOURCE, "isco_title", "isco_definition"]
     )
     # records only validation and test keep: those of a training occupation are dropped by the split
-    eval_only_sources: list[str] = Field(default_factory=lambda: ["esco_title_multilingual_eval"])
+    eval_only_sources: list[str] = Field(default_factory=lambda: [MULTILINGUAL_EVAL_SOURCE])
     outliers: OutlierConfig = Field(default_factory=OutlierConfig)
 
 

@@ -30,6 +30,7 @@ from services.trainer.config import PreprocessConfig
 from services.trainer.outliers import detect_outliers
 from services.trainer.records import Example, RawRow
 from services.trainer.splits import drop_seen_duties, split
+from shared.corpus import MULTILINGUAL_EVAL_SOURCE
 from shared.corpus_multilingual import CORPUS_LANGUAGES
 from shared.language import identify, record_text
 from shared.taxonomy import InvalidCode, Taxonomy, get_taxonomy
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 # written alone: the ONS index wins over ESCO and ISCO-08 texts, the user's own records over both.
 # Labels that never train (`PreprocessConfig.eval_only_sources`) lose every conflict.
 SOURCE_PRIORITY = {
-    "correction": 4, "user": 3, "ons_title": 2, "ons_industry": 2, "esco_title_multilingual_eval": 0,
+    "correction": 4, "user": 3, "ons_title": 2, "ons_industry": 2, MULTILINGUAL_EVAL_SOURCE: 0,
 }  # fmt: skip
 DEFAULT_PRIORITY = 1  # other default corpus sources (esco_title, isco_task, ...)
 
