@@ -44,10 +44,9 @@ def postgres_server_url() -> Iterator[str]:
     url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     upgrade(url)
     yield url
-    from shared.db.session import get_engine
+    from shared.db.session import forget_engines
 
-    get_engine(url).dispose()
-    get_engine.cache_clear()
+    forget_engines()
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import redis
 import redis.exceptions
 import sqlalchemy.exc
 from celery.exceptions import SoftTimeLimitExceeded
@@ -53,7 +54,9 @@ _processor: JobProcessor | None = None
 
 
 def processor() -> JobProcessor:
-    """This worker process's JobProcessor (and so its model), created on first use."""
+    """This worker process's JobProcessor (and so its model, its Redis client and its sessions), created on
+    first use: in a pool process on its first task, never in the main process, whose objects the pool's
+    children would inherit across the fork (engines are per process: `shared.db.session.get_engine`)."""
     global _processor
     if _processor is None:
         _processor = JobProcessor(WorkerSettings())
@@ -119,9 +122,8 @@ def _sweep_quietly(settings: WorkerSettings) -> None:
         log.exception("sweeping expired jobs failed")
 
 
-def reconcile_now(settings: WorkerSettings) -> list[str]:
+def reconcile_now(settings: WorkerSettings, redis_client: Any) -> list[str]:
     """Re-send every queued or running job that no live worker holds and no queued task names."""
-    redis_client = processor()._redis()
 
     def send(job_id: str, kind: str) -> None:
         if kind == TRAINING:
@@ -139,7 +141,10 @@ def _reconcile_at_start_up(**_: object) -> None:
     # without waiting for beat. In a thread: a DB or Redis outage must not hold up the worker's start.
     def reconcile_in_background() -> None:
         try:
-            resent = reconcile_now(WorkerSettings())
+            # its own Redis client, not the job processor's: the pool's children must not inherit one
+            settings = WorkerSettings()
+            with redis.Redis.from_url(settings.redis_url) as redis_client:
+                resent = reconcile_now(settings, redis_client)
             log.info("start-up reconciliation: %d job(s) re-sent", len(resent))
         except Exception:
             log.exception("start-up reconciliation failed")
@@ -151,7 +156,7 @@ def _reconcile_at_start_up(**_: object) -> None:
 def reconcile_jobs() -> None:
     """Beat's periodic reconciliation (`shared.jobs.leases`); an outage is logged and tried next time."""
     try:
-        reconcile_now(processor().settings)
+        reconcile_now(processor().settings, processor()._redis())
     except TRANSIENT_ERRORS as exc:
         log.warning("reconciling jobs failed (will retry at the next beat): %s", exc)
 
