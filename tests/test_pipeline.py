@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from services.cli import build_app
 from services.trainer.pipeline import unseen_records
 from services.trainer.records import Example
+from services.trainer.routing_fit import fit_routing
 from shared import registry
 from shared.db.session import session_scope
 from tests.tiny_model import build_tiny_model_dir
@@ -159,6 +161,28 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
     assert signals.reranker is not None and signals.reranker.k == 3  # fitted on validation
     report = Path(env["ISCO_DATA_DIR"]) / "runs" / first / "invalid_rows.csv"
     assert "'99999' is not an ISCO-08 code" in report.read_text()
+    # the run keeps what routing was fitted on and the test split as routing reads it
+    from services.trainer.routing_data import ROUTING_DATA_FILES, RoutingData
+    from shared.routing import RoutingModel
+
+    fitted = RoutingData.load(report.parent / ROUTING_DATA_FILES["val"])
+    test = RoutingData.load(report.parent / ROUTING_DATA_FILES["test"])
+    assert len(fitted.inputs) == finetune["val_size"] and len(test.inputs) == 10
+    assert test.kinds == ["user"] * 10 and test.flagged is not None and test.nearest is not None
+    assert test.per_level[4].shape == (10, len(signals.codes)) and test.correct[4].dtype == bool
+    # refitting on the kept validation records gives the routing the run shipped
+    routing = RoutingModel.load(model_dir)
+    p_shipped, _ = routing.unit_routing(fitted.per_level, fitted.inputs, fitted.nearest)
+    refit = fit_routing(
+        fitted.per_level,
+        fitted.correct,
+        fitted.inputs,
+        nearest=fitted.nearest,
+        kinds=fitted.kinds,
+        z=routing.bound_z,
+    )
+    assert refit.levels[4].threshold == routing.levels[4].threshold
+    assert np.allclose(refit.unit_routing(fitted.per_level, fitted.inputs, fitted.nearest)[0], p_shipped)
 
     # The same data again: the same evaluation data, so the stored scores are compared directly and only a
     # strictly higher score replaces the best.

@@ -19,6 +19,7 @@ from shared.language import DEFAULT_MODEL_LANGUAGES
 from shared.taxonomy import InvalidCode, get_taxonomy
 
 if TYPE_CHECKING:
+    from services.trainer.routing_data import RoutingData
     from shared.decision import Hierarchy
     from shared.model.signals import NearestMatch
     from shared.routing import RoutingModel
@@ -150,6 +151,29 @@ def routed_confidence(
     )
     confidence, auto = routing.unit_routing(per_level, inputs, nearest)
     return confidence, auto & ~flagged(eval_set.job_titles, eval_set.duties, readings)
+
+
+def routing_data(predictor: Any, eval_set: EvalSet) -> RoutingData:
+    """`eval_set` as routing reads it, scored by a loaded `shared.predictor.Predictor` (its cache makes this
+    free after `evaluate_set`): what a run keeps of its test split to judge routing variants on."""
+    from services.trainer.routing_data import RoutingData, correct_by_level
+    from shared.decision import level_probabilities
+    from shared.routing import record_inputs
+    from shared.screening import flagged, read_languages, routing_languages
+
+    probs, nearest = predictor.scores(eval_set.texts())
+    per_level = level_probabilities(probs, predictor.hierarchy)
+    titles, duties, languages = eval_set.job_titles, eval_set.duties, predictor.languages
+    readings = read_languages(titles, duties, eval_set.industries, languages, eval_set.language_hint or None)
+    accepted = [{g} | a for g, a in zip(eval_set.gold, eval_set.accept, strict=True)]
+    return RoutingData(
+        per_level,
+        correct_by_level(per_level, predictor.hierarchy, accepted),
+        record_inputs(titles, duties, eval_set.texts(), routing_languages(readings, languages)),
+        nearest,
+        list(eval_set.sources) if eval_set.sources else None,
+        flagged(titles, duties, readings),
+    )
 
 
 def evaluate_set(predictor: Any, eval_set: EvalSet) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from services.trainer.config import FinetuneConfig
 from services.trainer.duties_view import duties_view_stage
 from services.trainer.head import head_stage, prototypes
 from services.trainer.hf_loop import trainer_stage
+from services.trainer.routing_data import ROUTING_DATA_FILES
 from services.trainer.routing_fit import routing_stage, routing_summary
 from services.trainer.signals_fit import index_validation_stage, rerank_stage, signals_stage
 from services.trainer.state import FinetuneResult, Stage, TrainState
@@ -144,12 +145,14 @@ def finetune(
     init_model_dir: Path | None = None,
     stages: Sequence[tuple[str, Stage]] = STAGES,
     val_kinds: Sequence[str] | None = None,
+    report_dir: Path | None = None,
 ) -> FinetuneResult:
     """Fine-tune, calibrate and write the model directory `output_dir` by running `stages` in order.
 
     `codes` is the label order (all 436 unit groups for default models). `init_model_dir` starts from an
     existing model directory (corrections fine-tuning) instead of the base model. `val_kinds` (each
     validation record's source): routing reports the threshold each kind would need (`fit_routing`).
+    `report_dir`: where the run keeps what routing was fitted on (`RoutingData`).
     """
     set_seed(config.seed)
     device = choose_device(config.device)
@@ -179,6 +182,9 @@ def finetune(
         state.stage_seconds[name] = round(time.monotonic() - t0, 1)
         state.stages_run.append(name)
         log.info("finetune stage %s: %.1fs", name, state.stage_seconds[name])
+    if report_dir is not None and state.routing_data is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        state.routing_data.save(report_dir / ROUTING_DATA_FILES["val"])
     model, _ = state.require_model()
     result = FinetuneResult(
         epochs=state.epochs,

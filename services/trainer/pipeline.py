@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from services.trainer.config import TrainerSettings
-from services.trainer.evaluate import EvalSet, evaluate_set, load_eval_csv
+from services.trainer.evaluate import EvalSet, evaluate_set, load_eval_csv, routing_data
 from services.trainer.preprocess import PreparedData, prepare
 from services.trainer.records import (
     CORRECTION_SOURCE,
@@ -48,6 +48,7 @@ from services.trainer.records import (
     read_corrections,
     rows_from_corpus,
 )
+from services.trainer.routing_data import ROUTING_DATA_FILES
 from shared import registry
 from shared.db.session import session_scope
 from shared.language import LANGUAGES
@@ -218,21 +219,23 @@ def _evaluate_model(
     best: tuple[str, Path] | None,
     train_texts: set[str],
     say: Reporter,
+    report_dir: Path,
     corrections: EvalSet | None = None,
 ) -> tuple[dict[str, Any], registry.Rescore | None]:
     """Test split, the re-scoring of the current `best` (version, directory; given when it was evaluated on
     other data), indexing of the test records and the head refit (not in a corrections run: the refit would
-    dilute the corrections), dev sets and (for a corrections run) how well the corrections were learnt."""
+    dilute the corrections), dev sets and (for a corrections run) how well the corrections were learnt. The
+    test split as routing reads it is kept in `report_dir` (`RoutingData`)."""
     from services.trainer.head import refit_head
     from services.trainer.signals_fit import index_records
     from shared.predictor import Predictor
 
     predictor = Predictor.load(model_dir)
     started = time.monotonic()
-    metrics: dict[str, Any] = {
-        "test": evaluate_set(predictor, eval_set_from_examples("test", test)),
-        "devsets": {},
-    }
+    test_set = eval_set_from_examples("test", test)
+    metrics: dict[str, Any] = {"test": evaluate_set(predictor, test_set), "devsets": {}}
+    if test and predictor.routing is not None:
+        routing_data(predictor, test_set).save(report_dir / ROUTING_DATA_FILES["test"])
     with_industry = [e for e in test if e.industry]
     if with_industry:
         # the same test records read without their industry: what the industry adds, measured on one model
@@ -420,6 +423,7 @@ def run_training(
             config=config,
             val_kinds=[e.source for e in prepared.val],
             output_dir=model_dir,
+            report_dir=report_dir,
             version=version,
             init_model_dir=parent_dir,
         )
@@ -442,6 +446,7 @@ def run_training(
             rescore_best,
             {e.text for e in train},
             say,
+            report_dir,
             corrections=eval_set_from_examples("corrections", fixes) if corrections is not None else None,
         )
         timings["evaluate_s"] = round(time.monotonic() - t0, 1)

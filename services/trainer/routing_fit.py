@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from services.trainer.routing_data import RoutingData, correct_by_level
 from services.trainer.signals_fit import val_scores
 from services.trainer.state import TrainState
 from shared.decision import Hierarchy, level_probabilities
@@ -256,22 +257,20 @@ def routing_stage(state: TrainState) -> None:
     hierarchy = Hierarchy.from_codes(codes)
     per_level = level_probabilities(probs, hierarchy)
     gold = [codes[i] for i in state.val_labels]
-    correct = {
-        level: np.array(
-            [
-                g.startswith(hierarchy.group_codes[level][j])
-                for g, j in zip(gold, p.argmax(axis=1), strict=True)
-            ]
-        )
-        for level, p in per_level.items()
-    }
     # each record's language as serving holds it (no hint: a model input read as one text)
     model_languages = state.config.languages
     readings = read_languages(state.val_texts, [""] * len(state.val_texts), None, model_languages)
+    state.routing_data = RoutingData(
+        per_level,
+        correct_by_level(per_level, hierarchy, [{g} for g in gold]),
+        RecordInputs.from_texts(state.val_texts, routing_languages(readings, model_languages)),
+        nearest,
+        state.val_kinds,
+    )
     state.routing = fit_routing(
         per_level,
-        correct,
-        RecordInputs.from_texts(state.val_texts, routing_languages(readings, model_languages)),
+        state.routing_data.correct,
+        state.routing_data.inputs,
         target_precision=state.config.routing_precision,
         z=state.config.routing_bound_z,
         fitted_on=f"validation split ({len(gold)} records: unseen occupations and titles)",

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -23,6 +23,9 @@ from shared.model.lexical import LexicalConfig, LexicalIndex
 from shared.model.rerank import Reranker
 from shared.model.signals import Signals
 from shared.routing import RoutingModel
+
+if TYPE_CHECKING:
+    from services.trainer.routing_data import RoutingData
 
 
 @dataclass
@@ -77,6 +80,7 @@ class TrainState:
     val_duties_probs: np.ndarray | None = None
     # routing
     routing: RoutingModel | None = None
+    routing_data: RoutingData | None = None  # what routing was fitted on (the pipeline saves it with the run)
     val_kinds: list[str] | None = None  # each validation record's training source (routing reports each)
     stages_run: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
