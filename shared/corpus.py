@@ -59,6 +59,9 @@ from shared.taxonomy import get_taxonomy
 
 FACTS_CSV = Path(__file__).parent / "data" / "esco_occupations.csv"
 ONS_INDEX_CSV = Path(__file__).parent / "data" / "ons_coding_index.csv"
+# ESCO's labels beyond the training sample: validation and test keep them, training never
+# (services/trainer: `PreprocessConfig.eval_only_sources`, and they lose every conflict)
+MULTILINGUAL_EVAL_SOURCE = "esco_title_multilingual_eval"
 SOURCES = (
     "esco_title",
     "esco_description",
@@ -70,11 +73,8 @@ SOURCES = (
     "ons_title",
     "ons_industry",
     "esco_title_multilingual",
-    "esco_title_multilingual_eval",
+    MULTILINGUAL_EVAL_SOURCE,
 )
-# ESCO's labels beyond the training sample: validation and test keep them, training never
-# (services/trainer: `PreprocessConfig.eval_only_sources`, and they lose every conflict)
-MULTILINGUAL_EVAL_SOURCE = "esco_title_multilingual_eval"
 
 _SENTENCE = re.compile(r"(?<=[a-z0-9)][.;])\s+(?=[A-Z])")
 _TASK_LINE = re.compile(r"^\(([a-z]{1,2})\)\s*(.+)$")

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from services.trainer.routing_data import RoutingData
     from shared.decision import Hierarchy
     from shared.model.signals import NearestMatch
-    from shared.routing import RoutingModel
+    from shared.routing import RecordInputs, RoutingModel
 
 
 class EvalDataError(ValueError):
@@ -139,18 +139,22 @@ def routed_confidence(
     if routing is None:
         return None
     from shared.decision import level_probabilities
+
+    inputs, screened = _routing_inputs(eval_set, languages)
+    confidence, auto = routing.unit_routing(level_probabilities(probs, hierarchy), inputs, nearest)
+    return confidence, auto & ~screened
+
+
+def _routing_inputs(eval_set: EvalSet, languages: Sequence[str]) -> tuple[RecordInputs, np.ndarray]:
+    """What each record gave as the router reads it (its language read as serving reads it, with the set's
+    hint), and which records screening sends to a coder whatever the router says."""
     from shared.routing import record_inputs
     from shared.screening import flagged, read_languages, routing_languages
 
-    per_level = level_probabilities(probs, hierarchy)
-    readings = read_languages(
-        eval_set.job_titles, eval_set.duties, eval_set.industries, languages, eval_set.language_hint or None
-    )
-    inputs = record_inputs(
-        eval_set.job_titles, eval_set.duties, eval_set.texts(), routing_languages(readings, languages)
-    )
-    confidence, auto = routing.unit_routing(per_level, inputs, nearest)
-    return confidence, auto & ~flagged(eval_set.job_titles, eval_set.duties, readings)
+    titles, duties = eval_set.job_titles, eval_set.duties
+    readings = read_languages(titles, duties, eval_set.industries, languages, eval_set.language_hint or None)
+    inputs = record_inputs(titles, duties, eval_set.texts(), routing_languages(readings, languages))
+    return inputs, flagged(titles, duties, readings)
 
 
 def routing_data(predictor: Any, eval_set: EvalSet) -> RoutingData:
@@ -158,21 +162,18 @@ def routing_data(predictor: Any, eval_set: EvalSet) -> RoutingData:
     free after `evaluate_set`): what a run keeps of its test split to judge routing variants on."""
     from services.trainer.routing_data import RoutingData, correct_by_level
     from shared.decision import level_probabilities
-    from shared.routing import record_inputs
-    from shared.screening import flagged, read_languages, routing_languages
 
     probs, nearest = predictor.scores(eval_set.texts())
     per_level = level_probabilities(probs, predictor.hierarchy)
-    titles, duties, languages = eval_set.job_titles, eval_set.duties, predictor.languages
-    readings = read_languages(titles, duties, eval_set.industries, languages, eval_set.language_hint or None)
+    inputs, screened = _routing_inputs(eval_set, predictor.languages)
     accepted = [{g} | a for g, a in zip(eval_set.gold, eval_set.accept, strict=True)]
     return RoutingData(
         per_level,
         correct_by_level(per_level, predictor.hierarchy, accepted),
-        record_inputs(titles, duties, eval_set.texts(), routing_languages(readings, languages)),
+        inputs,
         nearest,
         list(eval_set.sources) if eval_set.sources else None,
-        flagged(titles, duties, readings),
+        screened,
     )
 
 
