@@ -170,6 +170,11 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
     assert len(fitted.inputs) == finetune["val_size"] and len(test.inputs) == 10
     assert test.kinds == ["user"] * 10 and test.flagged is not None and test.nearest is not None
     assert test.per_level[4].shape == (10, len(signals.codes)) and test.correct[4].dtype == bool
+    # each record's occupation (the split's unit: the ESCO occupation of its title, else the title), which
+    # routing's bounds count: a title's two records are one
+    assert fitted.clusters is not None and len(fitted.clusters) == len(fitted.inputs)
+    assert test.clusters is not None and all(c.startswith(("title:", "http")) for c in test.clusters)
+    assert len(set(test.clusters)) < len(test.clusters)
     # refitting on the kept validation records gives the routing the run shipped
     routing = RoutingModel.load(model_dir)
     p_shipped, _ = routing.unit_routing(fitted.per_level, fitted.inputs, fitted.nearest)
@@ -180,6 +185,7 @@ def test_isco_train_registers_evaluates_promotes_and_corrects(env: dict[str, str
         nearest=fitted.nearest,
         kinds=fitted.kinds,
         z=routing.bound_z,
+        clusters=fitted.clusters,
     )
     assert refit.levels[4].threshold == routing.levels[4].threshold
     assert np.allclose(refit.unit_routing(fitted.per_level, fitted.inputs, fitted.nearest)[0], p_shipped)

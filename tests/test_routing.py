@@ -149,6 +149,26 @@ def test_threshold_reaches_precision():
     assert (conf >= threshold_for_precision(conf, np.zeros(200, bool), 0.95)).sum() == 0
 
 
+def test_threshold_bound_counts_occupations_not_labels():
+    """200 labels of 20 occupations, all right, then 400 labels of which 1 in 40 is wrong: on records the
+    lower bound passes well down the list; counted by occupation (10 labels each), 20 to 60 occupations are
+    too few for a 95% bound at z=1.28, so the threshold stays above every confidence. One occupation per
+    record is the same as no clusters."""
+    conf = np.linspace(1, 0, 600)
+    correct = np.ones(600, dtype=bool)
+    correct[200::40] = False
+    occupations = np.repeat(np.arange(60), 10)
+    by_record = threshold_for_precision(conf, correct, 0.95, z=1.28)
+    by_occupation = threshold_for_precision(conf, correct, 0.95, z=1.28, clusters=occupations)
+    assert (conf >= by_record).sum() >= 500
+    assert (conf >= by_occupation).sum() == 0
+    assert threshold_for_precision(conf, correct, 0.95, z=1.28, clusters=np.arange(600)) == by_record
+    # without a bound (z=0) the point estimate is the same however the records are grouped
+    assert threshold_for_precision(conf, correct, 0.95, clusters=occupations) == threshold_for_precision(
+        conf, correct, 0.95
+    )
+
+
 def _titles(n, words):
     """RecordInputs of `n` titles alone of `words` words."""
     return RecordInputs(

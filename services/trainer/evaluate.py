@@ -43,6 +43,7 @@ class EvalSet:
     sources: list[str] = field(default_factory=list)  # training source of each record (the test split)
     language_hint: str = ""  # every record sent with this `language` hint ("": none, the text is read)
     languages: list[str] = field(default_factory=list)  # each record's own language (the test split)
+    groups: list[str] = field(default_factory=list)  # each record's occupation (the test split)
 
     def __len__(self) -> int:
         return len(self.gold)
@@ -174,6 +175,7 @@ def routing_data(predictor: Any, eval_set: EvalSet) -> RoutingData:
         nearest,
         list(eval_set.sources) if eval_set.sources else None,
         screened,
+        np.asarray(eval_set.groups, dtype=str) if eval_set.groups else None,
     )
 
 

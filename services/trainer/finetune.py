@@ -146,12 +146,14 @@ def finetune(
     stages: Sequence[tuple[str, Stage]] = STAGES,
     val_kinds: Sequence[str] | None = None,
     report_dir: Path | None = None,
+    val_groups: Sequence[str] | None = None,
 ) -> FinetuneResult:
     """Fine-tune, calibrate and write the model directory `output_dir` by running `stages` in order.
 
     `codes` is the label order (all 436 unit groups for default models). `init_model_dir` starts from an
     existing model directory (corrections fine-tuning) instead of the base model. `val_kinds` (each
     validation record's source): routing reports the threshold each kind would need (`fit_routing`).
+    `val_groups` (each validation record's occupation): routing's precision bounds count occupations.
     `report_dir`: where the run keeps what routing was fitted on (`RoutingData`).
     """
     set_seed(config.seed)
@@ -171,6 +173,7 @@ def finetune(
         val_texts=[val_texts[i] for i in val_order],
         val_labels=np.asarray([label_of[val_codes[i]] for i in val_order], dtype=np.int64),
         val_kinds=[val_kinds[i] for i in val_order] if val_kinds is not None else None,
+        val_groups=[val_groups[i] for i in val_order] if val_groups is not None else None,
         output_dir=Path(output_dir),
         version=version,
         device=device,

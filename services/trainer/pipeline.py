@@ -105,6 +105,7 @@ def eval_set_from_examples(name: str, examples: Sequence[Example]) -> EvalSet:
         industries=[e.industry for e in examples],
         sources=[e.source for e in examples],
         languages=[e.language for e in examples],
+        groups=[e.group for e in examples],
     )
 
 
@@ -422,6 +423,7 @@ def run_training(
             codes=codes,
             config=config,
             val_kinds=[e.source for e in prepared.val],
+            val_groups=[e.group for e in prepared.val],
             output_dir=model_dir,
             report_dir=report_dir,
             version=version,

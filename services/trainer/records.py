@@ -53,7 +53,7 @@ class Example:
     origin: str
     industry: str = ""
     language: str = ""  # ISO 639-1; "" = not known (a user's row without a language column)
-    group: str = ""  # see RawRow.group (services/trainer/splits.py split_group)
+    group: str = ""  # RawRow.group; after the split, the unit it split by (splits.py split_group)
 
 
 def _open_csv(

@@ -30,6 +30,9 @@ class RoutingData:
     nearest: NearestMatch | None
     kinds: list[str] | None = None
     flagged: np.ndarray | None = None  # sent to a coder by screening whatever routing says (test split)
+    # each record's occupation (the split's unit, `services.trainer.splits.split_group`): labels of one
+    # occupation are right or wrong together, so routing's bounds count occupations (routing_fit.py)
+    clusters: np.ndarray | None = None
 
     def save(self, path: Path) -> None:
         arrays: dict[str, Any] = {f"p{level}": p.astype(np.float32) for level, p in self.per_level.items()}
@@ -46,6 +49,8 @@ class RoutingData:
             arrays["kinds"] = np.asarray(self.kinds, dtype=str)
         if self.flagged is not None:
             arrays["flagged"] = self.flagged
+        if self.clusters is not None:
+            arrays["clusters"] = np.asarray(self.clusters, dtype=str)
         np.savez_compressed(path, **arrays)
 
     @classmethod
@@ -60,6 +65,7 @@ class RoutingData:
                 nearest=NearestMatch(a["near_label"], a["near_sim"]) if "near_label" in a else None,
                 kinds=a["kinds"].tolist() if "kinds" in a else None,
                 flagged=a["flagged"] if "flagged" in a else None,
+                clusters=a["clusters"] if "clusters" in a else None,
             )
 
 

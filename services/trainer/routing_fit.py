@@ -68,11 +68,19 @@ def precision_lower_bound(hits: np.ndarray, n: np.ndarray, z: float) -> np.ndarr
 
 
 def threshold_for_precision(
-    confidence: np.ndarray, correct: np.ndarray, precision: float, z: float = 0.0
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    precision: float,
+    z: float = 0.0,
+    clusters: np.ndarray | None = None,
 ) -> float:
     """Lowest threshold t such that records with confidence >= t are right at least `precision` of the time
     (with `z` > 0: the precision's Wilson lower bound, `z` standard errors down, reaches it, so a threshold
     chosen on few records, whose precision is a noisy estimate, is held stricter).
+
+    `clusters` (one id per record: its occupation): the bound counts the distinct occupations above t, not
+    the records. An occupation's labels (its spellings, gendered forms, the same title in a qualifier) are
+    right or wrong together, so 30 labels of 6 occupations are 6 observations, not 30.
 
     Returns a value above every confidence (nothing auto-accepted, possibly > 1) when none reaches it.
     Only thresholds with at least 20 records above them count: precision over a handful is noise.
@@ -82,13 +90,26 @@ def threshold_for_precision(
     order = np.argsort(-confidence, kind="stable")
     hits = np.cumsum(correct[order])
     n = np.arange(1, len(order) + 1)
-    ok = (precision_lower_bound(hits, n, z) >= precision) & (n >= min(20, len(order)))
+    if clusters is None:
+        bound = precision_lower_bound(hits, n, z)
+    else:
+        sorted_clusters = np.asarray(clusters)[order]
+        _, first = np.unique(sorted_clusters, return_index=True)
+        seen = np.zeros(len(order), dtype=np.float64)
+        seen[first] = 1.0
+        distinct = np.cumsum(seen)  # occupations among the records above each candidate threshold
+        bound = precision_lower_bound(hits / n * distinct, distinct, z)
+    ok = (bound >= precision) & (n >= min(20, len(order)))
     # a threshold may only sit between distinct confidences
     last_of_tie = np.r_[confidence[order][1:] != confidence[order][:-1], True]
     ok &= last_of_tie
     if not ok.any():
         return float(confidence.max(initial=1.0) + 1e-6)  # above every confidence: may exceed 1
     return float(confidence[order][np.flatnonzero(ok).max()])
+
+
+def _rows(clusters: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    return None if clusters is None else np.asarray(clusters)[rows]
 
 
 MIN_KIND_RECORDS = 200  # a kind of record sets its own threshold from this many fitting records on
@@ -123,7 +144,12 @@ def kind_thresholds(
 
 
 def shape_thresholds(
-    confidence: np.ndarray, correct: np.ndarray, precision: float, shapes: np.ndarray, z: float = 0.0
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    precision: float,
+    shapes: np.ndarray,
+    z: float = 0.0,
+    clusters: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The threshold each record shape with at least `MIN_SHAPE_RECORDS` fitting records needs for
     `precision` on its own records (`threshold_for_precision`; above 1 when none reaches it)."""
@@ -131,12 +157,19 @@ def shape_thresholds(
     for shape in SHAPES:
         rows = shapes == shape
         if rows.sum() >= MIN_SHAPE_RECORDS:
-            out[shape] = threshold_for_precision(confidence[rows], correct[rows], precision, z)
+            out[shape] = threshold_for_precision(
+                confidence[rows], correct[rows], precision, z, _rows(clusters, rows)
+            )
     return out
 
 
 def language_thresholds(
-    confidence: np.ndarray, correct: np.ndarray, precision: float, languages: np.ndarray, z: float = 0.0
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    precision: float,
+    languages: np.ndarray,
+    z: float = 0.0,
+    clusters: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The threshold each language other than English with at least `MIN_LANGUAGE_RECORDS` fitting records
     needs for `precision` on its own records, and the pooled threshold of all surely non-English records
@@ -149,11 +182,17 @@ def language_thresholds(
     if other.sum() < MIN_LANGUAGE_RECORDS:
         # too few to say anything: languages with none of their own share the threshold of all records
         return {}
-    out = {POOLED_LANGUAGES: threshold_for_precision(confidence[other], correct[other], precision, z)}
+    out = {
+        POOLED_LANGUAGES: threshold_for_precision(
+            confidence[other], correct[other], precision, z, _rows(clusters, other)
+        )
+    }
     for language in sorted(set(languages[other].tolist())):
         rows = languages == language
         if rows.sum() >= MIN_LANGUAGE_RECORDS:
-            out[language] = threshold_for_precision(confidence[rows], correct[rows], precision, z)
+            out[language] = threshold_for_precision(
+                confidence[rows], correct[rows], precision, z, _rows(clusters, rows)
+            )
     return out
 
 
@@ -166,6 +205,7 @@ def fit_routing(
     nearest: NearestMatch | None = None,
     kinds: Sequence[str] | None = None,
     z: float = 0.0,
+    clusters: np.ndarray | None = None,
 ) -> RoutingModel:
     """Fit one router per level on held-out records, and the match rule's similarity when `nearest` is given.
 
@@ -182,6 +222,7 @@ def fit_routing(
     `kinds` (each record's training source): what each kind alone would need is reported (`kind_thresholds`).
     `z`: thresholds hold the target on the precision's lower bound `z` standard errors down
     (`threshold_for_precision`): a shape's threshold rests on a few hundred records at its top.
+    `clusters` (each record's occupation): the bound counts occupations, not records.
     """
     shapes = inputs.shapes()
     languages = inputs.language_codes()
@@ -201,9 +242,9 @@ def fit_routing(
             mean, std, w, b = fit_logistic(x, y)
         router = LevelRouter(mean=mean.tolist(), std=std.tolist(), coef=w.tolist(), intercept=b)
         p = router.probability(x)
-        router.threshold = threshold_for_precision(p, y, target_precision, z)
-        router.shape_thresholds = shape_thresholds(p, y, target_precision, shapes, z)
-        router.language_thresholds = language_thresholds(p, y, target_precision, languages, z)
+        router.threshold = threshold_for_precision(p, y, target_precision, z, clusters)
+        router.shape_thresholds = shape_thresholds(p, y, target_precision, shapes, z, clusters)
+        router.language_thresholds = language_thresholds(p, y, target_precision, languages, z, clusters)
         router.kind_thresholds = kind_thresholds(p, y, target_precision, kinds)
         accepted = p >= router.thresholds_for(shapes, languages)
         router.fitted_coverage = float(accepted.mean()) if len(p) else 0.0
@@ -218,7 +259,8 @@ def fit_routing(
         similarity = nearest.similarity[agrees].astype(np.float64)
         # 20: threshold_for_precision's own floor (fewer is noise); both outcomes needed for a logistic
         if len(right) >= 20 and 0 < right.sum() < len(right):
-            threshold = threshold_for_precision(similarity, right, target_precision, z)
+            agreeing = _rows(clusters, agrees)
+            threshold = threshold_for_precision(similarity, right, target_precision, z, agreeing)
             if (similarity >= threshold).any():  # else no similarity reached the target: no rule
                 mean, std, w, b = fit_logistic(match_features(similarity), right.astype(np.float64))
                 routing.match_router = LevelRouter(
@@ -226,10 +268,10 @@ def fit_routing(
                 )
                 routing.match_similarity = threshold
                 routing.match_shape_similarities = shape_thresholds(
-                    similarity, right, target_precision, shapes[agrees], z
+                    similarity, right, target_precision, shapes[agrees], z, agreeing
                 )
                 routing.match_language_similarities = language_thresholds(
-                    similarity, right, target_precision, languages[agrees], z
+                    similarity, right, target_precision, languages[agrees], z, agreeing
                 )
                 agreeing_kinds = np.asarray(kinds)[agrees].tolist() if kinds is not None else None
                 routing.match_kind_similarities = kind_thresholds(
@@ -260,12 +302,14 @@ def routing_stage(state: TrainState) -> None:
     # each record's language as serving holds it (no hint: a model input read as one text)
     model_languages = state.config.languages
     readings = read_languages(state.val_texts, [""] * len(state.val_texts), None, model_languages)
+    clusters = np.asarray(state.val_groups, dtype=str) if state.val_groups is not None else None
     state.routing_data = RoutingData(
         per_level,
         correct_by_level(per_level, hierarchy, [{g} for g in gold]),
         RecordInputs.from_texts(state.val_texts, routing_languages(readings, model_languages)),
         nearest,
         state.val_kinds,
+        clusters=clusters,
     )
     state.routing = fit_routing(
         per_level,
@@ -276,6 +320,7 @@ def routing_stage(state: TrainState) -> None:
         fitted_on=f"validation split ({len(gold)} records: unseen occupations and titles)",
         nearest=nearest,
         kinds=state.val_kinds,
+        clusters=clusters,
     )
 
 

@@ -92,6 +92,7 @@ def split(
         members: dict[str, list[Example]] = defaultdict(list)
         for e in by_code[code]:
             key = split_group(e, occupations) if config.group_by == "occupation" else e.text
+            e.group = key  # routing counts held-out occupations, not labels (routing_fit.py)
             members[key].append(e)
         groups = [members[k] for k in sorted(members, key=lambda k: _split_key(config.seed, k))]
         n = size(by_code[code])

@@ -82,6 +82,7 @@ class TrainState:
     routing: RoutingModel | None = None
     routing_data: RoutingData | None = None  # what routing was fitted on (the pipeline saves it with the run)
     val_kinds: list[str] | None = None  # each validation record's training source (routing reports each)
+    val_groups: list[str] | None = None  # each validation record's occupation (routing's bounds count them)
     stages_run: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
