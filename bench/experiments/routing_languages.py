@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.devsets import load_devsets
+from bench.experiments.routing_users import Route, screened, shipped_route
 from bench.multilingual import PER_LANGUAGE, dev_records
 from services.trainer.evaluate import EvalSet, routing_data
 from services.trainer.routing_data import ROUTING_DATA_FILES, RoutingData
@@ -29,20 +29,7 @@ from services.trainer.routing_fit import fit_logistic, fit_routing, shape_thresh
 from shared.corpus_multilingual import ESCO_LANGUAGES
 from shared.routing import ENGLISH, POOLED_LANGUAGES, RoutingModel, routing_features
 
-Route = Callable[[RoutingData], tuple[np.ndarray, np.ndarray]]  # -> (confidence, auto-coded) per record
 MIN_AUTO = 20  # a language's precision is reported where it auto-codes at least this many records
-
-
-def screened(d: RoutingData) -> np.ndarray:
-    return d.flagged if d.flagged is not None else np.zeros(len(d.inputs), dtype=bool)
-
-
-def model_route(routing: RoutingModel) -> Route:
-    def route(d: RoutingData) -> tuple[np.ndarray, np.ndarray]:
-        p, auto = routing.unit_routing(d.per_level, d.inputs, d.nearest)
-        return p, auto & ~screened(d)
-
-    return route
 
 
 def proxy_clusters(d: RoutingData) -> np.ndarray:
@@ -199,21 +186,21 @@ def main(run_dir: Path, val_clusters: Path | None = None) -> None:
     )
     shipped = RoutingModel.load(model_dir)
     results: dict[str, Any] = {"run": str(run_dir), "validation_n": len(codes)}
-    results["shipped"] = judge("shipped routing.json", model_route(shipped), splits)
+    results["shipped"] = judge("shipped routing.json", shipped_route(shipped), splits)
     for z in (1.28, 1.64, 2.33):
         for languages in ("own", "max", "pooled"):
             name = f"z={z} languages={languages}"
-            results[name] = judge(name, model_route(refit(val, z, languages)), splits)
+            results[name] = judge(name, shipped_route(refit(val, z, languages)), splits)
         name = f"z={z} per-language intercept"
         results[name] = judge(name, language_logistic_route(val, z, refit(val, z, "pooled")), splits)
     for z in (0.5, 0.84, 1.0, 1.28):
         for languages in ("own", "max", "pooled"):
             name = f"language+answer clusters z={z} languages={languages}"
-            route = model_route(refit(val, z, languages, proxy_clusters(val)))
+            route = shipped_route(refit(val, z, languages, proxy_clusters(val)))
             results[name] = judge(name, route, splits)
             if val.clusters is not None:
                 name = f"occupation clusters z={z} languages={languages}"
-                results[name] = judge(name, model_route(refit(val, z, languages, val.clusters)), splits)
+                results[name] = judge(name, shipped_route(refit(val, z, languages, val.clusters)), splits)
     results["seconds"] = round(time.time() - t0)
     out = Path("bench/results") / f"routing_languages-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.write_text(json.dumps(results, indent=1))

@@ -15,6 +15,8 @@ torch int8 and ONNX Runtime give the same probabilities up to the encoder's floa
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from shared.model.batching import token_batches
 from shared.model.directory import EncoderSpec, ModelDir
 from shared.model.encoders import Encoder, load_encoder_backend
 from shared.model.int8 import INT8_FP32_LAYERS
-from shared.model.signals import NearestMatch, Signals
+from shared.model.signals import NearestMatch, Neighbours, Signals
 from shared.text import duties_part
 
 
@@ -64,6 +66,14 @@ class UnitScorer:
         self.duties_weight = model_dir.duties_weight
         head, self.scale = model_dir.head
         self.head_t = np.ascontiguousarray(head.T)  # (hidden, n_codes)
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None
+
+    def _beside(self) -> ThreadPoolExecutor:
+        """The thread that searches the lexical index beside the encoder; made in the process that uses it
+        (a Celery pool child forked from a loaded parent does not inherit the parent's threads)."""
+        if self._pool is None or self._pool[0] != os.getpid():
+            self._pool = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="lexical"))
+        return self._pool[1]
 
     @classmethod
     def load(
@@ -132,10 +142,10 @@ class UnitScorer:
         return self.scale * (embeddings @ self.head_t)
 
     def scores_from_embeddings(
-        self, texts: list[str], embeddings: np.ndarray
+        self, texts: list[str], embeddings: np.ndarray, lexical: Neighbours | None = None
     ) -> tuple[np.ndarray, NearestMatch]:
         head = softmax(self.head_logits(embeddings) / self.temperature, axis=1)
-        return self.signals.score(texts, embeddings, head)
+        return self.signals.score(texts, embeddings, head, lexical)
 
     def probabilities_from_embeddings(self, texts: list[str], embeddings: np.ndarray) -> np.ndarray:
         return self.scores_from_embeddings(texts, embeddings)[0]
@@ -149,8 +159,13 @@ class UnitScorer:
         """`unit_probabilities`, and each record's nearest kNN training text (what routing's match rule
         reads), from the same encoder pass and search."""
         texts = list(texts)
+        # The lexical search reads the texts alone: it runs on a second thread while the encoder runs (ONNX
+        # Runtime releases the GIL). One record leaves the second core mostly idle (its encoder pass took
+        # 14.0 ms on two threads, 14.6 on one), so the search, ~2 ms for a record with duties over the
+        # multilingual index, comes almost free (bench/experiments/RESULTS-issue28.md).
+        lexical = self._beside().submit(self.signals.lexical_neighbours, texts)
         embeddings, duties_embeddings = self.embed_views(texts, batch_size)
-        probs, nearest = self.scores_from_embeddings(texts, embeddings)
+        probs, nearest = self.scores_from_embeddings(texts, embeddings, lexical.result())
         if self.duties_weight <= 0:
             return probs, nearest
         # duties cut off whole by truncation (a title of max_length tokens) have no view: a zero vector

@@ -29,6 +29,7 @@ from shared.model.lexical import LexicalConfig, LexicalIndex
 from shared.model.rerank import Reranker
 
 WEIGHT_GRID = tuple(round(0.05 * i, 2) for i in range(19))  # 0, 0.05, ..., 0.9
+Neighbours = tuple[np.ndarray, np.ndarray]  # (entry ids, similarities) of each query's nearest index entries
 
 
 def extend_indexes(
@@ -161,9 +162,20 @@ class Signals:
             out["rerank"] = {"k": self.reranker.k}
         return out
 
-    def probabilities(self, texts: list[str], embeddings: np.ndarray) -> dict[str, np.ndarray]:
+    def lexical_neighbours(self, texts: list[str]) -> Neighbours | None:
+        """The lexical signal's nearest entries of each text (None when the signal is not in use). It reads
+        the texts alone, so the scorer runs it beside the encoder (`UnitScorer.unit_scores`)."""
+        if not self.uses_lexical or not len(texts):
+            return None
+        assert self.lexical is not None and self.lexical_config is not None
+        return self.lexical.nearest(texts, self.lexical_config.k)
+
+    def probabilities(
+        self, texts: list[str], embeddings: np.ndarray, lexical: Neighbours | None = None
+    ) -> dict[str, np.ndarray]:
         """Each signal in use ("knn", "lexical"): its probabilities over the unit groups, and each unit
-        group's best similarity among the signal's neighbours ("knn_similarity", "lexical_similarity")."""
+        group's best similarity among the signal's neighbours ("knn_similarity", "lexical_similarity").
+        `lexical`: the texts' `lexical_neighbours`, when already searched."""
         out: dict[str, np.ndarray] = {}
         if self.uses_knn and len(texts):
             assert self.knn is not None and self.knn_config is not None
@@ -173,7 +185,7 @@ class Signals:
             out["knn_similarity"] = best_similarity(labels, sims, self.num_labels)
         if self.uses_lexical and len(texts):
             assert self.lexical is not None and self.lexical_config is not None
-            ids, sims = self.lexical.nearest(texts, self.lexical_config.k)
+            ids, sims = lexical if lexical is not None else self.lexical.nearest(texts, self.lexical_config.k)
             labels = self.lexical.labels[ids]
             out["lexical"] = vote(labels, sims, self.lexical_config.tau, self.num_labels)
             out["lexical_similarity"] = best_similarity(labels, sims, self.num_labels)
@@ -191,11 +203,15 @@ class Signals:
         return out
 
     def first_stage(
-        self, texts: list[str], embeddings: np.ndarray, head_probs: np.ndarray
+        self,
+        texts: list[str],
+        embeddings: np.ndarray,
+        head_probs: np.ndarray,
+        lexical: Neighbours | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The head's calibrated probabilities mixed with the signals in use, and each signal's own
         probabilities ("head" and those in use): what the reranker reads."""
-        parts = self.probabilities(texts, embeddings)
+        parts = self.probabilities(texts, embeddings, lexical)
         weights = self.weights()
         mixed = mix_probabilities(head_probs, [(parts[name], weights[name]) for name in weights])
         return mixed, {"head": head_probs, **parts}
@@ -206,10 +222,15 @@ class Signals:
         return self.score(texts, embeddings, head_probs)[0]
 
     def score(
-        self, texts: list[str], embeddings: np.ndarray, head_probs: np.ndarray
+        self,
+        texts: list[str],
+        embeddings: np.ndarray,
+        head_probs: np.ndarray,
+        lexical: Neighbours | None = None,
     ) -> tuple[np.ndarray, NearestMatch]:
-        """`mix`, and each text's nearest kNN training text (from the same search)."""
-        mixed, parts = self.first_stage(texts, embeddings, head_probs)
+        """`mix`, and each text's nearest kNN training text (from the same search); `lexical`: the texts'
+        `lexical_neighbours`, when already searched."""
+        mixed, parts = self.first_stage(texts, embeddings, head_probs, lexical)
         best = parts.get("knn_similarity")
         nearest = NearestMatch.none(len(texts)) if best is None else NearestMatch.from_best_similarity(best)
         if self.reranker is not None and len(texts):
