@@ -1,7 +1,10 @@
 """Routing variants for a multilingual model, fitted on a run's validation split and judged per language on
 its test split (issue 28: what is auto-coded in any language is right >= 95% of the time).
 
-    python -m bench.experiments.routing_languages RUN_DIR   (var/runs/<version> of a multilingual full run)
+    python -m bench.experiments.routing_languages RUN_DIR [PROFILE]   (var/runs/<version> of a full run)
+
+PROFILE (e.g. multilingual-full): for a run kept before its routing data named each validation record's
+occupation, the run's preprocessing is repeated with that profile (same corpus, same seed) to name them.
 
 Each variant is fitted on `routing_val.npz` only and judged on `routing_test.npz` (held-out occupations, every
 label of them: drawn as the dev split is), per language as routing reads it ("?": only guessed), and on the
@@ -164,13 +167,29 @@ def dev_split_data(predictor: Any) -> tuple[RoutingData, np.ndarray]:
     return routing_data(predictor, dev), np.array([r.language for r in records], dtype=object)
 
 
-def main(run_dir: Path, val_clusters: Path | None = None) -> None:
+def rebuilt_clusters(val: RoutingData, profile: str) -> np.ndarray:
+    """Each validation record's occupation, for a run kept without them: the run's split made again with
+    `profile`, in the order training gave validation to routing (by text length), checked record by record
+    against the kept sources."""
+    from services.trainer.config import TrainerSettings
+    from services.trainer.pipeline import _load_rows
+    from services.trainer.preprocess import prepare
+
+    settings = TrainerSettings(profile=profile)
+    rows, _ = _load_rows(settings, None, None, None, print)
+    records = sorted(prepare(rows, settings.preprocess).val, key=lambda e: len(e.text))
+    if [e.source for e in records] != list(val.kinds or []):
+        raise SystemExit(f"the split made with {profile} is not the run's validation split")
+    return np.array([e.group for e in records], dtype=str)
+
+
+def main(run_dir: Path, profile: str | None = None) -> None:
     from shared.predictor import Predictor
 
     t0 = time.time()
     val = RoutingData.load(run_dir / ROUTING_DATA_FILES["val"])
-    if val_clusters is not None:  # runs before the kept data named each record's occupation
-        val.clusters = np.load(val_clusters)
+    if val.clusters is None and profile is not None:  # a run kept before its data named occupations
+        val.clusters = rebuilt_clusters(val, profile)
     test = RoutingData.load(run_dir / ROUTING_DATA_FILES["test"])
     model_dir = run_dir.parent.parent / "models" / run_dir.name
     predictor = Predictor.load(model_dir)
@@ -208,4 +227,4 @@ def main(run_dir: Path, val_clusters: Path | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)

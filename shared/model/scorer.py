@@ -163,9 +163,15 @@ class UnitScorer:
         # Runtime releases the GIL). One record leaves the second core mostly idle (its encoder pass took
         # 14.0 ms on two threads, 14.6 on one), so the search, ~2 ms for a record with duties over the
         # multilingual index, comes almost free (bench/experiments/RESULTS-issue28.md).
-        lexical = self._beside().submit(self.signals.lexical_neighbours, texts)
+        lexical = (
+            self._beside().submit(self.signals.lexical_neighbours, texts)
+            if self.signals.uses_lexical
+            else None
+        )
         embeddings, duties_embeddings = self.embed_views(texts, batch_size)
-        probs, nearest = self.scores_from_embeddings(texts, embeddings, lexical.result())
+        probs, nearest = self.scores_from_embeddings(
+            texts, embeddings, lexical.result() if lexical is not None else None
+        )
         if self.duties_weight <= 0:
             return probs, nearest
         # duties cut off whole by truncation (a title of max_length tokens) have no view: a zero vector
